@@ -1,0 +1,1 @@
+"""Service jobs: submission through submitit, the job side, and the job registry."""

@@ -1,0 +1,220 @@
+"""Where service jobs run: local processes or Slurm jobs, both submitted through submitit.
+
+A backend submits a ``LaunchPlan`` and then knows a job only by its id, so that another
+process (an xdist worker, the ``aifactory cleanup`` command) can query and cancel it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import submitit
+from submitit.slurm import slurm as submitit_slurm
+
+from pytest_aifactory.errors import JobError
+from pytest_aifactory.jobs.runner import ENDPOINT_FILE, LaunchPlan, pid_alive, read_json, serve
+from pytest_aifactory.profiles import Profile
+
+__all__ = ["Backend", "JobStatus", "LocalBackend", "SlurmBackend", "make_backend"]
+
+ACTIVE_SLURM_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "STOPPED"}
+)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's scheduler state; ``active`` while it is queued or running."""
+
+    state: str
+    active: bool
+    exit_code: str | None = None
+
+    def describe(self) -> str:
+        """``state FAILED, exit code 1:0`` for messages."""
+        code = f", exit code {self.exit_code}" if self.exit_code is not None else ""
+        return f"job state {self.state}{code}"
+
+
+class Backend(ABC):
+    """Submit, query and cancel service jobs (template method over submitit executors)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+
+    def submit(self, plan: LaunchPlan) -> str:
+        """Submit ``plan`` as a job; returns its id."""
+        plan.folder.mkdir(parents=True, exist_ok=True)
+        executor = self._executor(plan.folder)
+        executor.update_parameters(**self.parameters(plan))
+        try:
+            job = executor.submit(serve, plan)
+        except Exception as exc:  # submitit raises several types; all mean "not submitted"
+            raise JobError(f"could not submit service {plan.spec.name!r} on {self.name}: {exc}") from exc
+        self._submitted(job)
+        return str(job.job_id)
+
+    def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
+        """Cancel the job and wait until it has left the queue; raises if it does not."""
+        self._request_cancel(job_id, folder)
+        deadline = time.monotonic() + timeout_s
+        while (status := self.status(job_id, folder)).active:
+            if time.monotonic() > deadline:
+                raise JobError(f"{self.name} job {job_id} still {status.state} {timeout_s:.0f} s after cancel")
+            time.sleep(0.1)
+        return status
+
+    @abstractmethod
+    def _executor(self, folder: Path) -> submitit.Executor:
+        """The submitit executor writing into ``folder``."""
+
+    @abstractmethod
+    def parameters(self, plan: LaunchPlan) -> dict[str, Any]:
+        """submitit parameters for ``plan``'s job."""
+
+    def _submitted(self, job: submitit.Job[Any]) -> None:
+        """Hook: keep what the backend needs of a submitted job."""
+
+    @abstractmethod
+    def status(self, job_id: str, folder: Path) -> JobStatus:
+        """Ask the scheduler (never a cache) for the job's state."""
+
+    @abstractmethod
+    def _request_cancel(self, job_id: str, folder: Path) -> None:
+        """Ask the scheduler to stop the job."""
+
+
+class LocalBackend(Backend):
+    """Services as local processes through submitit's LocalExecutor (job id = its pid)."""
+
+    name = "local"
+
+    def __init__(self, profile: Profile) -> None:
+        super().__init__(profile)
+        self._jobs: dict[str, submitit.Job[Any]] = {}
+
+    def _executor(self, folder: Path) -> submitit.Executor:
+        return submitit.LocalExecutor(folder=folder)
+
+    def parameters(self, plan: LaunchPlan) -> dict[str, Any]:
+        return {"timeout_min": plan.spec.resources.time_min}
+
+    def _submitted(self, job: submitit.Job[Any]) -> None:
+        self._jobs[str(job.job_id)] = job
+
+    @staticmethod
+    def _service_pid(folder: Path) -> int | None:
+        endpoint = read_json(folder / ENDPOINT_FILE)
+        return int(endpoint["pid"]) if endpoint and "pid" in endpoint else None
+
+    def status(self, job_id: str, folder: Path) -> JobStatus:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.done()  # reaps the controller process when it has exited
+        service_pid = self._service_pid(folder)
+        if pid_alive(int(job_id)):
+            return JobStatus("RUNNING", active=True)
+        if service_pid is not None and pid_alive(service_pid):
+            return JobStatus("COMPLETING", active=True)
+        exit_info = read_json(folder / "exit.json")
+        code = str(exit_info["exit_code"]) if exit_info else None
+        state = "COMPLETED" if code == "0" else "FAILED" if code is not None else "GONE"
+        return JobStatus(state, active=False, exit_code=code)
+
+    def _request_cancel(self, job_id: str, folder: Path) -> None:
+        # SIGTERM to submitit's local controller is forwarded to the job, which stops the
+        # service gracefully; SIGINT would make the controller SIGKILL the job after 1 s.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(job_id), signal.SIGTERM)
+
+    def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
+        try:
+            return super().cancel(job_id, folder, timeout_s)
+        except JobError:  # the job did not stop in time: kill it and its service's group
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(job_id), signal.SIGKILL)
+            service_pid = self._service_pid(folder)
+            if service_pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service_pid, signal.SIGKILL)
+            return super().cancel(job_id, folder, 5.0)
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise JobError(f"{argv[0]} failed: {exc}") from exc
+    if done.returncode != 0:
+        raise JobError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+class SlurmBackend(Backend):
+    """Services as Slurm batch jobs (sbatch through submitit; squeue/sacct/scancel by id)."""
+
+    name = "slurm"
+
+    def _executor(self, folder: Path) -> submitit.Executor:
+        return submitit.SlurmExecutor(folder=folder, python=sys.executable)
+
+    def parameters(self, plan: LaunchPlan) -> dict[str, Any]:
+        settings, res = self.profile.slurm, plan.spec.resources
+        additional: dict[str, Any] = dict(settings.additional)
+        if settings.reservation:
+            additional["reservation"] = settings.reservation
+        params: dict[str, Any] = {
+            "job_name": f"aif-{plan.spec.name}",
+            "partition": res.partition or settings.partition,
+            "account": settings.account,
+            "qos": settings.qos,
+            "time": res.time_min,
+            "nodes": settings.nodes,
+            "ntasks_per_node": 1,
+            "cpus_per_task": max(res.cpus, settings.cpus_per_task),
+            "gpus_per_node": res.gpus or settings.gpus_per_node or None,
+            "mem": f"{res.mem_gb or settings.mem_gb}GB" if (res.mem_gb or settings.mem_gb) else None,
+            "constraint": settings.constraint,
+            "setup": list(settings.setup),
+            "additional_parameters": additional,
+            "signal_delay_s": 30,
+        }
+        return {k: v for k, v in params.items() if v is not None}
+
+    def render_sbatch(self, plan: LaunchPlan) -> str:
+        """The sbatch script this backend would submit for ``plan`` (nothing is submitted)."""
+        command = f"{sys.executable} -u -m submitit.core._submit {plan.folder}"
+        text: str = submitit_slurm._make_sbatch_string(command=command, folder=plan.folder, **self.parameters(plan))
+        return text
+
+    def status(self, job_id: str, folder: Path) -> JobStatus:
+        queued = _run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"]).split()
+        if queued and queued[0] in ACTIVE_SLURM_STATES:
+            return JobStatus(queued[0], active=True)
+        rows = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode"]).splitlines()
+        if not rows:
+            return JobStatus(queued[0] if queued else "UNKNOWN", active=False)
+        state, _, code = rows[0].partition("|")
+        return JobStatus(state.split()[0], active=state.split()[0] in ACTIVE_SLURM_STATES, exit_code=code)
+
+    def _request_cancel(self, job_id: str, folder: Path) -> None:
+        _run(["scancel", job_id])
+
+
+BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "slurm": SlurmBackend}
+
+
+def make_backend(profile: Profile) -> Backend:
+    """The backend for a profile's ``executor``."""
+    return BACKENDS[profile.executor](profile)

@@ -1,0 +1,273 @@
+"""The job side: what runs inside a service's job (a Slurm job or a local process).
+
+``serve(plan)`` is the function submitit pickles and runs. It picks free ports on its node,
+runs the service's setup steps, starts the service (inside a container when the profile
+says so), publishes the endpoint in the job folder, and supervises the service until it
+exits or the job is cancelled, stopping the whole process group on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pytest_aifactory.errors import JobError
+from pytest_aifactory.profiles import ContainerSettings
+from pytest_aifactory.services.spec import ServiceSpec, render, render_context
+
+__all__ = [
+    "ENDPOINT_FILE",
+    "EXIT_FILE",
+    "LaunchPlan",
+    "Owner",
+    "read_json",
+    "serve",
+    "stop_process_group",
+    "tail",
+]
+
+ENDPOINT_FILE = "endpoint.json"
+EXIT_FILE = "exit.json"
+STDOUT_FILE = "service.out"
+STDERR_FILE = "service.err"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The test process that started a job: the job stops when it is gone (same host only)."""
+
+    host: str
+    pid: int
+
+    def gone(self) -> bool:
+        """True when the owner runs on this host and has exited."""
+        if self.host != socket.gethostname():
+            return False
+        return not pid_alive(self.pid)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """A ``ServiceSpec`` plus where and how it runs: everything the job needs."""
+
+    spec: ServiceSpec
+    folder: Path
+    host_mode: str = "loopback"
+    container: ContainerSettings | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    owner: Owner | None = None
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie (PID 1 may reap slowly)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    state = next((line for line in status.splitlines() if line.startswith("State:")), "")
+    return "Z" not in state.split()[1:2]
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None while it does not exist yet."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so that readers never see a half-written file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a text file ('' if it does not exist)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_process_group(pgid: int, grace_s: float) -> None:
+    """SIGTERM the process group; SIGKILL it once its leader exits or ``grace_s`` passes."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while pid_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def free_port(host: str) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def node_address() -> str:
+    """This node's address as other nodes reach it (``hostname -i``)."""
+    return socket.gethostbyname(socket.gethostname())
+
+
+def _job_id() -> str:
+    for var in ("SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID"):
+        if var in os.environ:
+            return os.environ[var]
+    return str(os.getpid())
+
+
+def container_argv(container: ContainerSettings, image: str, gpus: int, argv: Sequence[str]) -> list[str]:
+    """``apptainer exec [--nv] [--bind ...] [options] IMAGE argv...``."""
+    words = [container.runtime, "exec"]
+    if gpus > 0 and container.gpu_flag:
+        words.append(container.gpu_flag)
+    if container.binds:
+        words += ["--bind", ",".join(container.binds)]
+    words += [*container.options, image, *argv]
+    return words
+
+
+def command_argv(plan: LaunchPlan, argv: Sequence[str]) -> list[str]:
+    """The command as it is really started: in the container, as the service user."""
+    words = list(argv)
+    if plan.container is not None and plan.spec.image:
+        words = container_argv(plan.container, plan.spec.image, plan.spec.resources.gpus, words)
+    if plan.spec.run_as and os.geteuid() == 0:
+        words = ["runuser", "-u", plan.spec.run_as, "--", *words]
+    return words
+
+
+def _die_with_parent() -> None:
+    """In the service process: get SIGTERM when the job process dies (Linux prctl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def _workdir(plan: LaunchPlan) -> Iterator[Path]:
+    """A private scratch folder; for a ``run_as`` user, one in the node's tmp it can reach."""
+    if not (plan.spec.run_as and os.geteuid() == 0):
+        path = plan.folder / "work"
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    base = os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()
+    path = Path(tempfile.mkdtemp(prefix=f"aif-{plan.spec.name}-", dir=base))
+    user = pwd.getpwnam(plan.spec.run_as)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class _StopRequest:
+    """Set by SIGTERM/SIGINT/SIGUSR2 (scancel, submitit's local cancel, a time limit)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+
+
+def _run_setup(plan: LaunchPlan, context: dict[str, Any], env: dict[str, str], out: Any, err: Any) -> None:
+    """Run the spec's setup steps in the workdir; the first that fails fails the job."""
+    for step in plan.spec.setup:
+        argv = command_argv(plan, [render(word, context) for word in step])
+        out.write(f"[aifactory] setup: {' '.join(argv)}\n")
+        out.flush()
+        code = subprocess.run(argv, stdout=out, stderr=err, env=env, cwd=context["workdir"], check=False).returncode
+        if code != 0:
+            err.flush()
+            raise JobError(
+                f"setup step {' '.join(argv)!r} of service {plan.spec.name!r} exited with {code}\n"
+                f"{tail(plan.folder / STDERR_FILE)}"
+            )
+
+
+def serve(plan: LaunchPlan) -> int:
+    """Run the service of ``plan`` until it exits or the job is stopped; returns its exit code."""
+    stop = _StopRequest()
+    spec = plan.spec
+    node = socket.gethostname()
+    host = "127.0.0.1" if plan.host_mode == "loopback" else node_address()
+    ports = {name: free_port(host) for name in spec.ports}
+    env = {**os.environ, **dict(plan.env), **spec.env}
+    stdout_path, stderr_path = plan.folder / STDOUT_FILE, plan.folder / STDERR_FILE
+    with _workdir(plan) as workdir, stdout_path.open("a") as out, stderr_path.open("a") as err:
+        context = render_context(host, ports, str(workdir), sys.executable, node)
+        _run_setup(plan, context, env, out, err)
+        argv = command_argv(plan, [render(word, context) for word in spec.command])
+        out.write(f"[aifactory] start: {' '.join(argv)}\n")
+        out.flush()
+        child = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=workdir,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        write_json_atomic(
+            plan.folder / ENDPOINT_FILE,
+            {
+                "host": host,
+                "ports": ports,
+                "job_id": _job_id(),
+                "node": node,
+                "pid": child.pid,
+                "stdout": str(stdout_path),
+                "stderr": str(stderr_path),
+                "started_at": time.time(),
+            },
+        )
+        reason = "exited"
+        while (code := child.poll()) is None:
+            if stop.signum is not None:
+                reason = f"stopped by signal {signal.Signals(stop.signum).name}"
+            elif plan.owner is not None and plan.owner.gone():
+                reason = f"stopped: owner process {plan.owner.pid} is gone"
+            else:
+                time.sleep(0.1)
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(spec.stop_timeout_s)
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # whatever the service left in its group
+        code = child.wait()
+        write_json_atomic(plan.folder / EXIT_FILE, {"exit_code": code, "reason": reason, "at": time.time()})
+    if reason == "exited" and code != 0:
+        raise JobError(f"service {spec.name!r} exited with code {code}\n{tail(stderr_path)}")
+    return code

@@ -1,0 +1,278 @@
+"""The pytest layer: options, markers, hooks and fixtures of pytest-aifactory."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import threading
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from pytest_aifactory.errors import AifError, ServiceConfigError, ServiceDiedError, ServiceStartupError
+from pytest_aifactory.profiles import Profile, load_profile
+from pytest_aifactory.run import RunContext, cancel_run_jobs, new_run_id, parse_run_id
+from pytest_aifactory.services.catalog import build_spec
+from pytest_aifactory.services.manager import ServiceManager
+from pytest_aifactory.services.spec import RunningService, ServiceSpec
+
+RUN_KEY = pytest.StashKey[RunContext]()
+ERRORS_KEY = pytest.StashKey[list[str]]()
+
+MARKERS = {
+    "inference": "benchmarks of inference servers (vLLM, Triton, llama.cpp, Ollama)",
+    "database": "benchmarks of relational databases (PostgreSQL)",
+    "objectstore": "benchmarks of S3 object storage",
+    "vectordb": "benchmarks of vector databases (Milvus, Chroma, FAISS, Qdrant, Weaviate)",
+    "filestorage": "benchmarks of file systems (parallel file system, local disk)",
+    "slurm": "needs a working Slurm cluster (sbatch, squeue, sacct); fails under CI=true when missing",
+}
+
+
+def _run_id_arg(value: str) -> str:
+    try:
+        return parse_run_id(value)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--aif-run-id: {exc}") from None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("aifactory", "AI Factory benchmarks (pytest-aifactory)")
+    group.addoption(
+        "--aif-profile",
+        dest="aif_profile",
+        metavar="NAME|PATH",
+        default=None,
+        help="Slurm profile: a name in slurm_profiles/ or a YAML path (default: ini aif_profile, else local)",
+    )
+    group.addoption(
+        "--aif-run-id",
+        dest="aif_run_id",
+        metavar="ID",
+        type=_run_id_arg,
+        default=None,
+        help="Id of this run, naming its results folder and labels (default: generated, unique)",
+    )
+    group.addoption(
+        "--aif-results-dir",
+        dest="aif_results_dir",
+        metavar="DIR",
+        default=None,
+        help="Folder for run results, job folders and reports (default: ini aif_results_dir, else aif-results)",
+    )
+    group.addoption(
+        "--aif-keep-services",
+        dest="aif_keep_services",
+        action="store_true",
+        default=None,
+        help="Leave services running after the run for debugging; stop them with 'aifactory cleanup RUN_ID'",
+    )
+    parser.addini("aif_profile", "Default Slurm profile name or path", default="local")
+    parser.addini("aif_results_dir", "Default results folder", default="aif-results")
+    parser.addini("aif_keep_services", "Leave services running after the run", type="bool", default=False)
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _results_dir(config: pytest.Config) -> Path:
+    value = config.getoption("aif_results_dir") or config.getini("aif_results_dir")
+    path = Path(value)
+    return path if path.is_absolute() else config.rootpath / path
+
+
+def _keep(config: pytest.Config) -> bool:
+    option = config.getoption("aif_keep_services")
+    return bool(option if option is not None else config.getini("aif_keep_services"))
+
+
+def _load_profile(config: pytest.Config) -> Profile:
+    name = config.getoption("aif_profile") or config.getini("aif_profile")
+    try:
+        return load_profile(name, project_root=config.rootpath)
+    except AifError as exc:
+        raise pytest.UsageError(f"--aif-profile: {exc}") from None
+
+
+class XdistHooks:
+    """Hands the controller's run id and pid to every pytest-xdist worker."""
+
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
+
+    @pytest.hookimpl
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["aif_run_id"] = self.run.run_id
+        node.workerinput["aif_owner_pid"] = os.getpid()
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    profile = _load_profile(config)
+    if _is_worker(config):
+        run_id, owner_pid = config.workerinput["aif_run_id"], config.workerinput["aif_owner_pid"]  # type: ignore[attr-defined]
+    else:
+        run_id, owner_pid = config.getoption("aif_run_id") or new_run_id(), os.getpid()
+    run = RunContext.create(run_id, _results_dir(config), profile, owner_pid, _keep(config))
+    config.stash[RUN_KEY] = run
+    config.stash[ERRORS_KEY] = []
+    if _is_worker(config):
+        return
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(run), "aifactory-xdist")
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a CI timeout, scancel of a batch run) takes the Ctrl-C path: teardown runs.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    atexit.register(_cancel_leftovers, run, config.stash[ERRORS_KEY])
+
+
+def _cancel_leftovers(run: RunContext, errors: list[str]) -> None:
+    if not run.services.keep:
+        errors += cancel_run_jobs(run.registry, {run.backend.name: run.backend})
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """After fixture teardown: cancel whatever the run left (shared services, xdist leftovers)."""
+    config = session.config
+    if RUN_KEY in config.stash and not _is_worker(config):
+        _cancel_leftovers(config.stash[RUN_KEY], config.stash[ERRORS_KEY])
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if RUN_KEY not in config.stash:
+        return
+    run = config.stash[RUN_KEY]
+    errors = config.stash[ERRORS_KEY]
+    write = terminalreporter.write_line
+    if errors:
+        terminalreporter.section("aifactory: jobs that could not be cancelled", red=True)
+        for line in errors:
+            write(line)
+        write(f"retry with: aifactory cleanup {run.run_id} --results-dir {run.run_dir.parent}")
+    pending = run.registry.pending()
+    if run.services.keep and pending:
+        terminalreporter.section("aifactory: services left running (--aif-keep-services)")
+        for record in pending:
+            write(f"{record.service}: {record.backend} job {record.job_id}, folder {record.folder}")
+        write(f"stop them with: aifactory cleanup {run.run_id} --results-dir {run.run_dir.parent}")
+
+
+def _services_of(item: pytest.Item) -> list[RunningService]:
+    found: list[RunningService] = []
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, RunningService):
+            found.append(value)
+        elif isinstance(value, ServiceFactory):
+            found += value.services
+    return found
+
+
+def _check_services(item: pytest.Item) -> None:
+    manager = item.config.stash[RUN_KEY].services
+    for service in _services_of(item):
+        try:
+            manager.check_alive(service)
+        except ServiceDiedError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A service that died during the test fails the test, with its state and logs."""
+    try:
+        yield
+    except BaseException:
+        _check_services(item)
+        raise
+    _check_services(item)
+    return None
+
+
+class ServiceFactory:
+    """Callable fixture value: ``aif_service("name", **overrides)`` or ``aif_service(spec)``."""
+
+    def __init__(self, run: RunContext, shared: bool) -> None:
+        self._run = run
+        self._shared = shared
+        self.services: list[RunningService] = []
+
+    def spec(self, service: str | ServiceSpec, **overrides: Any) -> ServiceSpec:
+        """The spec a call would start (catalog name under the run's profile, or as given)."""
+        if isinstance(service, ServiceSpec):
+            return service.with_overrides(**overrides) if overrides else service
+        try:
+            return build_spec(service, self._run.profile, **overrides)
+        except ServiceConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    def __call__(self, service: str | ServiceSpec, **overrides: Any) -> RunningService:
+        spec = self.spec(service, **overrides)
+        manager: ServiceManager = self._run.services
+        try:
+            running = manager.shared(spec) if self._shared else manager.launch(spec)
+        except ServiceStartupError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        self.services.append(running)
+        return running
+
+    def close(self) -> None:
+        """Stop the private services this factory started."""
+        if self._shared:
+            return
+        for service in self.services:
+            self._run.services.stop(service)
+
+
+@pytest.fixture(scope="session")
+def aif_run(pytestconfig: pytest.Config) -> RunContext:
+    """The run: id, results folder, profile, job registry and service manager."""
+    return pytestconfig.stash[RUN_KEY]
+
+
+@pytest.fixture(scope="session")
+def aif_profile(aif_run: RunContext) -> Profile:
+    """The Slurm profile of this run (``--aif-profile``)."""
+    return aif_run.profile
+
+
+def _factory(run: RunContext, shared: bool) -> Iterator[ServiceFactory]:
+    factory = ServiceFactory(run, shared)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def aif_service(aif_run: RunContext) -> Iterator[ServiceFactory]:
+    """Start private services for one test: ``aif_service("http", cpus=2)``; stopped after it."""
+    yield from _factory(aif_run, shared=False)
+
+
+@pytest.fixture(scope="session")
+def aif_shared_service(aif_run: RunContext) -> Iterator[ServiceFactory]:
+    """Start a service once for the whole run (once across xdist workers); stopped at the end."""
+    yield from _factory(aif_run, shared=True)
+
+
+def _named(service: str) -> Callable[..., RunningService]:
+    def fixture(aif_shared_service: ServiceFactory) -> RunningService:
+        return aif_shared_service(service)
+
+    fixture.__doc__ = f"The run's shared {service!r} service (see the catalog)."
+    fixture.__name__ = f"{service}_service"
+    return fixture
+
+
+http_service = pytest.fixture(scope="session", name="http_service")(_named("http"))

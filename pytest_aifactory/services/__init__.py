@@ -1,0 +1,1 @@
+"""Services under test: specs, readiness probes, the catalog and the manager."""

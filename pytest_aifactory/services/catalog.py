@@ -1,0 +1,83 @@
+"""The named services a profile and a fixture can ask for, and how overrides apply to them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pytest_aifactory.errors import ServiceConfigError
+from pytest_aifactory.profiles import Profile, SettingValue
+from pytest_aifactory.services import http
+from pytest_aifactory.services.spec import Resources, ServiceSpec
+
+__all__ = ["CATALOG", "build_spec", "service_names"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogEntry:
+    """How to build one named service: its settings with their defaults, and a builder."""
+
+    defaults: Mapping[str, SettingValue]
+    build: Callable[[Mapping[str, SettingValue]], ServiceSpec]
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    "http": CatalogEntry(http.DEFAULTS, http.build),
+}
+
+SPEC_KEYS = frozenset({"image", "readiness_timeout_s", "env"})
+RESOURCE_KEYS = frozenset(f.name for f in dataclasses.fields(Resources))
+
+
+def service_names() -> list[str]:
+    """Every service name the catalog knows."""
+    return sorted(CATALOG)
+
+
+def _entry(name: str) -> CatalogEntry:
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise ServiceConfigError(f"unknown service {name!r}; known services: {', '.join(service_names())}") from None
+
+
+def build_spec(name: str, profile: Profile, **overrides: Any) -> ServiceSpec:
+    """The spec of service ``name`` under ``profile``, with per-call ``overrides``.
+
+    Overrides are the service's own settings, resources (``cpus``, ``gpus``, ``mem_gb``,
+    ``time_min``, ``partition``), ``image``, ``env`` or ``readiness_timeout_s``; the profile's
+    ``services.NAME`` section applies first, the call's overrides last. The readiness timeout
+    defaults to the larger of the service's and the profile's (a cluster queue can be slow).
+    """
+    entry = _entry(name)
+    unknown = set(overrides) - set(entry.defaults) - SPEC_KEYS - RESOURCE_KEYS
+    if unknown:
+        valid = ", ".join(sorted({*entry.defaults, *SPEC_KEYS, *RESOURCE_KEYS}))
+        raise ServiceConfigError(f"service {name!r} has no setting {', '.join(sorted(unknown))}; valid: {valid}")
+    profiled = profile.override(name)
+    bad = set(profiled.settings) - set(entry.defaults)
+    if bad:
+        valid = ", ".join(sorted(entry.defaults)) or "(none)"
+        raise ServiceConfigError(
+            f"{profile.source}: services.{name}.settings has unknown key(s) {', '.join(sorted(bad))}; valid: {valid}"
+        )
+    settings = {**entry.defaults, **profiled.settings}
+    settings.update({k: v for k, v in overrides.items() if k in entry.defaults})
+    spec = entry.build(settings)
+    resources = {
+        key: value
+        for key in RESOURCE_KEYS
+        if (value := overrides.get(key, getattr(profiled, key))) is not None
+    }
+    return spec.with_overrides(
+        **resources,
+        image=overrides.get("image", profiled.image or spec.image),
+        env={**spec.env, **profiled.env, **overrides.get("env", {})},
+        readiness_timeout_s=float(
+            overrides.get(
+                "readiness_timeout_s",
+                profiled.readiness_timeout_s or max(spec.readiness_timeout_s, profile.readiness_timeout_s),
+            )
+        ),
+    )

@@ -1,0 +1,189 @@
+"""Start services as jobs, wait until they can serve, notice when they die, always stop them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from pytest_aifactory.errors import JobError, ServiceDiedError, ServiceStartupError
+from pytest_aifactory.jobs.backends import Backend, JobStatus
+from pytest_aifactory.jobs.registry import JobRecord, JobRegistry
+from pytest_aifactory.jobs.runner import ENDPOINT_FILE, EXIT_FILE, LaunchPlan, Owner, read_json, tail
+from pytest_aifactory.profiles import Profile
+from pytest_aifactory.services.probes import check_ready
+from pytest_aifactory.services.spec import RunningService, ServiceSpec
+
+__all__ = ["ServiceManager", "failure_report"]
+
+_LOG_LINES = 20
+
+
+def failure_report(service: str, headline: str, status: JobStatus, backend: str, job_id: str, folder: Path) -> str:
+    """A failure message: the job's state and exit code, and the last lines of its logs."""
+    exit_info = read_json(folder / EXIT_FILE)
+    lines = [
+        f"service {service!r} {headline}: {status.describe()} ({backend} job {job_id}, folder {folder})",
+    ]
+    if exit_info:
+        lines.append(f"service process: exit code {exit_info['exit_code']}, {exit_info['reason']}")
+    for label, path in (
+        ("service stderr", folder / "service.err"),
+        ("service stdout", folder / "service.out"),
+        ("job stderr", folder / f"{job_id}_0_log.err"),
+    ):
+        text = tail(path, _LOG_LINES)
+        if text.strip():
+            lines += [f"--- {label} (last {_LOG_LINES} lines of {path}) ---", text]
+    return "\n".join(lines)
+
+
+@dataclass
+class ServiceManager:
+    """Launches ``ServiceSpec``s on a backend and keeps track of what it started.
+
+    ``shared()`` starts a service once per run, even across pytest-xdist workers: the first
+    process to ask launches it under a file lock and publishes its endpoint; the others attach.
+    """
+
+    profile: Profile
+    backend: Backend
+    registry: JobRegistry
+    owner: Owner | None
+    keep: bool = False
+    started: list[RunningService] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's results folder."""
+        return self.registry.run_dir
+
+    def _job_root(self) -> Path:
+        return Path(self.profile.job_dir) / self.run_dir.name if self.profile.job_dir else self.run_dir / "jobs"
+
+    def launch(self, spec: ServiceSpec) -> RunningService:
+        """Start a private instance of ``spec``: ``close()`` (or ``stop()``) stops it."""
+        service = self._start(spec)
+        self.started.append(service)
+        return service
+
+    def _start(self, spec: ServiceSpec) -> RunningService:
+        """Submit ``spec`` and wait until its probe passes; a failed start is cancelled and raised."""
+        folder = self._job_root() / f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        plan = LaunchPlan(
+            spec=spec,
+            folder=folder,
+            host_mode=self.profile.service_host,
+            container=self.profile.container,
+            env=tuple(self.profile.env.items()),
+            owner=None if self.keep else self.owner,
+        )
+        job_id = self.backend.submit(plan)
+        record = JobRecord(self.backend.name, job_id, spec.name, folder)
+        self.registry.submitted(record)
+        try:
+            return self._wait_ready(spec, record)
+        except BaseException:
+            self._cancel(record)
+            raise
+
+    def _running(self, spec: ServiceSpec, record: JobRecord, endpoint: dict[str, object]) -> RunningService:
+        return RunningService(
+            name=spec.name,
+            host=str(endpoint["host"]),
+            ports={str(k): int(v) for k, v in dict(endpoint["ports"]).items()},  # type: ignore[call-overload]
+            backend=record.backend,
+            job_id=record.job_id,
+            node=str(endpoint["node"]),
+            folder=record.folder,
+            stdout=record.folder / "service.out",
+            stderr=record.folder / "service.err",
+            spec=spec,
+        )
+
+    def _wait_ready(self, spec: ServiceSpec, record: JobRecord) -> RunningService:
+        started = time.monotonic()
+        deadline = started + spec.readiness_timeout_s
+        interval, reason = 0.05, "job not started yet"
+        while True:
+            status = self.backend.status(record.job_id, record.folder)
+            endpoint = read_json(record.folder / ENDPOINT_FILE)
+            if not status.active:
+                raise ServiceStartupError(
+                    failure_report(spec.name, "exited before it was ready", status, *self._where(record))
+                )
+            if endpoint is not None:
+                service = self._running(spec, record, endpoint)
+                reason = check_ready(spec.probe, service) or ""
+                if not reason:
+                    return service
+            elif status.state == "PENDING":
+                reason = "job still pending in the queue"
+            if time.monotonic() > deadline:
+                headline = f"was not ready within {spec.readiness_timeout_s:g} s (last probe: {reason})"
+                raise ServiceStartupError(failure_report(spec.name, headline, status, *self._where(record)))
+            time.sleep(interval)
+            interval = min(interval * 1.5, 1.0)
+
+    @staticmethod
+    def _where(record: JobRecord) -> tuple[str, str, Path]:
+        return record.backend, record.job_id, record.folder
+
+    def check_alive(self, service: RunningService) -> None:
+        """Raise ``ServiceDiedError`` (with state, exit code and logs) if ``service`` is gone."""
+        status = self.backend.status(service.job_id, service.folder)
+        exit_info = read_json(service.folder / EXIT_FILE)
+        if status.active and exit_info is None:
+            return
+        raise ServiceDiedError(
+            failure_report(service.name, "died while it was in use", status, *self._where(self._record(service)))
+        )
+
+    @staticmethod
+    def _record(service: RunningService) -> JobRecord:
+        return JobRecord(service.backend, service.job_id, service.name, service.folder)
+
+    def _cancel(self, record: JobRecord) -> None:
+        self.backend.cancel(record.job_id, record.folder)
+        self.registry.stopped(record)
+
+    def stop(self, service: RunningService) -> None:
+        """Cancel the service's job and wait until it has left the queue (unless kept)."""
+        if service in self.started:
+            self.started.remove(service)
+        if not self.keep:
+            self._cancel(self._record(service))
+
+    def shared(self, spec: ServiceSpec) -> RunningService:
+        """The run's one instance of ``spec``: attach to it, or launch it if nobody has.
+
+        Shared services stop with the run (``JobRegistry.cancel_pending`` at session end).
+        """
+        digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
+        state = self.run_dir / "services" / f"{spec.name}-{digest}.json"
+        state.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(state) + ".lock"):
+            known = read_json(state)
+            if known is not None:
+                record = JobRecord(str(known["backend"]), str(known["job_id"]), spec.name, Path(known["folder"]))
+                service = self._running(spec, record, known)
+                if self.backend.status(record.job_id, record.folder).active and check_ready(spec.probe, service) is None:
+                    return service
+            service = self._start(spec)
+            state.write_text(json.dumps(service.to_json()), encoding="utf-8")
+            return service
+
+    def close(self) -> list[str]:
+        """Stop everything this manager started; returns the errors (empty when all stopped)."""
+        errors = []
+        for service in list(self.started):
+            try:
+                self.stop(service)
+            except JobError as exc:
+                errors.append(f"{service.describe()}: {exc}")
+        return errors

@@ -1,0 +1,247 @@
+"""Service lifecycle through the plugin, for real, on the local profile and on Slurm."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import registry_entries, wait_for
+
+from pytest_aifactory.jobs.backends import make_backend
+from pytest_aifactory.profiles import load_profile
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(params=["local", pytest.param("ci-slurm", marks=pytest.mark.slurm)])
+def profile_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def results(pytester: pytest.Pytester) -> Path:
+    return pytester.path / "results"
+
+
+def _args(profile_name: str, results: Path, run_id: str) -> list[str]:
+    return [f"--aif-profile={profile_name}", f"--aif-results-dir={results}", f"--aif-run-id={run_id}", "-p", "no:cacheprovider"]
+
+
+def _assert_all_gone(profile_name: str, run_dir: Path) -> None:
+    """Every job the run submitted is recorded as stopped and the scheduler agrees."""
+    entries = registry_entries(run_dir)
+    submitted = {e["job_id"]: e for e in entries if e["event"] == "submitted"}
+    stopped = {e["job_id"] for e in entries if e["event"] == "stopped"}
+    assert submitted, "the run submitted no job"
+    assert set(submitted) == stopped
+    backend = make_backend(load_profile(profile_name))
+    for job_id, entry in submitted.items():
+        status = backend.status(job_id, Path(entry["folder"]))
+        assert not status.active, f"job {job_id} is still {status.state}"
+    if profile_name == "ci-slurm":
+        queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
+        assert not set(queue) & set(submitted), f"jobs still in squeue: {queue}"
+
+
+def test_launch_ready_endpoint_and_teardown(pytester: pytest.Pytester, profile_name: str, results: Path) -> None:
+    pytester.makepyfile(
+        """
+        import httpx
+
+        def test_uses_http(http_service, aif_profile):
+            assert http_service.host == "127.0.0.1"
+            assert http_service.job_id and http_service.node
+            assert (http_service.folder / "endpoint.json").exists()
+            response = httpx.get(http_service.url("/index.txt"))
+            assert response.status_code == 200
+            assert response.text == "pytest-aifactory http service\\n"
+
+        def test_private_service_with_override(aif_service):
+            service = aif_service("http", index_text="private")
+            assert httpx.get(service.url("index.txt")).text == "private"
+        """
+    )
+    result = pytester.runpytest_subprocess(*_args(profile_name, results, "launch"))
+    result.assert_outcomes(passed=2)
+    _assert_all_gone(profile_name, results / "launch")
+
+
+def test_startup_failure_reports_state_and_stderr(pytester: pytest.Pytester, profile_name: str, results: Path) -> None:
+    pytester.makepyfile(
+        """
+        from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
+
+        def test_broken(aif_service):
+            aif_service(ServiceSpec(
+                name="broken",
+                command=("sh", "-c", "echo starting; echo boom-marker-42 >&2; exit 3"),
+                probe=HttpProbe(),
+            ))
+        """
+    )
+    result = pytester.runpytest_subprocess(*_args(profile_name, results, "broken"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*service 'broken' exited before it was ready: job state *",
+            "*service process: exit code 3, exited*",
+            "*--- service stderr*",
+            "*boom-marker-42*",
+        ]
+    )
+    _assert_all_gone(profile_name, results / "broken")
+
+
+def test_startup_timeout_names_last_probe(pytester: pytest.Pytester, profile_name: str, results: Path) -> None:
+    pytester.makepyfile(
+        """
+        from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
+
+        def test_never_ready(aif_service):
+            aif_service(ServiceSpec(
+                name="sleeper",
+                command=("sleep", "600"),
+                probe=HttpProbe(path="/health"),
+                readiness_timeout_s=3,
+            ))
+        """
+    )
+    result = pytester.runpytest_subprocess(*_args(profile_name, results, "timeout"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*service 'sleeper' was not ready within 3 s (last probe: GET http://127.0.0.1:*/health*"])
+    _assert_all_gone(profile_name, results / "timeout")
+
+
+def test_service_death_fails_the_test(pytester: pytest.Pytester, profile_name: str, results: Path) -> None:
+    pytester.makepyfile(
+        """
+        import json, os, signal, time
+
+        def test_service_dies(aif_service):
+            service = aif_service("http")
+            pid = json.loads((service.folder / "endpoint.json").read_text())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while not (service.folder / "exit.json").exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+        def test_next_one_passes():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(*_args(profile_name, results, "death"))
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*service 'http' died while it was in use: job state *", "*exit code -9*"])
+    _assert_all_gone(profile_name, results / "death")
+
+
+def test_sigint_leaves_no_job_behind(pytester: pytest.Pytester, profile_name: str, results: Path) -> None:
+    marker = pytester.path / "started.json"
+    pytester.makepyfile(
+        f"""
+        import json, time
+
+        def test_long(http_service):
+            open({str(marker)!r}, "w").write(json.dumps({{"job_id": http_service.job_id}}))
+            time.sleep(120)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *_args(profile_name, results, "sigint")],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for("the service to start", marker.exists, timeout_s=90)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=90)
+    finally:
+        process.kill()
+    assert "KeyboardInterrupt" in output
+    job_id = json.loads(marker.read_text())["job_id"]
+    assert any(e["job_id"] == job_id for e in registry_entries(results / "sigint"))
+    _assert_all_gone(profile_name, results / "sigint")
+
+
+def test_xdist_starts_shared_service_once(pytester: pytest.Pytester, profile_name: str, results: Path) -> None:
+    seen = pytester.path / "seen"
+    seen.mkdir()
+    pytester.makepyfile(
+        f"""
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("n", range(6))
+        def test_shared(http_service, n):
+            path = os.path.join({str(seen)!r}, f"{{n}}-{{os.environ['PYTEST_XDIST_WORKER']}}")
+            open(path, "w").write(http_service.job_id)
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", *_args(profile_name, results, "xdist"))
+    result.assert_outcomes(passed=6)
+    workers = {p.name.split("-")[1] for p in seen.iterdir()}
+    job_ids = {p.read_text() for p in seen.iterdir()}
+    assert workers == {"gw0", "gw1"}
+    assert len(job_ids) == 1
+    submitted = [e for e in registry_entries(results / "xdist") if e["event"] == "submitted"]
+    assert len(submitted) == 1
+    _assert_all_gone(profile_name, results / "xdist")
+
+
+def test_keep_services_then_cleanup_command(pytester: pytest.Pytester, profile_name: str, results: Path) -> None:
+    pytester.makepyfile(
+        """
+        def test_start(http_service):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--aif-keep-services", *_args(profile_name, results, "kept"))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*services left running*", "http: * job *", "*aifactory cleanup kept*"])
+    entry = registry_entries(results / "kept")[0]
+    backend = make_backend(load_profile(profile_name))
+    assert backend.status(entry["job_id"], Path(entry["folder"])).active
+    cleanup = subprocess.run(
+        [sys.executable, "-m", "pytest_aifactory.cli", "cleanup", "kept", "--results-dir", str(results)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert f"cancelled http: {backend.name} job {entry['job_id']}" in cleanup.stdout
+    _assert_all_gone(profile_name, results / "kept")
+
+
+def test_killed_run_local_service_stops_with_owner(pytester: pytest.Pytester, results: Path) -> None:
+    """A SIGKILLed pytest cannot clean up: the local service notices its owner is gone."""
+    marker = pytester.path / "started.json"
+    pytester.makepyfile(
+        f"""
+        import json, time
+
+        def test_long(http_service):
+            open({str(marker)!r}, "w").write(json.dumps({{"job_id": http_service.job_id}}))
+            time.sleep(120)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *_args("local", results, "killed")], cwd=pytester.path, env=os.environ
+    )
+    try:
+        wait_for("the service to start", marker.exists, timeout_s=90)
+    finally:
+        process.kill()
+        process.wait()
+    entry = registry_entries(results / "killed")[0]
+    backend = make_backend(load_profile("local"))
+    wait_for("the orphaned service to stop", lambda: not backend.status(entry["job_id"], Path(entry["folder"])).active)
+    exit_info = json.loads((Path(entry["folder"]) / "exit.json").read_text())
+    assert "owner process" in exit_info["reason"]
