@@ -70,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     cleanup = commands.add_parser("cleanup", help="cancel every job a (killed) run left behind")
     cleanup.add_argument("run_id", metavar="RUN_ID")
-    cleanup.add_argument("--results-dir", default="aif-results", help="results folder of the run (default: %(default)s)")
+    cleanup.add_argument(
+        "--results-dir", default="aif-results", help="results folder of the run (default: %(default)s)"
+    )
     cleanup.set_defaults(func=_cleanup)
     profiles = commands.add_parser("profiles", help="list and validate the Slurm profiles")
     profiles.add_argument("--root", default=".", help="project folder holding slurm_profiles/")

@@ -107,6 +107,7 @@ class XdistHooks:
 
     @pytest.hookimpl
     def pytest_configure_node(self, node: Any) -> None:
+        """Pass the run id and the owner pid to a starting worker."""
         node.workerinput["aif_run_id"] = self.run.run_id
         node.workerinput["aif_owner_pid"] = os.getpid()
 
@@ -217,6 +218,7 @@ class ServiceFactory:
             raise pytest.UsageError(str(exc)) from None
 
     def __call__(self, service: str | ServiceSpec, **overrides: Any) -> RunningService:
+        """Start (or attach to, when shared) the service and wait until it is ready."""
         spec = self.spec(service, **overrides)
         manager: ServiceManager = self._run.services
         try:

@@ -135,9 +135,7 @@ def _resolve(name_or_path: str, project_root: Path | None) -> Path:
         if path.is_file():
             return path
     valid = ", ".join(available_profiles(project_root)) or "(none found)"
-    raise ProfileError(
-        f"unknown profile {name_or_path!r}: give a profile name ({valid}) or a path to a YAML file"
-    )
+    raise ProfileError(f"unknown profile {name_or_path!r}: give a profile name ({valid}) or a path to a YAML file")
 
 
 def _model_at(loc: tuple[str | int, ...]) -> type[Any] | None:
@@ -151,11 +149,11 @@ def _model_at(loc: tuple[str | int, ...]) -> type[Any] | None:
 def _describe(error: Mapping[str, Any]) -> str:
     loc = tuple(error["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
-    if error["type"] == "extra_forbidden":
+    if error["type"] in {"extra_forbidden", "unexpected_keyword_argument"}:
         model = _model_at(loc)
         valid = sorted(f.name for f in dataclasses.fields(model) if f.name != "source") if model else []
         return f"key {key!r} is not a valid key; valid keys: {', '.join(valid)}"
-    if error["type"] == "missing":
+    if error["type"] in {"missing", "missing_argument"}:
         return f"required key {key!r} is missing"
     return f"key {key!r}: {error['msg']} (got {error.get('input')!r})"
 

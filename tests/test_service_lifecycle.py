@@ -29,7 +29,13 @@ def results(pytester: pytest.Pytester) -> Path:
 
 
 def _args(profile_name: str, results: Path, run_id: str) -> list[str]:
-    return [f"--aif-profile={profile_name}", f"--aif-results-dir={results}", f"--aif-run-id={run_id}", "-p", "no:cacheprovider"]
+    return [
+        f"--aif-profile={profile_name}",
+        f"--aif-results-dir={results}",
+        f"--aif-run-id={run_id}",
+        "-p",
+        "no:cacheprovider",
+    ]
 
 
 def _assert_all_gone(profile_name: str, run_dir: Path) -> None:
@@ -113,7 +119,9 @@ def test_startup_timeout_names_last_probe(pytester: pytest.Pytester, profile_nam
     )
     result = pytester.runpytest_subprocess(*_args(profile_name, results, "timeout"))
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*service 'sleeper' was not ready within 3 s (last probe: GET http://127.0.0.1:*/health*"])
+    result.stdout.fnmatch_lines(
+        ["*service 'sleeper' was not ready within 3 s (last probe: GET http://127.0.0.1:*/health*"]
+    )
     _assert_all_gone(profile_name, results / "timeout")
 
 

@@ -62,7 +62,6 @@ class Backend(ABC):
             job = executor.submit(serve, plan)
         except Exception as exc:  # submitit raises several types; all mean "not submitted"
             raise JobError(f"could not submit service {plan.spec.name!r} on {self.name}: {exc}") from exc
-        self._submitted(job)
         return str(job.job_id)
 
     def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
@@ -81,10 +80,7 @@ class Backend(ABC):
 
     @abstractmethod
     def parameters(self, plan: LaunchPlan) -> dict[str, Any]:
-        """submitit parameters for ``plan``'s job."""
-
-    def _submitted(self, job: submitit.Job[Any]) -> None:
-        """Hook: keep what the backend needs of a submitted job."""
+        """Submitit parameters for ``plan``'s job."""
 
     @abstractmethod
     def status(self, job_id: str, folder: Path) -> JobStatus:
@@ -100,18 +96,12 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def __init__(self, profile: Profile) -> None:
-        super().__init__(profile)
-        self._jobs: dict[str, submitit.Job[Any]] = {}
-
     def _executor(self, folder: Path) -> submitit.Executor:
         return submitit.LocalExecutor(folder=folder)
 
     def parameters(self, plan: LaunchPlan) -> dict[str, Any]:
+        """The job's time limit (a local job has no other resources)."""
         return {"timeout_min": plan.spec.resources.time_min}
-
-    def _submitted(self, job: submitit.Job[Any]) -> None:
-        self._jobs[str(job.job_id)] = job
 
     @staticmethod
     def _service_pid(folder: Path) -> int | None:
@@ -119,9 +109,7 @@ class LocalBackend(Backend):
         return int(endpoint["pid"]) if endpoint and "pid" in endpoint else None
 
     def status(self, job_id: str, folder: Path) -> JobStatus:
-        job = self._jobs.get(job_id)
-        if job is not None:
-            job.done()  # reaps the controller process when it has exited
+        """Active while the job process or the service it started is alive."""
         service_pid = self._service_pid(folder)
         if pid_alive(int(job_id)):
             return JobStatus("RUNNING", active=True)
@@ -139,6 +127,7 @@ class LocalBackend(Backend):
             os.kill(int(job_id), signal.SIGTERM)
 
     def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
+        """Stop the job gracefully; kill it and its service's process group if it lingers."""
         try:
             return super().cancel(job_id, folder, timeout_s)
         except JobError:  # the job did not stop in time: kill it and its service's group
@@ -170,6 +159,7 @@ class SlurmBackend(Backend):
         return submitit.SlurmExecutor(folder=folder, python=sys.executable)
 
     def parameters(self, plan: LaunchPlan) -> dict[str, Any]:
+        """The sbatch options from the profile's ``slurm`` section and the spec's resources."""
         settings, res = self.profile.slurm, plan.spec.resources
         additional: dict[str, Any] = dict(settings.additional)
         if settings.reservation:
@@ -199,6 +189,7 @@ class SlurmBackend(Backend):
         return text
 
     def status(self, job_id: str, folder: Path) -> JobStatus:
+        """Ask squeue while the controller knows the job, else sacct."""
         queued = _run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"]).split()
         if queued and queued[0] in ACTIVE_SLURM_STATES:
             return JobStatus(queued[0], active=True)

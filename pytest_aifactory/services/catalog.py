@@ -66,9 +66,7 @@ def build_spec(name: str, profile: Profile, **overrides: Any) -> ServiceSpec:
     settings.update({k: v for k, v in overrides.items() if k in entry.defaults})
     spec = entry.build(settings)
     resources = {
-        key: value
-        for key in RESOURCE_KEYS
-        if (value := overrides.get(key, getattr(profiled, key))) is not None
+        key: value for key in RESOURCE_KEYS if (value := overrides.get(key, getattr(profiled, key))) is not None
     }
     return spec.with_overrides(
         **resources,

@@ -172,7 +172,10 @@ class ServiceManager:
             if known is not None:
                 record = JobRecord(str(known["backend"]), str(known["job_id"]), spec.name, Path(known["folder"]))
                 service = self._running(spec, record, known)
-                if self.backend.status(record.job_id, record.folder).active and check_ready(spec.probe, service) is None:
+                if (
+                    self.backend.status(record.job_id, record.folder).active
+                    and check_ready(spec.probe, service) is None
+                ):
                     return service
             service = self._start(spec)
             state.write_text(json.dumps(service.to_json()), encoding="utf-8")

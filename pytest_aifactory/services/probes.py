@@ -29,9 +29,7 @@ def check_ready(probe: Probe | None, service: RunningService) -> str | None:
 def _http(probe: HttpProbe, service: RunningService) -> str | None:
     url = service.url(probe.path, port=probe.port)
     try:
-        response = httpx.request(
-            probe.method, url, json=probe.json, headers=dict(probe.headers), timeout=_TIMEOUT_S
-        )
+        response = httpx.request(probe.method, url, json=probe.json, headers=dict(probe.headers), timeout=_TIMEOUT_S)
     except httpx.HTTPError as exc:
         return f"{probe.method} {url}: {type(exc).__name__}: {exc}"
     if response.status_code not in probe.expect_status:
@@ -58,4 +56,3 @@ def _command(probe: CommandProbe, service: RunningService) -> str | None:
     if done.returncode != 0:
         return f"{' '.join(argv)} exited with {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}"
     return None
-

@@ -101,9 +101,7 @@ def render(template: str, context: Mapping[str, Any]) -> str:
     return template.format_map(context)
 
 
-def render_context(
-    host: str, ports: Mapping[str, int], workdir: str, python: str, node: str
-) -> dict[str, Any]:
+def render_context(host: str, ports: Mapping[str, int], workdir: str, python: str, node: str) -> dict[str, Any]:
     """The placeholder values available to commands."""
     return {
         "host": host,

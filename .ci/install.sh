@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up everything pytest-aifactory needs on a fresh Debian/Ubuntu machine (as root, or with sudo):
+# the Debian packages of the real services the tests and the local benchmarks start, and a
+# virtualenv in .venv with the package and all its extras. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=$([[ $(id -u) == 0 ]] || echo sudo)
+PACKAGES=(python3-venv postgresql postgresql-contrib fio prometheus prometheus-pushgateway procps curl)
+missing=()
+for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  echo "[install] apt: ${missing[*]}"
+  # Keep the packages' scripts from starting daemons: the project starts its own, on 127.0.0.1.
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null && $SUDO chmod +x /usr/sbin/policy-rc.d
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# llama-cpp-python compiles llama.cpp (~6 min on 2 cores) the first time; pip's cache keeps the wheel.
+.venv/bin/python -m pip install -q -e ".[all,test]"
+echo "[install] ready: $(.venv/bin/python -m pytest --version)"

@@ -1,0 +1,132 @@
+"""Slurm profiles: shipped ones load; malformed ones are rejected naming the file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_aifactory.errors import ProfileError, ServiceConfigError
+from pytest_aifactory.jobs.backends import SlurmBackend
+from pytest_aifactory.jobs.runner import LaunchPlan, command_argv
+from pytest_aifactory.profiles import available_profiles, load_profile
+from pytest_aifactory.services.catalog import build_spec
+
+SHIPPED = ["ci-slurm", "local", "meluxina-cpu", "meluxina-gpu", "meluxina-largemem"]
+
+
+def test_shipped_profiles_are_found_and_valid() -> None:
+    assert set(SHIPPED) <= set(available_profiles())
+    for name in SHIPPED:
+        profile = load_profile(name)
+        assert profile.name == name
+        assert profile.source.endswith(f"{name}.yaml")
+
+
+def test_meluxina_gpu_profile_facts() -> None:
+    profile = load_profile("meluxina-gpu")
+    assert profile.executor == "slurm"
+    assert profile.slurm.partition == "gpu"
+    assert profile.slurm.gpus_per_node == 4
+    assert profile.service_host == "node"
+    assert profile.container is not None
+    assert profile.container.runtime == "apptainer"
+    assert "module load env/release/2024.1" in profile.slurm.setup
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "name: x\nexecutor: local\nservice_hots: node\n",
+            "key 'service_hots' is not a valid key; valid keys: container,",
+        ),
+        (
+            "name: x\nexecutor: slurm\nslurm:\n  partiton: gpu\n",
+            "key 'slurm.partiton' is not a valid key; valid keys: account,",
+        ),
+        (
+            "name: x\nexecutor: slurm\nslurm:\n  time_min: '60'\n",
+            "key 'slurm.time_min': Input should be a valid integer",
+        ),
+        ("name: x\nexecutor: kubernetes\n", "key 'executor': Input should be 'local' or 'slurm'"),
+        ("executor: local\n", "required key 'name' is missing"),
+        (
+            "name: x\nexecutor: local\nservices:\n  http:\n    gpu: 1\n",
+            "key 'services.http.gpu' is not a valid key; valid keys: cpus, env, gpus,",
+        ),
+        ("name: x\nexecutor: local\nslurm: [1, 2\n", "not valid YAML"),
+        ("- just\n- a list\n", "a profile must be a mapping"),
+    ],
+)
+def test_malformed_profile_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(path))
+    message = str(info.value)
+    assert message.startswith(str(path))
+    assert expected in message
+
+
+def test_unknown_profile_name_lists_valid_ones() -> None:
+    with pytest.raises(ProfileError, match=r"unknown profile 'nope'.*ci-slurm, local, meluxina-cpu"):
+        load_profile("nope")
+
+
+def test_malformed_profile_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    bad = pytester.path / "broken.yaml"
+    bad.write_text("name: broken\nexecutor: slurm\nslurm:\n  gpus_per_node: four\n")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess(f"--aif-profile={bad}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"ERROR: --aif-profile: {bad}: invalid profile: key 'slurm.gpus_per_node': Input should be a valid integer*"]
+    )
+
+
+def test_profile_service_overrides_then_call_overrides(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "name: t\nexecutor: slurm\nslurm: {partition: cpu, account: p1}\ncontainer: {binds: [/a, /b]}\n"
+        "services:\n  http:\n    gpus: 2\n    image: docker://x/y:1\n    settings: {index_text: hi}\n",
+    )
+    profile = load_profile(str(path))
+    spec = build_spec("http", profile)
+    assert spec.resources.gpus == 2
+    assert spec.image == "docker://x/y:1"
+    assert spec.setup[0][-1].endswith("write('hi')")
+    spec = build_spec("http", profile, gpus=1, time_min=5, index_text="call")
+    assert (spec.resources.gpus, spec.resources.time_min) == (1, 5)
+    assert spec.setup[0][-1].endswith("write('call')")
+    with pytest.raises(ServiceConfigError, match="service 'http' has no setting colour; valid: cpus, env, gpus"):
+        build_spec("http", profile, colour="red")
+    with pytest.raises(ServiceConfigError, match="unknown service 'nope'; known services: http"):
+        build_spec("nope", profile)
+
+
+def test_sbatch_script_and_container_command_for_meluxina(tmp_path: Path) -> None:
+    """What would be submitted on MeluXina: checked without a cluster."""
+    profile = load_profile("meluxina-gpu")
+    spec = build_spec("http", profile, image="docker://python:3.11-slim", gpus=4)
+    plan = LaunchPlan(spec=spec, folder=tmp_path, host_mode=profile.service_host, container=profile.container)
+    script = SlurmBackend(profile).render_sbatch(plan)
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=pXXXXXX",
+        "#SBATCH --qos=default",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --cpus-per-task=64",
+        "#SBATCH --hint=nomultithread",
+        "module load env/release/2024.1",
+    ):
+        assert line in script
+    argv = command_argv(plan, ["python", "-m", "http.server"])
+    assert argv[:3] == ["apptainer", "exec", "--nv"]
+    assert argv[3:5] == ["--bind", "/mnt/tier1,/mnt/tier2,/project/scratch/pXXXXXX,/project/home/pXXXXXX"]
+    assert argv[5:] == ["--writable-tmpfs", "docker://python:3.11-slim", "python", "-m", "http.server"]
