@@ -1,0 +1,1 @@
+"""The load engine: arrival schedules, the async engine, worker processes and multi-node shards."""

@@ -1,0 +1,240 @@
+"""The async load engine: open loop from a precomputed schedule, or closed loop at a concurrency.
+
+Honest about time: in open loop every request has a due time from the schedule and its
+latency is measured from that due time, not from when the client managed to send it
+(no coordinated omission); how late each send was (the schedule lag) is recorded for
+every request. The engine sleeps to about a millisecond before each due time and then
+yields to the event loop until it is due, so that the event loop's millisecond timer
+granularity does not become schedule lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pytest_aifactory.load.records import RequestRecord
+from pytest_aifactory.load.schedule import Arrivals, arrival_times
+
+__all__ = ["Clock", "Engine", "LoadPlan", "Progress", "RequestClient", "Workload"]
+
+
+class Clock:
+    """Seconds since the run's start (``perf_counter`` based; shared start for workers)."""
+
+    def __init__(self, start_at: float | None = None) -> None:
+        """Start now, or at wall-clock time ``start_at`` (``time.time()`` seconds)."""
+        offset = 0.0 if start_at is None else start_at - time.time()
+        self.t0 = time.perf_counter() + offset
+
+    def now(self) -> float:
+        """Seconds since the start (negative before it)."""
+        return time.perf_counter() - self.t0
+
+
+class Workload(Protocol):
+    """Builds request ``index`` deterministically, so that any worker builds the same one."""
+
+    def request(self, index: int) -> Any:
+        """The payload of request ``index``."""
+
+
+class RequestClient(Protocol):
+    """Sends one request and fills its record (first token, chunks, tokens, status, end)."""
+
+    async def open(self) -> None:
+        """Create connections (called once, in the process that sends)."""
+
+    async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
+        """Send ``payload``; set ``record.end`` (and the rest) as the response arrives."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What load to offer and when to stop.
+
+    Open loop: ``arrivals`` (rate and distribution), optionally capped at ``concurrency``
+    requests in flight (time waiting for a slot counts as latency). Closed loop: exactly
+    ``concurrency`` requests in flight. Stop after ``count`` requests or ``duration_s``
+    seconds. The first ``warmup`` requests run but are excluded from the results.
+    """
+
+    mode: Literal["open", "closed"]
+    arrivals: Arrivals | None = None
+    concurrency: int | None = None
+    count: int | None = None
+    duration_s: float | None = None
+    warmup: int = 0
+    timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.mode == "open" and self.arrivals is None:
+            raise ValueError("an open-loop plan needs arrivals (a rate)")
+        if self.mode == "closed" and not (self.concurrency and self.concurrency > 0):
+            raise ValueError("a closed-loop plan needs a concurrency >= 1")
+        if (self.count is None) == (self.duration_s is None):
+            raise ValueError("give exactly one of count and duration_s")
+
+    def schedule(self) -> list[tuple[int, float]]:
+        """Open loop: (index, due time) of every request, warm-up included."""
+        assert self.arrivals is not None
+        count = None if self.count is None else self.count + self.warmup
+        times = arrival_times(self.arrivals, count=count, duration_s=self.duration_s)
+        return list(enumerate(times))
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as JSON-ready configuration."""
+        data: dict[str, Any] = {
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "count": self.count,
+            "duration_s": self.duration_s,
+            "warmup": self.warmup,
+            "timeout_s": self.timeout_s,
+        }
+        if self.arrivals is not None:
+            data.update(
+                rate=self.arrivals.rate,
+                distribution=self.arrivals.distribution,
+                burstiness=self.arrivals.burstiness,
+                seed=self.arrivals.seed,
+            )
+        return data
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A live snapshot, passed to the progress callback about once a second."""
+
+    elapsed_s: float
+    sent: int
+    done: int
+    errors: int
+    in_flight: int
+    records: Sequence[RequestRecord] = field(repr=False)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Engine:
+    """Runs one ``LoadPlan`` against a client in one event loop; returns the records."""
+
+    spin_s = 0.001
+
+    def __init__(
+        self,
+        client: RequestClient,
+        workload: Workload,
+        plan: LoadPlan,
+        progress: ProgressCallback | None = None,
+        progress_interval_s: float = 1.0,
+        worker: str = "",
+        index_offset: int = 0,
+        index_stride: int = 1,
+    ) -> None:
+        """Closed loop numbers its requests ``index_offset + k * index_stride`` (worker shards)."""
+        self.client = client
+        self.workload = workload
+        self.plan = plan
+        self.progress = progress
+        self.progress_interval_s = progress_interval_s
+        self.worker = worker
+        self.index_offset = index_offset
+        self.index_stride = index_stride
+        self.records: list[RequestRecord] = []
+        self._sent = 0
+        self._slots = asyncio.Semaphore(plan.concurrency) if plan.mode == "open" and plan.concurrency else None
+        self.clock = Clock()
+
+    async def run(self, schedule: Sequence[tuple[int, float]] | None = None, start_at: float | None = None) -> list[RequestRecord]:
+        """Run the plan (open loop: ``schedule`` or the plan's own); returns every record."""
+        self.clock = Clock(start_at)
+        await self.client.open()
+        reporter = asyncio.create_task(self._report()) if self.progress else None
+        try:
+            if self.plan.mode == "open":
+                await self._open_loop(schedule if schedule is not None else self.plan.schedule())
+            else:
+                await self._closed_loop()
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+            await self.client.close()
+        self._emit()
+        return sorted(self.records, key=lambda r: r.index)
+
+    async def _wait_until(self, due: float) -> None:
+        delay = due - self.clock.now() - self.spin_s
+        if delay > 0:
+            await asyncio.sleep(delay)
+        while self.clock.now() < due:
+            await asyncio.sleep(0)
+
+    async def _open_loop(self, schedule: Sequence[tuple[int, float]]) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        for index, due in schedule:
+            await self._wait_until(due)
+            record = RequestRecord(index=index, scheduled=due, warmup=index < self.plan.warmup, worker=self.worker)
+            task = asyncio.create_task(self._one(record))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    async def _closed_loop(self) -> None:
+        plan = self.plan
+        total = None if plan.count is None else plan.count + plan.warmup
+        issued = 0
+        await self._wait_until(0.0)
+
+        async def slot() -> None:
+            nonlocal issued
+            while True:
+                now = self.clock.now()
+                if total is not None and issued >= total:
+                    return
+                if plan.duration_s is not None and now >= plan.duration_s:
+                    return
+                k, issued = issued, issued + 1
+                index = self.index_offset + k * self.index_stride
+                record = RequestRecord(index=index, scheduled=now, warmup=k < plan.warmup, worker=self.worker)
+                await self._one(record)
+
+        await asyncio.gather(*(slot() for _ in range(plan.concurrency or 1)))
+
+    async def _one(self, record: RequestRecord) -> None:
+        payload = self.workload.request(record.index)
+        async with self._slots if self._slots is not None else contextlib.nullcontext():
+            record.sent = self.clock.now()
+            self._sent += 1
+            try:
+                await asyncio.wait_for(self.client.send(payload, record, self.clock), self.plan.timeout_s)
+            except asyncio.TimeoutError:
+                record.error = f"timeout after {self.plan.timeout_s:g} s"
+            except Exception as exc:  # any client failure is a failed request, never a crashed run
+                record.error = f"{type(exc).__name__}: {exc}"[:500]
+        if record.end is None and record.error is None:
+            record.end = self.clock.now()
+        self.records.append(record)
+
+    def _emit(self) -> None:
+        if self.progress is None:
+            return
+        errors = sum(1 for r in self.records if r.error is not None)
+        done = len(self.records)
+        self.progress(Progress(self.clock.now(), self._sent, done, errors, self._sent - done, self.records))
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(self.progress_interval_s)
+            self._emit()

@@ -1,0 +1,90 @@
+"""What the engine records of each request: every timestamp, token counts and the outcome.
+
+Times are seconds on the run's own clock, whose zero is the run's start: a request scheduled
+at 0.25 was due 250 ms after the start. Worker processes and client nodes share the start,
+so their records merge on one time axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["Chunk", "RequestRecord", "attribute_tokens"]
+
+
+@dataclass
+class Chunk:
+    """One streamed piece of output: when it arrived and how many tokens it carried."""
+
+    at: float
+    tokens: int
+
+
+@dataclass
+class RequestRecord:
+    """The life of one request.
+
+    ``scheduled`` is when the request was due (open loop: from the precomputed schedule;
+    closed loop: when a client slot became free), ``sent`` when it really left. Latencies are
+    measured from ``scheduled``, so time spent queueing in the client is never hidden, and
+    ``sent - scheduled`` (the schedule lag) is reported for every run.
+    """
+
+    index: int
+    scheduled: float
+    sent: float | None = None
+    first_token: float | None = None
+    end: float | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    tokens_estimated: bool = False
+    status: int | None = None
+    error: str | None = None
+    warmup: bool = False
+    worker: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Completed without error."""
+        return self.error is None and self.end is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RequestRecord:
+        """Inverse of ``to_json``."""
+        chunks = [Chunk(**c) for c in data.get("chunks", [])]
+        return cls(**{**data, "chunks": chunks})
+
+
+def attribute_tokens(texts: list[str], total: int | None) -> tuple[list[int], bool]:
+    """Tokens carried by each content chunk, and whether that split is an estimate.
+
+    Without a total, each chunk counts as one token. With the server's total (``usage``):
+    when it equals the chunk count, one each (exact); otherwise the total is split in
+    proportion to each chunk's text length, every chunk getting at least one token when
+    there are enough (largest remainder), and the split is marked as estimated.
+    """
+    count = len(texts)
+    if total is None or total == count:
+        return [1] * count, False
+    if count == 0:
+        return [], True
+    if total < count:
+        return [1] * count, True
+    base = [1] * count
+    spare = total - count
+    weights = [max(len(t), 1) for t in texts]
+    scale = spare / sum(weights)
+    shares = [w * scale for w in weights]
+    floors = [int(s) for s in shares]
+    left = spare - sum(floors)
+    order = sorted(range(count), key=lambda i: shares[i] - floors[i], reverse=True)
+    for i in order[:left]:
+        floors[i] += 1
+    return [b + f for b, f in zip(base, floors, strict=True)], True

@@ -1,0 +1,201 @@
+"""Several processes, or several client nodes, driving one load together.
+
+One Python process is one core: above a few hundred streamed requests per second a
+single event loop falls behind its schedule. ``run_load(..., workers=N)`` splits one plan
+into N shards (open loop: request i goes to shard i mod N, keeping its due time; closed
+loop: the concurrency and count are divided), starts N processes, holds them at a barrier
+until every one is ready, gives them one common start time, and merges their records.
+``run_on_jobs`` does the same with submitit jobs on several client nodes (Slurm), which
+rendezvous through files in a shared folder; their clocks must agree (NTP, as on clusters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import multiprocessing as mp
+import queue
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+
+from pytest_aifactory.load.engine import Engine, LoadPlan, Progress, RequestClient, Workload
+from pytest_aifactory.load.records import RequestRecord
+
+__all__ = ["Shard", "run_load", "run_on_jobs", "split_plan"]
+
+_START_MARGIN_S = 0.25
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One worker's part of a load: its plan, schedule and index numbering."""
+
+    client: RequestClient
+    workload: Workload
+    plan: LoadPlan
+    schedule: Sequence[tuple[int, float]] | None
+    worker: str
+    index_offset: int = 0
+    index_stride: int = 1
+
+
+def _share(total: int, parts: int, i: int) -> int:
+    return total // parts + (1 if i < total % parts else 0)
+
+
+def split_plan(client: RequestClient, workload: Workload, plan: LoadPlan, parts: int) -> list[Shard]:
+    """Divide ``plan`` into ``parts`` shards that together offer the same load."""
+    if parts < 1:
+        raise ValueError(f"workers must be >= 1, got {parts}")
+    if plan.mode == "open":
+        schedule = plan.schedule()
+        return [Shard(client, workload, plan, schedule[i::parts], f"w{i}") for i in range(parts)]
+    concurrency = plan.concurrency or 1
+    if parts > concurrency:
+        raise ValueError(f"closed loop: {parts} workers need a concurrency of at least {parts}, got {concurrency}")
+    shards = []
+    for i in range(parts):
+        shard_plan = dataclasses.replace(
+            plan,
+            concurrency=_share(concurrency, parts, i),
+            count=None if plan.count is None else _share(plan.count, parts, i),
+            warmup=_share(plan.warmup, parts, i),
+        )
+        shards.append(Shard(client, workload, shard_plan, None, f"w{i}", index_offset=i, index_stride=parts))
+    return shards
+
+
+def _engine(shard: Shard, progress: Callable[[Progress], None] | None) -> Engine:
+    return Engine(
+        shard.client,
+        shard.workload,
+        shard.plan,
+        progress=progress,
+        worker=shard.worker,
+        index_offset=shard.index_offset,
+        index_stride=shard.index_stride,
+    )
+
+
+def _worker_main(shard: Shard, barrier: Any, start: Any, out: Any) -> None:
+    """A worker process: wait at the barrier, run the shard from the common start, report."""
+
+    def report(p: Progress) -> None:
+        out.put(("progress", shard.worker, (p.sent, p.done, p.errors)))
+
+    try:
+        engine = _engine(shard, report)
+        barrier.wait()
+        barrier.wait()  # the parent sets the start time between the two waits
+        records = asyncio.run(engine.run(shard.schedule, start_at=start.value))
+        out.put(("records", shard.worker, [r.to_json() for r in records]))
+    except BaseException as exc:
+        out.put(("error", shard.worker, f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+def run_load(
+    client: RequestClient,
+    workload: Workload,
+    plan: LoadPlan,
+    workers: int = 1,
+    progress: Callable[[Progress], None] | None = None,
+) -> list[RequestRecord]:
+    """Run ``plan`` in this process (``workers=1``) or in ``workers`` processes; merged records."""
+    if workers == 1:
+        return asyncio.run(_engine(Shard(client, workload, plan, None, "w0"), progress).run())
+    shards = split_plan(client, workload, plan, workers)
+    ctx = mp.get_context("spawn")
+    barrier, start, out = ctx.Barrier(workers + 1), ctx.Value("d", 0.0), ctx.Queue()
+    processes = [ctx.Process(target=_worker_main, args=(s, barrier, start, out), daemon=True) for s in shards]
+    for process in processes:
+        process.start()
+    try:
+        barrier.wait(timeout=120)
+        start.value = time.time() + _START_MARGIN_S
+        barrier.wait(timeout=10)
+        return _collect(out, processes, progress, start.value)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(10)
+
+
+def _collect(
+    out: Any, processes: list[Any], progress: Callable[[Progress], None] | None, start_at: float
+) -> list[RequestRecord]:
+    results: dict[str, list[RequestRecord]] = {}
+    counts: dict[str, tuple[int, int, int]] = {}
+    while len(results) < len(processes):
+        try:
+            kind, worker, payload = out.get(timeout=1.0)
+        except queue.Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"load worker process exited with code {dead[0].exitcode}") from None
+            continue
+        if kind == "error":
+            raise RuntimeError(f"load worker {worker} failed: {payload}")
+        if kind == "records":
+            results[worker] = [RequestRecord.from_json(r) for r in payload]
+        elif progress is not None:
+            counts[worker] = payload
+            sent, done, errors = (sum(c[i] for c in counts.values()) for i in range(3))
+            progress(Progress(time.time() - start_at, sent, done, errors, sent - done, []))
+    return sorted((r for records in results.values() for r in records), key=lambda r: r.index)
+
+
+def _shard_job(shard: Shard, sync_dir: str, timeout_s: float) -> list[dict[str, Any]]:
+    """Inside a client-node job: announce readiness, wait for the common start, run."""
+    folder = Path(sync_dir)
+    engine = _engine(shard, None)
+    (folder / f"ready-{shard.worker}").write_text(str(time.time()))
+    go = folder / "go.json"
+    deadline = time.monotonic() + timeout_s
+    while not go.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no start signal in {sync_dir} after {timeout_s:g} s")
+        time.sleep(0.05)
+    start_at = float(json.loads(go.read_text())["start_at"])
+    return [r.to_json() for r in asyncio.run(engine.run(shard.schedule, start_at=start_at))]
+
+
+def run_on_jobs(
+    submit: Callable[..., Any],
+    client: RequestClient,
+    workload: Workload,
+    plan: LoadPlan,
+    nodes: int,
+    sync_dir: Path,
+    ready_timeout_s: float = 600.0,
+) -> list[RequestRecord]:
+    """Run ``plan`` split over ``nodes`` jobs; ``submit(fn, *args)`` returns a submitit job.
+
+    The jobs start whenever the scheduler runs them; each reports ready in ``sync_dir``
+    (a folder every node sees) and waits; when all are ready a common start time is
+    written, and the merged records are returned.
+    """
+    sync_dir.mkdir(parents=True, exist_ok=True)
+    shards = split_plan(client, workload, plan, nodes)
+    jobs = [submit(_shard_job, shard, str(sync_dir), ready_timeout_s) for shard in shards]
+    deadline = time.monotonic() + ready_timeout_s
+    while len(list(sync_dir.glob("ready-*"))) < nodes:
+        finished = [job for job in jobs if job.done()]
+        if finished:
+            finished[0].result()  # raises the job's error
+            raise RuntimeError(f"load job {finished[0].job_id} ended before the start")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(list(sync_dir.glob('ready-*')))}/{nodes} load jobs ready after {ready_timeout_s:g} s")
+        time.sleep(0.1)
+    tmp = sync_dir / "go.json.tmp"
+    tmp.write_text(json.dumps({"start_at": time.time() + 1.0}))
+    tmp.replace(sync_dir / "go.json")
+    merged = [RequestRecord.from_json(r) for job in jobs for r in job.result()]
+    return sorted(merged, key=lambda r: r.index)

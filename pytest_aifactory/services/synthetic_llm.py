@@ -1,0 +1,149 @@
+"""``synthetic-llm``: an OpenAI-compatible streaming server with known timing, for calibration.
+
+It answers ``/v1/completions`` and ``/v1/chat/completions`` with ``max_tokens`` tokens: the
+first ``ttft_ms`` after the request arrived, then one chunk every ``itl_ms`` (each carrying
+``tokens_per_chunk`` tokens), on an absolute timetable so that delays do not accumulate.
+The load engine measured against it must find these delays: what it finds beyond them is
+the client's (and the server loop's) own error. Plain asyncio, no framework: one process,
+cheap per request. ``error_every=N`` answers every N-th request with HTTP 500.
+
+Run: ``python -m pytest_aifactory.services.synthetic_llm --host 127.0.0.1 --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pytest_aifactory.profiles import SettingValue
+from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
+
+__all__ = ["DEFAULTS", "SyntheticTiming", "build", "main"]
+
+DEFAULTS: dict[str, SettingValue] = {"ttft_ms": 20.0, "itl_ms": 5.0, "tokens_per_chunk": 1, "error_every": 0}
+
+
+def build(settings: Mapping[str, SettingValue]) -> ServiceSpec:
+    """The synthetic server as a service."""
+    return ServiceSpec(
+        name="synthetic-llm",
+        command=(
+            "{python}",
+            "-m",
+            "pytest_aifactory.services.synthetic_llm",
+            "--host={host}",
+            "--port={ports.http}",
+            f"--ttft-ms={settings['ttft_ms']}",
+            f"--itl-ms={settings['itl_ms']}",
+            f"--tokens-per-chunk={settings['tokens_per_chunk']}",
+            f"--error-every={settings['error_every']}",
+        ),
+        probe=HttpProbe(path="/health"),
+        readiness_timeout_s=30,
+    )
+
+
+@dataclass(frozen=True)
+class SyntheticTiming:
+    """The server's known delays."""
+
+    ttft_ms: float
+    itl_ms: float
+    tokens_per_chunk: int = 1
+    error_every: int = 0
+
+
+class _Server:
+    def __init__(self, timing: SyntheticTiming) -> None:
+        self.timing = timing
+        self.counter = itertools.count(1)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                received = time.perf_counter()
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                await self.respond(method, path, body, received, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def respond(
+        self, method: str, path: str, body: bytes, received: float, writer: asyncio.StreamWriter
+    ) -> None:
+        if method == "GET" and path in ("/health", "/v1/models"):
+            return self.plain(writer, 200, b'{"status":"ok","data":[{"id":"synthetic"}]}')
+        if method != "POST" or path not in ("/v1/completions", "/v1/chat/completions"):
+            return self.plain(writer, 404, b'{"error":"not found"}')
+        if self.timing.error_every and next(self.counter) % self.timing.error_every == 0:
+            return self.plain(writer, 500, b'{"error":"synthetic failure"}')
+        request = json.loads(body)
+        await self.stream(writer, request, chat=path.endswith("chat/completions"), received=received)
+        return None
+
+    @staticmethod
+    def plain(writer: asyncio.StreamWriter, status: int, payload: bytes) -> None:
+        writer.write(
+            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, len(payload), payload)
+        )
+
+    async def stream(self, writer: asyncio.StreamWriter, request: dict[str, object], chat: bool, received: float) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        total = int(str(request.get("max_tokens", 16)))
+        per_chunk = self.timing.tokens_per_chunk
+        chunks = (total + per_chunk - 1) // per_chunk
+        for i in range(chunks):
+            due = received + (self.timing.ttft_ms + i * self.timing.itl_ms) / 1000
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            text = "tok " * min(per_chunk, total - i * per_chunk)
+            choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
+            self.event(writer, {"choices": [choice]})
+            await writer.drain()
+        options = request.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            self.event(writer, {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": total}})
+        writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+        await writer.drain()
+
+    @staticmethod
+    def event(writer: asyncio.StreamWriter, data: dict[str, object]) -> None:
+        payload = b"data: " + json.dumps(data).encode() + b"\n\n"
+        writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+
+
+async def serve(host: str, port: int, timing: SyntheticTiming) -> None:
+    """Serve until cancelled."""
+    server = await asyncio.start_server(_Server(timing).handle, host, port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ttft-ms", type=float, default=20.0)
+    parser.add_argument("--itl-ms", type=float, default=5.0)
+    parser.add_argument("--tokens-per-chunk", type=int, default=1)
+    parser.add_argument("--error-every", type=int, default=0)
+    args = parser.parse_args()
+    timing = SyntheticTiming(args.ttft_ms, args.itl_ms, args.tokens_per_chunk, args.error_every)
+    asyncio.run(serve(args.host, args.port, timing))
+
+
+if __name__ == "__main__":
+    main()

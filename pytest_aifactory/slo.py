@@ -1,0 +1,135 @@
+"""Service-level objectives: ``p99_ttft_ms <= 500``, parsed once, checked against results.
+
+An expression is ``METRIC OP NUMBER`` with OP one of ``<= < >= > ==``; METRIC is one of
+``metrics.METRICS`` (or a rate a workload adds, such as ``mib_s``). Every breach of every
+objective is collected and reported at once, each as ``p99_ttft=812.4 ms, expected <= 500 ms``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import operator
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pytest_aifactory.metrics import METRICS
+
+__all__ = ["SLO", "SLOBreach", "SLOError", "Verdict", "assert_slo", "check", "format_breaches", "parse_slo"]
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+    "==": operator.eq,
+}
+_EXPR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+class SLOError(ValueError):
+    """A malformed SLO expression or an unknown metric name."""
+
+
+class SLOBreach(AssertionError):
+    """One or more objectives were not met; the message lists every breach."""
+
+    def __init__(self, verdicts: Sequence[Verdict]) -> None:
+        super().__init__(format_breaches(verdicts))
+        self.verdicts = list(verdicts)
+
+
+@dataclass(frozen=True)
+class SLO:
+    """One objective: ``metric op threshold``."""
+
+    metric: str
+    op: str
+    threshold: float
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+    def display(self) -> tuple[str, str]:
+        """Short name and unit for messages: ``p99_ttft_ms`` -> (``p99_ttft``, ``ms``)."""
+        info = METRICS.get(self.metric)
+        if info is not None and info.unit in ("ms", "s") and self.metric.endswith(f"_{info.unit}"):
+            return self.metric[: -len(info.unit) - 1], info.unit
+        return self.metric, info.unit if info is not None else ""
+
+
+def parse_slo(expression: str, extra_metrics: Iterable[str] = ()) -> SLO:
+    """Parse ``METRIC OP NUMBER``; raise ``SLOError`` naming the expression and valid metrics."""
+    match = _EXPR.match(expression)
+    if not match:
+        raise SLOError(
+            f"malformed SLO {expression!r}: expected 'METRIC OP NUMBER' with OP one of "
+            f"{', '.join(_OPS)}, e.g. 'p99_ttft_ms <= 500'"
+        )
+    metric, op, number = match.groups()
+    known = set(METRICS) | set(extra_metrics)
+    if metric not in known:
+        close = difflib.get_close_matches(metric, sorted(known), n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise SLOError(
+            f"unknown metric {metric!r} in SLO {expression!r}{hint}; valid metrics: {', '.join(sorted(known))}"
+        )
+    return SLO(metric, op, float(number))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one objective against one result."""
+
+    slo: SLO
+    value: float
+    passed: bool
+    label: str = ""
+
+    def message(self) -> str:
+        """``p99_ttft=812.4 ms, expected <= 500 ms`` (prefixed with the result's label)."""
+        name, unit = self.slo.display()
+        suffix = f" {unit}" if unit else ""
+        where = f"[{self.label}] " if self.label else ""
+        return f"{where}{name}={_fmt(self.value)}{suffix}, expected {self.slo.op} {self.slo.threshold:g}{suffix}"
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "nan (no data)"
+    return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
+
+
+def check(slos: Sequence[SLO], metrics: Mapping[str, float], label: str = "") -> list[Verdict]:
+    """Evaluate every objective; a missing or NaN metric is a breach, never a pass."""
+    verdicts = []
+    for slo in slos:
+        value = float(metrics.get(slo.metric, math.nan))
+        passed = not math.isnan(value) and _OPS[slo.op](value, slo.threshold)
+        verdicts.append(Verdict(slo, value, passed, label))
+    return verdicts
+
+
+def format_breaches(verdicts: Sequence[Verdict]) -> str:
+    """One failure message listing every breach."""
+    breaches = [v for v in verdicts if not v.passed]
+    lines = [f"{len(breaches)} SLO breach(es):", *(f"  {v.message()}" for v in breaches)]
+    return "\n".join(lines)
+
+
+class _HasMetrics(Protocol):
+    label: str
+
+    def metrics(self) -> dict[str, float]: ...
+
+
+def assert_slo(result: _HasMetrics, *expressions: str) -> list[Verdict]:
+    """Check ``expressions`` against a result; raise ``SLOBreach`` listing every breach."""
+    metrics = result.metrics()
+    slos = [parse_slo(e, extra_metrics=metrics) for e in expressions]
+    verdicts = check(slos, metrics, result.label)
+    if not all(v.passed for v in verdicts):
+        raise SLOBreach(verdicts)
+    return verdicts

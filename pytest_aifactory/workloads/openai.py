@@ -1,0 +1,165 @@
+"""OpenAI-compatible streaming client (``/v1/completions``, ``/v1/chat/completions``).
+
+vLLM, llama.cpp, Ollama and TGI all speak it. Asks for ``stream_options.include_usage``
+(and vLLM's ``continuous_usage_stats``, which gives exact tokens per chunk); where the
+server gives no usage, each content chunk counts as one token.
+
+Built on aiohttp rather than httpx: measured on 2 cores against the synthetic server at 500
+streamed requests/s, httpx fell behind its schedule (schedule lag p99 55 ms) where aiohttp
+kept it (1.4 ms). The read buffer is raised to 1 MiB: aiohttp's 64 KiB default throttled
+long streams (vLLM issue #39963).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+
+from pytest_aifactory.load.engine import Clock
+from pytest_aifactory.load.records import Chunk, RequestRecord, attribute_tokens
+from pytest_aifactory.workloads.prompts import LLMRequest
+
+__all__ = ["OpenAIClient"]
+
+
+@dataclass
+class OpenAIClient:
+    """Streams completions from ``base_url`` (``http://host:port``).
+
+    ``api_key_env`` names the environment variable holding the API key: the key itself
+    never enters the client's configuration, pickles or reports.
+    """
+
+    base_url: str
+    model: str
+    api: Literal["completions", "chat"] = "completions"
+    api_key_env: str | None = None
+    include_usage: bool = True
+    continuous_usage: bool = False
+    temperature: float = 0.0
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    max_connections: int = 0  # unlimited: the engine decides how many requests are in flight
+    _http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        """Configuration for reports (no secret)."""
+        return {
+            "client": "openai",
+            "api": self.api,
+            "base_url": self.base_url,
+            "model": self.model,
+            "include_usage": self.include_usage,
+            "extra_body": self.extra_body,
+        }
+
+    async def open(self) -> None:
+        """Create the HTTP connection pool."""
+        headers = {}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise RuntimeError(f"environment variable {self.api_key_env} (the API key) is not set")
+            headers["Authorization"] = f"Bearer {key}"
+        self._http = aiohttp.ClientSession(
+            base_url=self.base_url,
+            headers=headers,
+            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            timeout=aiohttp.ClientTimeout(total=None),
+            read_bufsize=2**20,
+        )
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def body(self, request: LLMRequest) -> tuple[str, dict[str, Any]]:
+        """Path and JSON body for ``request``."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "temperature": self.temperature,
+            "stream": True,
+        }
+        if self.include_usage:
+            body["stream_options"] = {"include_usage": True}
+            if self.continuous_usage:
+                body["stream_options"]["continuous_usage_stats"] = True
+        body.update(self.extra_body)
+        if self.api == "chat":
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+            return "/v1/chat/completions", body
+        body["prompt"] = request.prompt
+        return "/v1/completions", body
+
+    async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
+        """Stream one completion, recording the arrival time of every content chunk."""
+        assert self._http is not None, "open() first"
+        request: LLMRequest = payload
+        record.input_tokens = request.input_tokens
+        path, body = self.body(request)
+        texts: list[str] = []
+        times: list[float] = []
+        running_usage: list[int] = []
+        final_usage: int | None = None
+        async with self._http.post(path, json=body) as response:
+            record.status = response.status
+            if response.status >= 400:
+                text = await response.text(errors="replace")
+                record.error = f"HTTP {response.status}: {text[:300]}"
+                record.end = clock.now()
+                return
+            async for line in response.content:
+                now = clock.now()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    break
+                event = json.loads(data)
+                if "error" in event:
+                    record.error = f"stream error: {str(event['error'])[:300]}"
+                    break
+                usage = event.get("usage") or {}
+                content = self._content(event)
+                if content:
+                    if record.first_token is None:
+                        record.first_token = now
+                    texts.append(content)
+                    times.append(now)
+                    if "completion_tokens" in usage:
+                        running_usage.append(int(usage["completion_tokens"]))
+                if usage.get("prompt_tokens") is not None:
+                    record.input_tokens = int(usage["prompt_tokens"])
+                if usage.get("completion_tokens") is not None:
+                    final_usage = int(usage["completion_tokens"])
+            record.end = clock.now()
+        record.output_tokens = final_usage
+        record.chunks = self._chunks(texts, times, running_usage, final_usage, record)
+
+    @staticmethod
+    def _content(event: dict[str, Any]) -> str:
+        choices = event.get("choices") or []
+        if not choices:
+            return ""
+        choice = choices[0]
+        if "text" in choice:
+            return str(choice["text"] or "")
+        delta = choice.get("delta") or {}
+        return str(delta.get("content") or delta.get("reasoning_content") or "")
+
+    @staticmethod
+    def _chunks(
+        texts: list[str], times: list[float], running: list[int], total: int | None, record: RequestRecord
+    ) -> list[Chunk]:
+        if running and len(running) == len(texts):  # exact: per-chunk usage (vLLM continuous usage)
+            counts = [b - a for a, b in zip([0, *running[:-1]], running, strict=True)]
+            record.tokens_estimated = False
+        else:
+            counts, record.tokens_estimated = attribute_tokens(texts, total)
+        return [Chunk(at, n) for at, n in zip(times, counts, strict=True)]
