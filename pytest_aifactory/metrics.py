@@ -1,4 +1,6 @@
-"""Records -> results: pure functions, no I/O. Definitions (see docs/metrics.md):
+"""Records to results: pure functions, no I/O.
+
+Definitions (compared with vLLM's and GuideLLM's in the README):
 
 - TTFT: first chunk with content minus the request's *scheduled* time (vLLM: minus the
   actual send, which hides client queueing).
@@ -13,6 +15,8 @@
   the measured window (first scheduled send to last response end, warm-up excluded).
 - Goodput: requests meeting every per-request SLO, per second; ``goodput_fraction`` is
   their share of all measured requests (errors count as not good).
+
+All latencies are in milliseconds.
 """
 
 from __future__ import annotations

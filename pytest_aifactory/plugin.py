@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 from pytest_aifactory.errors import AifError, ServiceConfigError, ServiceDiedError, ServiceStartupError
+from pytest_aifactory.load.api import LoadRunner
+from pytest_aifactory.metrics import LoadResult
+from pytest_aifactory.outcomes import RESULTS_KEY, Outcomes, progress_printer
 from pytest_aifactory.profiles import Profile, load_profile
 from pytest_aifactory.run import RunContext, cancel_run_jobs, new_run_id, parse_run_id
 from pytest_aifactory.services.catalog import build_spec
@@ -30,7 +33,15 @@ MARKERS = {
     "vectordb": "benchmarks of vector databases (Milvus, Chroma, FAISS, Qdrant, Weaviate)",
     "filestorage": "benchmarks of file systems (parallel file system, local disk)",
     "slurm": "needs a working Slurm cluster (sbatch, squeue, sacct); fails under CI=true when missing",
+    "slo(*expressions)": "service-level objectives checked against every load result of the test, "
+    "e.g. slo('p99_ttft_ms <= 500', 'error_rate <= 0.01')",
 }
+
+
+def _workers_arg(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"--aif-load-workers: expected a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def _run_id_arg(value: str) -> str:
@@ -71,7 +82,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="Leave services running after the run for debugging; stop them with 'aifactory cleanup RUN_ID'",
     )
+    group.addoption(
+        "--aif-load-workers",
+        dest="aif_load_workers",
+        metavar="N",
+        type=_workers_arg,
+        default=None,
+        help="Processes that drive each load together (default: ini aif_load_workers, else 1)",
+    )
     parser.addini("aif_profile", "Default Slurm profile name or path", default="local")
+    parser.addini("aif_load_workers", "Default number of load worker processes", default="1")
     parser.addini("aif_results_dir", "Default results folder", default="aif-results")
     parser.addini("aif_keep_services", "Leave services running after the run", type="bool", default=False)
 
@@ -127,6 +147,7 @@ def pytest_configure(config: pytest.Config) -> None:
     run = RunContext.create(run_id, _results_dir(config), profile, owner_pid, _keep(config))
     config.stash[RUN_KEY] = run
     config.stash[ERRORS_KEY] = []
+    config.pluginmanager.register(Outcomes(config, profile.vars), "aifactory-outcomes")
     if _is_worker(config):
         return
     if config.pluginmanager.hasplugin("xdist"):
@@ -243,6 +264,12 @@ def aif_run(pytestconfig: pytest.Config) -> RunContext:
 
 
 @pytest.fixture(scope="session")
+def aif_vars(aif_profile: Profile) -> Callable[[str, Any], Any]:
+    """``aif_vars("llm_rates", [1, 2, 4])``: a suite variable from the profile, else the default."""
+    return aif_profile.var
+
+
+@pytest.fixture(scope="session")
 def aif_profile(aif_run: RunContext) -> Profile:
     """The Slurm profile of this run (``--aif-profile``)."""
     return aif_run.profile
@@ -268,13 +295,44 @@ def aif_shared_service(aif_run: RunContext) -> Iterator[ServiceFactory]:
     yield from _factory(aif_run, shared=True)
 
 
-def _named(service: str) -> Callable[..., RunningService]:
+@pytest.fixture
+def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> LoadRunner:
+    """Drive load and get results: ``aif_load.openai(llm_service, rate=20, count=200)``.
+
+    Every result is recorded for the test's ``slo`` marker and the results table.
+    """
+    item = request.node
+    option = pytestconfig.getoption("aif_load_workers")
+    workers = option if option is not None else _workers_arg(str(pytestconfig.getini("aif_load_workers")))
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+
+    def record(result: LoadResult) -> None:
+        item.stash.setdefault(RESULTS_KEY, []).append(result)
+
+    progress = progress_printer(reporter, item.name) if reporter is not None else None
+    return LoadRunner(on_result=record, progress=progress, workers=workers)
+
+
+def _named(service: str, doc: str) -> Callable[..., RunningService]:
     def fixture(aif_shared_service: ServiceFactory) -> RunningService:
         return aif_shared_service(service)
 
-    fixture.__doc__ = f"The run's shared {service!r} service (see the catalog)."
-    fixture.__name__ = f"{service}_service"
+    fixture.__doc__ = doc
     return fixture
 
 
-http_service = pytest.fixture(scope="session", name="http_service")(_named("http"))
+http_service = pytest.fixture(scope="session", name="http_service")(
+    _named("http", "The run's static HTTP server (the 'http' service).")
+)
+synthetic_llm_service = pytest.fixture(scope="session", name="synthetic_llm_service")(
+    _named("synthetic-llm", "The run's synthetic OpenAI-compatible server with known timing.")
+)
+triton_service = pytest.fixture(scope="session", name="triton_service")(
+    _named("triton", "The run's Triton server (pytriton on CPU unless the profile gives a model repository).")
+)
+
+
+@pytest.fixture(scope="session")
+def llm_service(aif_shared_service: ServiceFactory, aif_profile: Profile) -> RunningService:
+    """The run's LLM server: the profile's ``llm`` service (llama.cpp locally, vLLM on GPU nodes)."""
+    return aif_shared_service(aif_profile.llm)

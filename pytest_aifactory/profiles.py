@@ -87,11 +87,17 @@ class Profile:
     service_host: Literal["loopback", "node"] = "loopback"
     readiness_timeout_s: float | int = 120
     job_dir: str | None = None
+    llm: str = "llamacpp"
+    vars: dict[str, SettingValue | list[float | int]] = dataclasses.field(default_factory=dict)
     slurm: SlurmSettings = dataclasses.field(default_factory=SlurmSettings)
     container: ContainerSettings | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     services: dict[str, ServiceOverride] = dataclasses.field(default_factory=dict)
     source: str = ""
+
+    def var(self, name: str, default: Any) -> Any:
+        """A suite variable (``vars.NAME``): sizes and thresholds that differ per machine."""
+        return self.vars.get(name, default)
 
     def override(self, service: str) -> ServiceOverride:
         """The overrides this profile sets for ``service`` (empty when none)."""

@@ -52,6 +52,7 @@ class Backend(ABC):
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
+        self.jobs: dict[str, submitit.Job[Any]] = {}  # submitted from this process
 
     def submit(self, plan: LaunchPlan) -> str:
         """Submit ``plan`` as a job; returns its id."""
@@ -62,6 +63,7 @@ class Backend(ABC):
             job = executor.submit(serve, plan)
         except Exception as exc:  # submitit raises several types; all mean "not submitted"
             raise JobError(f"could not submit service {plan.spec.name!r} on {self.name}: {exc}") from exc
+        self.jobs[str(job.job_id)] = job
         return str(job.job_id)
 
     def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
@@ -110,6 +112,9 @@ class LocalBackend(Backend):
 
     def status(self, job_id: str, folder: Path) -> JobStatus:
         """Active while the job process or the service it started is alive."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            job.done()  # reaps submitit's controller process once it has exited
         service_pid = self._service_pid(folder)
         if pid_alive(int(job_id)):
             return JobStatus("RUNNING", active=True)

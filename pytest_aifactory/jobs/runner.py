@@ -221,9 +221,13 @@ def serve(plan: LaunchPlan) -> int:
     host = "127.0.0.1" if plan.host_mode == "loopback" else node_address()
     ports = {name: free_port(host) for name in spec.ports}
     env = {**os.environ, **dict(plan.env), **spec.env}
+    missing = [source for source in spec.env_from.values() if source not in os.environ]
+    if missing:
+        raise JobError(f"service {spec.name!r} needs environment variable(s) {', '.join(missing)} (not set)")
+    env.update({target: os.environ[source] for target, source in spec.env_from.items()})
     stdout_path, stderr_path = plan.folder / STDOUT_FILE, plan.folder / STDERR_FILE
     with _workdir(plan) as workdir, stdout_path.open("a") as out, stderr_path.open("a") as err:
-        context = render_context(host, ports, str(workdir), sys.executable, node)
+        context = render_context(host, ports, str(workdir), sys.executable, node, spec.resources.gpus)
         _run_setup(plan, context, env, out, err)
         argv = command_argv(plan, [render(word, context) for word in spec.command])
         out.write(f"[aifactory] start: {' '.join(argv)}\n")

@@ -154,7 +154,9 @@ class Engine:
         self._slots = asyncio.Semaphore(plan.concurrency) if plan.mode == "open" and plan.concurrency else None
         self.clock = Clock()
 
-    async def run(self, schedule: Sequence[tuple[int, float]] | None = None, start_at: float | None = None) -> list[RequestRecord]:
+    async def run(
+        self, schedule: Sequence[tuple[int, float]] | None = None, start_at: float | None = None
+    ) -> list[RequestRecord]:
         """Run the plan (open loop: ``schedule`` or the plan's own); returns every record."""
         self.clock = Clock(start_at)
         await self.client.open()

@@ -9,9 +9,10 @@ computed before the first send, so computing it never delays a request.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["Arrivals", "arrival_times"]
 
@@ -47,7 +48,7 @@ def arrival_times(arrivals: Arrivals, count: int | None = None, duration_s: floa
     rng = np.random.default_rng(arrivals.seed)
     shape = 1.0 if arrivals.distribution == "poisson" else arrivals.burstiness
 
-    def gaps(size: int) -> np.ndarray:
+    def gaps(size: int) -> npt.NDArray[Any]:
         if arrivals.distribution == "constant":
             return np.full(size, mean_gap)
         return rng.gamma(shape, mean_gap / shape, size=size)

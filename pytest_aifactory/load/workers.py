@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-
 from pytest_aifactory.load.engine import Engine, LoadPlan, Progress, RequestClient, Workload
 from pytest_aifactory.load.records import RequestRecord
 
@@ -192,7 +190,9 @@ def run_on_jobs(
             finished[0].result()  # raises the job's error
             raise RuntimeError(f"load job {finished[0].job_id} ended before the start")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(list(sync_dir.glob('ready-*')))}/{nodes} load jobs ready after {ready_timeout_s:g} s")
+            raise TimeoutError(
+                f"only {len(list(sync_dir.glob('ready-*')))}/{nodes} load jobs ready after {ready_timeout_s:g} s"
+            )
         time.sleep(0.1)
     tmp = sync_dir / "go.json.tmp"
     tmp.write_text(json.dumps({"start_at": time.time() + 1.0}))

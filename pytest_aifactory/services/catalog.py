@@ -8,7 +8,7 @@ from typing import Any
 
 from pytest_aifactory.errors import ServiceConfigError
 from pytest_aifactory.profiles import Profile, SettingValue
-from pytest_aifactory.services import http
+from pytest_aifactory.services import http, inference, synthetic_llm
 from pytest_aifactory.services.spec import Resources, ServiceSpec
 
 __all__ = ["CATALOG", "build_spec", "service_names"]
@@ -24,6 +24,11 @@ class CatalogEntry:
 
 CATALOG: dict[str, CatalogEntry] = {
     "http": CatalogEntry(http.DEFAULTS, http.build),
+    "synthetic-llm": CatalogEntry(synthetic_llm.DEFAULTS, synthetic_llm.build),
+    "llamacpp": CatalogEntry(inference.LLAMACPP, inference.llamacpp),
+    "vllm": CatalogEntry(inference.VLLM, inference.vllm),
+    "triton": CatalogEntry(inference.TRITON, inference.triton),
+    "ollama": CatalogEntry(inference.OLLAMA, inference.ollama),
 }
 
 SPEC_KEYS = frozenset({"image", "readiness_timeout_s", "env"})

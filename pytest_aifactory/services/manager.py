@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -74,6 +75,11 @@ class ServiceManager:
 
     def _start(self, spec: ServiceSpec) -> RunningService:
         """Submit ``spec`` and wait until its probe passes; a failed start is cancelled and raised."""
+        missing = [source for source in spec.env_from.values() if source not in os.environ]
+        if missing:
+            raise ServiceStartupError(
+                f"service {spec.name!r} needs environment variable(s) {', '.join(missing)}: set them before the run"
+            )
         folder = self._job_root() / f"{spec.name}-{uuid.uuid4().hex[:8]}"
         plan = LaunchPlan(
             spec=spec,

@@ -70,15 +70,19 @@ class ServiceSpec:
 
     ``command`` and ``setup`` may use placeholders filled in inside the job:
     ``{host}``, ``{ports.NAME}`` (a free port picked on the job's node for each name in
-    ``ports``), ``{workdir}`` (a private scratch folder), ``{python}`` and ``{node}``.
-    ``secret_env`` names environment variables whose values are never logged or reported.
+    ``ports``), ``{workdir}`` (a private scratch folder), ``{python}``, ``{node}`` and
+    ``{gpus}`` (the GPUs the job asked for).
+    ``env_from`` maps a variable of the service to one of the submitting environment
+    (``{"VLLM_API_KEY": "AIF_VLLM_API_KEY"}``): the job copies the value when it starts, so
+    secrets never enter the spec, the job folder's pickles, logs or reports.
+    ``meta`` tells clients how to talk to the service (model name, API key variable...).
     """
 
     name: str
     command: tuple[str, ...]
     ports: tuple[str, ...] = ("http",)
     env: Mapping[str, str] = field(default_factory=dict)
-    secret_env: tuple[str, ...] = ()
+    env_from: Mapping[str, str] = field(default_factory=dict)
     setup: tuple[tuple[str, ...], ...] = ()
     probe: Probe | None = None
     resources: Resources = field(default_factory=Resources)
@@ -86,6 +90,7 @@ class ServiceSpec:
     readiness_timeout_s: float = 120.0
     stop_timeout_s: float = 20.0
     run_as: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> ServiceSpec:
         """A copy with ``changes`` applied (resources may be given as their own fields)."""
@@ -101,7 +106,9 @@ def render(template: str, context: Mapping[str, Any]) -> str:
     return template.format_map(context)
 
 
-def render_context(host: str, ports: Mapping[str, int], workdir: str, python: str, node: str) -> dict[str, Any]:
+def render_context(
+    host: str, ports: Mapping[str, int], workdir: str, python: str, node: str, gpus: int = 0
+) -> dict[str, Any]:
     """The placeholder values available to commands."""
     return {
         "host": host,
@@ -109,6 +116,7 @@ def render_context(host: str, ports: Mapping[str, int], workdir: str, python: st
         "workdir": workdir,
         "python": python,
         "node": node,
+        "gpus": gpus,
     }
 
 

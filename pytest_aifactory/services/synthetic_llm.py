@@ -78,9 +78,7 @@ class _Server:
         finally:
             writer.close()
 
-    async def respond(
-        self, method: str, path: str, body: bytes, received: float, writer: asyncio.StreamWriter
-    ) -> None:
+    async def respond(self, method: str, path: str, body: bytes, received: float, writer: asyncio.StreamWriter) -> None:
         if method == "GET" and path in ("/health", "/v1/models"):
             return self.plain(writer, 200, b'{"status":"ok","data":[{"id":"synthetic"}]}')
         if method != "POST" or path not in ("/v1/completions", "/v1/chat/completions"):
@@ -98,7 +96,9 @@ class _Server:
             % (status, len(payload), payload)
         )
 
-    async def stream(self, writer: asyncio.StreamWriter, request: dict[str, object], chat: bool, received: float) -> None:
+    async def stream(
+        self, writer: asyncio.StreamWriter, request: dict[str, object], chat: bool, received: float
+    ) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
         total = int(str(request.get("max_tokens", 16)))
         per_chunk = self.timing.tokens_per_chunk

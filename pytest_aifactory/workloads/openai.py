@@ -127,7 +127,7 @@ class OpenAIClient:
                     break
                 usage = event.get("usage") or {}
                 content = self._content(event)
-                if content:
+                if content is not None:
                     if record.first_token is None:
                         record.first_token = now
                     texts.append(content)
@@ -143,15 +143,23 @@ class OpenAIClient:
         record.chunks = self._chunks(texts, times, running_usage, final_usage, record)
 
     @staticmethod
-    def _content(event: dict[str, Any]) -> str:
+    def _content(event: dict[str, Any]) -> str | None:
+        """The text of a chunk that carries a token, else None.
+
+        A chunk carries a token when it has text, or when it has an empty text field and
+        is not the closing chunk: llama.cpp streams one chunk per token, and a token that
+        is part of a multi-byte character decodes to an empty string.
+        """
         choices = event.get("choices") or []
         if not choices:
-            return ""
+            return None
         choice = choices[0]
-        if "text" in choice:
-            return str(choice["text"] or "")
-        delta = choice.get("delta") or {}
-        return str(delta.get("content") or delta.get("reasoning_content") or "")
+        fields = {"text": choice["text"]} if "text" in choice else (choice.get("delta") or {})
+        text = fields.get("text") or fields.get("content") or fields.get("reasoning_content")
+        if text:
+            return str(text)
+        has_field = any(key in fields for key in ("text", "content"))
+        return "" if has_field and choice.get("finish_reason") is None else None
 
     @staticmethod
     def _chunks(

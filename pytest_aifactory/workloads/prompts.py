@@ -18,12 +18,96 @@ import numpy as np
 __all__ = ["LLMRequest", "Lengths", "PromptFile", "SyntheticPrompts", "prompts_from_spec"]
 
 # Common short English words: about one token each in the usual BPE vocabularies.
-_WORDS = (
-    "the of and to in is that for it as was with be by on not he this are or his from at which but have an "
-    "they you were her she there been one all we their has would when if so no will can more other out up "
-    "what about time them some could into only then two may first any new like these our over also way very "
-    "after made work most where through back years much before good great well just people state world"
-).split()
+_WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+    "but",
+    "have",
+    "an",
+    "they",
+    "you",
+    "were",
+    "her",
+    "she",
+    "there",
+    "been",
+    "one",
+    "all",
+    "we",
+    "their",
+    "has",
+    "would",
+    "when",
+    "if",
+    "so",
+    "no",
+    "will",
+    "can",
+    "more",
+    "other",
+    "out",
+    "up",
+    "what",
+    "about",
+    "time",
+    "them",
+    "some",
+    "could",
+    "into",
+    "only",
+    "then",
+    "two",
+    "may",
+    "first",
+    "any",
+    "new",
+    "like",
+    "these",
+    "our",
+    "over",
+    "also",
+    "way",
+    "very",
+    "after",
+    "made",
+    "work",
+    "most",
+    "where",
+    "through",
+    "back",
+    "years",
+    "much",
+    "before",
+    "good",
+    "great",
+    "well",
+    "just",
+    "people",
+    "state",
+    "world",
+]
 
 
 @dataclass(frozen=True)
@@ -122,14 +206,18 @@ class PromptFile:
     max_output: int | None = None
 
     @classmethod
-    def load(cls, path: Path, seed: int = 0, max_output: int | None = None, default_max_tokens: int = 128) -> PromptFile:
+    def load(
+        cls, path: Path, seed: int = 0, max_output: int | None = None, default_max_tokens: int = 128
+    ) -> PromptFile:
         """Read ``path`` (``.jsonl``: JSON lines; otherwise one JSON list)."""
         if not path.is_file():
             raise ValueError(f"prompt file {path} does not exist")
         text = path.read_text(encoding="utf-8")
         try:
             if path.suffix == ".jsonl":
-                items = [(f"{path}:{n}", json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+                items = [
+                    (f"{path}:{n}", json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()
+                ]
             else:
                 data = json.loads(text)
                 if not isinstance(data, list):

@@ -1,0 +1,71 @@
+"""LLM serving benchmarks: the same file runs on llama.cpp locally and on vLLM on MeluXina.
+
+Sizes and thresholds come from the profile's ``vars`` (with the local defaults below), so
+the suite is unchanged between a laptop and a GPU partition.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_aifactory.slo import assert_slo
+
+pytestmark = pytest.mark.inference
+
+
+@pytest.mark.slo("error_rate <= 0.01", "p50_ttft_ms <= {llm_p50_ttft_ms}")
+def test_rate_sweep_goodput(llm_service, aif_load, aif_vars):
+    """Open-loop Poisson arrivals at rising rates; goodput under per-request TTFT/TPOT limits."""
+    goodput = {"ttft_ms": aif_vars("llm_goodput_ttft_ms", 2000), "tpot_ms": aif_vars("llm_goodput_tpot_ms", 100)}
+    points = aif_load.sweep(
+        "rate",
+        aif_vars("llm_rates", [4, 8, 16, 32]),
+        aif_load.openai,
+        llm_service,
+        prompts=aif_vars("llm_prompts", "synthetic:in=64:128,out=16:32"),
+        count=aif_vars("llm_requests", 24),
+        warmup=2,
+        goodput=goodput,
+    )
+    assert_slo(points[0], "goodput_fraction >= 0.9")
+    for point in points:
+        assert point["achieved_rate"] == pytest.approx(point["offered_rate"], rel=0.1), "the client fell behind"
+
+
+@pytest.mark.slo("error_rate == 0", "p99_e2e_ms <= {llm_p99_e2e_ms}")
+def test_concurrency_sweep(llm_service, aif_load, aif_vars):
+    """Closed loop at rising concurrency: throughput against latency."""
+    points = aif_load.sweep(
+        "concurrency",
+        aif_vars("llm_concurrency", [1, 2, 4]),
+        aif_load.openai,
+        llm_service,
+        prompts=aif_vars("llm_prompts", "synthetic:in=64:128,out=16:32"),
+        count=aif_vars("llm_requests", 24),
+    )
+    assert all(p.completed > 0 for p in points)
+
+
+@pytest.mark.slo("error_rate == 0", "p99_ttft_ms <= {llm_prefill_p99_ttft_ms}")
+def test_long_prompt_prefill(llm_service, aif_load, aif_vars):
+    """Long prompts, short answers: time to first token is prefill time."""
+    result = aif_load.openai(
+        llm_service,
+        prompts=aif_vars("llm_prefill_prompts", "synthetic:in=1200:1500,out=4"),
+        concurrency=1,
+        count=aif_vars("llm_prefill_requests", 8),
+    )
+    assert result["mean_input_tokens"] >= 1000
+
+
+@pytest.mark.slo("error_rate == 0", "goodput_fraction >= 0.9")
+def test_chat_completions(llm_service, aif_load, aif_vars):
+    """The chat endpoint under gamma-distributed (bursty) arrivals."""
+    aif_load.openai_chat(
+        llm_service,
+        prompts=aif_vars("llm_prompts", "synthetic:in=64:128,out=16:32"),
+        rate=aif_vars("llm_chat_rate", 1),
+        burstiness=0.5,
+        count=aif_vars("llm_requests", 24),
+        goodput={"ttft_ms": aif_vars("llm_goodput_ttft_ms", 2000)},
+    )

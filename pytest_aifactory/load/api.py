@@ -1,0 +1,174 @@
+"""What a benchmark calls: one line per load, a ``LoadResult`` back (plain Python, no pytest).
+
+result = load.openai(llm_server, rate=20, duration_s=60, prompts="synthetic:in=512,out=128")
+points = load.sweep("rate", [5, 10, 20], load.openai, llm_server, count=200)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from pytest_aifactory.load.engine import LoadPlan, Progress, RequestClient, Workload
+from pytest_aifactory.load.schedule import Arrivals, Distribution
+from pytest_aifactory.load.workers import run_load
+from pytest_aifactory.metrics import GoodputSLO, LoadResult, summarize
+from pytest_aifactory.services.spec import RunningService
+from pytest_aifactory.workloads.openai import OpenAIClient
+from pytest_aifactory.workloads.prompts import prompts_from_spec
+from pytest_aifactory.workloads.triton import RandomTensors, TritonGenerateClient, TritonInferClient
+
+__all__ = ["LoadRunner", "make_plan"]
+
+ProgressFactory = Callable[[str], Callable[[Progress], None]]
+
+
+def make_plan(
+    rate: float | None = None,
+    concurrency: int | None = None,
+    count: int | None = None,
+    duration_s: float | None = None,
+    warmup: int = 0,
+    distribution: Distribution = "poisson",
+    burstiness: float = 1.0,
+    seed: int = 0,
+    timeout_s: float = 300.0,
+) -> LoadPlan:
+    """Open loop when ``rate`` is given (``concurrency`` then caps requests in flight), else closed loop."""
+    if rate is None and concurrency is None:
+        raise ValueError("give a rate (open loop, requests/s) or a concurrency (closed loop)")
+    if rate is not None:
+        if distribution == "poisson" and burstiness != 1.0:
+            distribution = "gamma"
+        arrivals = Arrivals(rate, distribution, burstiness, seed)
+        return LoadPlan("open", arrivals, concurrency, count, duration_s, warmup, timeout_s)
+    return LoadPlan("closed", None, concurrency, count, duration_s, warmup, timeout_s)
+
+
+def _label(plan: LoadPlan) -> str:
+    if plan.arrivals is not None:
+        return f"rate={plan.arrivals.rate:g}/s"
+    return f"concurrency={plan.concurrency}"
+
+
+class LoadRunner:
+    """Runs loads and hands every result to ``on_result`` (the plugin records them for SLOs)."""
+
+    def __init__(
+        self,
+        on_result: Callable[[LoadResult], None] | None = None,
+        progress: ProgressFactory | None = None,
+        workers: int = 1,
+    ) -> None:
+        self.on_result = on_result
+        self.progress = progress
+        self.workers = workers
+        self.results: list[LoadResult] = []
+
+    def run(
+        self,
+        client: RequestClient,
+        workload: Workload,
+        plan: LoadPlan,
+        *,
+        label: str | None = None,
+        workers: int | None = None,
+        goodput: Mapping[str, float] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> LoadResult:
+        """Run any client and workload under ``plan``; the general form of every helper."""
+        label = label or _label(plan)
+        workers = workers or self.workers
+        callback = self.progress(label) if self.progress else None
+        records = run_load(client, workload, plan, workers=workers, progress=callback)
+        full_config = {
+            **plan.describe(),
+            **_describe(workload),
+            **_describe(client),
+            "workers": workers,
+            "goodput": dict(goodput or {}),
+            **dict(config or {}),
+        }
+        result = summarize(records, label, plan.mode, full_config, GoodputSLO(**goodput) if goodput else None)
+        self.results.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
+        return result
+
+    def sweep(
+        self, parameter: str, values: Sequence[float], run: Callable[..., LoadResult], *args: Any, **kwargs: Any
+    ) -> list[LoadResult]:
+        """One result per value of ``parameter`` (``rate``, ``concurrency``...): ``run(*args, parameter=value)``."""
+        return [run(*args, **{**kwargs, parameter: value, "label": f"{parameter}={value:g}"}) for value in values]
+
+    def openai(
+        self,
+        service: RunningService | str,
+        *,
+        api: Literal["completions", "chat"] = "completions",
+        prompts: str = "synthetic:in=128,out=64",
+        model: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        label: str | None = None,
+        workers: int | None = None,
+        goodput: Mapping[str, float] | None = None,
+        **plan: Any,
+    ) -> LoadResult:
+        """Stream completions from an OpenAI-compatible server (a service or a base URL)."""
+        meta = service.spec.meta if isinstance(service, RunningService) else {}
+        body = json.loads(meta.get("extra_body", "{}"))
+        client = OpenAIClient(
+            base_url=service.url() if isinstance(service, RunningService) else service,
+            model=model or meta.get("model", "default"),
+            api=api,
+            api_key_env=meta.get("api_key_env") or None,
+            extra_body={**body, **dict(extra_body or {})},
+        )
+        seed = int(plan.get("seed", 0))
+        return self.run(
+            client, prompts_from_spec(prompts, seed), make_plan(**plan), label=label, workers=workers, goodput=goodput
+        )
+
+    def openai_chat(self, service: RunningService | str, **kwargs: Any) -> LoadResult:
+        """``openai(..., api="chat")``: ``/v1/chat/completions``."""
+        return self.openai(service, api="chat", **kwargs)
+
+    def triton_infer(
+        self,
+        service: RunningService,
+        *,
+        protocol: Literal["http", "grpc"] = "http",
+        model: str | None = None,
+        batch: int = 1,
+        label: str | None = None,
+        workers: int | None = None,
+        **plan: Any,
+    ) -> LoadResult:
+        """Tensor ``infer`` requests (random FP32 inputs) to a Triton model over HTTP or gRPC."""
+        meta = service.spec.meta
+        address = f"{service.host}:{service.ports[protocol]}"
+        client = TritonInferClient(address, model or meta["infer_model"], protocol)
+        workload = RandomTensors(int(meta.get("dim", "256")), batch, int(plan.get("seed", 0)))
+        return self.run(client, workload, make_plan(**plan), label=label, workers=workers)
+
+    def triton_generate(
+        self,
+        service: RunningService,
+        *,
+        prompts: str = "synthetic:in=32,out=16",
+        model: str | None = None,
+        label: str | None = None,
+        workers: int | None = None,
+        goodput: Mapping[str, float] | None = None,
+        **plan: Any,
+    ) -> LoadResult:
+        """Triton's ``generate_stream`` (one event per token)."""
+        client = TritonGenerateClient(service.url(), model or service.spec.meta["generate_model"])
+        workload = prompts_from_spec(prompts, int(plan.get("seed", 0)))
+        return self.run(client, workload, make_plan(**plan), label=label, workers=workers, goodput=goodput)
+
+
+def _describe(thing: object) -> dict[str, Any]:
+    describe = getattr(thing, "describe", None)
+    return dict(describe()) if callable(describe) else {}

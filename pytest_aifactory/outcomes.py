@@ -1,0 +1,173 @@
+"""SLO verdicts as test outcomes, the live progress line, and the metrics table at the end.
+
+Registered by the plugin as an object. ``@pytest.mark.slo(...)`` expressions are checked at
+collection (a typo is a usage error before anything starts) and evaluated after the test
+against every load result it produced; all breaches fail the test in one message. Each
+result's key figures travel in the report's ``user_properties``, so the table is complete
+under pytest-xdist too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Generator, Mapping
+from typing import Any
+
+import pytest
+
+from pytest_aifactory.load.engine import Progress
+from pytest_aifactory.metrics import LoadResult
+from pytest_aifactory.slo import SLO, SLOError, Verdict, check, format_breaches, parse_slo
+
+__all__ = ["RESULTS_KEY", "Outcomes"]
+
+RESULTS_KEY = pytest.StashKey[list[LoadResult]]()
+_VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
+_PROPERTY = "aifactory.result"
+
+# (heading, metric, format): the table's columns.
+_COLUMNS: list[tuple[str, str, str]] = [
+    ("req", "requests", "{:.0f}"),
+    ("err%", "error_rate", "{:.1%}"),
+    ("req/s", "request_s", "{:.3g}"),
+    ("tok/s", "output_tok_s", "{:.4g}"),
+    ("p50 ttft", "p50_ttft_ms", "{:.4g}"),
+    ("p99 ttft", "p99_ttft_ms", "{:.4g}"),
+    ("p99 tpot", "p99_tpot_ms", "{:.4g}"),
+    ("p50 e2e", "p50_e2e_ms", "{:.4g}"),
+    ("p99 e2e", "p99_e2e_ms", "{:.4g}"),
+    ("p99 lag", "p99_lag_ms", "{:.3g}"),
+]
+
+
+def slos_of(item: pytest.Item, variables: Mapping[str, object]) -> list[SLO]:
+    """The parsed objectives of every ``slo`` marker on ``item``.
+
+    Thresholds may name profile variables: ``"p99_ttft_ms <= {llm_p99_ttft_ms}"``.
+    """
+    slos = []
+    for expr in (e for mark in item.iter_markers("slo") for e in mark.args):
+        try:
+            text = str(expr).format_map(variables)
+        except KeyError as exc:
+            known = ", ".join(sorted(variables)) or "(none)"
+            raise SLOError(
+                f"SLO {expr!r} names {exc.args[0]!r}, which the profile's vars do not set; set: {known}"
+            ) from None
+        slos.append(parse_slo(text))
+    return slos
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+class Outcomes:
+    """SLO checks, progress display and the results table."""
+
+    def __init__(self, config: pytest.Config, variables: Mapping[str, object]) -> None:
+        self.config = config
+        self.variables = variables
+        self.rows: list[dict[str, Any]] = []
+
+    @pytest.hookimpl
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Reject malformed objectives before anything runs."""
+        for item in items:
+            try:
+                slos_of(item, self.variables)
+            except SLOError as exc:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.slo: {exc}") from None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        """After a passing test body: evaluate its objectives against its results."""
+        yield
+        slos = slos_of(item, self.variables)
+        if not slos:
+            return None
+        results = item.stash.get(RESULTS_KEY, [])
+        if not results:
+            pytest.fail("this test has @pytest.mark.slo but ran no load (use the aif_load fixture)", pytrace=False)
+        verdicts = [
+            v for result in results for v in check(slos, result.metrics(), result.label if len(results) > 1 else "")
+        ]
+        item.stash[_VERDICTS_KEY] = verdicts
+        if not all(v.passed for v in verdicts):
+            errors = [f"  [{r.label}] {sample}" for r in results for sample in r.error_samples]
+            seen = "\nerrors seen:\n" + "\n".join(errors) if errors else ""
+            pytest.fail(format_breaches(verdicts) + seen, pytrace=False)
+        return None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+        """Attach each result's key figures and SLO verdicts to the call report."""
+        report = yield
+        if call.when == "call":
+            verdicts = item.stash.get(_VERDICTS_KEY, [])
+            for result in item.stash.get(RESULTS_KEY, []):
+                mine = [v for v in verdicts if v.label in ("", result.label)]
+                row = {
+                    "test": item.nodeid,
+                    "label": result.label,
+                    "metrics": {metric: result.metrics().get(metric) for _, metric, _ in _COLUMNS},
+                    "slo": "-"
+                    if not mine
+                    else ("PASS" if all(v.passed for v in mine) else f"FAIL({sum(not v.passed for v in mine)})"),
+                }
+                report.user_properties.append((_PROPERTY, json.dumps(row, allow_nan=True)))
+        return report
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Collect rows (from this process or from xdist workers)."""
+        for name, value in report.user_properties:
+            if name == _PROPERTY:
+                self.rows.append(json.loads(str(value)))
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """Print every result's key figures and SLO verdict."""
+        if not self.rows:
+            return
+        terminalreporter.section("aifactory results (latencies in ms)")
+        headings = ["test", "point", *(h for h, _, _ in _COLUMNS), "SLO"]
+        table = [
+            [
+                row["test"].split("::", 1)[-1],
+                row["label"],
+                *(_cell(row["metrics"].get(metric), fmt) for _, metric, fmt in _COLUMNS),
+                row["slo"],
+            ]
+            for row in self.rows
+        ]
+        widths = [max(len(str(r[i])) for r in [headings, *table]) for i in range(len(headings))]
+        for line in [headings, *table]:
+            terminalreporter.write_line("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+def progress_printer(
+    terminalreporter: Any, test: str, interval_s: float = 5.0
+) -> Callable[[str], Callable[[Progress], None]]:
+    """A progress-callback factory writing one line every ``interval_s`` while a load runs."""
+
+    def factory(label: str) -> Callable[[Progress], None]:
+        last = [0.0]
+
+        def show(progress: Progress) -> None:
+            now = time.monotonic()
+            if now - last[0] < interval_s:
+                return
+            last[0] = now
+            terminalreporter.write_line(
+                f"[aifactory] {test} {label}: {progress.elapsed_s:6.1f} s, {progress.sent} sent, "
+                f"{progress.done} done, {progress.errors} errors, {progress.in_flight} in flight"
+            )
+
+        return show
+
+    return factory
