@@ -1,0 +1,121 @@
+"""Every metric formula, on hand-made records with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pytest_aifactory.load.records import Chunk, RequestRecord, attribute_tokens
+from pytest_aifactory.metrics import GoodputSLO, itl_per_token, summarize
+
+
+def rec(index: int, scheduled: float, sent: float, chunks: list[tuple[float, int]], end: float, **kw: object) -> RequestRecord:
+    first = chunks[0][0] if chunks else None
+    return RequestRecord(
+        index=index,
+        scheduled=scheduled,
+        sent=sent,
+        first_token=first,
+        end=end,
+        chunks=[Chunk(t, n) for t, n in chunks],
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_latencies_are_measured_from_the_scheduled_time() -> None:
+    # Due at 0.0, sent 10 ms late (client queueing), first token at 0.110, done at 0.210.
+    r = rec(0, 0.0, 0.010, [(0.110, 1), (0.160, 1), (0.210, 1)], 0.210, output_tokens=3, input_tokens=7)
+    m = summarize([r]).metrics()
+    assert m["p50_ttft_ms"] == pytest.approx(110.0)
+    assert m["p50_e2e_ms"] == pytest.approx(210.0)
+    assert m["p50_lag_ms"] == pytest.approx(10.0)
+    assert m["p50_tpot_ms"] == pytest.approx(50.0)  # (0.210 - 0.110) / (3 - 1)
+    assert m["mean_itl_ms"] == pytest.approx(50.0)
+
+
+def test_multi_token_chunk_contributes_one_interval_per_token() -> None:
+    # Chunk 2 carries 4 tokens after a 40 ms gap: 4 intervals of 10 ms, not one of 40 ms.
+    r = rec(0, 0.0, 0.0, [(0.100, 1), (0.140, 4)], 0.140, output_tokens=5)
+    assert itl_per_token(r) == pytest.approx([10.0, 10.0, 10.0, 10.0])
+    m = summarize([r]).metrics()
+    assert m["mean_itl_ms"] == pytest.approx(m["mean_tpot_ms"])
+    assert m["mean_tpot_ms"] == pytest.approx(10.0)
+
+
+def test_extra_tokens_in_first_chunk_are_zero_intervals() -> None:
+    r = rec(0, 0.0, 0.0, [(0.100, 3), (0.130, 1)], 0.130, output_tokens=4)
+    assert itl_per_token(r) == pytest.approx([0.0, 0.0, 30.0])
+    assert summarize([r]).metrics()["mean_tpot_ms"] == pytest.approx(10.0)
+
+
+def test_empty_chunks_carry_no_interval() -> None:
+    r = rec(0, 0.0, 0.0, [(0.100, 1), (0.120, 0), (0.150, 1)], 0.150, output_tokens=2)
+    assert itl_per_token(r) == pytest.approx([50.0])
+
+
+def test_one_token_output_has_ttft_but_no_tpot_or_itl() -> None:
+    r = rec(0, 0.0, 0.0, [(0.080, 1)], 0.090, output_tokens=1)
+    result = summarize([r])
+    m = result.metrics()
+    assert m["p50_ttft_ms"] == pytest.approx(80.0)
+    assert math.isnan(m["p50_tpot_ms"])
+    assert result.distributions["tpot"].count == 0
+    assert result.distributions["itl"].count == 0
+
+
+def test_errors_count_in_error_rate_not_in_latency() -> None:
+    good = rec(0, 0.0, 0.0, [(0.1, 1), (0.2, 1)], 0.2, output_tokens=2)
+    bad = RequestRecord(index=1, scheduled=0.5, sent=0.5, end=0.6, error="HTTP 500: boom", status=500)
+    result = summarize([good, bad])
+    m = result.metrics()
+    assert m["error_rate"] == pytest.approx(0.5)
+    assert m["completed"] == 1
+    assert m["errors"] == 1
+    assert result.distributions["e2e"].count == 1
+    assert result.error_samples == ["1x HTTP 500: boom"]
+
+
+def test_throughputs_over_the_measured_window_without_warmup() -> None:
+    warm = rec(0, 0.0, 0.0, [(0.5, 10)], 9.0, output_tokens=10, warmup=True)
+    a = rec(1, 1.0, 1.0, [(1.1, 1), (1.5, 1)], 1.5, output_tokens=20, input_tokens=100)
+    b = rec(2, 2.0, 2.0, [(2.1, 1), (3.0, 1)], 3.0, output_tokens=30, input_tokens=100)
+    m = summarize([warm, a, b]).metrics()
+    assert m["requests"] == 2
+    assert m["duration_s"] == pytest.approx(2.0)  # first scheduled (1.0) to last end (3.0)
+    assert m["request_s"] == pytest.approx(1.0)
+    assert m["output_tok_s"] == pytest.approx(25.0)
+    assert m["total_tok_s"] == pytest.approx(125.0)
+    assert m["offered_rate"] == pytest.approx(1.0)
+
+
+def test_goodput_counts_requests_meeting_every_limit() -> None:
+    fast = rec(0, 0.0, 0.0, [(0.05, 1), (0.10, 1)], 0.10, output_tokens=2)
+    slow_ttft = rec(1, 1.0, 1.0, [(1.50, 1), (1.55, 1)], 1.55, output_tokens=2)
+    slow_tpot = rec(2, 2.0, 2.0, [(2.05, 1), (2.50, 1)], 2.50, output_tokens=2)
+    failed = RequestRecord(index=3, scheduled=3.0, sent=3.0, end=4.0, error="boom")
+    m = summarize([fast, slow_ttft, slow_tpot, failed], goodput=GoodputSLO(ttft_ms=100, tpot_ms=100)).metrics()
+    assert m["goodput_fraction"] == pytest.approx(0.25)
+    assert m["goodput_s"] == pytest.approx(1 / 4.0)
+
+
+def test_percentiles_and_spread() -> None:
+    records = [rec(i, float(i), float(i), [(i + (i + 1) / 1000, 1)], i + 0.5) for i in range(100)]
+    d = summarize(records).distributions["ttft"]
+    assert d.count == 100
+    assert d.min == pytest.approx(1.0)
+    assert d.max == pytest.approx(100.0)
+    assert d.p50 == pytest.approx(50.5)
+    assert d.p99 == pytest.approx(99.01)
+    assert d.stddev == pytest.approx(29.0115, rel=1e-4)
+
+
+def test_attribute_tokens() -> None:
+    assert attribute_tokens(["a", "b", "c"], None) == ([1, 1, 1], False)
+    assert attribute_tokens(["a", "b", "c"], 3) == ([1, 1, 1], False)
+    counts, estimated = attribute_tokens(["a", "bbbb", "c"], 7)
+    assert estimated
+    assert sum(counts) == 7
+    assert counts[1] == max(counts)
+    assert attribute_tokens(["a", "b"], 1) == ([1, 1], True)
+    assert attribute_tokens([], 5) == ([], True)

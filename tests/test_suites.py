@@ -1,0 +1,36 @@
+"""The shipped benchmark suites, run for real as a user runs them (local and on Slurm)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def run_suite(tmp_path: Path, marker: str, profile: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable, "-m", "pytest", "benchmarks", "-m", marker, f"--aif-profile={profile}",
+            f"--aif-results-dir={tmp_path}", "-p", "no:cacheprovider",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("profile", ["local", pytest.param("ci-slurm", marks=pytest.mark.slurm)])
+def test_inference_suite(tmp_path: Path, profile: str) -> None:
+    done = run_suite(tmp_path, "inference", profile)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "aifactory results (latencies in ms)" in done.stdout
+    for test in ("test_rate_sweep_goodput", "test_concurrency_sweep", "test_long_prompt_prefill", "test_generate_stream"):
+        assert test in done.stdout
+    assert " FAIL(" not in done.stdout
