@@ -32,6 +32,7 @@ MARKERS = {
     "objectstore": "benchmarks of S3 object storage",
     "vectordb": "benchmarks of vector databases (Milvus, Chroma, FAISS, Qdrant, Weaviate)",
     "filestorage": "benchmarks of file systems (parallel file system, local disk)",
+    "calibration": "calibration of the load engine itself (benchmarks/calibration)",
     "slurm": "needs a working Slurm cluster (sbatch, squeue, sacct); fails under CI=true when missing",
     "slo(*expressions)": "service-level objectives checked against every load result of the test, "
     "e.g. slo('p99_ttft_ms <= 500', 'error_rate <= 0.01')",

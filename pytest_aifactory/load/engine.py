@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -160,6 +161,8 @@ class Engine:
         """Run the plan (open loop: ``schedule`` or the plan's own); returns every record."""
         self.clock = Clock(start_at)
         await self.client.open()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a collection pause in the middle of a load would become schedule lag
         reporter = asyncio.create_task(self._report()) if self.progress else None
         try:
             if self.plan.mode == "open":
@@ -172,6 +175,8 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter
             await self.client.close()
+            if gc_was_enabled:
+                gc.enable()
         self._emit()
         return sorted(self.records, key=lambda r: r.index)
 

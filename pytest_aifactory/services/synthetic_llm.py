@@ -58,6 +58,15 @@ class SyntheticTiming:
     error_every: int = 0
 
 
+async def _until(due: float) -> None:
+    """Sleep to about 1 ms before ``due``, then yield until it (timer granularity is 1 ms)."""
+    delay = due - time.perf_counter() - 0.001
+    if delay > 0:
+        await asyncio.sleep(delay)
+    while time.perf_counter() < due:
+        await asyncio.sleep(0)
+
+
 class _Server:
     def __init__(self, timing: SyntheticTiming) -> None:
         self.timing = timing
@@ -105,9 +114,7 @@ class _Server:
         chunks = (total + per_chunk - 1) // per_chunk
         for i in range(chunks):
             due = received + (self.timing.ttft_ms + i * self.timing.itl_ms) / 1000
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await _until(due)
             text = "tok " * min(per_chunk, total - i * per_chunk)
             choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
             self.event(writer, {"choices": [choice]})
