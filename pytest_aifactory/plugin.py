@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_aifactory.errors import AifError, ServiceConfigError, ServiceDiedError, ServiceStartupError
+from pytest_aifactory.jobs.registry import JobRecord
 from pytest_aifactory.load.api import LoadRunner
 from pytest_aifactory.metrics import LoadResult
 from pytest_aifactory.outcomes import RESULTS_KEY, Outcomes, progress_printer
@@ -21,7 +22,7 @@ from pytest_aifactory.profiles import Profile, load_profile
 from pytest_aifactory.run import RunContext, cancel_run_jobs, new_run_id, parse_run_id
 from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.services.manager import ServiceManager
-from pytest_aifactory.services.spec import RunningService, ServiceSpec
+from pytest_aifactory.services.spec import Resources, RunningService, ServiceSpec
 
 RUN_KEY = pytest.StashKey[RunContext]()
 ERRORS_KEY = pytest.StashKey[list[str]]()
@@ -297,21 +298,35 @@ def aif_shared_service(aif_run: RunContext) -> Iterator[ServiceFactory]:
 
 
 @pytest.fixture
-def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> LoadRunner:
+def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_run: RunContext) -> Iterator[LoadRunner]:
     """Drive load and get results: ``aif_load.openai(llm_service, rate=20, count=200)``.
 
-    Every result is recorded for the test's ``slo`` marker and the results table.
+    Every result is recorded for the test's ``slo`` marker and the results table. With
+    ``nodes=N`` the load runs as N jobs of the profile (client nodes); they are recorded in
+    the run's job registry and cancelled if the test ends before they do.
     """
     item = request.node
     option = pytestconfig.getoption("aif_load_workers")
     workers = option if option is not None else _workers_arg(str(pytestconfig.getini("aif_load_workers")))
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    shard_dir = aif_run.run_dir / "load" / f"{item.name}-{os.getpid()}"
+    shards: list[JobRecord] = []
 
     def record(result: LoadResult) -> None:
         item.stash.setdefault(RESULTS_KEY, []).append(result)
 
+    def submit(fn: Callable[..., Any], *args: Any) -> Any:
+        folder = shard_dir / f"job-{len(shards)}"
+        job = aif_run.backend.submit_function(folder, "load-shard", Resources(cpus=2, time_min=60), fn, *args)
+        shards.append(JobRecord(aif_run.backend.name, str(job.job_id), "load-shard", folder))
+        aif_run.registry.submitted(shards[-1])
+        return job
+
     progress = progress_printer(reporter, item.name) if reporter is not None else None
-    return LoadRunner(on_result=record, progress=progress, workers=workers)
+    yield LoadRunner(on_result=record, progress=progress, workers=workers, submit=submit, shard_dir=shard_dir)
+    for shard in shards:
+        aif_run.backend.cancel(shard.job_id, shard.folder)
+        aif_run.registry.stopped(shard)
 
 
 def _named(service: str, doc: str) -> Callable[..., RunningService]:

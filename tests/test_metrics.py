@@ -10,7 +10,9 @@ from pytest_aifactory.load.records import Chunk, RequestRecord, attribute_tokens
 from pytest_aifactory.metrics import GoodputSLO, itl_per_token, summarize
 
 
-def rec(index: int, scheduled: float, sent: float, chunks: list[tuple[float, int]], end: float, **kw: object) -> RequestRecord:
+def rec(
+    index: int, scheduled: float, sent: float, chunks: list[tuple[float, int]], end: float, **kw: object
+) -> RequestRecord:
     first = chunks[0][0] if chunks else None
     return RequestRecord(
         index=index,

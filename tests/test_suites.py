@@ -16,8 +16,16 @@ pytestmark = pytest.mark.timeout(900)
 def run_suite(tmp_path: Path, marker: str, profile: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            sys.executable, "-m", "pytest", "benchmarks", "-m", marker, f"--aif-profile={profile}",
-            f"--aif-results-dir={tmp_path}", "-p", "no:cacheprovider",
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "-m",
+            marker,
+            f"--aif-profile={profile}",
+            f"--aif-results-dir={tmp_path}",
+            "-p",
+            "no:cacheprovider",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -31,6 +39,11 @@ def test_inference_suite(tmp_path: Path, profile: str) -> None:
     done = run_suite(tmp_path, "inference", profile)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "aifactory results (latencies in ms)" in done.stdout
-    for test in ("test_rate_sweep_goodput", "test_concurrency_sweep", "test_long_prompt_prefill", "test_generate_stream"):
+    for test in (
+        "test_rate_sweep_goodput",
+        "test_concurrency_sweep",
+        "test_long_prompt_prefill",
+        "test_generate_stream",
+    ):
         assert test in done.stdout
     assert " FAIL(" not in done.stdout

@@ -4,8 +4,9 @@ A synthetic OpenAI-compatible server with known timing (first token 20 ms after 
 arrives, then a token every 5 ms) is driven at rising rates, by one worker process and by
 four. For each rate: achieved/target rate, schedule lag p99, and measured-minus-true TTFT
 (p50, p99); then the highest rate each setup sustains (achieved/target >= 0.99 and lag
-p99 <= 2 ms). Arrivals are constant, so that the offered
-rate equals the target and the ratio measures the client alone. Run: ``pytest benchmarks/calibration -m calibration -s``.
+p99 <= 2 ms). Arrivals are constant, so that the
+offered rate equals the target and the ratio measures the client alone.
+Run: ``pytest benchmarks/calibration -m calibration -s``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +24,7 @@ from submitit.slurm import slurm as submitit_slurm
 from pytest_aifactory.errors import JobError
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, LaunchPlan, pid_alive, read_json, serve
 from pytest_aifactory.profiles import Profile
+from pytest_aifactory.services.spec import Resources
 
 __all__ = ["Backend", "JobStatus", "LocalBackend", "SlurmBackend", "make_backend"]
 
@@ -55,16 +57,23 @@ class Backend(ABC):
         self.jobs: dict[str, submitit.Job[Any]] = {}  # submitted from this process
 
     def submit(self, plan: LaunchPlan) -> str:
-        """Submit ``plan`` as a job; returns its id."""
-        plan.folder.mkdir(parents=True, exist_ok=True)
-        executor = self._executor(plan.folder)
-        executor.update_parameters(**self.parameters(plan))
-        try:
-            job = executor.submit(serve, plan)
-        except Exception as exc:  # submitit raises several types; all mean "not submitted"
-            raise JobError(f"could not submit service {plan.spec.name!r} on {self.name}: {exc}") from exc
-        self.jobs[str(job.job_id)] = job
+        """Submit ``plan``'s service as a job; returns its id."""
+        job = self.submit_function(plan.folder, plan.spec.name, plan.spec.resources, serve, plan)
         return str(job.job_id)
+
+    def submit_function(
+        self, folder: Path, name: str, resources: Resources, fn: Callable[..., Any], *args: Any
+    ) -> submitit.Job[Any]:
+        """Run ``fn(*args)`` as a job with ``resources`` (load shards use this too)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        executor = self._executor(folder)
+        executor.update_parameters(**self.parameters(name, resources))
+        try:
+            job = executor.submit(fn, *args)
+        except Exception as exc:  # submitit raises several types; all mean "not submitted"
+            raise JobError(f"could not submit {name!r} on {self.name}: {exc}") from exc
+        self.jobs[str(job.job_id)] = job
+        return job
 
     def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
         """Cancel the job and wait until it has left the queue; raises if it does not."""
@@ -81,8 +90,8 @@ class Backend(ABC):
         """The submitit executor writing into ``folder``."""
 
     @abstractmethod
-    def parameters(self, plan: LaunchPlan) -> dict[str, Any]:
-        """Submitit parameters for ``plan``'s job."""
+    def parameters(self, name: str, resources: Resources) -> dict[str, Any]:
+        """Submitit parameters for a job named ``name`` asking for ``resources``."""
 
     @abstractmethod
     def status(self, job_id: str, folder: Path) -> JobStatus:
@@ -101,9 +110,9 @@ class LocalBackend(Backend):
     def _executor(self, folder: Path) -> submitit.Executor:
         return submitit.LocalExecutor(folder=folder)
 
-    def parameters(self, plan: LaunchPlan) -> dict[str, Any]:
+    def parameters(self, name: str, resources: Resources) -> dict[str, Any]:
         """The job's time limit (a local job has no other resources)."""
-        return {"timeout_min": plan.spec.resources.time_min}
+        return {"timeout_min": resources.time_min}
 
     @staticmethod
     def _service_pid(folder: Path) -> int | None:
@@ -163,14 +172,14 @@ class SlurmBackend(Backend):
     def _executor(self, folder: Path) -> submitit.Executor:
         return submitit.SlurmExecutor(folder=folder, python=sys.executable)
 
-    def parameters(self, plan: LaunchPlan) -> dict[str, Any]:
-        """The sbatch options from the profile's ``slurm`` section and the spec's resources."""
-        settings, res = self.profile.slurm, plan.spec.resources
+    def parameters(self, name: str, resources: Resources) -> dict[str, Any]:
+        """The sbatch options from the profile's ``slurm`` section and the job's resources."""
+        settings, res = self.profile.slurm, resources
         additional: dict[str, Any] = dict(settings.additional)
         if settings.reservation:
             additional["reservation"] = settings.reservation
         params: dict[str, Any] = {
-            "job_name": f"aif-{plan.spec.name}",
+            "job_name": f"aif-{name}",
             "partition": res.partition or settings.partition,
             "account": settings.account,
             "qos": settings.qos,
@@ -190,7 +199,9 @@ class SlurmBackend(Backend):
     def render_sbatch(self, plan: LaunchPlan) -> str:
         """The sbatch script this backend would submit for ``plan`` (nothing is submitted)."""
         command = f"{sys.executable} -u -m submitit.core._submit {plan.folder}"
-        text: str = submitit_slurm._make_sbatch_string(command=command, folder=plan.folder, **self.parameters(plan))
+        text: str = submitit_slurm._make_sbatch_string(
+            command=command, folder=plan.folder, **self.parameters(plan.spec.name, plan.spec.resources)
+        )
         return text
 
     def status(self, job_id: str, folder: Path) -> JobStatus:

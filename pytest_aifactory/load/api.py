@@ -7,12 +7,14 @@ points = load.sweep("rate", [5, 10, 20], load.openai, llm_server, count=200)
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pytest_aifactory.load.engine import LoadPlan, Progress, RequestClient, Workload
 from pytest_aifactory.load.schedule import Arrivals, Distribution
-from pytest_aifactory.load.workers import run_load
+from pytest_aifactory.load.workers import run_load, run_on_jobs
 from pytest_aifactory.metrics import GoodputSLO, LoadResult, summarize
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.openai import OpenAIClient
@@ -60,10 +62,15 @@ class LoadRunner:
         on_result: Callable[[LoadResult], None] | None = None,
         progress: ProgressFactory | None = None,
         workers: int = 1,
+        submit: Callable[..., Any] | None = None,
+        shard_dir: Path | None = None,
     ) -> None:
+        """``submit(fn, *args)`` -> submitit job and ``shard_dir`` (seen by every node) enable ``nodes=N``."""
         self.on_result = on_result
         self.progress = progress
         self.workers = workers
+        self.submit = submit
+        self.shard_dir = shard_dir
         self.results: list[LoadResult] = []
 
     def run(
@@ -76,17 +83,29 @@ class LoadRunner:
         workers: int | None = None,
         goodput: Mapping[str, float] | None = None,
         config: Mapping[str, Any] | None = None,
+        nodes: int = 1,
     ) -> LoadResult:
-        """Run any client and workload under ``plan``; the general form of every helper."""
+        """Run any client and workload under ``plan``; the general form of every helper.
+
+        ``workers`` processes share the load on this node; ``nodes > 1`` runs it as that many
+        jobs (client nodes on Slurm) with one common start and merged records.
+        """
         label = label or _label(plan)
         workers = workers or self.workers
-        callback = self.progress(label) if self.progress else None
-        records = run_load(client, workload, plan, workers=workers, progress=callback)
+        if nodes > 1:
+            if self.submit is None or self.shard_dir is None:
+                raise ValueError("nodes > 1 needs a job launcher (the aif_load fixture provides one)")
+            sync = self.shard_dir / f"{len(self.results):03d}-{uuid.uuid4().hex[:6]}"
+            records = run_on_jobs(self.submit, client, workload, plan, nodes, sync)
+        else:
+            callback = self.progress(label) if self.progress else None
+            records = run_load(client, workload, plan, workers=workers, progress=callback)
         full_config = {
             **plan.describe(),
             **_describe(workload),
             **_describe(client),
             "workers": workers,
+            "client_nodes": nodes,
             "goodput": dict(goodput or {}),
             **dict(config or {}),
         }
@@ -113,6 +132,7 @@ class LoadRunner:
         label: str | None = None,
         workers: int | None = None,
         goodput: Mapping[str, float] | None = None,
+        nodes: int = 1,
         **plan: Any,
     ) -> LoadResult:
         """Stream completions from an OpenAI-compatible server (a service or a base URL)."""
@@ -127,7 +147,13 @@ class LoadRunner:
         )
         seed = int(plan.get("seed", 0))
         return self.run(
-            client, prompts_from_spec(prompts, seed), make_plan(**plan), label=label, workers=workers, goodput=goodput
+            client,
+            prompts_from_spec(prompts, seed),
+            make_plan(**plan),
+            label=label,
+            workers=workers,
+            goodput=goodput,
+            nodes=nodes,
         )
 
     def openai_chat(self, service: RunningService | str, **kwargs: Any) -> LoadResult:
