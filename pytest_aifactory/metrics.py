@@ -288,6 +288,10 @@ def summarize(
     }
     for key in sorted({k for r in ok for k in r.extra}):  # per-request amounts (bytes...) as rates
         scalars[f"{key}_s"] = sum(r.extra.get(key, 0.0) for r in ok) / duration
+    for key in sorted({k for r in ok for k in r.values}):  # per-request scores (recall...)
+        scores = [r.values[key] for r in ok if key in r.values]
+        scalars[key] = float(np.mean(scores))
+        scalars[f"min_{key}"] = float(np.min(scores))
     return LoadResult(
         label=label,
         mode=mode,

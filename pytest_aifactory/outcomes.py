@@ -27,18 +27,28 @@ RESULTS_KEY = pytest.StashKey[list[LoadResult]]()
 _VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
 _PROPERTY = "aifactory.result"
 
-# (heading, metric, format): the table's columns.
+# (heading, metric, format): the table's columns; then the figures a result has, if any.
 _COLUMNS: list[tuple[str, str, str]] = [
     ("req", "requests", "{:.0f}"),
     ("err%", "error_rate", "{:.1%}"),
-    ("req/s", "request_s", "{:.3g}"),
-    ("tok/s", "output_tok_s", "{:.4g}"),
-    ("p50 ttft", "p50_ttft_ms", "{:.4g}"),
-    ("p99 ttft", "p99_ttft_ms", "{:.4g}"),
-    ("p99 tpot", "p99_tpot_ms", "{:.4g}"),
-    ("p50 e2e", "p50_e2e_ms", "{:.4g}"),
-    ("p99 e2e", "p99_e2e_ms", "{:.4g}"),
+    ("req/s", "request_s", "{:.4g}"),
+    ("p50 ms", "p50_latency_ms", "{:.4g}"),
+    ("p99 ms", "p99_latency_ms", "{:.4g}"),
     ("p99 lag", "p99_lag_ms", "{:.3g}"),
+]
+_FIGURES: list[tuple[str, str, str]] = [
+    ("tok/s", "output_tok_s", "{:.4g}"),
+    ("ttft p50", "p50_ttft_ms", "{:.4g}"),
+    ("ttft p99", "p99_ttft_ms", "{:.4g}"),
+    ("tpot p99", "p99_tpot_ms", "{:.3g}"),
+    ("MiB/s", "mib_s", "{:.4g}"),
+    ("MiB/s", "bw_mib_s", "{:.4g}"),
+    ("IOPS", "iops", "{:.4g}"),
+    ("recall@10", "recall_at_10", "{:.3f}"),
+    ("insert vec/s", "insert_vec_s", "{:.4g}"),
+    ("create/s", "create_s", "{:.4g}"),
+    ("stat/s", "stat_s", "{:.4g}"),
+    ("remove/s", "remove_s", "{:.4g}"),
 ]
 
 
@@ -114,7 +124,7 @@ class Outcomes:
                 row = {
                     "test": item.nodeid,
                     "label": result.label,
-                    "metrics": {metric: result.metrics().get(metric) for _, metric, _ in _COLUMNS},
+                    "metrics": {metric: result.metrics().get(metric) for _, metric, _ in [*_COLUMNS, *_FIGURES]},
                     "slo": "-"
                     if not mine
                     else ("PASS" if all(v.passed for v in mine) else f"FAIL({sum(not v.passed for v in mine)})"),
@@ -135,13 +145,18 @@ class Outcomes:
         if not self.rows:
             return
         terminalreporter.section("aifactory results (latencies in ms)")
-        headings = ["test", "point", *(h for h, _, _ in _COLUMNS), "SLO"]
+        headings = ["test", "point", *(h for h, _, _ in _COLUMNS), "SLO", "figures"]
         table = [
             [
                 row["test"].split("::", 1)[-1],
                 row["label"],
                 *(_cell(row["metrics"].get(metric), fmt) for _, metric, fmt in _COLUMNS),
                 row["slo"],
+                "  ".join(
+                    f"{heading} {_cell(value, fmt)}"
+                    for heading, metric, fmt in _FIGURES
+                    if (value := row["metrics"].get(metric)) is not None and _cell(value, fmt) not in ("-", "0")
+                ),
             ]
             for row in self.rows
         ]

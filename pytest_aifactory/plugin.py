@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -23,6 +24,7 @@ from pytest_aifactory.run import RunContext, cancel_run_jobs, new_run_id, parse_
 from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.services.manager import ServiceManager
 from pytest_aifactory.services.spec import Resources, RunningService, ServiceSpec
+from pytest_aifactory.workloads.vectors import ChromaStore, FaissStore, MilvusStore, VectorStore
 
 RUN_KEY = pytest.StashKey[RunContext]()
 ERRORS_KEY = pytest.StashKey[list[str]]()
@@ -152,6 +154,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(Outcomes(config, profile.vars), "aifactory-outcomes")
     if _is_worker(config):
         return
+    for variable in ("AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY"):  # the run's local S3 credentials
+        os.environ.setdefault(variable, secrets.token_hex(16))
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(run), "aifactory-xdist")
     if threading.current_thread() is threading.main_thread():
@@ -346,6 +350,44 @@ synthetic_llm_service = pytest.fixture(scope="session", name="synthetic_llm_serv
 triton_service = pytest.fixture(scope="session", name="triton_service")(
     _named("triton", "The run's Triton server (pytriton on CPU unless the profile gives a model repository).")
 )
+
+
+postgres_service = pytest.fixture(scope="session", name="postgres_service")(
+    _named("postgres", "The run's PostgreSQL server (initdb in the job's scratch folder).")
+)
+s3_service = pytest.fixture(scope="session", name="s3_service")(
+    _named("s3", "The run's S3 endpoint (SeaweedFS locally); credentials in AIF_S3_ACCESS_KEY/SECRET_KEY.")
+)
+milvus_service = pytest.fixture(scope="session", name="milvus_service")(
+    _named("milvus", "The run's Milvus server (milvus-lite locally).")
+)
+chroma_service = pytest.fixture(scope="session", name="chroma_service")(_named("chroma", "The run's Chroma server."))
+
+
+@pytest.fixture(scope="session")
+def aif_vector_store(aif_shared_service: ServiceFactory, aif_profile: Profile) -> Callable[[str], VectorStore]:
+    """``aif_vector_store("milvus")``: a store client on the run's server of that kind.
+
+    FAISS runs in-process. Qdrant and Weaviate run only from container images: on a profile
+    without a container runtime the test is skipped, saying why.
+    """
+
+    def make(name: str) -> VectorStore:
+        if name == "faiss":
+            return FaissStore()
+        if name in ("qdrant", "weaviate"):
+            spec = build_spec(name, aif_profile)
+            if aif_profile.container is None:
+                pytest.skip(f"{name}: {spec.meta['local_reason']} (profile {aif_profile.name!r})")
+            pytest.skip(f"{name}: the store client is not implemented yet; the service itself starts (see README)")
+        service = aif_shared_service(name)
+        if name == "milvus":
+            return MilvusStore(f"http://{service.host}:{service.ports['grpc']}")
+        if name == "chroma":
+            return ChromaStore(service.host, service.port)
+        raise pytest.UsageError(f"unknown vector store {name!r}; valid: faiss, milvus, chroma, qdrant, weaviate")
+
+    return make
 
 
 @pytest.fixture(scope="session")

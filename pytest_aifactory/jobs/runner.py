@@ -13,6 +13,7 @@ import ctypes
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -122,11 +123,31 @@ def stop_process_group(pgid: int, grace_s: float) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def free_port(host: str) -> int:
-    """A TCP port that is free on ``host`` right now."""
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(
+    host: str, port_range: tuple[int, int] = (0, 0), offset_free: int = 0, taken: frozenset[int] = frozenset()
+) -> int:
+    """A TCP port free on ``host`` now: any, or in ``port_range`` with ``port + offset_free`` free too."""
+    if port_range == (0, 0) and not offset_free:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+    low, high = port_range if port_range != (0, 0) else (20000, 65535 - offset_free)
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(low, high)
+        candidates = {port, port + offset_free}
+        if not candidates & taken and all(_bindable(host, p) for p in candidates):
+            return port
+    raise JobError(f"no free port in {low}-{high} on {host} (with port+{offset_free} free)")
 
 
 def node_address() -> str:
@@ -219,7 +240,10 @@ def serve(plan: LaunchPlan) -> int:
     spec = plan.spec
     node = socket.gethostname()
     host = "127.0.0.1" if plan.host_mode == "loopback" else node_address()
-    ports = {name: free_port(host) for name in spec.ports}
+    ports: dict[str, int] = {}
+    for name in spec.ports:
+        taken = frozenset(p + d for p in ports.values() for d in (0, spec.port_offset_free))
+        ports[name] = free_port(host, spec.port_range, spec.port_offset_free, taken)
     env = {**os.environ, **dict(plan.env), **spec.env}
     missing = [source for source in spec.env_from.values() if source not in os.environ]
     if missing:

@@ -17,6 +17,7 @@ from pytest_aifactory.load.schedule import Arrivals, Distribution
 from pytest_aifactory.load.workers import run_load, run_on_jobs
 from pytest_aifactory.metrics import GoodputSLO, LoadResult, summarize
 from pytest_aifactory.services.spec import RunningService
+from pytest_aifactory.workloads import files, s3, sql, vectors
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.prompts import prompts_from_spec
 from pytest_aifactory.workloads.triton import RandomTensors, TritonGenerateClient, TritonInferClient
@@ -84,6 +85,7 @@ class LoadRunner:
         goodput: Mapping[str, float] | None = None,
         config: Mapping[str, Any] | None = None,
         nodes: int = 1,
+        scalars: Mapping[str, float] | None = None,
     ) -> LoadResult:
         """Run any client and workload under ``plan``; the general form of every helper.
 
@@ -110,6 +112,11 @@ class LoadRunner:
             **dict(config or {}),
         }
         result = summarize(records, label, plan.mode, full_config, GoodputSLO(**goodput) if goodput else None)
+        result.scalars.update(scalars or {})
+        return self.record(result)
+
+    def record(self, result: LoadResult) -> LoadResult:
+        """Keep a result (also those measured outside the engine, such as fio's)."""
         self.results.append(result)
         if self.on_result is not None:
             self.on_result(result)
@@ -193,6 +200,87 @@ class LoadRunner:
         client = TritonGenerateClient(service.url(), model or service.spec.meta["generate_model"])
         workload = prompts_from_spec(prompts, int(plan.get("seed", 0)))
         return self.run(client, workload, make_plan(**plan), label=label, workers=workers, goodput=goodput)
+
+    def sql(
+        self,
+        service: RunningService | str,
+        *,
+        mode: Literal["tpcb", "select"] = "tpcb",
+        scale: int = 1,
+        connections: int | None = None,
+        label: str | None = None,
+        **plan: Any,
+    ) -> LoadResult:
+        """Pgbench's TPC-B-like transaction or point selects on PostgreSQL (a service or a DSN).
+
+        The pool has ``connections`` connections (default: the concurrency); the tables are
+        created at ``scale`` first if they are not there.
+        """
+        dsn = sql.dsn_of(service) if isinstance(service, RunningService) else service
+        sql.init_tpcb(dsn, scale)
+        load = make_plan(**plan)
+        pool = connections or load.concurrency or 8
+        client = sql.PostgresClient(dsn, pool, mode)
+        workload = sql.TpcbWorkload(scale, mode, int(plan.get("seed", 0)))
+        return self.run(client, workload, load, label=label or f"{mode} {_label(load)}", workers=1)
+
+    def s3(
+        self,
+        service: RunningService | str,
+        *,
+        op: Literal["put", "get", "mixed", "list"] = "get",
+        size: str | int = "64KiB",
+        objects: int = 64,
+        bucket: str = "aif-bench",
+        label: str | None = None,
+        **plan: Any,
+    ) -> LoadResult:
+        """PUT / GET / mixed / LIST on S3 (a service or an endpoint URL); GETs are checked byte for byte."""
+        endpoint = service.url(port="s3").rstrip("/") if isinstance(service, RunningService) else service
+        nbytes = s3.parse_size(size)
+        load = make_plan(**plan)
+        client = s3.S3Client(endpoint, bucket, nbytes, threads=load.concurrency or 16)
+        if op in ("get", "mixed", "list"):
+            client.prepare(objects)
+        workload = s3.ObjectOps(op, nbytes, objects, seed=int(plan.get("seed", 0)))
+        return self.run(client, workload, load, label=label or f"{op} {size} {_label(load)}", workers=1)
+
+    def vector_search(
+        self,
+        store: vectors.VectorStore,
+        dataset: vectors.VectorDataset,
+        *,
+        k: int = 10,
+        cache_dir: Path,
+        label: str | None = None,
+        **plan: Any,
+    ) -> LoadResult:
+        """Load ``dataset`` into ``store`` (timed), then search it under ``plan``, scoring recall@k."""
+        truth = dataset.ground_truth(k, cache_dir)
+        loading = vectors.load_store(store, dataset)
+        load = make_plan(**plan)
+        client = vectors.SearchClient(store, dataset.query_vectors(), truth, k, threads=load.concurrency or 8)
+        try:
+            result = self.run(
+                client,
+                vectors.QueryIndices(dataset.queries),
+                load,
+                label=label or f"{store.name} {_label(load)}",
+                workers=1,
+                config={**dataset.describe(), "store": store.name},
+                scalars=loading,
+            )
+        finally:
+            store.drop()
+        return result
+
+    def fio(self, job: files.FioJob, directory: Path) -> LoadResult:
+        """One fio job in ``directory`` (O_DIRECT where supported)."""
+        return self.record(files.run_fio(job, directory))
+
+    def metadata(self, directory: Path, files_count: int = 2000, threads: int = 4) -> LoadResult:
+        """Create, stat and remove files per second in ``directory`` (mdtest-style)."""
+        return self.record(files.metadata_load(directory, files_count, threads))
 
 
 def _describe(thing: object) -> dict[str, Any]:

@@ -28,7 +28,9 @@ class RequestRecord:
     ``scheduled`` is when the request was due (open loop: from the precomputed schedule;
     closed loop: when a client slot became free), ``sent`` when it really left. Latencies are
     measured from ``scheduled``, so time spent queueing in the client is never hidden, and
-    ``sent - scheduled`` (the schedule lag) is reported for every run.
+    ``sent - scheduled`` (the schedule lag) is reported for every run. ``extra`` holds amounts
+    reported as rates (``mib`` -> ``mib_s``), ``values`` per-request scores reported as
+    their mean and minimum (``recall_at_10``, ``min_recall_at_10``).
     """
 
     index: int
@@ -45,6 +47,7 @@ class RequestRecord:
     warmup: bool = False
     worker: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

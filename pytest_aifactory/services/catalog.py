@@ -8,7 +8,7 @@ from typing import Any
 
 from pytest_aifactory.errors import ServiceConfigError
 from pytest_aifactory.profiles import Profile, SettingValue
-from pytest_aifactory.services import http, inference, synthetic_llm
+from pytest_aifactory.services import data, http, inference, synthetic_llm
 from pytest_aifactory.services.spec import Resources, ServiceSpec
 
 __all__ = ["CATALOG", "build_spec", "service_names"]
@@ -29,6 +29,12 @@ CATALOG: dict[str, CatalogEntry] = {
     "vllm": CatalogEntry(inference.VLLM, inference.vllm),
     "triton": CatalogEntry(inference.TRITON, inference.triton),
     "ollama": CatalogEntry(inference.OLLAMA, inference.ollama),
+    "postgres": CatalogEntry(data.POSTGRES, data.postgres),
+    "s3": CatalogEntry(data.S3, data.s3),
+    "milvus": CatalogEntry(data.MILVUS, data.milvus),
+    "chroma": CatalogEntry(data.CHROMA, data.chroma),
+    "qdrant": CatalogEntry(data.QDRANT, data.qdrant),
+    "weaviate": CatalogEntry(data.WEAVIATE, data.weaviate),
 }
 
 SPEC_KEYS = frozenset({"image", "readiness_timeout_s", "env"})

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import socket
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import httpx
 
-from pytest_aifactory.services.spec import CommandProbe, HttpProbe, Probe, RunningService, TcpProbe, render
+from pytest_aifactory.services.spec import CallProbe, CommandProbe, HttpProbe, Probe, RunningService, TcpProbe, render
 
 __all__ = ["check_ready"]
 
@@ -23,7 +25,19 @@ def check_ready(probe: Probe | None, service: RunningService) -> str | None:
         return _http(probe, service)
     if isinstance(probe, TcpProbe):
         return _tcp(probe, service)
+    if isinstance(probe, CallProbe):
+        return _call(probe, service)
     return _command(probe, service)
+
+
+def _call(probe: CallProbe, service: RunningService) -> str | None:
+    module, _, name = probe.target.partition(":")
+    function = getattr(importlib.import_module(module), name)
+    try:
+        reason = function(service)
+    except Exception as exc:  # any failure of the client means "not ready yet"
+        return f"{probe.target}: {type(exc).__name__}: {str(exc)[:300]}"
+    return None if reason is None else str(reason)
 
 
 def _http(probe: HttpProbe, service: RunningService) -> str | None:
@@ -47,7 +61,7 @@ def _tcp(probe: TcpProbe, service: RunningService) -> str | None:
 
 
 def _command(probe: CommandProbe, service: RunningService) -> str | None:
-    context = {"host": service.host, "ports": SimpleNamespace(**service.ports)}
+    context = {"host": service.host, "ports": SimpleNamespace(**service.ports), "python": sys.executable}
     argv = [render(word, context) for word in probe.argv]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)

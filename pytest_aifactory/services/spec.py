@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 __all__ = [
+    "CallProbe",
     "CommandProbe",
     "HttpProbe",
     "Probe",
@@ -50,7 +51,17 @@ class CommandProbe:
     argv: tuple[str, ...]
 
 
-Probe = HttpProbe | TcpProbe | CommandProbe
+@dataclass(frozen=True)
+class CallProbe:
+    """Ready when ``module:function(service)`` returns None (else it returns the reason).
+
+    For protocols that need a client: a real S3 PUT, a SQL ``SELECT 1``, a vector-DB call.
+    """
+
+    target: str
+
+
+Probe = HttpProbe | TcpProbe | CommandProbe | CallProbe
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,8 @@ class ServiceSpec:
     (``{"VLLM_API_KEY": "AIF_VLLM_API_KEY"}``): the job copies the value when it starts, so
     secrets never enter the spec, the job folder's pickles, logs or reports.
     ``meta`` tells clients how to talk to the service (model name, API key variable...).
+    ``port_range`` limits the ports picked (``(0, 0)``: any free one) and ``port_offset_free``
+    asks that ``port + offset`` be free too (SeaweedFS binds its gRPC ports there).
     """
 
     name: str
@@ -91,6 +104,8 @@ class ServiceSpec:
     stop_timeout_s: float = 20.0
     run_as: str | None = None
     meta: Mapping[str, str] = field(default_factory=dict)
+    port_range: tuple[int, int] = (0, 0)
+    port_offset_free: int = 0
 
     def with_overrides(self, **changes: Any) -> ServiceSpec:
         """A copy with ``changes`` applied (resources may be given as their own fields)."""

@@ -1,0 +1,52 @@
+"""Vector databases side by side: same dataset, same k, same metric, recall checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_aifactory.workloads.vectors import VectorDataset
+
+pytestmark = pytest.mark.vectordb
+
+STORES = ["faiss", "milvus", "chroma", "qdrant", "weaviate"]
+
+
+@pytest.fixture(scope="module")
+def dataset(aif_vars):
+    return VectorDataset(
+        aif_vars("vec_dataset", "clustered"),
+        count=aif_vars("vec_count", 5000),
+        dim=aif_vars("vec_dim", 64),
+        queries=aif_vars("vec_queries", 200),
+        metric="l2",
+    )
+
+
+@pytest.mark.parametrize("store_name", STORES)
+@pytest.mark.slo("error_rate == 0", "recall_at_10 >= {vec_min_recall}", "p99_latency_ms <= {vec_p99_latency_ms}")
+def test_search_concurrency_sweep(aif_vector_store, aif_load, aif_run, dataset, store_name, aif_vars):
+    """Insert throughput, index build time, then search QPS and recall@10 at rising concurrency."""
+    for concurrency in aif_vars("vec_concurrency", [1, 4]):
+        aif_load.vector_search(
+            aif_vector_store(store_name),
+            dataset,
+            k=10,
+            concurrency=concurrency,
+            count=aif_vars("vec_searches", 400),
+            cache_dir=aif_run.run_dir.parent / "cache",
+            label=f"{store_name} concurrency={concurrency}",
+        )
+
+
+@pytest.mark.parametrize("store_name", ["faiss", "milvus"])
+@pytest.mark.slo("error_rate == 0", "recall_at_10 >= {vec_min_recall}")
+def test_search_open_loop(aif_vector_store, aif_load, aif_run, dataset, store_name, aif_vars):
+    """Searches at a set arrival rate: latency from the scheduled time (VectorDBBench lacks this)."""
+    aif_load.vector_search(
+        aif_vector_store(store_name),
+        dataset,
+        k=10,
+        rate=aif_vars("vec_rate", 100),
+        count=aif_vars("vec_searches", 400),
+        cache_dir=aif_run.run_dir.parent / "cache",
+    )

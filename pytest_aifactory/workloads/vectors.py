@@ -1,0 +1,325 @@
+"""Vector search: seeded datasets, exact ground truth (FAISS flat, cached), stores, recall.
+
+The same dataset, the same k and the same metric for Milvus, Chroma, FAISS, Qdrant and
+Weaviate, so that they compare side by side. Every search request records its recall@k
+against the ground truth; the result reports the mean (``recall_at_K``) and the worst query
+(``min_recall_at_K``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from pytest_aifactory.load.engine import Clock
+from pytest_aifactory.load.records import RequestRecord
+from pytest_aifactory.metrics import METRICS, MetricInfo
+from pytest_aifactory.services.spec import RunningService
+
+__all__ = [
+    "DATASETS",
+    "ChromaStore",
+    "FaissStore",
+    "MilvusStore",
+    "SearchClient",
+    "VectorDataset",
+    "VectorStore",
+    "milvus_probe",
+]
+
+for _k in (1, 10, 100):
+    METRICS[f"recall_at_{_k}"] = MetricInfo("", "higher", f"mean recall@{_k} over the queries")
+    METRICS[f"min_recall_at_{_k}"] = MetricInfo("", "higher", f"lowest per-query recall@{_k}")
+METRICS["insert_vec_s"] = MetricInfo("vec/s", "higher", "vectors inserted per second (load phase)")
+METRICS["index_build_s"] = MetricInfo("s", "lower", "index build (and flush) time")
+
+DATASETS = ("random", "clustered")
+Metric = Literal["l2", "ip", "cosine"]
+Vectors = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class VectorDataset:
+    """``count`` base vectors and ``queries`` query vectors of ``dim`` dimensions (seeded).
+
+    ``random``: standard normal. ``clustered``: points around 32 centres (harder for
+    approximate indexes, closer to embeddings).
+    """
+
+    name: str
+    count: int
+    dim: int
+    queries: int = 200
+    metric: Metric = "l2"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise ValueError(f"unknown dataset {self.name!r}; valid datasets: {', '.join(DATASETS)}")
+        if self.metric not in ("l2", "ip", "cosine"):
+            raise ValueError(f"unknown metric {self.metric!r}; valid: l2, ip, cosine")
+
+    def _draw(self, n: int, stream: int) -> Vectors:
+        rng = np.random.default_rng([self.seed, stream])
+        if self.name == "random":
+            data = rng.standard_normal((n, self.dim))
+        else:
+            centres = np.random.default_rng([self.seed, 99]).standard_normal((32, self.dim)) * 4
+            data = centres[rng.integers(0, 32, n)] + rng.standard_normal((n, self.dim))
+        vectors: Vectors = data.astype(np.float32)
+        if self.metric == "cosine":
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors
+
+    def base(self) -> Vectors:
+        """The vectors to insert (id = row number)."""
+        return self._draw(self.count, 0)
+
+    def query_vectors(self) -> Vectors:
+        """The query vectors."""
+        return self._draw(self.queries, 1)
+
+    def key(self) -> str:
+        """A stable name for caches."""
+        text = f"{self.name}-{self.count}-{self.dim}-{self.queries}-{self.metric}-{self.seed}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def ground_truth(self, k: int, cache_dir: Path) -> npt.NDArray[np.int64]:
+        """Exact k nearest neighbours of every query (FAISS flat), computed once and cached."""
+        path = cache_dir / f"gt-{self.key()}-k{k}.npy"
+        if path.exists():
+            cached: npt.NDArray[np.int64] = np.load(path)
+            return cached
+        import faiss
+
+        index = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
+        index.add(self.base())
+        _, ids = index.search(self.query_vectors(), k)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        truth: npt.NDArray[np.int64] = ids.astype(np.int64)
+        np.save(path, truth)
+        return truth
+
+    def describe(self) -> dict[str, Any]:
+        """The dataset as JSON-ready configuration."""
+        return {
+            "dataset": self.name,
+            "count": self.count,
+            "dim": self.dim,
+            "queries": self.queries,
+            "metric": self.metric,
+        }
+
+
+class VectorStore(Protocol):
+    """What a vector database must do for the benchmark."""
+
+    name: str
+
+    def create(self, dim: int, metric: Metric) -> None:
+        """Create an empty collection."""
+
+    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors) -> None:
+        """Insert one batch."""
+
+    def build_index(self) -> None:
+        """Build the search index (and flush) after inserting."""
+
+    def search(self, vector: Vectors, k: int) -> list[int]:
+        """Ids of the k nearest neighbours of one query."""
+
+    def drop(self) -> None:
+        """Delete the collection."""
+
+
+@dataclass
+class FaissStore:
+    """In-process FAISS: ``Flat`` (exact) or ``HNSW32`` on the CPU."""
+
+    index_type: str = "HNSW32"
+    name: str = "faiss"
+    _index: Any = field(default=None, init=False, repr=False)
+    _pending: list[Vectors] = field(default_factory=list, init=False, repr=False)
+
+    def create(self, dim: int, metric: Metric) -> None:
+        """Create the index object."""
+        import faiss
+
+        kind = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        self._index = faiss.index_factory(dim, self.index_type, kind)
+
+    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors) -> None:
+        """Add vectors (ids are row numbers, in order)."""
+        self._index.add(vectors)
+
+    def build_index(self) -> None:
+        """Nothing to do: FAISS builds as it adds."""
+
+    def search(self, vector: Vectors, k: int) -> list[int]:
+        """Search one query."""
+        _, ids = self._index.search(vector.reshape(1, -1), k)
+        return [int(i) for i in ids[0]]
+
+    def drop(self) -> None:
+        """Free the index."""
+        self._index = None
+
+
+@dataclass
+class MilvusStore:
+    """Milvus (milvus-lite server locally, standalone on the cluster) through ``MilvusClient``."""
+
+    uri: str
+    collection: str = "aif_bench"
+    index_type: str = "FLAT"
+    name: str = "milvus"
+    _client: Any = field(default=None, init=False, repr=False)
+
+    def create(self, dim: int, metric: Metric) -> None:
+        """Create the collection (dropping an old one)."""
+        from pymilvus import MilvusClient
+
+        self._client = MilvusClient(self.uri)
+        if self._client.has_collection(self.collection):
+            self._client.drop_collection(self.collection)
+        self._metric = {"l2": "L2", "ip": "IP", "cosine": "COSINE"}[metric]
+        self._client.create_collection(self.collection, dimension=dim, metric_type=self._metric, auto_id=False)
+
+    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors) -> None:
+        """Insert one batch."""
+        rows = [{"id": int(i), "vector": v.tolist()} for i, v in zip(ids, vectors, strict=True)]
+        self._client.insert(self.collection, rows)
+
+    def build_index(self) -> None:
+        """Flush and load the collection for search."""
+        self._client.flush(self.collection)
+        self._client.load_collection(self.collection)
+
+    def search(self, vector: Vectors, k: int) -> list[int]:
+        """Search one query."""
+        hits = self._client.search(self.collection, data=[vector.tolist()], limit=k, output_fields=[])
+        return [int(hit["id"]) for hit in hits[0]]
+
+    def drop(self) -> None:
+        """Drop the collection."""
+        if self._client is not None:
+            self._client.drop_collection(self.collection)
+            self._client.close()
+
+
+@dataclass
+class ChromaStore:
+    """Chroma's HTTP server (``chroma run``), without an embedding function."""
+
+    host: str
+    port: int
+    collection: str = "aif_bench"
+    name: str = "chroma"
+    _collection: Any = field(default=None, init=False, repr=False)
+
+    def create(self, dim: int, metric: Metric) -> None:
+        """Create the collection (dropping an old one)."""
+        import chromadb
+
+        self._client = chromadb.HttpClient(host=self.host, port=self.port)
+        if self.collection in [c.name for c in self._client.list_collections()]:
+            self._client.delete_collection(self.collection)
+        space = {"l2": "l2", "ip": "ip", "cosine": "cosine"}[metric]
+        self._collection = self._client.create_collection(
+            self.collection, embedding_function=None, metadata={"hnsw:space": space}
+        )
+
+    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors) -> None:
+        """Insert one batch."""
+        self._collection.add(ids=[str(int(i)) for i in ids], embeddings=vectors)
+
+    def build_index(self) -> None:
+        """Nothing to do: Chroma indexes (HNSW) as it adds."""
+
+    def search(self, vector: Vectors, k: int) -> list[int]:
+        """Search one query."""
+        found = self._collection.query(query_embeddings=[vector], n_results=k, include=[])
+        return [int(i) for i in found["ids"][0]]
+
+    def drop(self) -> None:
+        """Delete the collection."""
+        if self._collection is not None:
+            self._client.delete_collection(self.collection)
+
+
+def milvus_probe(service: RunningService) -> str | None:
+    """Ready when the server lists its collections."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(f"http://{service.host}:{service.ports['grpc']}", timeout=5)
+    try:
+        client.list_collections()
+    finally:
+        client.close()
+    return None
+
+
+def load_store(store: VectorStore, dataset: VectorDataset, batch: int = 1000) -> dict[str, float]:
+    """Create, insert every vector, build the index; the load phase's figures."""
+    vectors = dataset.base()
+    store.create(dataset.dim, dataset.metric)
+    started = time.perf_counter()
+    for begin in range(0, len(vectors), batch):
+        ids = np.arange(begin, min(begin + batch, len(vectors)), dtype=np.int64)
+        store.insert(ids, vectors[begin : begin + batch])
+    inserted = time.perf_counter()
+    store.build_index()
+    built = time.perf_counter()
+    return {"insert_vec_s": len(vectors) / (inserted - started), "index_build_s": built - inserted}
+
+
+@dataclass
+class SearchClient:
+    """Searches in a thread pool (the store clients are synchronous); records recall@k."""
+
+    store: VectorStore
+    queries: Vectors
+    truth: npt.NDArray[np.int64]
+    k: int
+    threads: int
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        """Configuration for reports."""
+        return {"client": self.store.name, "k": self.k, "threads": self.threads}
+
+    async def open(self) -> None:
+        """Start the threads."""
+        self._pool = ThreadPoolExecutor(self.threads)
+
+    async def close(self) -> None:
+        """Stop the threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
+        """Search query ``payload`` and score it against the ground truth."""
+        index = int(payload)
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(self._pool, self.store.search, self.queries[index], self.k)
+        record.end = clock.now()
+        record.values[f"recall_at_{self.k}"] = len(set(found[: self.k]) & set(self.truth[index].tolist())) / self.k
+
+
+@dataclass(frozen=True)
+class QueryIndices:
+    """Request ``index`` searches query ``index % count``."""
+
+    count: int
+
+    def request(self, index: int) -> int:
+        """The query number of request ``index``."""
+        return index % self.count
