@@ -47,3 +47,12 @@ def test_inference_suite(tmp_path: Path, profile: str) -> None:
     ):
         assert test in done.stdout
     assert " FAIL(" not in done.stdout
+
+
+@pytest.mark.parametrize("profile", ["local", pytest.param("ci-slurm", marks=pytest.mark.slurm)])
+@pytest.mark.parametrize("family", ["database", "objectstore", "vectordb", "filestorage"])
+def test_data_suites(tmp_path: Path, profile: str, family: str) -> None:
+    done = run_suite(tmp_path, family, profile)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "aifactory results (latencies in ms)" in done.stdout
+    assert " FAIL(" not in done.stdout

@@ -149,15 +149,21 @@ class S3Client:
         return {"client": "boto3", "endpoint": self.endpoint, "bucket": self.bucket, "threads": self.threads}
 
     def prepare(self, objects: int) -> None:
-        """Create the bucket and write ``objects`` objects for GETs (not measured)."""
+        """Create the bucket and write the missing ones of ``objects`` objects for GETs (not measured)."""
         client = s3_client_for(self.endpoint, self.threads)
-        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-        if self.bucket not in existing:
+        buckets = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        if self.bucket not in buckets:
             client.create_bucket(Bucket=self.bucket)
-        with ThreadPoolExecutor(max(self.threads, 4)) as pool:
-            keys = [f"obj-{self.size}-{n:06d}" for n in range(objects)]
+        prefix = f"obj-{self.size}-"
+        present = set()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            present |= {item["Key"] for item in page.get("Contents", []) if item["Size"] == self.size}
+        missing = [key for n in range(objects) if (key := f"{prefix}{n:06d}") not in present]
+        with ThreadPoolExecutor(self.threads) as pool:
             list(
-                pool.map(lambda k: client.put_object(Bucket=self.bucket, Key=k, Body=object_bytes(k, self.size)), keys)
+                pool.map(
+                    lambda k: client.put_object(Bucket=self.bucket, Key=k, Body=object_bytes(k, self.size)), missing
+                )
             )
 
     async def open(self) -> None:

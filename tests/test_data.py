@@ -1,0 +1,155 @@
+"""Data workloads against real servers: wrong answers are caught, bad input is named."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pytest_aifactory.load.api import LoadRunner
+from pytest_aifactory.workloads.files import FioJob, direct_io_supported, run_fio
+from pytest_aifactory.workloads.s3 import object_bytes, parse_size, s3_client_for
+from pytest_aifactory.workloads.sql import connect_check, redact_dsn
+from pytest_aifactory.workloads.vectors import FaissStore, VectorDataset
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_corrupted_s3_object_is_an_error(s3_service) -> None:  # type: ignore[no-untyped-def]
+    runner = LoadRunner()
+    runner.s3(s3_service, op="put", size="64KiB", objects=4, concurrency=2, count=4)
+    client = s3_client_for(s3_service.url(port="s3").rstrip("/"))
+    key = "obj-65536-000002"
+    body = bytearray(object_bytes(key, 65536))
+    body[1000] ^= 0xFF  # one wrong byte, same length
+    client.put_object(Bucket="aif-bench", Key=key, Body=bytes(body))
+    result = runner.s3(s3_service, op="get", size="64KiB", objects=4, concurrency=2, count=40)
+    records = result.records
+    bad = [r for r in records if r.error]
+    assert bad, "the corrupted object was never detected"
+    assert all(r.error == f"checksum mismatch on GET {key} (65536 bytes)" for r in bad)
+    assert all("mib" not in r.extra for r in bad)
+    assert 0 < result.metrics()["error_rate"] < 1
+
+
+def test_s3_credentials_stay_out_of_results(s3_service) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import os
+
+    result = LoadRunner().s3(s3_service, op="put", size="4KiB", concurrency=1, count=2)
+    text = json.dumps(result.to_json(with_records=True))
+    assert os.environ["AIF_S3_SECRET_KEY"] not in text
+    assert os.environ["AIF_S3_ACCESS_KEY"] not in text
+
+
+def test_recall_slo_fails_for_a_store_returning_wrong_neighbours(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_aifactory.workloads.vectors import FaissStore, VectorDataset
+
+        class Shifted(FaissStore):
+            def search(self, vector, k):
+                return [i + 1 for i in super().search(vector, k)]  # plausible ids, wrong ones
+
+        @pytest.mark.slo("recall_at_10 >= 0.95")
+        def test_wrong(aif_load, tmp_path):
+            data = VectorDataset("random", count=2000, dim=16, queries=50)
+            aif_load.vector_search(Shifted("Flat"), data, k=10, concurrency=2, count=50, cache_dir=tmp_path)
+
+        @pytest.mark.slo("recall_at_10 >= 0.95", "min_recall_at_10 == 1")
+        def test_right(aif_load, tmp_path):
+            data = VectorDataset("random", count=2000, dim=16, queries=50)
+            aif_load.vector_search(FaissStore("Flat"), data, k=10, concurrency=2, count=50, cache_dir=tmp_path)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*1 SLO breach(es):", "*  recall_at_10=0, expected >= 0.95"])
+
+
+def test_ground_truth_is_exact_and_cached(tmp_path: Path) -> None:
+    import numpy as np
+
+    data = VectorDataset("clustered", count=500, dim=8, queries=20)
+    truth = data.ground_truth(5, tmp_path)
+    base, queries = data.base(), data.query_vectors()
+    brute = np.argsort(((queries[:, None, :] - base[None, :, :]) ** 2).sum(-1), axis=1)[:, :5]
+    assert (truth == brute).mean() > 0.99  # ties aside
+    assert len(list(tmp_path.glob("gt-*.npy"))) == 1
+    assert (data.ground_truth(5, tmp_path) == truth).all()
+
+
+def test_unknown_dataset_names_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown dataset 'sift1m'; valid datasets: random, clustered"):
+        VectorDataset("sift1m", count=10, dim=4)
+
+
+def test_fio_block_size_errors(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match=re.escape("block size '4kb': expected a number of bytes with an optional k, m or g")
+    ):
+        FioJob("read", bs="4kb")
+    if not direct_io_supported(tmp_path):
+        pytest.skip("O_DIRECT is not supported here, so fio accepts unaligned blocks")
+    with pytest.raises(ValueError, match="fio refused block size 3000 .*direct=1"):
+        run_fio(FioJob("read", bs="3000", size="1M", runtime_s=1), tmp_path)
+
+
+def test_fio_result_and_cached_label(tmp_path: Path) -> None:
+    result = run_fio(FioJob("randread", bs="4k", size="4M", runtime_s=1), tmp_path)
+    assert result.metrics()["iops"] > 0
+    assert result.metrics()["p99_latency_ms"] > 0
+    assert result.config["cached"] is not direct_io_supported(tmp_path)
+    assert result.label.endswith("(cached)") is result.config["cached"]
+    assert list(tmp_path.iterdir()) == []  # fio's files are removed
+
+
+def test_dsn_that_does_not_connect_names_it_without_password() -> None:
+    dsn = "postgresql://aif:hunter2@127.0.0.1:1/postgres"
+    with pytest.raises(
+        ValueError, match=re.escape("cannot connect to PostgreSQL at postgresql://aif:***@127.0.0.1:1/postgres")
+    ) as info:
+        connect_check(dsn)
+    assert "hunter2" not in str(info.value)
+    assert redact_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_postgres_transactions_keep_the_books(postgres_service) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    from pytest_aifactory.workloads.sql import dsn_of
+
+    result = LoadRunner().sql(postgres_service, mode="tpcb", scale=1, concurrency=4, count=200)
+    assert result.metrics()["completed"] == 200
+    with psycopg.connect(dsn_of(postgres_service)) as conn:
+        history = conn.execute("SELECT count(*), sum(delta) FROM pgbench_history").fetchone()
+        accounts = conn.execute("SELECT sum(abalance) FROM pgbench_accounts").fetchone()
+        branches = conn.execute("SELECT sum(bbalance) FROM pgbench_branches").fetchone()
+    assert history is not None and accounts is not None and branches is not None
+    assert history[0] >= 200
+    assert accounts[0] == history[1] == branches[0]  # every transaction applied whole
+
+
+def test_size_parsing() -> None:
+    assert parse_size("4KiB") == 4096
+    assert parse_size("256MiB") == 256 << 20
+    assert parse_size(10) == 10
+    with pytest.raises(ValueError, match="object size '4 parsecs'"):
+        parse_size("4 parsecs")
+
+
+def test_metadata_load(tmp_path: Path) -> None:
+    result = LoadRunner().metadata(tmp_path, files_count=200, threads=2)
+    m = result.metrics()
+    assert m["create_s"] > 0 and m["stat_s"] > 0 and m["remove_s"] > 0
+    assert m["requests"] == 600
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_faiss_store_is_exact_with_flat_index(tmp_path: Path) -> None:
+    data = VectorDataset("random", count=1000, dim=8, queries=30)
+    result = LoadRunner().vector_search(FaissStore("Flat"), data, k=10, concurrency=1, count=30, cache_dir=tmp_path)
+    assert result.metrics()["recall_at_10"] == 1.0
+    assert result.metrics()["insert_vec_s"] > 0
