@@ -93,7 +93,7 @@ def test_fio_block_size_errors(tmp_path: Path) -> None:
         FioJob("read", bs="4kb")
     if not direct_io_supported(tmp_path):
         pytest.skip("O_DIRECT is not supported here, so fio accepts unaligned blocks")
-    with pytest.raises(ValueError, match="fio refused block size 3000 .*direct=1"):
+    with pytest.raises(ValueError, match=r"fio refused block size 3000 .*direct=1"):
         run_fio(FioJob("read", bs="3000", size="1M", runtime_s=1), tmp_path)
 
 
@@ -127,7 +127,9 @@ def test_postgres_transactions_keep_the_books(postgres_service) -> None:  # type
         history = conn.execute("SELECT count(*), sum(delta) FROM pgbench_history").fetchone()
         accounts = conn.execute("SELECT sum(abalance) FROM pgbench_accounts").fetchone()
         branches = conn.execute("SELECT sum(bbalance) FROM pgbench_branches").fetchone()
-    assert history is not None and accounts is not None and branches is not None
+    assert history is not None
+    assert accounts is not None
+    assert branches is not None
     assert history[0] >= 200
     assert accounts[0] == history[1] == branches[0]  # every transaction applied whole
 
@@ -143,7 +145,7 @@ def test_size_parsing() -> None:
 def test_metadata_load(tmp_path: Path) -> None:
     result = LoadRunner().metadata(tmp_path, files_count=200, threads=2)
     m = result.metrics()
-    assert m["create_s"] > 0 and m["stat_s"] > 0 and m["remove_s"] > 0
+    assert min(m["create_s"], m["stat_s"], m["remove_s"]) > 0
     assert m["requests"] == 600
     assert list(tmp_path.iterdir()) == []
 
