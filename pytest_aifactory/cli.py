@@ -1,13 +1,17 @@
-"""The ``aifactory`` command: cleanup after a killed run, list profiles, show a job script."""
+"""The ``aifactory`` command: cleanup, profiles, render, resend, compare."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_aifactory.errors import AifError
+from pytest_aifactory.export.compare import compare_reports, format_comparison
+from pytest_aifactory.export.pushgateway import GatewayTarget, Pushgateway
+from pytest_aifactory.export.secrets import Redactor
 from pytest_aifactory.jobs.backends import BACKENDS, Backend, SlurmBackend
 from pytest_aifactory.jobs.registry import JobRegistry
 from pytest_aifactory.jobs.runner import LaunchPlan
@@ -65,6 +69,43 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resend(args: argparse.Namespace) -> int:
+    run_dir = Path(args.results_dir) / args.run_id
+    target = GatewayTarget(url=args.pushgateway, username=args.user, ca_file=args.ca, insecure=args.insecure)
+    gateway = Pushgateway(target, args.run_id, run_dir / "spool" / "pushgateway", Redactor())
+    if not gateway.spooled():
+        print(f"run {args.run_id}: nothing spooled in {gateway.spool_dir}")
+        return 0
+    sent, left = gateway.resend()
+    print(f"run {args.run_id}: sent {sent} spooled push(es) to {args.pushgateway}; {left} left")
+    return 1 if left else 0
+
+
+def _report_path(value: str, results_dir: str) -> Path:
+    path = Path(value)
+    if path.is_file():
+        return path
+    candidate = Path(results_dir) / value / "report.json"
+    if candidate.is_file():
+        return candidate
+    raise AifError(f"no report at {value!r} (a report.json path, or a run id under {results_dir})")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    old = json.loads(_report_path(args.baseline, args.results_dir).read_text(encoding="utf-8"))
+    new = json.loads(_report_path(args.candidate, args.results_dir).read_text(encoding="utf-8"))
+    rows = compare_reports(old, new, args.margin / 100)
+    if not rows:
+        print("no test point appears in both reports")
+        return 2
+    print(format_comparison(rows, old["run_id"], new["run_id"]))
+    regressions = [r for r in rows if r.regression]
+    if regressions:
+        print(f"\n{len(regressions)} regression(s) beyond {args.margin:g}%")
+        return 1
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +124,20 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--root", default=".", help="project folder holding slurm_profiles/")
     render.add_argument("--folder", default="aif-results/render", help="job folder named in the script")
     render.set_defaults(func=_render)
+    resend = commands.add_parser("resend", help="deliver a run's spooled Pushgateway pushes")
+    resend.add_argument("run_id", metavar="RUN_ID")
+    resend.add_argument("--results-dir", default="aif-results", help="results folder of the run (default: %(default)s)")
+    resend.add_argument("--pushgateway", required=True, metavar="URL", help="Pushgateway to send to")
+    resend.add_argument("--user", default=None, help="basic-auth user (password from AIF_PUSHGATEWAY_PASSWORD)")
+    resend.add_argument("--ca", default=None, help="CA bundle for TLS")
+    resend.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    resend.set_defaults(func=_resend)
+    compare = commands.add_parser("compare", help="compare two runs' reports; exit 1 on a regression")
+    compare.add_argument("baseline", metavar="RUN_A", help="report.json path or run id (the reference)")
+    compare.add_argument("candidate", metavar="RUN_B", help="report.json path or run id (the new run)")
+    compare.add_argument("--results-dir", default="aif-results", help="where run ids are looked up")
+    compare.add_argument("--margin", type=float, default=5.0, help="allowed change in percent (default: %(default)s)")
+    compare.set_defaults(func=_compare)
     return parser
 
 

@@ -21,11 +21,11 @@ from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.metrics import LoadResult
 from pytest_aifactory.slo import SLO, SLOError, Verdict, check, format_breaches, parse_slo
 
-__all__ = ["RESULTS_KEY", "Outcomes"]
+__all__ = ["RESULTS_KEY", "RESULT_PROPERTY", "Outcomes", "progress_printer"]
 
 RESULTS_KEY = pytest.StashKey[list[LoadResult]]()
 _VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
-_PROPERTY = "aifactory.result"
+RESULT_PROPERTY = "aifactory.result"
 
 # (heading, metric, format): the table's columns; then the figures a result has, if any.
 _COLUMNS: list[tuple[str, str, str]] = [
@@ -121,22 +121,22 @@ class Outcomes:
             verdicts = item.stash.get(_VERDICTS_KEY, [])
             for result in item.stash.get(RESULTS_KEY, []):
                 mine = [v for v in verdicts if v.label in ("", result.label)]
+                failed = sum(not v.passed for v in mine)
                 row = {
                     "test": item.nodeid,
                     "label": result.label,
-                    "metrics": {metric: result.metrics().get(metric) for _, metric, _ in [*_COLUMNS, *_FIGURES]},
-                    "slo": "-"
-                    if not mine
-                    else ("PASS" if all(v.passed for v in mine) else f"FAIL({sum(not v.passed for v in mine)})"),
+                    "result": result.to_json(),
+                    "verdicts": [v.to_json() for v in mine],
+                    "slo": "-" if not mine else ("PASS" if not failed else f"FAIL({failed})"),
                 }
-                report.user_properties.append((_PROPERTY, json.dumps(row, allow_nan=True)))
+                report.user_properties.append((RESULT_PROPERTY, json.dumps(row, allow_nan=False)))
         return report
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Collect rows (from this process or from xdist workers)."""
         for name, value in report.user_properties:
-            if name == _PROPERTY:
+            if name == RESULT_PROPERTY:
                 self.rows.append(json.loads(str(value)))
 
     @pytest.hookimpl
@@ -150,12 +150,13 @@ class Outcomes:
             [
                 row["test"].split("::", 1)[-1],
                 row["label"],
-                *(_cell(row["metrics"].get(metric), fmt) for _, metric, fmt in _COLUMNS),
+                *(_cell(row["result"]["metrics"].get(metric), fmt) for _, metric, fmt in _COLUMNS),
                 row["slo"],
                 "  ".join(
                     f"{heading} {_cell(value, fmt)}"
                     for heading, metric, fmt in _FIGURES
-                    if (value := row["metrics"].get(metric)) is not None and _cell(value, fmt) not in ("-", "0")
+                    if (value := row["result"]["metrics"].get(metric)) is not None
+                    and _cell(value, fmt) not in ("-", "0")
                 ),
             ]
             for row in self.rows

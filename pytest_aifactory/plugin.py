@@ -17,9 +17,11 @@ import pytest
 from pytest_aifactory.errors import AifError, ServiceConfigError, ServiceDiedError, ServiceStartupError
 from pytest_aifactory.jobs.registry import JobRecord
 from pytest_aifactory.load.api import LoadRunner
+from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.metrics import LoadResult
 from pytest_aifactory.outcomes import RESULTS_KEY, Outcomes, progress_printer
 from pytest_aifactory.profiles import Profile, load_profile
+from pytest_aifactory.recording import Recorder, add_options
 from pytest_aifactory.run import RunContext, cancel_run_jobs, new_run_id, parse_run_id
 from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.services.manager import ServiceManager
@@ -28,6 +30,7 @@ from pytest_aifactory.workloads.vectors import ChromaStore, FaissStore, MilvusSt
 
 RUN_KEY = pytest.StashKey[RunContext]()
 ERRORS_KEY = pytest.StashKey[list[str]]()
+RECORDER_KEY = pytest.StashKey[Recorder]()
 
 MARKERS = {
     "inference": "benchmarks of inference servers (vLLM, Triton, llama.cpp, Ollama)",
@@ -94,6 +97,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="Processes that drive each load together (default: ini aif_load_workers, else 1)",
     )
+    add_options(group, parser)
     parser.addini("aif_profile", "Default Slurm profile name or path", default="local")
     parser.addini("aif_load_workers", "Default number of load worker processes", default="1")
     parser.addini("aif_results_dir", "Default results folder", default="aif-results")
@@ -152,6 +156,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_KEY] = run
     config.stash[ERRORS_KEY] = []
     config.pluginmanager.register(Outcomes(config, profile.vars), "aifactory-outcomes")
+    config.stash[RECORDER_KEY] = Recorder(config, run, _is_worker(config))
+    config.pluginmanager.register(config.stash[RECORDER_KEY], "aifactory-recorder")
     if _is_worker(config):
         return
     for variable in ("AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY"):  # the run's local S3 credentials
@@ -326,11 +332,33 @@ def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_ru
         aif_run.registry.submitted(shards[-1])
         return job
 
-    progress = progress_printer(reporter, item.name) if reporter is not None else None
+    factories = [progress_printer(reporter, item.name) if reporter is not None else None]
+    factories.append(pytestconfig.stash[RECORDER_KEY].progress(item.name))
+    progress = _combined([f for f in factories if f is not None])
     yield LoadRunner(on_result=record, progress=progress, workers=workers, submit=submit, shard_dir=shard_dir)
     for shard in shards:
         aif_run.backend.cancel(shard.job_id, shard.folder)
         aif_run.registry.stopped(shard)
+
+
+ProgressFactory = Callable[[str], Callable[[Progress], None]]
+
+
+def _combined(factories: list[ProgressFactory]) -> ProgressFactory | None:
+    """One progress factory feeding all of ``factories`` (terminal line, live pushes)."""
+    if not factories:
+        return None
+
+    def factory(label: str) -> Callable[[Progress], None]:
+        callbacks = [f(label) for f in factories]
+
+        def update(progress: Progress) -> None:
+            for callback in callbacks:
+                callback(progress)
+
+        return update
+
+    return factory
 
 
 def _named(service: str, doc: str) -> Callable[..., RunningService]:

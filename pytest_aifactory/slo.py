@@ -88,6 +88,19 @@ class Verdict:
     passed: bool
     label: str = ""
 
+    def to_json(self) -> dict[str, object]:
+        """The verdict as JSON (a missing value is null)."""
+        return {
+            "slo": str(self.slo),
+            "metric": self.slo.metric,
+            "op": self.slo.op,
+            "threshold": self.slo.threshold,
+            "value": None if math.isnan(self.value) else self.value,
+            "passed": self.passed,
+            "label": self.label,
+            "message": self.message(),
+        }
+
     def message(self) -> str:
         """``p99_ttft=812.4 ms, expected <= 500 ms`` (prefixed with the result's label)."""
         name, unit = self.slo.display()

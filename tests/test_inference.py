@@ -170,8 +170,8 @@ def test_slo_breaches_fail_with_every_message_and_table(pytester: pytest.Pyteste
             "*aifactory results (latencies in ms)*",
             "test*point*req*err%*req/s*p50 ms*p99 ms*p99 lag*SLO*figures",
             "test_impossible*rate=50/s*20*FAIL(2)*tok/s*ttft p99*",
-            "test_holds*rate=20*20*PASS",
-            "test_holds*rate=40*20*PASS",
+            "test_holds*rate=20*20*PASS*",
+            "test_holds*rate=40*20*PASS*",
         ]
     )
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pytest_aifactory.errors import ServiceConfigError
 from pytest_aifactory.profiles import Profile, SettingValue
-from pytest_aifactory.services import data, http, inference, synthetic_llm
+from pytest_aifactory.services import data, http, inference, observability, synthetic_llm
 from pytest_aifactory.services.spec import Resources, ServiceSpec
 
 __all__ = ["CATALOG", "build_spec", "service_names"]
@@ -35,6 +35,8 @@ CATALOG: dict[str, CatalogEntry] = {
     "chroma": CatalogEntry(data.CHROMA, data.chroma),
     "qdrant": CatalogEntry(data.QDRANT, data.qdrant),
     "weaviate": CatalogEntry(data.WEAVIATE, data.weaviate),
+    "pushgateway": CatalogEntry(observability.PUSHGATEWAY, observability.pushgateway),
+    "prometheus": CatalogEntry(observability.PROMETHEUS, observability.prometheus),
 }
 
 SPEC_KEYS = frozenset({"image", "readiness_timeout_s", "env"})

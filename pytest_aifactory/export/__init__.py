@@ -1,0 +1,1 @@
+"""Exporters: the JSON report, Pushgateway, Loki and pytest-benchmark histories."""

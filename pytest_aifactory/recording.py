@@ -1,0 +1,232 @@
+"""The pytest side of the exporters: JSON report, live and final Pushgateway pushes.
+
+Registered by the plugin. Pushes happen in the process that runs the test (an xdist worker or
+the only process) from a background thread, so a slow or dead gateway never delays a load;
+the report is written by the controlling process, after every test and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_aifactory.export.pushgateway import GatewayTarget, Pushgateway, final_registry, live_registry
+from pytest_aifactory.export.report import RunReport
+from pytest_aifactory.export.secrets import Redactor
+from pytest_aifactory.load.engine import Progress
+from pytest_aifactory.outcomes import RESULT_PROPERTY
+from pytest_aifactory.run import RunContext
+
+__all__ = ["LivePusher", "Recorder", "add_options", "gateway_target"]
+
+_STATUS = {0: "passed", 1: "failed", 2: "interrupted"}
+
+
+def add_options(group: Any, parser: pytest.Parser) -> None:
+    """The exporters' options, in the plugin's option group."""
+    group.addoption(
+        "--aif-report",
+        dest="aif_report",
+        metavar="PATH",
+        default=None,
+        help="JSON report of the run (default: RESULTS_DIR/RUN_ID/report.json)",
+    )
+    group.addoption(
+        "--aif-pushgateway",
+        dest="aif_pushgateway",
+        metavar="URL",
+        default=None,
+        help="Push live and final metrics to this Prometheus Pushgateway (default: ini aif_pushgateway)",
+    )
+    group.addoption(
+        "--aif-pushgateway-user",
+        dest="aif_pushgateway_user",
+        metavar="USER",
+        default=None,
+        help="Basic-auth user for the Pushgateway; the password is read from AIF_PUSHGATEWAY_PASSWORD",
+    )
+    group.addoption(
+        "--aif-pushgateway-ca",
+        dest="aif_pushgateway_ca",
+        metavar="FILE",
+        default=None,
+        help="CA bundle to verify the Pushgateway's TLS certificate",
+    )
+    group.addoption(
+        "--aif-pushgateway-insecure",
+        dest="aif_pushgateway_insecure",
+        action="store_true",
+        default=False,
+        help="Do not verify the Pushgateway's TLS certificate",
+    )
+    group.addoption(
+        "--aif-pushgateway-interval",
+        dest="aif_pushgateway_interval",
+        metavar="SECONDS",
+        type=float,
+        default=2.0,
+        help="Seconds between live pushes while a load runs (default: 2)",
+    )
+    group.addoption(
+        "--aif-pushgateway-delete",
+        dest="aif_pushgateway_delete",
+        action="store_true",
+        default=False,
+        help="Delete the run's groups from the Pushgateway at the end (default: keep them)",
+    )
+    parser.addini("aif_pushgateway", "Default Pushgateway URL", default="")
+
+
+def gateway_target(config: pytest.Config) -> GatewayTarget | None:
+    """The Pushgateway the options name, if any."""
+    url = config.getoption("aif_pushgateway") or config.getini("aif_pushgateway")
+    if not url:
+        return None
+    if not str(url).startswith(("http://", "https://")):
+        raise pytest.UsageError(f"--aif-pushgateway: expected an http:// or https:// URL, got {url!r}")
+    return GatewayTarget(
+        url=str(url),
+        username=config.getoption("aif_pushgateway_user"),
+        ca_file=config.getoption("aif_pushgateway_ca"),
+        insecure=bool(config.getoption("aif_pushgateway_insecure")),
+    )
+
+
+class LivePusher:
+    """Pushes the running loads' snapshots every ``interval_s`` from a daemon thread."""
+
+    def __init__(self, gateway: Pushgateway, interval_s: float) -> None:
+        self.gateway = gateway
+        self.interval_s = interval_s
+        self._state: dict[str, dict[str, Progress]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="aifactory-live-push", daemon=True)
+        self._thread.start()
+
+    def progress(self, test: str) -> Callable[[str], Callable[[Progress], None]]:
+        """A progress factory for ``aif_load`` that records snapshots of ``test``."""
+
+        def factory(label: str) -> Callable[[Progress], None]:
+            def update(snapshot: Progress) -> None:
+                with self._lock:
+                    self._state.setdefault(test, {})[label] = snapshot
+
+            return update
+
+        return factory
+
+    def finish(self, test: str) -> None:
+        """Stop pushing live figures of ``test`` (its final figures come next)."""
+        with self._lock:
+            self._state.pop(test, None)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.flush()
+
+    def flush(self) -> None:
+        """Push every running test's snapshots now."""
+        with self._lock:
+            for test, snapshots in list(self._state.items()):
+                self.gateway.push(test, live_registry(dict(snapshots)))
+
+    def close(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + 10)
+
+
+class Recorder:
+    """Report writer (controller) and Pushgateway pusher (where tests run)."""
+
+    def __init__(self, config: pytest.Config, run: RunContext, is_worker: bool) -> None:
+        self.config = config
+        self.run = run
+        self.is_worker = is_worker
+        self.redactor = Redactor(extra=run.profile.env.values())
+        self.distributed = is_worker or bool(getattr(config.option, "numprocesses", None))
+        target = gateway_target(config)
+        self.gateway = (
+            Pushgateway(target, run.run_id, run.run_dir / "spool" / "pushgateway", self.redactor) if target else None
+        )
+        self.live = LivePusher(self.gateway, config.getoption("aif_pushgateway_interval")) if self.gateway else None
+        self.pushed_tests: list[str] = []
+        self.report: RunReport | None = None
+        if not is_worker:
+            path = config.getoption("aif_report")
+            self.report = RunReport(
+                Path(path) if path else run.run_dir / "report.json",
+                run.run_id,
+                run.profile,
+                run.registry,
+                config.rootpath,
+                self.redactor,
+            )
+
+    def progress(self, test: str) -> Callable[[str], Callable[[Progress], None]] | None:
+        """The live-push progress factory for a test (None without a Pushgateway)."""
+        return self.live.progress(test) if self.live else None
+
+    @pytest.hookimpl
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        """Note the test in the report before it runs."""
+        if self.report is not None:
+            self.report.test_started(nodeid, [])
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Final push where the test ran; report entry in the controller."""
+        rows = [json.loads(str(value)) for name, value in report.user_properties if name == RESULT_PROPERTY]
+        runs_here = self.is_worker or not self.distributed
+        if report.when == "call" and runs_here and self.gateway is not None and self.live is not None:
+            test = report.nodeid.split("::", 1)[-1]
+            self.live.finish(test)
+            if rows:
+                self.gateway.push(test, final_registry(rows))
+                self.pushed_tests.append(test)
+        if self.report is None:
+            return
+        error = str(report.longrepr) if report.failed and report.longrepr else None
+        self.report.test_phase(report.nodeid, report.when, report.outcome, report.duration, error)
+        if report.when == "call":
+            for row in rows:
+                self.report.add_result(report.nodeid, row["result"], row["verdicts"])
+        if report.when == "teardown":
+            self.report.write()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Deliver what was spooled, delete groups if asked, write the final report."""
+        if self.live is not None:
+            self.live.close()
+        if self.gateway is not None:
+            if self.config.getoption("aif_pushgateway_delete"):
+                for test in self.pushed_tests:
+                    self.gateway.delete(test)
+            self.gateway.resend()
+        if self.report is not None:
+            self.report.write(status=_STATUS.get(int(exitstatus), "error"), exit_status=int(exitstatus))
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """Say where the report is and what was not delivered."""
+        if self.report is not None:
+            terminalreporter.write_line(f"aifactory report: {self.report.path}")
+        if self.gateway is None:
+            return
+        left = self.gateway.spooled()
+        if self.gateway.failures or left:
+            terminalreporter.section("aifactory: Pushgateway deliveries that failed", yellow=True)
+            for line in self.gateway.failures[-5:]:
+                terminalreporter.write_line(line)
+            terminalreporter.write_line(
+                f"{len(self.gateway.failures)} push(es) failed; {len(left)} group(s) still spooled in "
+                f"{self.gateway.spool_dir}; send them with: aifactory resend {self.run.run_id} "
+                f"--results-dir {self.run.run_dir.parent} --pushgateway URL"
+            )

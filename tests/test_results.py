@@ -1,0 +1,265 @@
+"""Results: JSON report (schema, interruption, secrets), Pushgateway live and final pushes seen
+by a real Prometheus, spooling when the gateway is down, and the compare command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+from helpers import wait_for
+
+from pytest_aifactory.export.report import load_schema
+
+pytestmark = pytest.mark.timeout(300)
+
+SECRET = "s3cr3t-planted-value-42"
+
+LOAD_TEST = """
+import pytest
+
+@pytest.mark.inference
+@pytest.mark.slo("error_rate == 0", "p99_ttft_ms <= 5000")
+def test_stream(synthetic_llm_service, aif_load):
+    aif_load.sweep("rate", [20, 40], aif_load.openai, synthetic_llm_service,
+                   prompts="synthetic:in=4,out=8", duration_s={duration})
+"""
+
+
+def run(pytester: pytest.Pytester, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=pytester.path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_report_validates_and_keeps_secrets_out(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(LOAD_TEST.format(duration=1))
+    profile = pytester.path / "p.yaml"
+    profile.write_text(f"name: p\nexecutor: local\nenv:\n  MY_API_TOKEN: {SECRET}-profile\n")
+    done = run(
+        pytester,
+        f"--aif-profile={profile}",
+        "--aif-run-id=rep",
+        "--aif-results-dir=res",
+        f"--aif-pushgateway=http://user:{SECRET}@127.0.0.1:1",
+        env={"AIF_TEST_TOKEN": SECRET},
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    path = pytester.path / "res" / "rep" / "report.json"
+    text = path.read_text()
+    report = json.loads(text)
+    jsonschema.validate(report, load_schema())
+    assert SECRET not in text
+    assert "user:***@127.0.0.1:1" in text  # the command line is kept, the password masked
+    assert report["status"] == "passed"
+    assert report["provenance"]["profile"]["name"] == "p"
+    assert report["provenance"]["packages"]["pytest-aifactory"]
+    (test,) = report["tests"]
+    assert test["outcome"] == "passed"
+    assert [r["label"] for r in test["results"]] == ["rate=20", "rate=40"]
+    assert {v["slo"] for v in test["slo"]} == {"error_rate == 0", "p99_ttft_ms <= 5000"}
+    assert report["jobs"][0]["service"] == "synthetic-llm"
+    assert report["jobs"][0]["stopped"] is True
+    spooled = list((pytester.path / "res" / "rep" / "spool" / "pushgateway").glob("*.json"))
+    assert spooled, "the unreachable gateway's pushes were not spooled"
+    assert all(SECRET not in f.read_text() for f in spooled)
+    assert "Pushgateway deliveries that failed" in done.stdout
+
+
+def test_interrupted_run_still_writes_its_report(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(LOAD_TEST.format(duration=60))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--aif-run-id=intr", "--aif-results-dir=res"],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    jobs = pytester.path / "res" / "intr" / "jobs.jsonl"
+    try:
+        wait_for("the service to start", jobs.exists, timeout_s=60)
+        time.sleep(2)  # let the load run a little: the interruption must land mid-load
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    report = json.loads((pytester.path / "res" / "intr" / "report.json").read_text())
+    jsonschema.validate(report, load_schema())
+    assert report["status"] == "interrupted"
+    assert report["ended_at"] is not None
+    assert report["tests"][0]["nodeid"].endswith("test_stream")
+    assert all(job["stopped"] for job in report["jobs"])
+
+
+def test_compare_command(tmp_path: Path) -> None:
+    def report(run_id: str, tps: float, p99: float) -> Path:
+        data = {
+            "run_id": run_id,
+            "tests": [
+                {
+                    "nodeid": "b.py::test_x",
+                    "results": [
+                        {"label": "rate=8", "metrics": {"request_s": tps, "p99_ttft_ms": p99, "error_rate": 0.0}}
+                    ],
+                }
+            ],
+        }
+        path = tmp_path / f"{run_id}.json"
+        path.write_text(json.dumps(data))
+        return path
+
+    a, b, c = report("a", 100.0, 200.0), report("b", 99.0, 205.0), report("c", 80.0, 300.0)
+    ok = subprocess.run(
+        [sys.executable, "-m", "pytest_aifactory.cli", "compare", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stdout
+    assert "request_s" in ok.stdout
+    assert "-1.0%" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "pytest_aifactory.cli", "compare", str(a), str(c), "--margin", "10"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert bad.stdout.count("REGRESSION") == 2
+    assert "2 regression(s) beyond 10%" in bad.stdout
+
+
+@pytest.fixture
+def gateway(aif_service):  # type: ignore[no-untyped-def]
+    return aif_service("pushgateway")
+
+
+def test_live_and_final_metrics_reach_prometheus(pytester: pytest.Pytester, gateway, aif_service) -> None:  # type: ignore[no-untyped-def]
+    prometheus = aif_service("prometheus", pushgateway=f"{gateway.host}:{gateway.port}", scrape_interval="1s")
+    pytester.makepyfile(LOAD_TEST.format(duration=4))
+    started = time.time()
+    done = run(
+        pytester,
+        "--aif-run-id=live1",
+        "--aif-results-dir=res",
+        f"--aif-pushgateway={gateway.url()}",
+        "--aif-pushgateway-interval=0.5",
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+
+    def query_range(expr: str) -> list[dict[str, object]]:
+        response = httpx.get(
+            prometheus.url("/api/v1/query_range"),
+            params={"query": expr, "start": started, "end": time.time(), "step": "0.5"},
+        )
+        return list(response.json()["data"]["result"])
+
+    # Live: while the load ran, Prometheus scraped growing request counts from the gateway.
+    live = wait_for(
+        "live series in Prometheus",
+        lambda: query_range('aifactory_live_requests_done_total{run_id="live1",job="aifactory"}'),
+    )
+    values = sorted({float(v[1]) for series in live for v in series["values"]})  # type: ignore[index, union-attr]
+    assert len(values) >= 3, f"expected several live values, got {values}"
+    assert live[0]["metric"]["test"] == "test_stream"  # type: ignore[index]
+    # Final: per point latency quantiles and the SLO verdicts.
+    final = wait_for(
+        "final series in Prometheus",
+        lambda: query_range('aifactory_latency_seconds{run_id="live1",kind="ttft",quantile="0.99"}'),
+    )
+    assert {s["metric"]["point"] for s in final} == {"rate=20", "rate=40"}  # type: ignore[index]
+    slo = query_range('aifactory_slo_passed{run_id="live1"}')
+    assert {s["metric"]["slo"] for s in slo} == {"error_rate == 0", "p99_ttft_ms <= 5000"}  # type: ignore[index]
+
+
+@pytest.fixture
+def doomed_gateway(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A Pushgateway started outside the plugin, because the test kills it on purpose."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for("the pushgateway", ready)
+    yield process.pid, url
+    process.kill()
+    process.wait()
+
+
+def test_gateway_down_mid_run_then_resend(pytester: pytest.Pytester, doomed_gateway, aif_service) -> None:  # type: ignore[no-untyped-def]
+    pid, url = doomed_gateway
+    pytester.makepyfile(
+        f"""
+        import os, signal, httpx, time
+
+        def test_first(synthetic_llm_service, aif_load):
+            aif_load.openai(synthetic_llm_service, prompts="synthetic:in=4,out=4", rate=20, count=20)
+
+        def test_gateway_dies():
+            os.kill({pid}, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    httpx.get("{url}/-/ready", timeout=1)
+                except httpx.HTTPError:
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+
+        def test_after(synthetic_llm_service, aif_load):
+            aif_load.openai(synthetic_llm_service, prompts="synthetic:in=4,out=4", rate=20, count=20)
+        """
+    )
+    done = run(pytester, "--aif-run-id=down", "--aif-results-dir=res", f"--aif-pushgateway={url}")
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "group(s) still spooled" in done.stdout
+    spool = list((pytester.path / "res" / "down" / "spool" / "pushgateway").glob("*.json"))
+    assert len(spool) == 1  # test_after's group (test_first's was delivered)
+    second = aif_service("pushgateway")
+    resend = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest_aifactory.cli",
+            "resend",
+            "down",
+            "--results-dir",
+            str(pytester.path / "res"),
+            "--pushgateway",
+            second.url(),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert resend.returncode == 0, resend.stdout + resend.stderr
+    assert "sent 1 spooled push(es)" in resend.stdout
+    metrics = httpx.get(second.url("/metrics")).text
+    assert 'run_id="down",test="test_after"' in metrics
+    assert "aifactory_latency_seconds" in metrics
+    assert not list((pytester.path / "res" / "down" / "spool" / "pushgateway").glob("*.json"))
