@@ -79,9 +79,16 @@ def _cell(value: Any, fmt: str) -> str:
 class Outcomes:
     """SLO checks, progress display and the results table."""
 
-    def __init__(self, config: pytest.Config, variables: Mapping[str, object]) -> None:
+    def __init__(
+        self,
+        config: pytest.Config,
+        variables: Mapping[str, object],
+        regressions: Callable[[pytest.Item, list[LoadResult]], list[str]],
+    ) -> None:
+        """``regressions(item, results)`` lists what got worse against a baseline run."""
         self.config = config
         self.variables = variables
+        self.regressions = regressions
         self.rows: list[dict[str, Any]] = []
 
     @pytest.hookimpl
@@ -95,22 +102,25 @@ class Outcomes:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        """After a passing test body: evaluate its objectives against its results."""
+        """After a passing test body: its objectives, and regressions against a baseline run."""
         yield
         slos = slos_of(item, self.variables)
-        if not slos:
-            return None
         results = item.stash.get(RESULTS_KEY, [])
-        if not results:
+        if slos and not results:
             pytest.fail("this test has @pytest.mark.slo but ran no load (use the aif_load fixture)", pytrace=False)
-        verdicts = [
-            v for result in results for v in check(slos, result.metrics(), result.label if len(results) > 1 else "")
-        ]
+        label = len(results) > 1
+        verdicts = [v for result in results for v in check(slos, result.metrics(), result.label if label else "")]
         item.stash[_VERDICTS_KEY] = verdicts
+        problems = []
         if not all(v.passed for v in verdicts):
             errors = [f"  [{r.label}] {sample}" for r in results for sample in r.error_samples]
-            seen = "\nerrors seen:\n" + "\n".join(errors) if errors else ""
-            pytest.fail(format_breaches(verdicts) + seen, pytrace=False)
+            problems.append(format_breaches(verdicts) + ("\nerrors seen:\n" + "\n".join(errors) if errors else ""))
+        regressed = self.regressions(item, results)
+        if regressed:
+            lines = "\n".join(f"  {r}" for r in regressed)
+            problems.append(f"{len(regressed)} regression(s) against the baseline:\n{lines}")
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
         return None
 
     @pytest.hookimpl(wrapper=True)

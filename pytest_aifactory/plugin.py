@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from pytest_aifactory.errors import AifError, ServiceConfigError, ServiceDiedError, ServiceStartupError
+from pytest_aifactory.histories import Histories
+from pytest_aifactory.histories import add_options as add_history_options
 from pytest_aifactory.jobs.registry import JobRecord
 from pytest_aifactory.load.api import LoadRunner
 from pytest_aifactory.load.engine import Progress
@@ -31,6 +33,7 @@ from pytest_aifactory.workloads.vectors import ChromaStore, FaissStore, MilvusSt
 RUN_KEY = pytest.StashKey[RunContext]()
 ERRORS_KEY = pytest.StashKey[list[str]]()
 RECORDER_KEY = pytest.StashKey[Recorder]()
+HISTORIES_KEY = pytest.StashKey[Histories]()
 
 MARKERS = {
     "inference": "benchmarks of inference servers (vLLM, Triton, llama.cpp, Ollama)",
@@ -98,6 +101,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Processes that drive each load together (default: ini aif_load_workers, else 1)",
     )
     add_options(group, parser)
+    add_history_options(group)
     parser.addini("aif_profile", "Default Slurm profile name or path", default="local")
     parser.addini("aif_load_workers", "Default number of load worker processes", default="1")
     parser.addini("aif_results_dir", "Default results folder", default="aif-results")
@@ -155,7 +159,10 @@ def pytest_configure(config: pytest.Config) -> None:
     run = RunContext.create(run_id, _results_dir(config), profile, owner_pid, _keep(config))
     config.stash[RUN_KEY] = run
     config.stash[ERRORS_KEY] = []
-    config.pluginmanager.register(Outcomes(config, profile.vars), "aifactory-outcomes")
+    histories = Histories(config, profile, _results_dir(config), run_id)
+    config.stash[HISTORIES_KEY] = histories
+    config.pluginmanager.register(histories, "aifactory-histories")
+    config.pluginmanager.register(Outcomes(config, profile.vars, histories.regressions), "aifactory-outcomes")
     config.stash[RECORDER_KEY] = Recorder(config, run, _is_worker(config))
     config.pluginmanager.register(config.stash[RECORDER_KEY], "aifactory-recorder")
     if _is_worker(config):
@@ -324,6 +331,7 @@ def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_ru
 
     def record(result: LoadResult) -> None:
         item.stash.setdefault(RESULTS_KEY, []).append(result)
+        pytestconfig.stash[HISTORIES_KEY].add(item, result)
 
     def submit(fn: Callable[..., Any], *args: Any) -> Any:
         folder = shard_dir / f"job-{len(shards)}"

@@ -1,0 +1,141 @@
+"""pytest-benchmark histories and regression gates for load results.
+
+Every load result becomes a normal pytest-benchmark entry (named ``test[point]``, grouped by
+test), so ``--benchmark-autosave``, ``--benchmark-compare``, ``--benchmark-compare-fail`` and
+``pytest-benchmark compare`` work across runs. Its stats are the end-to-end latencies of the
+completed requests (seconds); percentiles, throughputs and the configuration are in
+``extra_info``. Externally measured samples can only enter pytest-benchmark through its
+private API (its issue #52): this module is tested against the pinned range 5.1 to 5.2.
+
+``--aif-baseline REPORT|RUN_ID`` adds a gate on our own metrics: a test fails when a point's
+throughput dropped, or a latency rose, by more than ``--aif-regression-margin`` percent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_aifactory.export.compare import compare_reports
+from pytest_aifactory.metrics import LoadResult
+from pytest_aifactory.profiles import Profile
+
+__all__ = ["Histories", "add_options"]
+
+_EXTRA = (
+    "requests",
+    "completed",
+    "error_rate",
+    "request_s",
+    "output_tok_s",
+    "offered_rate",
+    "achieved_rate",
+    "goodput_fraction",
+    "p50_ttft_ms",
+    "p99_ttft_ms",
+    "p99_tpot_ms",
+    "p50_e2e_ms",
+    "p90_e2e_ms",
+    "p99_e2e_ms",
+    "p999_e2e_ms",
+    "p99_lag_ms",
+    "mib_s",
+    "recall_at_10",
+    "iops",
+    "bw_mib_s",
+)
+
+
+def add_options(group: Any) -> None:
+    """The regression-gate options."""
+    group.addoption(
+        "--aif-baseline",
+        dest="aif_baseline",
+        metavar="REPORT|RUN_ID",
+        default=None,
+        help="Fail tests whose results regressed against this earlier run's report",
+    )
+    group.addoption(
+        "--aif-regression-margin",
+        dest="aif_regression_margin",
+        metavar="PERCENT",
+        type=float,
+        default=5.0,
+        help="Allowed change before a regression against --aif-baseline (default: 5)",
+    )
+
+
+class Histories:
+    """Feeds pytest-benchmark and gates on a baseline report."""
+
+    def __init__(self, config: pytest.Config, profile: Profile, results_dir: Path, run_id: str) -> None:
+        self.config = config
+        self.profile = profile
+        self.run_id = run_id
+        self.baseline = self._load_baseline(config.getoption("aif_baseline"), results_dir)
+        self.margin = float(config.getoption("aif_regression_margin")) / 100
+
+    @staticmethod
+    def _load_baseline(value: str | None, results_dir: Path) -> dict[str, Any] | None:
+        if not value:
+            return None
+        for path in (Path(value), results_dir / value / "report.json"):
+            if path.is_file():
+                data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+                return data
+        raise pytest.UsageError(
+            f"--aif-baseline: no report at {value!r} (a report.json path, or a run id in {results_dir})"
+        )
+
+    def add(self, item: pytest.Item, result: LoadResult) -> None:
+        """One pytest-benchmark entry for ``result`` (when pytest-benchmark is active)."""
+        session = getattr(self.config, "_benchmarksession", None)
+        if session is None or session.disabled or session.skip:
+            return
+        from pytest_benchmark.fixture import BenchmarkFixture
+
+        fixture = BenchmarkFixture(
+            item,
+            add_stats=session.benchmarks.append,
+            logger=session.logger,
+            warner=item.warn,
+            disabled=session.disabled,
+            **session.options,
+        )
+        fixture.name = f"{item.name}[{result.label}]" if result.label else item.name
+        fixture.fullname = f"{item.nodeid}[{result.label}]" if result.label else item.nodeid
+        fixture.group = item.name
+        fixture._mode = "pytest-aifactory load"  # private API: marks the fixture as used
+        metrics = result.metrics()
+        fixture.extra_info.update({k: metrics[k] for k in _EXTRA if k in metrics and metrics[k] == metrics[k]})
+        fixture.extra_info.update(aif_run_id=self.run_id, aif_profile=self.profile.name, aif_mode=result.mode)
+        stats = fixture._make_stats(1)
+        latencies = [r.end - r.scheduled for r in result.records if r.ok and not r.warmup and r.end is not None]
+        for latency in latencies or [float("nan")]:
+            stats.update(latency)
+
+    def regressions(self, item: pytest.Item, results: list[LoadResult]) -> list[str]:
+        """Messages for every key metric of ``results`` worse than the baseline by the margin."""
+        if self.baseline is None:
+            return []
+        current = {"run_id": self.run_id, "tests": [{"nodeid": item.nodeid, "results": [r.to_json() for r in results]}]}
+        changes = compare_reports(self.baseline, current, self.margin)
+        return [
+            f"[{c.point}] {c.metric}={c.new:.4g}, baseline {c.old:.4g} ({c.relative:+.1%}, margin {self.margin:.0%})"
+            for c in changes
+            if c.regression
+        ]
+
+    @pytest.hookimpl
+    def pytest_benchmark_update_machine_info(self, config: pytest.Config, machine_info: dict[str, Any]) -> None:
+        """Name the profile and partition, not the compute node, so runs on any node compare."""
+        machine_info["node"] = f"{self.profile.name}:{self.profile.slurm.partition or self.profile.executor}"
+        machine_info["aifactory_profile"] = self.profile.name
+
+    @pytest.hookimpl
+    def pytest_benchmark_update_json(self, config: pytest.Config, benchmarks: Any, output_json: dict[str, Any]) -> None:
+        """Record the run id beside pytest-benchmark's own data."""
+        output_json["aifactory_run_id"] = self.run_id
