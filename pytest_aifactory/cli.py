@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pytest_aifactory.errors import AifError
 from pytest_aifactory.export.compare import compare_reports, format_comparison
+from pytest_aifactory.export.loki import LokiPusher
 from pytest_aifactory.export.pushgateway import GatewayTarget, Pushgateway
 from pytest_aifactory.export.secrets import Redactor
 from pytest_aifactory.jobs.backends import BACKENDS, Backend, SlurmBackend
@@ -71,14 +72,28 @@ def _render(args: argparse.Namespace) -> int:
 
 def _resend(args: argparse.Namespace) -> int:
     run_dir = Path(args.results_dir) / args.run_id
-    target = GatewayTarget(url=args.pushgateway, username=args.user, ca_file=args.ca, insecure=args.insecure)
-    gateway = Pushgateway(target, args.run_id, run_dir / "spool" / "pushgateway", Redactor())
-    if not gateway.spooled():
-        print(f"run {args.run_id}: nothing spooled in {gateway.spool_dir}")
-        return 0
-    sent, left = gateway.resend()
-    print(f"run {args.run_id}: sent {sent} spooled push(es) to {args.pushgateway}; {left} left")
-    return 1 if left else 0
+    if not (args.pushgateway or args.loki):
+        print("aifactory resend: give --pushgateway URL and/or --loki URL", file=sys.stderr)
+        return 2
+    outboxes: list[tuple[str, Pushgateway | LokiPusher]] = []
+    if args.pushgateway:
+        target = GatewayTarget(url=args.pushgateway, username=args.user, ca_file=args.ca, insecure=args.insecure)
+        outboxes.append(
+            (args.pushgateway, Pushgateway(target, args.run_id, run_dir / "spool" / "pushgateway", Redactor()))
+        )
+    if args.loki:
+        loki = LokiPusher(args.loki, args.run_id, run_dir / "spool" / "loki", Redactor())
+        loki.close()
+        outboxes.append((args.loki, loki))
+    left_total = 0
+    for url, outbox in outboxes:
+        if not outbox.spooled():
+            print(f"run {args.run_id}: nothing spooled for {url}")
+            continue
+        sent, left = outbox.resend()
+        left_total += left
+        print(f"run {args.run_id}: sent {sent} spooled push(es) to {url}; {left} left")
+    return 1 if left_total else 0
 
 
 def _report_path(value: str, results_dir: str) -> Path:
@@ -124,10 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--root", default=".", help="project folder holding slurm_profiles/")
     render.add_argument("--folder", default="aif-results/render", help="job folder named in the script")
     render.set_defaults(func=_render)
-    resend = commands.add_parser("resend", help="deliver a run's spooled Pushgateway pushes")
+    resend = commands.add_parser("resend", help="deliver a run's spooled Pushgateway pushes and Loki batches")
     resend.add_argument("run_id", metavar="RUN_ID")
     resend.add_argument("--results-dir", default="aif-results", help="results folder of the run (default: %(default)s)")
-    resend.add_argument("--pushgateway", required=True, metavar="URL", help="Pushgateway to send to")
+    resend.add_argument("--pushgateway", metavar="URL", help="Pushgateway to send the spooled metrics to")
+    resend.add_argument("--loki", metavar="URL", help="Loki to send the spooled log lines to")
     resend.add_argument("--user", default=None, help="basic-auth user (password from AIF_PUSHGATEWAY_PASSWORD)")
     resend.add_argument("--ca", default=None, help="CA bundle for TLS")
     resend.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")

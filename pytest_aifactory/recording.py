@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
+from pytest_aifactory.export.loki import LokiPusher
 from pytest_aifactory.export.pushgateway import GatewayTarget, Pushgateway, final_registry, live_registry
 from pytest_aifactory.export.report import RunReport
 from pytest_aifactory.export.secrets import Redactor
+from pytest_aifactory.jobs.telemetry import Telemetry
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.outcomes import RESULT_PROPERTY
 from pytest_aifactory.run import RunContext
@@ -70,7 +72,7 @@ def add_options(group: Any, parser: pytest.Parser) -> None:
         metavar="SECONDS",
         type=float,
         default=2.0,
-        help="Seconds between live pushes while a load runs (default: 2)",
+        help="Seconds between live pushes and service resource samples (default: 2)",
     )
     group.addoption(
         "--aif-pushgateway-delete",
@@ -79,7 +81,31 @@ def add_options(group: Any, parser: pytest.Parser) -> None:
         default=False,
         help="Delete the run's groups from the Pushgateway at the end (default: keep them)",
     )
+    group.addoption(
+        "--aif-loki",
+        dest="aif_loki",
+        metavar="URL",
+        default=None,
+        help="Ship the run's events and the services' logs to this Grafana Loki (default: ini aif_loki)",
+    )
     parser.addini("aif_pushgateway", "Default Pushgateway URL", default="")
+    parser.addini("aif_loki", "Default Loki URL", default="")
+
+
+def loki_url(config: pytest.Config) -> str | None:
+    """The Loki base URL the options name, if any."""
+    url = config.getoption("aif_loki") or config.getini("aif_loki")
+    if not url:
+        return None
+    if not str(url).startswith(("http://", "https://")):
+        raise pytest.UsageError(f"--aif-loki: expected an http:// or https:// URL, got {url!r}")
+    return str(url)
+
+
+def telemetry(config: pytest.Config, run_id: str, run_dir: Path) -> Telemetry:
+    """What service jobs send where: logs to Loki, resource samples to the Pushgateway."""
+    interval = float(config.getoption("aif_pushgateway_interval"))
+    return Telemetry(run_id, run_dir / "spool", loki_url(config), gateway_target(config), interval)
 
 
 def gateway_target(config: pytest.Config) -> GatewayTarget | None:
@@ -156,6 +182,11 @@ class Recorder:
             Pushgateway(target, run.run_id, run.run_dir / "spool" / "pushgateway", self.redactor) if target else None
         )
         self.live = LivePusher(self.gateway, config.getoption("aif_pushgateway_interval")) if self.gateway else None
+        url = loki_url(config)
+        source = f"pytest-{config.workerinput['workerid']}" if is_worker else "pytest"  # type: ignore[attr-defined]
+        self.loki = LokiPusher(url, run.run_id, run.run_dir / "spool" / "loki", self.redactor, source) if url else None
+        run.services.telemetry = telemetry(config, run.run_id, run.run_dir)
+        run.services.on_event = self.service_event
         self.pushed_tests: list[str] = []
         self.report: RunReport | None = None
         if not is_worker:
@@ -169,21 +200,36 @@ class Recorder:
                 self.redactor,
             )
 
+    def service_event(self, service: str, message: str, level: str) -> None:
+        """A service's lifecycle event (submitted, ready, died, stopped) to Loki."""
+        if self.loki is not None:
+            self.loki.log(message, service=service, level=level, source="aifactory")
+
+    @pytest.hookimpl
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """The run's first event."""
+        if self.loki is not None and not self.is_worker:
+            self.loki.log(f"run {self.run.run_id} started on profile {self.run.profile.name}", event="session_start")
+
     def progress(self, test: str) -> Callable[[str], Callable[[Progress], None]] | None:
         """The live-push progress factory for a test (None without a Pushgateway)."""
         return self.live.progress(test) if self.live else None
 
     @pytest.hookimpl
     def pytest_runtest_logstart(self, nodeid: str) -> None:
-        """Note the test in the report before it runs."""
+        """Note the test in the report before it runs, and in Loki where it runs."""
         if self.report is not None:
             self.report.test_started(nodeid, [])
+        if self.loki is not None and (self.is_worker or not self.distributed):
+            self.loki.log(f"test started: {nodeid}", event="test_start", test=nodeid)
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Final push where the test ran; report entry in the controller."""
         rows = [json.loads(str(value)) for name, value in report.user_properties if name == RESULT_PROPERTY]
         runs_here = self.is_worker or not self.distributed
+        if runs_here and self.loki is not None:
+            self._log_outcome(report, rows)
         if report.when == "call" and runs_here and self.gateway is not None and self.live is not None:
             test = report.nodeid.split("::", 1)[-1]
             self.live.finish(test)
@@ -200,9 +246,36 @@ class Recorder:
         if report.when == "teardown":
             self.report.write()
 
+    def _log_outcome(self, report: pytest.TestReport, rows: list[dict[str, Any]]) -> None:
+        assert self.loki is not None
+        for row in rows:
+            for verdict in row["verdicts"]:
+                level = "info" if verdict["passed"] else "error"
+                outcome = "held" if verdict["passed"] else "breached"
+                self.loki.log(f"SLO {outcome}: {verdict['message']}", level=level, event="slo", test=report.nodeid)
+        if report.when == "teardown" or report.outcome != "passed":
+            level = {"passed": "info", "skipped": "warning"}.get(report.outcome, "error")
+            self.loki.log(
+                f"test {report.when} {report.outcome}: {report.nodeid}",
+                level=level,
+                event="test_end",
+                test=report.nodeid,
+            )
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Deliver what was spooled, delete groups if asked, write the final report."""
+        status = _STATUS.get(int(exitstatus), "error")
+        if self.loki is not None:
+            if not self.is_worker:
+                self.loki.log(
+                    f"run {self.run.run_id} finished: {status}",
+                    event="session_end",
+                    level="info" if status == "passed" else "error",
+                )
+            self.loki.close()
+            if not self.is_worker:
+                self.loki.resend()
         if self.live is not None:
             self.live.close()
         if self.gateway is not None:
@@ -211,13 +284,19 @@ class Recorder:
                     self.gateway.delete(test)
             self.gateway.resend()
         if self.report is not None:
-            self.report.write(status=_STATUS.get(int(exitstatus), "error"), exit_status=int(exitstatus))
+            self.report.write(status=status, exit_status=int(exitstatus))
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         """Say where the report is and what was not delivered."""
         if self.report is not None:
             terminalreporter.write_line(f"aifactory report: {self.report.path}")
+        if self.loki is not None and self.loki.spooled():
+            terminalreporter.section("aifactory: Loki deliveries that failed", yellow=True)
+            terminalreporter.write_line(
+                f"{len(self.loki.spooled())} batch(es) of log lines spooled in {self.loki.spool_dir}; send them with: "
+                f"aifactory resend {self.run.run_id} --results-dir {self.run.run_dir.parent} --loki URL"
+            )
         if self.gateway is None:
             return
         left = self.gateway.spooled()

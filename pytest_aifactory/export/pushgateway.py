@@ -178,9 +178,10 @@ class Pushgateway:
         self.failures: list[str] = []
         self._lock = threading.Lock()
 
-    def path(self, test: str) -> str:
-        """The group's URL path."""
-        return f"/metrics/job/aifactory/{_segment('run_id', self.run_id)}/{_segment('test', test)}"
+    def path(self, test: str, extra_labels: Mapping[str, str] | None = None) -> str:
+        """The group's URL path (``extra_labels`` are more grouping labels)."""
+        extra = "".join(f"/{_segment(k, v)}" for k, v in sorted((extra_labels or {}).items()))
+        return f"/metrics/job/aifactory/{_segment('run_id', self.run_id)}/{_segment('test', test)}{extra}"
 
     def _client(self) -> httpx.Client:
         auth = None
@@ -199,10 +200,12 @@ class Pushgateway:
                 f"HTTP {response.status_code}: {response.text[:200]}", request=response.request, response=response
             )
 
-    def push(self, test: str, registry: CollectorRegistry, method: str = "PUT") -> bool:
+    def push(
+        self, test: str, registry: CollectorRegistry, method: str = "PUT", extra_labels: Mapping[str, str] | None = None
+    ) -> bool:
         """Push a group (PUT replaces it); on failure spool it and return False."""
         body = self.redactor.text(generate_latest(registry).decode()).encode()
-        return self._deliver(method, self.path(test), body)
+        return self._deliver(method, self.path(test, extra_labels), body)
 
     def delete(self, test: str) -> bool:
         """Delete a group (the Pushgateway never forgets one by itself)."""

@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 from pytest_aifactory.errors import JobError
+from pytest_aifactory.jobs.telemetry import Telemetry, TelemetryThreads
 from pytest_aifactory.profiles import ContainerSettings
 from pytest_aifactory.services.spec import ServiceSpec, render, render_context
 
@@ -72,6 +73,7 @@ class LaunchPlan:
     container: ContainerSettings | None = None
     env: tuple[tuple[str, str], ...] = ()
     owner: Owner | None = None
+    telemetry: Telemetry | None = None
 
 
 def pid_alive(pid: int) -> bool:
@@ -278,6 +280,15 @@ def serve(plan: LaunchPlan) -> int:
                 "started_at": time.time(),
             },
         )
+        threads = (
+            TelemetryThreads(
+                plan.telemetry, spec.name, _job_id(), child.pid, {"stdout": stdout_path, "stderr": stderr_path}
+            )
+            if plan.telemetry is not None
+            else None
+        )
+        if threads is not None:
+            threads.event(f"service {spec.name} started on {node}: pid {child.pid}, ports {ports}")
         reason = "exited"
         while (code := child.poll()) is None:
             if stop.signum is not None:
@@ -296,6 +307,10 @@ def serve(plan: LaunchPlan) -> int:
             os.killpg(child.pid, signal.SIGKILL)  # whatever the service left in its group
         code = child.wait()
         write_json_atomic(plan.folder / EXIT_FILE, {"exit_code": code, "reason": reason, "at": time.time()})
+        if threads is not None:
+            failed = reason == "exited" and code != 0
+            threads.event(f"service {spec.name} {reason} (exit code {code})", level="error" if failed else "info")
+            threads.stop()
     if reason == "exited" and code != 0:
         raise JobError(f"service {spec.name!r} exited with code {code}\n{tail(stderr_path)}")
     return code

@@ -7,6 +7,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pytest_aifactory.errors import JobError, ServiceDiedError, ServiceStartupEr
 from pytest_aifactory.jobs.backends import Backend, JobStatus
 from pytest_aifactory.jobs.registry import JobRecord, JobRegistry
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, EXIT_FILE, LaunchPlan, Owner, read_json, tail
+from pytest_aifactory.jobs.telemetry import Telemetry
 from pytest_aifactory.profiles import Profile
 from pytest_aifactory.services.probes import check_ready
 from pytest_aifactory.services.spec import RunningService, ServiceSpec
@@ -57,7 +59,13 @@ class ServiceManager:
     registry: JobRegistry
     owner: Owner | None
     keep: bool = False
+    telemetry: Telemetry | None = None
+    on_event: Callable[[str, str, str], None] | None = None
     started: list[RunningService] = field(default_factory=list)
+
+    def _event(self, service: str, message: str, level: str = "info") -> None:
+        if self.on_event is not None:
+            self.on_event(service, message, level)
 
     @property
     def run_dir(self) -> Path:
@@ -88,15 +96,24 @@ class ServiceManager:
             container=self.profile.container,
             env=tuple(self.profile.env.items()),
             owner=None if self.keep else self.owner,
+            telemetry=self.telemetry,
         )
         job_id = self.backend.submit(plan)
         record = JobRecord(self.backend.name, job_id, spec.name, folder)
         self.registry.submitted(record)
+        self._event(spec.name, f"service {spec.name} submitted as {self.backend.name} job {job_id}")
         try:
-            return self._wait_ready(spec, record)
-        except BaseException:
+            service = self._wait_ready(spec, record)
+        except BaseException as exc:
+            self._event(
+                spec.name,
+                f"service {spec.name} failed to start: {(str(exc) or type(exc).__name__).splitlines()[0]}",
+                "error",
+            )
             self._cancel(record)
             raise
+        self._event(spec.name, f"service {spec.name} ready: {service.describe()}")
+        return service
 
     def _running(self, spec: ServiceSpec, record: JobRecord, endpoint: dict[str, object]) -> RunningService:
         return RunningService(
@@ -146,6 +163,7 @@ class ServiceManager:
         exit_info = read_json(service.folder / EXIT_FILE)
         if status.active and exit_info is None:
             return
+        self._event(service.name, f"service {service.name} died while in use: {status.describe()}", "error")
         raise ServiceDiedError(
             failure_report(service.name, "died while it was in use", status, *self._where(self._record(service)))
         )
@@ -157,6 +175,7 @@ class ServiceManager:
     def _cancel(self, record: JobRecord) -> None:
         self.backend.cancel(record.job_id, record.folder)
         self.registry.stopped(record)
+        self._event(record.service, f"service {record.service} stopped ({record.backend} job {record.job_id})")
 
     def stop(self, service: RunningService) -> None:
         """Cancel the service's job and wait until it has left the queue (unless kept)."""

@@ -1,0 +1,234 @@
+"""What runs beside a service inside its job: a log forwarder to Loki and a resource monitor.
+
+Both are threads of the job process, so they start with the service and stop with the job.
+The monitor samples the service's process tree and the node from ``/proc`` (and GPUs through
+NVML when ``pynvml`` and a driver are there) and pushes to the Pushgateway with ``service``,
+``job_id`` and ``node`` labels; the forwarder tails the service's stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from pytest_aifactory.export.loki import LokiPusher
+from pytest_aifactory.export.pushgateway import GatewayTarget, Pushgateway
+from pytest_aifactory.export.secrets import Redactor
+
+__all__ = ["MONITOR_METRICS", "Telemetry", "TelemetryThreads", "sample_node", "sample_tree"]
+
+MONITOR_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "aifactory_service_cpu_seconds_total": ("CPU seconds used by the service's process tree", ()),
+    "aifactory_service_memory_bytes": ("Resident memory of the service's process tree", ()),
+    "aifactory_service_processes": ("Processes in the service's tree", ()),
+    "aifactory_node_cpu_utilization_ratio": ("Busy share of the node's CPUs since the last sample", ()),
+    "aifactory_node_memory_used_bytes": ("Memory in use on the node (total - available)", ()),
+    "aifactory_node_network_bytes_total": ("Bytes through the node's network interfaces", ("direction",)),
+    "aifactory_node_disk_bytes_total": ("Bytes read and written by the node's disks", ("direction",)),
+    "aifactory_gpu_utilization_ratio": ("GPU busy share (NVML)", ("gpu",)),
+    "aifactory_gpu_memory_used_bytes": ("GPU memory in use (NVML)", ("gpu",)),
+    "aifactory_gpu_power_watts": ("GPU power draw (NVML)", ("gpu",)),
+}
+_CLK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """Where a job sends its logs and resource samples (all optional)."""
+
+    run_id: str
+    spool_dir: Path
+    loki_url: str | None = None
+    pushgateway: GatewayTarget | None = None
+    interval_s: float = 5.0
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def sample_tree(root: int) -> tuple[float, int, int]:
+    """(CPU seconds, resident bytes, process count) of ``root`` and its descendants."""
+    tree, todo, cpu, rss, count = _children(), [root], 0.0, 0, 0
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu += (int(fields[11]) + int(fields[12])) / _CLK
+        rss += int(fields[21]) * _PAGE
+        count += 1
+        todo += tree.get(pid, [])
+    return cpu, rss, count
+
+
+def sample_node() -> dict[str, float]:
+    """Node counters: CPU busy/total jiffies, memory used, network and disk bytes."""
+    cpu = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    meminfo = {
+        line.split(":")[0]: int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+    }
+    rx = tx = 0
+    for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
+        name, data = line.split(":", 1)
+        if name.strip() != "lo":
+            values = data.split()
+            rx, tx = rx + int(values[0]), tx + int(values[8])
+    read = written = 0
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 9 and not parts[2].startswith(("loop", "ram")):
+            read, written = read + int(parts[5]) * 512, written + int(parts[9]) * 512
+    return {
+        "cpu_busy": float(sum(cpu) - cpu[3] - (cpu[4] if len(cpu) > 4 else 0)),
+        "cpu_total": float(sum(cpu)),
+        "mem_used": float(meminfo.get("MemTotal", 0) - meminfo.get("MemAvailable", 0)),
+        "net_rx": float(rx),
+        "net_tx": float(tx),
+        "disk_read": float(read),
+        "disk_written": float(written),
+    }
+
+
+def _gpu_samples() -> list[tuple[str, float, float, float]]:
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no GPU: nothing to report
+        return []
+    samples = []
+    for index in range(pynvml.nvmlDeviceGetCount()):
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle).used
+        power = pynvml.nvmlDeviceGetPowerUsage(handle) / 1000
+        samples.append((str(index), float(util), float(memory), float(power)))
+    return samples
+
+
+class TelemetryThreads:
+    """Starts the forwarder and the monitor for one service process; ``stop()`` flushes them."""
+
+    def __init__(self, telemetry: Telemetry, service: str, job_id: str, pid: int, logs: dict[str, Path]) -> None:
+        self.telemetry = telemetry
+        self.service = service
+        self.job_id = job_id
+        self.pid = pid
+        self.node = socket.gethostname()
+        self.redactor = Redactor()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.loki = (
+            LokiPusher(
+                telemetry.loki_url, telemetry.run_id, telemetry.spool_dir / "loki", self.redactor, f"job-{job_id}"
+            )
+            if telemetry.loki_url
+            else None
+        )
+        self.gateway = (
+            Pushgateway(telemetry.pushgateway, telemetry.run_id, telemetry.spool_dir / "pushgateway", self.redactor)
+            if telemetry.pushgateway
+            else None
+        )
+        if self.loki is not None:
+            for stream, path in logs.items():
+                self._start(self._forward, stream, path)
+        if self.gateway is not None:
+            self._start(self._monitor)
+
+    def _start(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name=f"aifactory-{target.__name__}")
+        thread.start()
+        self._threads.append(thread)
+
+    def _forward(self, stream: str, path: Path) -> None:
+        assert self.loki is not None
+        position = 0
+        while True:
+            stopping = self._stop.is_set()
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(position)
+                    chunk = handle.read()
+            except OSError:
+                chunk = b""
+            complete = chunk[: chunk.rfind(b"\n") + 1] if not stopping else chunk
+            position += len(complete)
+            for raw in complete.decode("utf-8", errors="replace").splitlines():
+                if raw.strip():
+                    lowered = raw.lower()
+                    level = "error" if "error" in lowered else "warning" if "warn" in lowered else "info"
+                    self.loki.log(
+                        raw, service=self.service, level=level, stream=stream, job_id=self.job_id, node=self.node
+                    )
+            if stopping:
+                return
+            self._stop.wait(0.5)
+
+    def _monitor(self) -> None:
+        assert self.gateway is not None
+        registry = CollectorRegistry()
+        gauges = {
+            name: Gauge(name, text, labels, registry=registry) for name, (text, labels) in MONITOR_METRICS.items()
+        }
+        group = f"service:{self.service}:{self.job_id}"
+        previous = sample_node()
+        while not self._stop.wait(self.telemetry.interval_s):
+            cpu, rss, count = sample_tree(self.pid)
+            node = sample_node()
+            gauges["aifactory_service_cpu_seconds_total"].set(cpu)
+            gauges["aifactory_service_memory_bytes"].set(rss)
+            gauges["aifactory_service_processes"].set(count)
+            total = node["cpu_total"] - previous["cpu_total"]
+            gauges["aifactory_node_cpu_utilization_ratio"].set(
+                (node["cpu_busy"] - previous["cpu_busy"]) / total if total else 0.0
+            )
+            gauges["aifactory_node_memory_used_bytes"].set(node["mem_used"])
+            gauges["aifactory_node_network_bytes_total"].labels("rx").set(node["net_rx"])
+            gauges["aifactory_node_network_bytes_total"].labels("tx").set(node["net_tx"])
+            gauges["aifactory_node_disk_bytes_total"].labels("read").set(node["disk_read"])
+            gauges["aifactory_node_disk_bytes_total"].labels("write").set(node["disk_written"])
+            for gpu, util, memory, power in _gpu_samples():
+                gauges["aifactory_gpu_utilization_ratio"].labels(gpu).set(util)
+                gauges["aifactory_gpu_memory_used_bytes"].labels(gpu).set(memory)
+                gauges["aifactory_gpu_power_watts"].labels(gpu).set(power)
+            previous = node
+            self.gateway.push(
+                group, registry, extra_labels={"service": self.service, "job_id": self.job_id, "node": self.node}
+            )
+
+    def event(self, line: str, level: str = "info") -> None:
+        """A lifecycle line of the service (started, stopped...) in its Loki stream."""
+        if self.loki is not None:
+            self.loki.log(
+                line, service=self.service, level=level, source="aifactory", job_id=self.job_id, node=self.node
+            )
+
+    def stop(self) -> None:
+        """Flush the last log lines and stop both threads."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self.loki is not None:
+            self.loki.close()
