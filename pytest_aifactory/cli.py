@@ -1,4 +1,4 @@
-"""The ``aifactory`` command: cleanup, profiles, render, resend, compare."""
+"""The ``aifactory`` command: cleanup, profiles, render, resend, compare, control."""
 
 from __future__ import annotations
 
@@ -121,6 +121,12 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control(args: argparse.Namespace) -> int:
+    from pytest_aifactory.control import serve
+
+    return serve(args.host, args.port, Path(args.root), Path(args.results_dir))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +160,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--results-dir", default="aif-results", help="where run ids are looked up")
     compare.add_argument("--margin", type=float, default=5.0, help="allowed change in percent (default: %(default)s)")
     compare.set_defaults(func=_compare)
+    control = commands.add_parser("control", help="HTTP API to start/stop runs and services (token: AIF_CONTROL_TOKEN)")
+    control.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    control.add_argument("--port", type=int, default=8088, help="port (default: %(default)s)")
+    control.add_argument("--root", default=".", help="project folder with benchmarks/ and slurm_profiles/")
+    control.add_argument("--results-dir", default="aif-results", help="where runs write their results")
+    control.set_defaults(func=_control)
     return parser
 
 

@@ -101,6 +101,20 @@ def _run_link() -> dashboard.DashboardLink:
     )
 
 
+def _control_link() -> dashboard.DashboardLink:
+    """The control API's interactive page: start a run, stop one, start or stop a service."""
+    return (
+        dashboard.DashboardLink("Control: start / stop runs and services")
+        .type(DashboardLinkType.LINK)
+        .url("${control_url}/docs")
+        .target_blank(True)
+    )
+
+
+def _control_variable() -> dashboard.TextBoxVariable:
+    return dashboard.TextBoxVariable("control_url").label("Control API").default_value("http://localhost:8088")
+
+
 def live() -> dashboard.Dashboard:
     """A run while it happens: load, latency, errors, SLOs, the services' resources and logs."""
     board = _variables(
@@ -110,7 +124,8 @@ def live() -> dashboard.Dashboard:
         .refresh("5s")
         .time("now-30m", "now")
         .link(_run_link())
-    )
+        .link(_control_link())
+    ).with_variable(_control_variable())
     return (
         board.with_row(dashboard.Row("Load"))
         .with_panel(
@@ -244,9 +259,10 @@ def trends() -> dashboard.Dashboard:
         .uid("aif-trends")
         .tags(["aifactory"])
         .time("now-90d", "now")
-        .link(_run_link()),
+        .link(_run_link())
+        .link(_control_link()),
         service=False,
-    )
+    ).with_variable(_control_variable())
     return (
         board.with_panel(
             _series(
