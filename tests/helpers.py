@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+import httpx
 
 T = TypeVar("T")
 
@@ -27,3 +32,25 @@ def registry_entries(run_dir: Path) -> list[dict[str, str]]:
     """The lines of a run's jobs.jsonl."""
     path = run_dir / "jobs.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def aifactory(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``aifactory`` command (as ``python -m pytest_aifactory.cli``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_aifactory.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_ready(url: str) -> bool:
+    """True when ``url`` answers 200."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

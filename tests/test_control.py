@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import registry_entries, wait_for
+from helpers import free_port, http_ready, registry_entries, wait_for
 
 from pytest_aifactory.jobs.backends import make_backend
 from pytest_aifactory.profiles import load_profile
@@ -40,9 +39,7 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def api(project: Path) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -59,14 +56,7 @@ def api(project: Path) -> Iterator[str]:
         env={**os.environ, "AIF_CONTROL_TOKEN": TOKEN},
     )
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for("the control API", up)
+    wait_for("the control API", lambda: http_ready(f"{url}/openapi.json"))
     yield url
     process.terminate()
     process.wait(timeout=60)

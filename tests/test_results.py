@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
-from helpers import wait_for
+from helpers import aifactory, free_port, http_ready, wait_for
 
 from pytest_aifactory.export.report import load_schema
 
@@ -187,25 +187,14 @@ def test_live_and_final_metrics_reach_prometheus(pytester: pytest.Pytester, gate
 @pytest.fixture
 def doomed_gateway(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A Pushgateway started outside the plugin, because the test kills it on purpose."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for("the pushgateway", ready)
+    wait_for("the pushgateway", lambda: http_ready(f"{url}/-/ready"))
     yield process.pid, url
     process.kill()
     process.wait()
@@ -241,22 +230,7 @@ def test_gateway_down_mid_run_then_resend(pytester: pytest.Pytester, doomed_gate
     spool = list((pytester.path / "res" / "down" / "spool" / "pushgateway").glob("*.json"))
     assert len(spool) == 1  # test_after's group (test_first's was delivered)
     second = aif_service("pushgateway")
-    resend = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest_aifactory.cli",
-            "resend",
-            "down",
-            "--results-dir",
-            str(pytester.path / "res"),
-            "--pushgateway",
-            second.url(),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    resend = aifactory("resend", "down", "--results-dir", str(pytester.path / "res"), "--pushgateway", second.url())
     assert resend.returncode == 0, resend.stdout + resend.stderr
     assert "sent 1 spooled push(es)" in resend.stdout
     metrics = httpx.get(second.url("/metrics")).text

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import wait_for
+from helpers import aifactory, wait_for
 from loki_receiver import LokiReceiver
 
 pytestmark = pytest.mark.timeout(300)
@@ -86,22 +86,7 @@ def test_loki_down_spools_then_resend(pytester: pytest.Pytester, loki: LokiRecei
     spool = list((pytester.path / "res" / "down" / "spool" / "loki").glob("*.json"))
     assert spool
     loki.up = True
-    resend = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest_aifactory.cli",
-            "resend",
-            "down",
-            "--results-dir",
-            str(pytester.path / "res"),
-            "--loki",
-            loki.url,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    resend = aifactory("resend", "down", "--results-dir", str(pytester.path / "res"), "--loki", loki.url)
     assert resend.returncode == 0, resend.stdout + resend.stderr
     assert loki.errors == []
     assert any(line["line"] == "run down finished: passed" for line in loki.lines)

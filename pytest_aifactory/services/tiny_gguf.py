@@ -17,35 +17,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pytest_aifactory.workloads.prompts import COMMON_WORDS
+
 __all__ = ["write_tiny_llama"]
 
-_WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "that",
-    "for",
-    "it",
-    "as",
-    "was",
-    "with",
-    "be",
-    "by",
-    "on",
-    "not",
-    "this",
-    "are",
-    "or",
-    "from",
-    "at",
-    "which",
-    "have",
-    "an",
-    "they",
-]
 _CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -59,7 +34,7 @@ def _vocabulary() -> tuple[list[str], list[float], list[int]]:
     types = [unknown, control, control]
     tokens += [f"<0x{b:02X}>" for b in range(256)]
     types += [byte] * 256
-    pieces = [f"\u2581{w}" for w in _WORDS] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["\u2581"]
+    pieces = [f"\u2581{w}" for w in COMMON_WORDS[:24]] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["\u2581"]
     tokens += pieces
     types += [normal] * len(pieces)
     scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]

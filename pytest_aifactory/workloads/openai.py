@@ -6,12 +6,12 @@ server gives no usage, each content chunk counts as one token.
 
 Built on aiohttp rather than httpx: measured on 2 cores against the synthetic server at 500
 streamed requests/s, httpx fell behind its schedule (schedule lag p99 55 ms) where aiohttp
-kept it (1.4 ms). The read buffer is raised to 1 MiB: aiohttp's 64 KiB default throttled
-long streams (vLLM issue #39963).
+kept it (1.4 ms).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,6 +22,7 @@ import aiohttp
 from pytest_aifactory.load.engine import Clock
 from pytest_aifactory.load.records import Chunk, RequestRecord, attribute_tokens
 from pytest_aifactory.workloads.prompts import LLMRequest
+from pytest_aifactory.workloads.sse import open_session, stream_events
 
 __all__ = ["OpenAIClient"]
 
@@ -64,13 +65,7 @@ class OpenAIClient:
             if not key:
                 raise RuntimeError(f"environment variable {self.api_key_env} (the API key) is not set")
             headers["Authorization"] = f"Bearer {key}"
-        self._http = aiohttp.ClientSession(
-            base_url=self.base_url,
-            headers=headers,
-            connector=aiohttp.TCPConnector(limit=self.max_connections),
-            timeout=aiohttp.ClientTimeout(total=None),
-            read_bufsize=2**20,
-        )
+        self._http = open_session(self.base_url, headers, self.max_connections)
 
     async def close(self) -> None:
         """Close the pool."""
@@ -107,20 +102,8 @@ class OpenAIClient:
         times: list[float] = []
         running_usage: list[int] = []
         final_usage: int | None = None
-        async with self._http.post(path, json=body) as response:
-            record.status = response.status
-            if response.status >= 400:
-                text = await response.text(errors="replace")
-                record.error = f"HTTP {response.status}: {text[:300]}"
-                record.end = clock.now()
-                return
-            async for line in response.content:
-                now = clock.now()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    break
+        async with contextlib.aclosing(stream_events(self._http, path, body, record, clock)) as events:
+            async for now, data in events:
                 event = json.loads(data)
                 if "error" in event:
                     record.error = f"stream error: {str(event['error'])[:300]}"
@@ -138,7 +121,9 @@ class OpenAIClient:
                     record.input_tokens = int(usage["prompt_tokens"])
                 if usage.get("completion_tokens") is not None:
                     final_usage = int(usage["completion_tokens"])
-            record.end = clock.now()
+        if record.status is not None and record.status >= 400:
+            return
+        record.end = clock.now()
         record.output_tokens = final_usage
         record.chunks = self._chunks(texts, times, running_usage, final_usage, record)
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LLMRequest", "Lengths", "PromptFile", "SyntheticPrompts", "prompts_from_spec"]
+__all__ = ["COMMON_WORDS", "LLMRequest", "Lengths", "PromptFile", "SyntheticPrompts", "prompts_from_spec"]
 
 # Common short English words: about one token each in the usual BPE vocabularies.
-_WORDS = [
+COMMON_WORDS = [
     "the",
     "of",
     "and",
@@ -155,7 +155,7 @@ class SyntheticPrompts:
         """Prompt ``index``: a unique prefix, then random common words."""
         rng = np.random.default_rng([self.seed, index])
         tokens = self.input_len.draw(rng)
-        words = rng.choice(_WORDS, size=max(tokens - 1, 0))
+        words = rng.choice(COMMON_WORDS, size=max(tokens - 1, 0))
         return LLMRequest(f"{index}: " + " ".join(words), self.output_len.draw(rng), tokens)
 
     def describe(self) -> dict[str, Any]:

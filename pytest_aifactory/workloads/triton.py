@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -13,6 +14,7 @@ import numpy.typing as npt
 from pytest_aifactory.load.engine import Clock
 from pytest_aifactory.load.records import Chunk, RequestRecord
 from pytest_aifactory.workloads.prompts import LLMRequest
+from pytest_aifactory.workloads.sse import open_session, stream_events
 
 __all__ = ["RandomTensors", "TritonGenerateClient", "TritonInferClient"]
 
@@ -98,9 +100,7 @@ class TritonGenerateClient:
 
     async def open(self) -> None:
         """Create the connection pool."""
-        self._http = aiohttp.ClientSession(
-            base_url=self.base_url, connector=aiohttp.TCPConnector(limit=0), read_bufsize=2**20
-        )
+        self._http = open_session(self.base_url)
 
     async def close(self) -> None:
         """Close the pool."""
@@ -114,22 +114,16 @@ class TritonGenerateClient:
         request: LLMRequest = payload
         record.input_tokens = request.input_tokens
         body = {"text_input": request.prompt, "max_tokens": request.max_tokens}
-        async with self._http.post(f"/v2/models/{self.model}/generate_stream", json=body) as response:
-            record.status = response.status
-            if response.status >= 400:
-                record.error = f"HTTP {response.status}: {(await response.text(errors='replace'))[:300]}"
-                record.end = clock.now()
-                return
-            async for line in response.content:
-                now = clock.now()
-                if not line.startswith(b"data:"):
-                    continue
-                event = json.loads(line[5:])
+        path = f"/v2/models/{self.model}/generate_stream"
+        async with contextlib.aclosing(stream_events(self._http, path, body, record, clock)) as events:
+            async for now, data in events:
+                event = json.loads(data)
                 if "error" in event:
                     record.error = f"stream error: {str(event['error'])[:300]}"
                     break
                 if record.first_token is None:
                     record.first_token = now
                 record.chunks.append(Chunk(now, 1))
+        if record.end is None:
             record.end = clock.now()
         record.output_tokens = len(record.chunks)

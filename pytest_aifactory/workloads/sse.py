@@ -1,0 +1,53 @@
+"""Server-sent events over aiohttp, shared by the streaming clients (OpenAI, Triton generate)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+import aiohttp
+
+from pytest_aifactory.load.engine import Clock
+from pytest_aifactory.load.records import RequestRecord
+
+__all__ = ["open_session", "stream_events"]
+
+
+def open_session(
+    base_url: str, headers: Mapping[str, str] | None = None, max_connections: int = 0
+) -> aiohttp.ClientSession:
+    """A pool without a total timeout (the engine times requests) and a 1 MiB read buffer.
+
+    aiohttp's 64 KiB default buffer throttled long streams (vLLM issue #39963).
+    """
+    return aiohttp.ClientSession(
+        base_url=base_url,
+        headers=dict(headers or {}),
+        connector=aiohttp.TCPConnector(limit=max_connections),
+        timeout=aiohttp.ClientTimeout(total=None),
+        read_bufsize=2**20,
+    )
+
+
+async def stream_events(
+    session: aiohttp.ClientSession, path: str, body: Mapping[str, Any], record: RequestRecord, clock: Clock
+) -> AsyncGenerator[tuple[float, bytes], None]:
+    """POST ``body`` and yield (arrival time, data) for every ``data:`` event until ``[DONE]``.
+
+    An HTTP error status becomes the record's error (and its end), and nothing is yielded.
+    """
+    async with session.post(path, json=dict(body)) as response:
+        record.status = response.status
+        if response.status >= 400:
+            text = await response.text(errors="replace")
+            record.error = f"HTTP {response.status}: {text[:300]}"
+            record.end = clock.now()
+            return
+        async for line in response.content:
+            now = clock.now()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return
+            yield now, data
