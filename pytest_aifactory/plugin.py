@@ -28,6 +28,7 @@ from pytest_aifactory.run import RunContext, cancel_run_jobs, new_run_id, parse_
 from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.services.manager import ServiceManager
 from pytest_aifactory.services.spec import Resources, RunningService, ServiceSpec
+from pytest_aifactory.workloads.sql import connect_check
 from pytest_aifactory.workloads.vectors import ChromaStore, FaissStore, MilvusStore, VectorStore
 
 RUN_KEY = pytest.StashKey[RunContext]()
@@ -388,12 +389,37 @@ triton_service = pytest.fixture(scope="session", name="triton_service")(
 )
 
 
-postgres_service = pytest.fixture(scope="session", name="postgres_service")(
-    _named("postgres", "The run's PostgreSQL server (initdb in the job's scratch folder).")
-)
-s3_service = pytest.fixture(scope="session", name="s3_service")(
-    _named("s3", "The run's S3 endpoint (SeaweedFS locally); credentials in AIF_S3_ACCESS_KEY/SECRET_KEY.")
-)
+def _existing(profile: Profile, service: str, setting: str, variable: str) -> str | None:
+    value = os.environ.get(variable) or profile.override(service).settings.get(setting)
+    return str(value) if value else None
+
+
+@pytest.fixture(scope="session")
+def postgres_service(aif_shared_service: ServiceFactory, aif_profile: Profile) -> RunningService | str:
+    """The run's PostgreSQL: started in a job, or an existing server's DSN.
+
+    An existing server comes from ``AIF_POSTGRES_DSN`` (where a password may live) or the
+    profile's ``services.postgres.settings.dsn``; one that does not connect fails naming it.
+    """
+    dsn = _existing(aif_profile, "postgres", "dsn", "AIF_POSTGRES_DSN")
+    if dsn is None:
+        return aif_shared_service("postgres")
+    try:
+        connect_check(dsn)
+    except ValueError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def s3_service(aif_shared_service: ServiceFactory, aif_profile: Profile) -> RunningService | str:
+    """The run's S3: SeaweedFS in a job, or an existing endpoint (``AIF_S3_ENDPOINT`` or the profile).
+
+    Credentials always come from ``AIF_S3_ACCESS_KEY`` and ``AIF_S3_SECRET_KEY``.
+    """
+    return _existing(aif_profile, "s3", "endpoint", "AIF_S3_ENDPOINT") or aif_shared_service("s3")
+
+
 milvus_service = pytest.fixture(scope="session", name="milvus_service")(
     _named("milvus", "The run's Milvus server (milvus-lite locally).")
 )

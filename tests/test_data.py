@@ -155,3 +155,45 @@ def test_faiss_store_is_exact_with_flat_index(tmp_path: Path) -> None:
     result = LoadRunner().vector_search(FaissStore("Flat"), data, k=10, concurrency=1, count=30, cache_dir=tmp_path)
     assert result.metrics()["recall_at_10"] == 1.0
     assert result.metrics()["insert_vec_s"] > 0
+
+
+def test_existing_postgres_by_dsn(pytester: pytest.Pytester, postgres_service) -> None:  # type: ignore[no-untyped-def]
+    """AIF_POSTGRES_DSN points the suite at a server it did not start."""
+    import os
+    import subprocess
+    import sys
+
+    from pytest_aifactory.workloads.sql import dsn_of
+
+    dsn = dsn_of(postgres_service)
+    pytester.makepyfile(
+        f"""
+        def test_existing(postgres_service, aif_load, aif_run):
+            assert postgres_service == {dsn!r}
+            result = aif_load.sql(postgres_service, mode="select", scale=1, concurrency=2, count=50)
+            assert result.completed == 50
+            assert not aif_run.registry.records()  # no service job was started
+        """
+    )
+    env = {**os.environ, "AIF_POSTGRES_DSN": dsn}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        cwd=pytester.path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    env["AIF_POSTGRES_DSN"] = "postgresql://aif:pw-not-shown@127.0.0.1:1/postgres"
+    bad = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        cwd=pytester.path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert "cannot connect to PostgreSQL at postgresql://aif:***@127.0.0.1:1/postgres" in bad.stdout
+    assert "pw-not-shown" not in bad.stdout

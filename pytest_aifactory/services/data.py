@@ -29,7 +29,9 @@ __all__ = [
     "weaviate",
 ]
 
+# ``dsn``: use an existing server instead of starting one (or AIF_POSTGRES_DSN, for passwords).
 POSTGRES: dict[str, SettingValue] = {
+    "dsn": "",
     "bindir": "",
     "user": "postgres",
     "fsync": "on",
@@ -86,7 +88,8 @@ def postgres(settings: Mapping[str, SettingValue]) -> ServiceSpec:
     )
 
 
-S3: dict[str, SettingValue] = {"volume_size_mb": 512, "max_volumes": 200}
+# ``endpoint``: use an existing S3 endpoint (or AIF_S3_ENDPOINT); credentials from the environment.
+S3: dict[str, SettingValue] = {"endpoint": "", "volume_size_mb": 512, "max_volumes": 200}
 
 
 def s3(settings: Mapping[str, SettingValue]) -> ServiceSpec:
