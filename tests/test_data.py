@@ -50,8 +50,8 @@ def test_recall_slo_fails_for_a_store_returning_wrong_neighbours(pytester: pytes
         from pytest_aifactory.workloads.vectors import FaissStore, VectorDataset
 
         class Shifted(FaissStore):
-            def search(self, vector, k):
-                return [i + 1 for i in super().search(vector, k)]  # plausible ids, wrong ones
+            def search(self, vector, k, category=None):
+                return [i + 1 for i in super().search(vector, k, category)]  # plausible ids, wrong ones
 
         @pytest.mark.slo("recall_at_10 >= 0.95")
         def test_wrong(aif_load, tmp_path):
@@ -197,3 +197,16 @@ def test_existing_postgres_by_dsn(pytester: pytest.Pytester, postgres_service) -
     assert bad.returncode == 1
     assert "cannot connect to PostgreSQL at postgresql://aif:***@127.0.0.1:1/postgres" in bad.stdout
     assert "pw-not-shown" not in bad.stdout
+
+
+def test_filtered_search_has_its_own_ground_truth(tmp_path: Path) -> None:
+    data = VectorDataset("clustered", count=2000, dim=8, queries=40)
+    truth = data.ground_truth(10, tmp_path, filtered=True)
+    categories = data.categories()
+    assert all((categories[truth[q]] == data.query_category(q)).all() for q in range(40))
+    assert not (truth == data.ground_truth(10, tmp_path)).all()
+    result = LoadRunner().vector_search(
+        FaissStore("Flat"), data, k=10, filtered=True, concurrency=1, count=40, cache_dir=tmp_path
+    )
+    assert result.metrics()["recall_at_10"] == 1.0
+    assert result.config["filtered"] is True

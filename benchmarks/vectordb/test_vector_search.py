@@ -50,3 +50,18 @@ def test_search_open_loop(aif_vector_store, aif_load, aif_run, dataset, store_na
         count=aif_vars("vec_searches", 400),
         cache_dir=aif_run.run_dir.parent / "cache",
     )
+
+
+@pytest.mark.parametrize("store_name", ["faiss", "milvus", "chroma"])
+@pytest.mark.slo("error_rate == 0", "recall_at_10 >= {vec_min_recall}")
+def test_filtered_search(aif_vector_store, aif_load, aif_run, dataset, store_name, aif_vars):
+    """Search within one category (a tenth of the data), scored against filtered ground truth."""
+    aif_load.vector_search(
+        aif_vector_store(store_name),
+        dataset,
+        k=10,
+        filtered=True,
+        concurrency=2,
+        count=aif_vars("vec_searches", 400),
+        cache_dir=aif_run.run_dir.parent / "cache",
+    )

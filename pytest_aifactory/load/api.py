@@ -252,20 +252,27 @@ class LoadRunner:
         *,
         k: int = 10,
         cache_dir: Path,
+        filtered: bool = False,
         label: str | None = None,
         **plan: Any,
     ) -> LoadResult:
-        """Load ``dataset`` into ``store`` (timed), then search it under ``plan``, scoring recall@k."""
-        truth = dataset.ground_truth(k, cache_dir)
+        """Load ``dataset`` into ``store`` (timed), then search it under ``plan``, scoring recall@k.
+
+        ``filtered``: every search keeps to one category (the query number modulo 10).
+        """
+        truth = dataset.ground_truth(k, cache_dir, filtered)
         loading = vectors.load_store(store, dataset)
         load = make_plan(**plan)
-        client = vectors.SearchClient(store, dataset.query_vectors(), truth, k, threads=load.concurrency or 8)
+        categories = [dataset.query_category(q) for q in range(dataset.queries)] if filtered else None
+        client = vectors.SearchClient(
+            store, dataset.query_vectors(), truth, k, threads=load.concurrency or 8, categories=categories
+        )
         try:
             result = self.run(
                 client,
                 vectors.QueryIndices(dataset.queries),
                 load,
-                label=label or f"{store.name} {_label(load)}",
+                label=label or f"{store.name}{' filtered' if filtered else ''} {_label(load)}",
                 workers=1,
                 config={**dataset.describe(), "store": store.name},
                 scalars=loading,

@@ -1,7 +1,8 @@
 """Vector search: seeded datasets, exact ground truth (FAISS flat, cached), stores, recall.
 
 The same dataset, the same k and the same metric for Milvus, Chroma, FAISS, Qdrant and
-Weaviate, so that they compare side by side. Every search request records its recall@k
+Weaviate, so that they compare side by side; filtered search (an integer ``category``
+attribute, ``id % 10``) with its own exact ground truth. Every search request records its recall@k
 against the ground truth; the result reports the mean (``recall_at_K``) and the worst query
 (``min_recall_at_K``).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ METRICS["insert_vec_s"] = MetricInfo("vec/s", "higher", "vectors inserted per se
 METRICS["index_build_s"] = MetricInfo("s", "lower", "index build (and flush) time")
 
 DATASETS = ("random", "clustered")
+CATEGORIES = 10
 Metric = Literal["l2", "ip", "cosine"]
 Vectors = npt.NDArray[np.float32]
 
@@ -92,19 +95,36 @@ class VectorDataset:
         text = f"{self.name}-{self.count}-{self.dim}-{self.queries}-{self.metric}-{self.seed}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def ground_truth(self, k: int, cache_dir: Path) -> npt.NDArray[np.int64]:
-        """Exact k nearest neighbours of every query (FAISS flat), computed once and cached."""
-        path = cache_dir / f"gt-{self.key()}-k{k}.npy"
+    def categories(self) -> npt.NDArray[np.int64]:
+        """The filter attribute of every base vector: ``id % CATEGORIES``."""
+        return np.arange(self.count, dtype=np.int64) % CATEGORIES
+
+    def query_category(self, query: int) -> int:
+        """The category a filtered search of query ``query`` asks for."""
+        return query % CATEGORIES
+
+    def ground_truth(self, k: int, cache_dir: Path, filtered: bool = False) -> npt.NDArray[np.int64]:
+        """Exact k nearest neighbours of every query (FAISS flat), computed once and cached.
+
+        ``filtered``: among the base vectors of the query's category only.
+        """
+        path = cache_dir / f"gt-{self.key()}-k{k}{'-filtered' if filtered else ''}.npy"
         if path.exists():
             cached: npt.NDArray[np.int64] = np.load(path)
             return cached
         import faiss
 
-        index = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
-        index.add(self.base())
-        _, ids = index.search(self.query_vectors(), k)
+        base, queries, categories = self.base(), self.query_vectors(), self.categories()
+        truth = np.empty((self.queries, k), dtype=np.int64)
+        groups = range(CATEGORIES) if filtered else [None]
+        for group in groups:
+            members = np.arange(self.count) if group is None else np.flatnonzero(categories == group)
+            rows = [q for q in range(self.queries) if group is None or self.query_category(q) == group]
+            index = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
+            index.add(base[members])
+            _, found = index.search(queries[rows], k)
+            truth[rows] = members[found]
         cache_dir.mkdir(parents=True, exist_ok=True)
-        truth: npt.NDArray[np.int64] = ids.astype(np.int64)
         np.save(path, truth)
         return truth
 
@@ -127,14 +147,14 @@ class VectorStore(Protocol):
     def create(self, dim: int, metric: Metric) -> None:
         """Create an empty collection."""
 
-    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors) -> None:
-        """Insert one batch."""
+    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors, categories: npt.NDArray[np.int64]) -> None:
+        """Insert one batch, each vector with its integer ``category`` attribute."""
 
     def build_index(self) -> None:
         """Build the search index (and flush) after inserting."""
 
-    def search(self, vector: Vectors, k: int) -> list[int]:
-        """Ids of the k nearest neighbours of one query."""
+    def search(self, vector: Vectors, k: int, category: int | None = None) -> list[int]:
+        """Ids of the k nearest neighbours of one query (among ``category`` when given)."""
 
     def drop(self) -> None:
         """Delete the collection."""
@@ -142,12 +162,14 @@ class VectorStore(Protocol):
 
 @dataclass
 class FaissStore:
-    """In-process FAISS: ``Flat`` (exact) or ``HNSW32`` on the CPU."""
+    """In-process FAISS: ``Flat`` (exact) or ``HNSW32`` (``ef_search`` candidates) on the CPU."""
 
     index_type: str = "HNSW32"
+    ef_search: int = 128
     name: str = "faiss"
     _index: Any = field(default=None, init=False, repr=False)
-    _pending: list[Vectors] = field(default_factory=list, init=False, repr=False)
+    _categories: list[npt.NDArray[np.int64]] = field(default_factory=list, init=False, repr=False)
+    _selectors: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
 
     def create(self, dim: int, metric: Metric) -> None:
         """Create the index object."""
@@ -155,18 +177,30 @@ class FaissStore:
 
         kind = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         self._index = faiss.index_factory(dim, self.index_type, kind)
+        if hasattr(self._index, "hnsw"):
+            self._index.hnsw.efSearch = self.ef_search
 
-    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors) -> None:
+    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors, categories: npt.NDArray[np.int64]) -> None:
         """Add vectors (ids are row numbers, in order)."""
         self._index.add(vectors)
+        self._categories.append(categories)
 
     def build_index(self) -> None:
         """Nothing to do: FAISS builds as it adds."""
 
-    def search(self, vector: Vectors, k: int) -> list[int]:
-        """Search one query."""
-        _, ids = self._index.search(vector.reshape(1, -1), k)
-        return [int(i) for i in ids[0]]
+    def search(self, vector: Vectors, k: int, category: int | None = None) -> list[int]:
+        """Search one query; a category filter is an ``IDSelectorBatch``."""
+        import faiss
+
+        params = None
+        if category is not None:
+            if category not in self._selectors:
+                members = np.flatnonzero(np.concatenate(self._categories) == category).astype(np.int64)
+                self._selectors[category] = faiss.IDSelectorBatch(members)
+            params = faiss.SearchParameters()
+            params.sel = self._selectors[category]
+        _, ids = self._index.search(vector.reshape(1, -1), k, params=params)
+        return [int(i) for i in ids[0] if i >= 0]
 
     def drop(self) -> None:
         """Free the index."""
@@ -193,9 +227,12 @@ class MilvusStore:
         self._metric = {"l2": "L2", "ip": "IP", "cosine": "COSINE"}[metric]
         self._client.create_collection(self.collection, dimension=dim, metric_type=self._metric, auto_id=False)
 
-    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors) -> None:
-        """Insert one batch."""
-        rows = [{"id": int(i), "vector": v.tolist()} for i, v in zip(ids, vectors, strict=True)]
+    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors, categories: npt.NDArray[np.int64]) -> None:
+        """Insert one batch (the category is a dynamic field)."""
+        rows = [
+            {"id": int(i), "vector": v.tolist(), "category": int(c)}
+            for i, v, c in zip(ids, vectors, categories, strict=True)
+        ]
         self._client.insert(self.collection, rows)
 
     def build_index(self) -> None:
@@ -203,9 +240,10 @@ class MilvusStore:
         self._client.flush(self.collection)
         self._client.load_collection(self.collection)
 
-    def search(self, vector: Vectors, k: int) -> list[int]:
-        """Search one query."""
-        hits = self._client.search(self.collection, data=[vector.tolist()], limit=k, output_fields=[])
+    def search(self, vector: Vectors, k: int, category: int | None = None) -> list[int]:
+        """Search one query (a filter expression for the category)."""
+        where = "" if category is None else f"category == {category}"
+        hits = self._client.search(self.collection, data=[vector.tolist()], limit=k, filter=where, output_fields=[])
         return [int(hit["id"]) for hit in hits[0]]
 
     def drop(self) -> None:
@@ -237,16 +275,18 @@ class ChromaStore:
             self.collection, embedding_function=None, metadata={"hnsw:space": space}
         )
 
-    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors) -> None:
-        """Insert one batch."""
-        self._collection.add(ids=[str(int(i)) for i in ids], embeddings=vectors)
+    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors, categories: npt.NDArray[np.int64]) -> None:
+        """Insert one batch (the category is metadata)."""
+        metadatas = [{"category": int(c)} for c in categories]
+        self._collection.add(ids=[str(int(i)) for i in ids], embeddings=vectors, metadatas=metadatas)
 
     def build_index(self) -> None:
         """Nothing to do: Chroma indexes (HNSW) as it adds."""
 
-    def search(self, vector: Vectors, k: int) -> list[int]:
-        """Search one query."""
-        found = self._collection.query(query_embeddings=[vector], n_results=k, include=[])
+    def search(self, vector: Vectors, k: int, category: int | None = None) -> list[int]:
+        """Search one query (a ``where`` clause for the category)."""
+        where = None if category is None else {"category": category}
+        found = self._collection.query(query_embeddings=[vector], n_results=k, where=where, include=[])
         return [int(i) for i in found["ids"][0]]
 
     def drop(self) -> None:
@@ -269,12 +309,12 @@ def milvus_probe(service: RunningService) -> str | None:
 
 def load_store(store: VectorStore, dataset: VectorDataset, batch: int = 1000) -> dict[str, float]:
     """Create, insert every vector, build the index; the load phase's figures."""
-    vectors = dataset.base()
+    vectors, categories = dataset.base(), dataset.categories()
     store.create(dataset.dim, dataset.metric)
     started = time.perf_counter()
     for begin in range(0, len(vectors), batch):
         ids = np.arange(begin, min(begin + batch, len(vectors)), dtype=np.int64)
-        store.insert(ids, vectors[begin : begin + batch])
+        store.insert(ids, vectors[begin : begin + batch], categories[begin : begin + batch])
     inserted = time.perf_counter()
     store.build_index()
     built = time.perf_counter()
@@ -290,11 +330,17 @@ class SearchClient:
     truth: npt.NDArray[np.int64]
     k: int
     threads: int
+    categories: Sequence[int] | None = None
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
         """Configuration for reports."""
-        return {"client": self.store.name, "k": self.k, "threads": self.threads}
+        return {
+            "client": self.store.name,
+            "k": self.k,
+            "threads": self.threads,
+            "filtered": self.categories is not None,
+        }
 
     async def open(self) -> None:
         """Start the threads."""
@@ -309,7 +355,8 @@ class SearchClient:
         """Search query ``payload`` and score it against the ground truth."""
         index = int(payload)
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(self._pool, self.store.search, self.queries[index], self.k)
+        category = None if self.categories is None else self.categories[index]
+        found = await loop.run_in_executor(self._pool, self.store.search, self.queries[index], self.k, category)
         record.end = clock.now()
         record.values[f"recall_at_{self.k}"] = len(set(found[: self.k]) & set(self.truth[index].tolist())) / self.k
 
