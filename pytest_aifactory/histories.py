@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -97,16 +98,18 @@ class Histories:
             return
         from pytest_benchmark.fixture import BenchmarkFixture
 
+        label = f"[{result.label}]" if result.label else ""
+        # Only name, _nodeid and callspec are read from the node: a stand-in keeps us off pytest internals
+        # (pytest 9.2 has no Node._nodeid, which pytest-benchmark 5.2 reads).
+        node = SimpleNamespace(name=f"{item.name}{label}", _nodeid=f"{item.nodeid}{label}")
         fixture = BenchmarkFixture(
-            item,
+            node,
             add_stats=session.benchmarks.append,
             logger=session.logger,
             warner=item.warn,
             disabled=session.disabled,
             **session.options,
         )
-        fixture.name = f"{item.name}[{result.label}]" if result.label else item.name
-        fixture.fullname = f"{item.nodeid}[{result.label}]" if result.label else item.nodeid
         fixture.group = item.name
         fixture._mode = "pytest-aifactory load"  # private API: marks the fixture as used
         metrics = result.metrics()
