@@ -5,7 +5,9 @@ For a login node or a CI runner, behind a bearer token (``AIF_CONTROL_TOKEN``). 
 a Slurm job (through submitit); stopping a run interrupts pytest, which cancels every job
 it started, then cancels whatever its job registry still lists. Long-lived services for
 exploration are started with the same service manager the fixtures use. The OpenAPI
-description is at ``/openapi.json`` (interactive at ``/docs``).
+description is at ``/openapi.json`` (interactive at ``/docs``); ``/ui`` is a small page the
+Grafana dashboards link to (start a run, watch and stop runs), whose calls carry the token the
+user types in.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -145,6 +148,17 @@ def create_app(state: ControlState) -> FastAPI:
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     guard = [Depends(authorized)]
+    page = (Path(__file__).parent / "static" / "control.html").read_text(encoding="utf-8")
+
+    @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+    def ui() -> str:
+        """The page Grafana's links open: start runs, watch and stop them (the token is typed in)."""
+        return page
+
+    @app.get("/ui/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
+    def ui_run(run_id: str) -> str:
+        """The same page, showing one run."""
+        return page
 
     @app.get("/v1/profiles", dependencies=guard)
     def profiles() -> list[dict[str, str]]:

@@ -18,7 +18,9 @@ from typing import Any
 
 from grafana_foundation_sdk.builders import dashboard, logs, prometheus, stat, table, timeseries
 from grafana_foundation_sdk.builders import loki as loki_query
+from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DashboardLink as DashboardLinkModel
 from grafana_foundation_sdk.models.dashboard import DashboardLinkType, DataSourceRef, VariableRefresh
 
 from pytest_aifactory.export.loki import LOKI_LABELS
@@ -106,9 +108,21 @@ def _control_link() -> dashboard.DashboardLink:
     return (
         dashboard.DashboardLink("Control: start / stop runs and services")
         .type(DashboardLinkType.LINK)
-        .url("${control_url}/docs")
+        .url("${control_url}/ui")
         .target_blank(True)
     )
+
+
+def _run_links() -> list[Builder[DashboardLinkModel]]:
+    """Data links on a run's series: its live dashboard, and the control page to stop it."""
+    return [
+        dashboard.DashboardLink("Open this run's live dashboard").url(
+            "/d/aif-live?var-run_id=${__field.labels.run_id}&${__url_time_range}"
+        ),
+        dashboard.DashboardLink("Stop or inspect this run (control API)")
+        .url("${control_url}/ui/runs/${__field.labels.run_id}")
+        .target_blank(True),
+    ]
 
 
 def _control_variable() -> dashboard.TextBoxVariable:
@@ -220,6 +234,7 @@ def live() -> dashboard.Dashboard:
             .height(6)
             .span(HALF)
             .with_target(_prom(f"aifactory_slo_passed{{{RUN},{TEST}}}", "{{test}} {{point}} {{slo}}", instant=True))
+            .data_links(_run_links())
         )
         .with_panel(
             _series(
@@ -313,6 +328,7 @@ def trends() -> dashboard.Dashboard:
             .span(WIDE)
             .with_target(_prom(f"aifactory_slo_value{{{RUN},{TEST}}}", "", instant=True))
             .with_target(_prom(f"aifactory_slo_passed{{{RUN},{TEST}}}", "", "B", instant=True))
+            .data_links(_run_links())
         )
         .with_panel(
             table.Panel()
@@ -456,6 +472,7 @@ def _targets(board: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]
 _METRIC = re.compile(r"\b(aifactory_[a-z0-9_]+)")
 _MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
 _BY = re.compile(r"\bby\s*\(([^)]*)\)")
+_LINK_LABEL = re.compile(r"__field\.labels\.([a-zA-Z_][a-zA-Z0-9_]*)")
 _LEGEND = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
 
@@ -477,6 +494,12 @@ def contract_problems(boards: Mapping[str, Mapping[str, Any]], datasource_uids: 
             uid = (panel.get("datasource") or {}).get("uid")
             if uid and uid not in datasource_uids:
                 problems.append(f"{name}: panel {panel.get('title')!r} uses datasource uid {uid!r}")
+            for link in ((panel.get("fieldConfig") or {}).get("defaults") or {}).get("links", []):
+                problems += [
+                    f"{name}: a data link of {panel.get('title')!r} uses label {label!r}, which no exporter sets"
+                    for label in _LINK_LABEL.findall(str(link.get("url", "")))
+                    if label not in labels
+                ]
         for title, target in _targets(board):
             expr = str(target.get("expr", ""))
             uid = (target.get("datasource") or {}).get("uid")

@@ -73,6 +73,16 @@ def test_token_is_required(api: str) -> None:
     assert httpx.get(f"{api}/v1/profiles", headers=headers()).status_code == 200
 
 
+def test_control_page_for_grafana_links(api: str) -> None:
+    for path in ("/ui", "/ui/runs/some-run"):
+        page = httpx.get(f"{api}{path}")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "Start a run" in page.text
+        assert '"/v1/runs/" + run.run_id + "/stop"' in page.text
+        assert TOKEN not in page.text  # the token is typed in, never served
+
+
 def test_openapi_and_listings(api: str) -> None:
     spec = httpx.get(f"{api}/openapi.json").json()
     assert {"/v1/runs", "/v1/runs/{run_id}/stop", "/v1/services", "/v1/profiles", "/v1/suites"} <= set(spec["paths"])

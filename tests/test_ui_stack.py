@@ -57,17 +57,30 @@ def test_contract_holds_for_shipped_dashboards() -> None:
     assert contract_problems(build_dashboards(), provisioned_uids()) == []
 
 
+def test_slo_panels_link_to_the_run_and_the_control_page() -> None:
+    boards = build_dashboards()
+    for name, title in (("live-run", "SLOs held (1) / breached (0)"), ("trends", "SLO verdicts of the selected runs")):
+        panel = next(p for p in boards[name]["panels"] if p["title"] == title)
+        urls = [link["url"] for link in panel["fieldConfig"]["defaults"]["links"]]
+        assert "/d/aif-live?var-run_id=${__field.labels.run_id}&${__url_time_range}" in urls
+        assert "${control_url}/ui/runs/${__field.labels.run_id}" in urls
+    assert any(link["url"] == "${control_url}/ui" for link in boards["live-run"]["links"])
+
+
 def test_contract_catches_a_planted_metric_label_and_datasource() -> None:
     boards = build_dashboards()
     panel = boards["live-run"]["panels"][1]
     panel["targets"][0]["expr"] = 'aifactory_made_up_seconds{run_id=~"$run_id", colour="red"}'
     boards["trends"]["panels"][0]["datasource"] = {"type": "prometheus", "uid": "not-provisioned"}
+    slo_panel = next(p for p in boards["live-run"]["panels"] if p["type"] == "stat")
+    slo_panel["fieldConfig"]["defaults"]["links"][0]["url"] = "/d/x?var-run=${__field.labels.runid}"
     problems = contract_problems(boards, provisioned_uids())
     assert (
         "live-run: 'Offered vs achieved rate' queries 'aifactory_made_up_seconds', which no exporter emits" in problems
     )
     assert "live-run: 'Offered vs achieved rate' uses label 'colour', which no exporter sets" in problems
     assert any("uses datasource uid 'not-provisioned'" in p for p in problems)
+    assert any("data link of 'SLOs held (1) / breached (0)' uses label 'runid'" in p for p in problems)
 
 
 def test_dashboard_provider_points_where_the_stack_mounts_dashboards() -> None:
