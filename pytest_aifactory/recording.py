@@ -291,6 +291,13 @@ class Recorder:
         """Say where the report is and what was not delivered."""
         if self.report is not None:
             terminalreporter.write_line(f"aifactory report: {self.report.path}")
+        delivered = []
+        if self.gateway is not None:
+            delivered.append(f"{self.gateway.delivered} Pushgateway push(es)")
+        if self.loki is not None:
+            delivered.append(f"{self.loki.delivered} log line(s) to Loki ({self.loki.failed_batches} batch(es) failed)")
+        if delivered and not self.distributed:
+            terminalreporter.write_line(f"aifactory delivered: {', '.join(delivered)}")
         if self.loki is not None and self.loki.spooled():
             terminalreporter.section("aifactory: Loki deliveries that failed", yellow=True)
             terminalreporter.write_line(

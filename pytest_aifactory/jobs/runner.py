@@ -39,7 +39,6 @@ __all__ = [
     "Owner",
     "read_json",
     "serve",
-    "stop_process_group",
     "tail",
 ]
 
@@ -113,16 +112,6 @@ def tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
-
-
-def stop_process_group(pgid: int, grace_s: float) -> None:
-    """SIGTERM the process group; SIGKILL it once its leader exits or ``grace_s`` passes."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while pid_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def _bindable(host: str, port: int) -> bool:
