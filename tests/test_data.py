@@ -210,3 +210,17 @@ def test_filtered_search_has_its_own_ground_truth(tmp_path: Path) -> None:
     )
     assert result.metrics()["recall_at_10"] == 1.0
     assert result.config["filtered"] is True
+
+
+def test_qdrant_store_against_qdrant_client_local_mode(tmp_path: Path) -> None:
+    """The Qdrant store's calls, checked against qdrant-client's in-process implementation (no server here)."""
+    from pytest_aifactory.workloads.vectors import QdrantStore
+
+    data = VectorDataset("clustered", count=1000, dim=8, queries=30)
+    for filtered in (False, True):
+        store = QdrantStore(location=":memory:")
+        result = LoadRunner().vector_search(
+            store, data, k=10, filtered=filtered, concurrency=1, count=30, cache_dir=tmp_path
+        )
+        assert result.metrics()["recall_at_10"] >= 0.99, filtered  # exact search in local mode
+        assert result.metrics()["error_rate"] == 0
