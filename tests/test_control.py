@@ -140,3 +140,27 @@ def test_start_and_stop_a_service(api: str) -> None:
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{service['url']}index.txt", timeout=2)
     assert httpx.get(f"{api}/v1/services", headers=headers()).json() == []
+
+
+@pytest.mark.slurm
+def test_run_as_a_slurm_job_then_stop(api: str, project: Path) -> None:
+    """where=slurm: pytest itself runs as a Slurm job; stopping it leaves no job in the queue."""
+    response = httpx.post(
+        f"{api}/v1/runs",
+        json={"suite": "mini", "marker": "inference", "profile": "ci-slurm", "where": "slurm"},
+        headers=headers(),
+        timeout=60,
+    )
+    assert response.status_code == 201, response.text
+    run_id = response.json()["run_id"]
+
+    def service_up() -> bool:
+        status = httpx.get(f"{api}/v1/runs/{run_id}", headers=headers()).json()
+        return status["status"] == "running" and any(j["service"] == "synthetic-llm" for j in status["jobs"])
+
+    wait_for("the run's service job", service_up, timeout_s=120)
+    stopped = httpx.post(f"{api}/v1/runs/{run_id}/stop", headers=headers(), timeout=180).json()
+    assert stopped["status"] == "stopped"
+    assert stopped["jobs_pending"] == []
+    queue = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=True).stdout.split()
+    assert not [name for name in queue if name.startswith("aif-")], queue
