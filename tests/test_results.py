@@ -238,3 +238,50 @@ def test_gateway_down_mid_run_then_resend(pytester: pytest.Pytester, doomed_gate
     assert 'run_id="down",test="test_after"' in metrics
     assert "aifactory_latency_seconds" in metrics
     assert not list((pytester.path / "res" / "down" / "spool" / "pushgateway").glob("*.json"))
+
+
+def test_pushgateway_basic_auth_and_spool_on_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Basic auth is sent as configured; a refused push (401) is spooled, never lost."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from pytest_aifactory.export.pushgateway import GatewayTarget, Pushgateway
+    from pytest_aifactory.export.secrets import Redactor
+
+    seen: list[tuple[str, str, str]] = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            seen.append((self.path, self.headers.get("Authorization", ""), body))
+            ok = self.headers.get("Authorization") == "Basic " + base64.b64encode(b"bench:right-pw").decode()
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    registry = CollectorRegistry()
+    Gauge("aifactory_error_ratio", "x", ["point"], registry=registry).labels("p").set(0.5)
+    try:
+        target = GatewayTarget(url=f"http://127.0.0.1:{server.server_address[1]}", username="bench")
+        monkeypatch.setenv("AIF_PUSHGATEWAY_PASSWORD", "right-pw")
+        gateway = Pushgateway(target, "auth", tmp_path / "spool", Redactor())
+        assert gateway.push("test_x", registry)
+        path, auth, body = seen[-1]
+        assert path == "/metrics/job/aifactory/run_id@base64/YXV0aA/test@base64/dGVzdF94"
+        assert auth.startswith("Basic ")
+        assert 'aifactory_error_ratio{point="p"} 0.5' in body
+        assert "right-pw" not in body
+        monkeypatch.setenv("AIF_PUSHGATEWAY_PASSWORD", "wrong-pw")
+        assert not gateway.push("test_y", registry)
+        assert len(gateway.spooled()) == 1
+        assert "HTTP 401" in gateway.failures[-1]
+    finally:
+        server.shutdown()
+        server.server_close()
