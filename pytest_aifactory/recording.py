@@ -130,7 +130,8 @@ class LivePusher:
         self.gateway = gateway
         self.interval_s = interval_s
         self._state: dict[str, dict[str, Progress]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the snapshots; taken by the engine's callback
+        self._pushing = threading.Lock()  # held while pushing
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="aifactory-live-push", daemon=True)
         self._thread.start()
@@ -148,19 +149,30 @@ class LivePusher:
         return factory
 
     def finish(self, test: str) -> None:
-        """Stop pushing live figures of ``test`` (its final figures come next)."""
+        """Stop pushing live figures of ``test`` (its final figures come next).
+
+        Waits for a push under way, so that no live push can land after the final one.
+        """
         with self._lock:
             self._state.pop(test, None)
+        with self._pushing:
+            pass
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.flush()
 
     def flush(self) -> None:
-        """Push every running test's snapshots now."""
-        with self._lock:
-            for test, snapshots in list(self._state.items()):
-                self.gateway.push(test, live_registry(dict(snapshots)))
+        """Push every running test's snapshots now.
+
+        Only the copy is made under the lock: the engine's progress callback takes it from
+        inside the event loop, so a slow gateway must never be waited for while holding it.
+        """
+        with self._pushing:
+            with self._lock:
+                state = {test: dict(snapshots) for test, snapshots in self._state.items()}
+            for test, snapshots in state.items():
+                self.gateway.push(test, live_registry(snapshots))
 
     def close(self) -> None:
         """Stop the thread."""
