@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import run_pytest
 
 from pytest_aifactory.load.api import LoadRunner
 from pytest_aifactory.workloads.files import FioJob, direct_io_supported, run_fio
@@ -159,10 +160,6 @@ def test_faiss_store_is_exact_with_flat_index(tmp_path: Path) -> None:
 
 def test_existing_postgres_by_dsn(pytester: pytest.Pytester, postgres_service) -> None:  # type: ignore[no-untyped-def]
     """AIF_POSTGRES_DSN points the suite at a server it did not start."""
-    import os
-    import subprocess
-    import sys
-
     from pytest_aifactory.workloads.sql import dsn_of
 
     dsn = dsn_of(postgres_service)
@@ -175,25 +172,9 @@ def test_existing_postgres_by_dsn(pytester: pytest.Pytester, postgres_service) -
             assert not aif_run.registry.records()  # no service job was started
         """
     )
-    env = {**os.environ, "AIF_POSTGRES_DSN": dsn}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
-        cwd=pytester.path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_pytest(pytester.path, env={"AIF_POSTGRES_DSN": dsn})
     assert done.returncode == 0, done.stdout[-2000:]
-    env["AIF_POSTGRES_DSN"] = "postgresql://aif:pw-not-shown@127.0.0.1:1/postgres"
-    bad = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
-        cwd=pytester.path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = run_pytest(pytester.path, env={"AIF_POSTGRES_DSN": "postgresql://aif:pw-not-shown@127.0.0.1:1/postgres"})
     assert bad.returncode == 1
     assert "cannot connect to PostgreSQL at postgresql://aif:***@127.0.0.1:1/postgres" in bad.stdout
     assert "pw-not-shown" not in bad.stdout

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
+from helpers import run_pytest
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -21,14 +20,7 @@ def test_stream(aif_service, aif_load):
 
 
 def run(pytester: pytest.Pytester, ttft_ms: float, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--benchmark-storage=file://./hist", *args],
-        cwd=pytester.path,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TTFT_MS": str(ttft_ms)},
-        check=False,
-    )
+    return run_pytest(pytester.path, "--benchmark-storage=file://./hist", *args, env={"TTFT_MS": str(ttft_ms)})
 
 
 def test_runs_land_in_pytest_benchmark_storage_and_compare(pytester: pytest.Pytester) -> None:

@@ -4,7 +4,6 @@ by a real Prometheus, spooling when the gateway is down, and the compare command
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
-from helpers import aifactory, free_port, http_ready, wait_for
+from helpers import aifactory, free_port, http_ready, run_pytest, wait_for
 
 from pytest_aifactory.export.report import load_schema
 
@@ -34,14 +33,7 @@ def test_stream(synthetic_llm_service, aif_load):
 
 
 def run(pytester: pytest.Pytester, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=pytester.path,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
+    return run_pytest(pytester.path, *args, env=env)
 
 
 def test_report_validates_and_keeps_secrets_out(pytester: pytest.Pytester) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -14,24 +14,7 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def run_suite(tmp_path: Path, marker: str, profile: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "benchmarks",
-            "-m",
-            marker,
-            f"--aif-profile={profile}",
-            f"--aif-results-dir={tmp_path}",
-            "-p",
-            "no:cacheprovider",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    return run_pytest(ROOT, "benchmarks", "-m", marker, f"--aif-profile={profile}", f"--aif-results-dir={tmp_path}")
 
 
 @pytest.mark.parametrize("profile", ["local", pytest.param("ci-slurm", marks=pytest.mark.slurm)])

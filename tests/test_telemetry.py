@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import aifactory, wait_for
+from helpers import aifactory, run_pytest, wait_for
 from loki_receiver import LokiReceiver
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,14 +40,7 @@ def loki() -> Iterator[LokiReceiver]:
 
 
 def run(pytester: pytest.Pytester, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--aif-results-dir=res", *args],
-        cwd=pytester.path,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "AIF_PLANTED_TOKEN": TOKEN},
-    )
+    return run_pytest(pytester.path, "--aif-results-dir=res", *args, env={"AIF_PLANTED_TOKEN": TOKEN})
 
 
 def test_run_events_and_service_logs_reach_loki(pytester: pytest.Pytester, loki: LokiReceiver) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
@@ -31,10 +32,11 @@ def open_session(
 
 async def stream_events(
     session: aiohttp.ClientSession, path: str, body: Mapping[str, Any], record: RequestRecord, clock: Clock
-) -> AsyncGenerator[tuple[float, bytes], None]:
-    """POST ``body`` and yield (arrival time, data) for every ``data:`` event until ``[DONE]``.
+) -> AsyncGenerator[tuple[float, dict[str, Any]], None]:
+    """POST ``body`` and yield (arrival time, parsed JSON) for every ``data:`` event until ``[DONE]``.
 
-    An HTTP error status becomes the record's error (and its end), and nothing is yielded.
+    An HTTP error status, or an event carrying ``error``, becomes the record's error and ends
+    the stream (an HTTP error also sets the record's end).
     """
     async with session.post(path, json=dict(body)) as response:
         record.status = response.status
@@ -50,4 +52,8 @@ async def stream_events(
             data = line[5:].strip()
             if data == b"[DONE]":
                 return
-            yield now, data
+            event = json.loads(data)
+            if "error" in event:
+                record.error = f"stream error: {str(event['error'])[:300]}"
+                return
+            yield now, event
