@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -29,7 +29,16 @@ from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.services.manager import ServiceManager
 from pytest_aifactory.services.spec import Resources, RunningService, ServiceSpec
 from pytest_aifactory.workloads.sql import connect_check
-from pytest_aifactory.workloads.vectors import ChromaStore, FaissStore, MilvusStore, QdrantStore, VectorStore
+from pytest_aifactory.workloads.vectors import (
+    VECTOR_STORES,
+    ChromaStore,
+    FaissStore,
+    MilvusStore,
+    QdrantStore,
+    VectorStore,
+    WeaviateStore,
+    faiss_gpus,
+)
 
 RUN_KEY = pytest.StashKey[RunContext]()
 ERRORS_KEY = pytest.StashKey[list[str]]()
@@ -430,27 +439,35 @@ chroma_service = pytest.fixture(scope="session", name="chroma_service")(_named("
 def aif_vector_store(aif_shared_service: ServiceFactory, aif_profile: Profile) -> Callable[[str], VectorStore]:
     """``aif_vector_store("milvus")``: a store client on the run's server of that kind.
 
-    FAISS runs in-process. Qdrant and Weaviate run only from container images: on a profile
-    without a container runtime the test is skipped, saying why.
+    FAISS runs in-process (``faiss-gpu``: on the GPUs, on a profile whose FAISS build sees
+    them). Qdrant and Weaviate run from container images, or are existing servers given by
+    ``AIF_QDRANT_URL`` / ``AIF_WEAVIATE_URL`` or the profile's ``services.NAME.settings.url``;
+    on a profile with neither a container runtime nor a URL the test is skipped, saying why.
     """
 
-    def make(name: str) -> VectorStore:
-        if name == "faiss":
-            return FaissStore()
+    def make(name: str, **options: Any) -> VectorStore:
+        if name not in VECTOR_STORES:
+            raise pytest.UsageError(f"unknown vector store {name!r}; valid: {', '.join(VECTOR_STORES)}")
+        if name in ("faiss", "faiss-gpu"):
+            device: Literal["cpu", "gpu"] = "gpu" if name == "faiss-gpu" else "cpu"
+            if device == "gpu" and faiss_gpus() == 0:
+                pytest.skip(
+                    "faiss-gpu: this FAISS build sees no GPU here; run pytest on a GPU node "
+                    "(e.g. as a Slurm job) with faiss-gpu-cu12 installed"
+                )
+            return FaissStore(device=device, **options)
         if name in ("qdrant", "weaviate"):
-            spec = build_spec(name, aif_profile)
-            if aif_profile.container is None:
-                pytest.skip(f"{name}: {spec.meta['local_reason']} (profile {aif_profile.name!r})")
-            if name == "weaviate":
-                pytest.skip("weaviate: the store client is not written yet; the service itself starts (see README)")
+            url = _existing(aif_profile, name, "url", f"AIF_{name.upper()}_URL")
+            if url is None:
+                if aif_profile.container is None:
+                    spec = build_spec(name, aif_profile)
+                    pytest.skip(f"{name}: {spec.meta['local_reason']} (profile {aif_profile.name!r})")
+                url = aif_shared_service(name).url()
+            return QdrantStore(url=url, **options) if name == "qdrant" else WeaviateStore(url, **options)
         service = aif_shared_service(name)
-        if name == "qdrant":
-            return QdrantStore(url=service.url())
         if name == "milvus":
-            return MilvusStore(f"http://{service.host}:{service.ports['grpc']}")
-        if name == "chroma":
-            return ChromaStore(service.host, service.port)
-        raise pytest.UsageError(f"unknown vector store {name!r}; valid: faiss, milvus, chroma, qdrant, weaviate")
+            return MilvusStore(f"http://{service.host}:{service.ports['grpc']}", **options)
+        return ChromaStore(service.host, service.port, **options)
 
     return make
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import run_pytest
+from weaviate_receiver import WeaviateReceiver
 
 from pytest_aifactory.load.api import LoadRunner
 from pytest_aifactory.workloads.files import FioJob, direct_io_supported, run_fio
 from pytest_aifactory.workloads.s3 import object_bytes, parse_size, s3_client_for
 from pytest_aifactory.workloads.sql import connect_check, redact_dsn
-from pytest_aifactory.workloads.vectors import FaissStore, VectorDataset
+from pytest_aifactory.workloads.vectors import FaissStore, VectorDataset, WeaviateStore, faiss_gpus
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -48,7 +51,7 @@ def test_recall_slo_fails_for_a_store_returning_wrong_neighbours(pytester: pytes
     pytester.makepyfile(
         """
         import pytest
-        from pytest_aifactory.workloads.vectors import FaissStore, VectorDataset
+        from pytest_aifactory.workloads.vectors import FaissStore, VectorDataset, WeaviateStore, faiss_gpus
 
         class Shifted(FaissStore):
             def search(self, vector, k, category=None):
@@ -62,7 +65,8 @@ def test_recall_slo_fails_for_a_store_returning_wrong_neighbours(pytester: pytes
         @pytest.mark.slo("recall_at_10 >= 0.95", "min_recall_at_10 == 1")
         def test_right(aif_load, tmp_path):
             data = VectorDataset("random", count=2000, dim=16, queries=50)
-            aif_load.vector_search(FaissStore("Flat"), data, k=10, concurrency=2, count=50, cache_dir=tmp_path)
+            store = FaissStore(index_type="Flat")
+            aif_load.vector_search(store, data, k=10, concurrency=2, count=50, cache_dir=tmp_path)
         """
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
@@ -153,7 +157,9 @@ def test_metadata_load(tmp_path: Path) -> None:
 
 def test_faiss_store_is_exact_with_flat_index(tmp_path: Path) -> None:
     data = VectorDataset("random", count=1000, dim=8, queries=30)
-    result = LoadRunner().vector_search(FaissStore("Flat"), data, k=10, concurrency=1, count=30, cache_dir=tmp_path)
+    result = LoadRunner().vector_search(
+        FaissStore(index_type="Flat"), data, k=10, concurrency=1, count=30, cache_dir=tmp_path
+    )
     assert result.metrics()["recall_at_10"] == 1.0
     assert result.metrics()["insert_vec_s"] > 0
 
@@ -187,7 +193,7 @@ def test_filtered_search_has_its_own_ground_truth(tmp_path: Path) -> None:
     assert all((categories[truth[q]] == data.query_category(q)).all() for q in range(40))
     assert not (truth == data.ground_truth(10, tmp_path)).all()
     result = LoadRunner().vector_search(
-        FaissStore("Flat"), data, k=10, filtered=True, concurrency=1, count=40, cache_dir=tmp_path
+        FaissStore(index_type="Flat"), data, k=10, filtered=True, concurrency=1, count=40, cache_dir=tmp_path
     )
     assert result.metrics()["recall_at_10"] == 1.0
     assert result.config["filtered"] is True
@@ -205,3 +211,74 @@ def test_qdrant_store_against_qdrant_client_local_mode(tmp_path: Path) -> None:
         )
         assert result.metrics()["recall_at_10"] >= 0.99, filtered  # exact search in local mode
         assert result.metrics()["error_rate"] == 0
+
+
+def test_faiss_ivf_trains_at_build_and_gpu_is_refused_without_gpus(tmp_path: Path) -> None:
+    """IVF indexes train on the inserted vectors; nprobe trades recall; no GPU: a clear error."""
+    data = VectorDataset("clustered", count=3000, dim=16, queries=50)
+
+    def recall(store: FaissStore, filtered: bool = False) -> float:
+        result = LoadRunner().vector_search(
+            store, data, k=10, filtered=filtered, concurrency=1, count=50, cache_dir=tmp_path
+        )
+        assert result.metrics()["error_rate"] == 0
+        return float(result.metrics()["recall_at_10"])
+
+    assert recall(FaissStore(index_type="IVF32,Flat", nprobe=32)) == 1.0  # every list probed: exact
+    assert recall(FaissStore(index_type="IVF32,Flat", nprobe=32), filtered=True) == 1.0
+    assert recall(FaissStore(index_type="IVF32,Flat", nprobe=1)) < 1.0
+    with pytest.raises(ValueError, match="FAISS device 'tpu'; valid: cpu, gpu"):
+        FaissStore(device="tpu")  # type: ignore[arg-type]
+    if faiss_gpus() == 0:
+        with pytest.raises(RuntimeError, match="FAISS device 'gpu': this FAISS build sees no GPU"):
+            FaissStore(device="gpu").create(16, "l2")
+
+
+@pytest.fixture
+def weaviate() -> Iterator[WeaviateReceiver]:
+    receiver = WeaviateReceiver()
+    yield receiver
+    receiver.close()
+
+
+def test_weaviate_store_speaks_the_documented_api(weaviate: WeaviateReceiver, tmp_path: Path) -> None:
+    """Schema, batch import and GraphQL nearVector (plain and filtered), against a strict receiver."""
+    data = VectorDataset("clustered", count=2000, dim=16, queries=40, metric="cosine")
+    for filtered in (False, True):
+        result = LoadRunner().vector_search(
+            WeaviateStore(weaviate.url), data, k=10, filtered=filtered, concurrency=2, count=40, cache_dir=tmp_path
+        )
+        assert result.metrics()["recall_at_10"] == 1.0, filtered  # the receiver searches exactly
+        assert result.metrics()["error_rate"] == 0
+    assert weaviate.errors == []
+    assert ("POST", "/v1/batch/objects") in weaviate.requests
+    assert weaviate.classes == {}  # dropped at the end
+
+    store = WeaviateStore(weaviate.url, index_type="flat")
+    store.create(16, "l2")
+    assert weaviate.classes["AifBench"].schema["vectorIndexConfig"] == {"distance": "l2-squared"}
+    ids, categories = np.arange(3, dtype=np.int64), np.zeros(3, dtype=np.int64)
+    store.insert(ids, np.ones((3, 16), dtype=np.float32), categories)
+    with pytest.raises(RuntimeError, match=r"weaviate refused object .*vector with length 8"):
+        store.insert(ids + 3, np.ones((3, 8), dtype=np.float32), categories)
+    weaviate.classes.clear()
+    with pytest.raises(RuntimeError, match='weaviate GraphQL: Cannot query field "AifBench"'):
+        store.search(np.ones(16, dtype=np.float32), 10)
+    store.drop()
+
+
+def test_vector_suite_on_an_existing_weaviate(weaviate: WeaviateReceiver, tmp_path: Path) -> None:
+    """AIF_WEAVIATE_URL points the shipped suite at a server it did not start (here the receiver)."""
+    root = Path(__file__).resolve().parent.parent
+    done = run_pytest(
+        root,
+        "benchmarks/vectordb",
+        "-k",
+        "weaviate",
+        f"--aif-results-dir={tmp_path}",
+        env={"AIF_WEAVIATE_URL": weaviate.url},
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert re.search(r"3 passed, \d+ deselected", done.stdout), done.stdout[-2000:]
+    assert "weaviate concurrency=4" in done.stdout
+    assert weaviate.errors == []

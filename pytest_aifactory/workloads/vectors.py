@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from pytest_aifactory.services.spec import RunningService
 
 __all__ = [
     "DATASETS",
+    "VECTOR_STORES",
     "ChromaStore",
     "FaissStore",
     "MilvusStore",
@@ -35,6 +38,8 @@ __all__ = [
     "SearchClient",
     "VectorDataset",
     "VectorStore",
+    "WeaviateStore",
+    "faiss_gpus",
     "milvus_probe",
 ]
 
@@ -45,6 +50,7 @@ METRICS["insert_vec_s"] = MetricInfo("vec/s", "higher", "vectors inserted per se
 METRICS["index_build_s"] = MetricInfo("s", "lower", "index build (and flush) time")
 
 DATASETS = ("random", "clustered")
+VECTOR_STORES = ("faiss", "faiss-gpu", "milvus", "chroma", "qdrant", "weaviate")
 CATEGORIES = 10
 Metric = Literal["l2", "ip", "cosine"]
 Vectors = npt.NDArray[np.float32]
@@ -161,33 +167,72 @@ class VectorStore(Protocol):
         """Delete the collection."""
 
 
+def faiss_gpus() -> int:
+    """How many GPUs this process's FAISS build can use (0 with faiss-cpu)."""
+    import faiss
+
+    return int(getattr(faiss, "get_num_gpus", lambda: 0)())
+
+
 @dataclass
 class FaissStore:
-    """In-process FAISS: ``Flat`` (exact) or ``HNSW32`` (``ef_search`` candidates) on the CPU."""
+    """In-process FAISS: any ``index_factory`` string, on the CPU or on every visible GPU.
 
-    index_type: str = "HNSW32"
+    ``HNSW32`` (``ef_search`` candidates) on the CPU by default, ``Flat`` (exact) on GPUs.
+    Indexes that need training (``IVF...``, searched with ``nprobe`` lists) are trained on
+    the inserted vectors at ``build_index``, and that time is the index build time.
+    """
+
+    index_type: str = ""
     ef_search: int = 128
+    nprobe: int = 16
+    device: Literal["cpu", "gpu"] = "cpu"
     name: str = "faiss"
     _index: Any = field(default=None, init=False, repr=False)
+    _ivf: bool = field(default=False, init=False, repr=False)
+    _pending: list[Vectors] = field(default_factory=list, init=False, repr=False)
     _categories: list[npt.NDArray[np.int64]] = field(default_factory=list, init=False, repr=False)
     _selectors: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"FAISS device {self.device!r}; valid: cpu, gpu")
+        self.index_type = self.index_type or ("Flat" if self.device == "gpu" else "HNSW32")
+        if self.device == "gpu":
+            self.name = "faiss-gpu"
+
     def create(self, dim: int, metric: Metric) -> None:
-        """Create the index object."""
+        """Create the index object (copied to every GPU for ``device="gpu"``)."""
         import faiss
 
         kind = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-        self._index = faiss.index_factory(dim, self.index_type, kind)
-        if hasattr(self._index, "hnsw"):
-            self._index.hnsw.efSearch = self.ef_search
+        index = faiss.index_factory(dim, self.index_type, kind)
+        if hasattr(index, "hnsw"):
+            index.hnsw.efSearch = self.ef_search
+        self._ivf = "IVF" in self.index_type
+        if self._ivf:
+            faiss.extract_index_ivf(index).nprobe = self.nprobe
+        if self.device == "gpu":
+            if faiss_gpus() == 0:
+                raise RuntimeError("FAISS device 'gpu': this FAISS build sees no GPU (faiss-cpu, or no GPU visible)")
+            index = faiss.index_cpu_to_all_gpus(index)
+        self._index = index
 
     def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors, categories: npt.NDArray[np.int64]) -> None:
-        """Add vectors (ids are row numbers, in order)."""
-        self._index.add(vectors)
+        """Add vectors (ids are row numbers, in order); kept until ``build_index`` if it must train."""
+        if self._index.is_trained:
+            self._index.add(vectors)
+        else:
+            self._pending.append(vectors)
         self._categories.append(categories)
 
     def build_index(self) -> None:
-        """Nothing to do: FAISS builds as it adds."""
+        """Train on the inserted vectors and add them (FAISS builds HNSW and flat indexes as it adds)."""
+        if self._pending:
+            vectors = np.concatenate(self._pending)
+            self._index.train(vectors)
+            self._index.add(vectors)
+            self._pending.clear()
 
     def search(self, vector: Vectors, k: int, category: int | None = None) -> list[int]:
         """Search one query; a category filter is an ``IDSelectorBatch``."""
@@ -199,6 +244,9 @@ class FaissStore:
                 members = np.flatnonzero(np.concatenate(self._categories) == category).astype(np.int64)
                 self._selectors[category] = faiss.IDSelectorBatch(members)
             params = faiss.SearchParameters()
+            if self._ivf:
+                params = faiss.SearchParametersIVF()
+                params.nprobe = self.nprobe
             params.sel = self._selectors[category]
         _, ids = self._index.search(vector.reshape(1, -1), k, params=params)
         return [int(i) for i in ids[0] if i >= 0]
@@ -348,6 +396,109 @@ class QdrantStore:
         """Delete the collection."""
         if self._client is not None:
             self._client.delete_collection(self.collection)
+            self._client.close()
+
+
+WEAVIATE_DISTANCES = {"l2": "l2-squared", "ip": "dot", "cosine": "cosine"}
+
+
+def row_uuid(row: int) -> str:
+    """The Weaviate object id of row ``row`` (objects are keyed by UUID; the row is its integer)."""
+    return str(uuid.UUID(int=row))
+
+
+@dataclass
+class WeaviateStore:
+    """Weaviate through its REST API (schema, batch import) and GraphQL (``nearVector`` search).
+
+    ``index_type`` is ``hnsw`` (with ``ef_search``) or ``flat``. An API key, when the server
+    wants one, comes from ``AIF_WEAVIATE_API_KEY`` (never from a profile). Batch errors and
+    GraphQL errors are raised, so they count as failed requests, not as empty results.
+    """
+
+    url: str
+    collection: str = "AifBench"
+    index_type: str = "hnsw"
+    ef_search: int = 128
+    timeout_s: float = 30.0
+    name: str = "weaviate"
+    _client: Any = field(default=None, init=False, repr=False)
+    _inserted: int = field(default=0, init=False, repr=False)
+
+    def _call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
+        response = self._client.request(method, path, json=body)
+        if response.status_code not in ok:
+            raise RuntimeError(f"weaviate {method} {path}: HTTP {response.status_code}: {response.text[:300]}")
+        return response.json() if response.content else None
+
+    def _graphql(self, query: str) -> dict[str, Any]:
+        answer = self._call("POST", "/v1/graphql", {"query": query})
+        if answer.get("errors"):
+            raise RuntimeError(f"weaviate GraphQL: {answer['errors'][0].get('message', answer['errors'][0])}")
+        data: dict[str, Any] = answer["data"]
+        return data
+
+    def create(self, dim: int, metric: Metric) -> None:
+        """Create the class (dropping an old one): no vectorizer, an integer ``category`` property."""
+        import httpx
+
+        key = os.environ.get("AIF_WEAVIATE_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=self.timeout_s)
+        self._call("DELETE", f"/v1/schema/{self.collection}", ok=(200, 404))
+        index_config: dict[str, Any] = {"distance": WEAVIATE_DISTANCES[metric]}
+        if self.index_type == "hnsw":
+            index_config["ef"] = self.ef_search
+        schema = {
+            "class": self.collection,
+            "vectorizer": "none",
+            "vectorIndexType": self.index_type,
+            "vectorIndexConfig": index_config,
+            "properties": [{"name": "category", "dataType": ["int"]}],
+        }
+        self._call("POST", "/v1/schema", schema)
+        self._inserted = 0
+
+    def insert(self, ids: npt.NDArray[np.int64], vectors: Vectors, categories: npt.NDArray[np.int64]) -> None:
+        """Import one batch; any object the server refuses fails the load."""
+        objects = [
+            {"class": self.collection, "id": row_uuid(int(i)), "properties": {"category": int(c)}, "vector": v.tolist()}
+            for i, v, c in zip(ids, vectors, categories, strict=True)
+        ]
+        results = self._call("POST", "/v1/batch/objects", {"objects": objects})
+        for result in results:
+            errors = (result.get("result") or {}).get("errors")
+            if errors:
+                raise RuntimeError(f"weaviate refused object {result.get('id')}: {errors['error'][0]['message']}")
+        self._inserted += len(objects)
+
+    def build_index(self) -> None:
+        """Wait until every imported object is counted (Weaviate indexes as objects arrive)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            data = self._graphql(f"{{ Aggregate {{ {self.collection} {{ meta {{ count }} }} }} }}")
+            count = int(data["Aggregate"][self.collection][0]["meta"]["count"])
+            if count >= self._inserted:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"weaviate counts {count} of {self._inserted} objects after {self.timeout_s} s")
+            time.sleep(0.1)
+
+    def search(self, vector: Vectors, k: int, category: int | None = None) -> list[int]:
+        """Search one query (a ``where`` filter on the category)."""
+        values = ", ".join(repr(float(x)) for x in vector)
+        where = "" if category is None else f', where: {{path: ["category"], operator: Equal, valueInt: {category}}}'
+        query = (
+            f"{{ Get {{ {self.collection}(nearVector: {{vector: [{values}]}}, limit: {k}{where}) "
+            "{ _additional { id } } } }"
+        )
+        hits = self._graphql(query)["Get"][self.collection]
+        return [uuid.UUID(hit["_additional"]["id"]).int for hit in hits]
+
+    def drop(self) -> None:
+        """Delete the class."""
+        if self._client is not None:
+            self._call("DELETE", f"/v1/schema/{self.collection}", ok=(200, 404))
             self._client.close()
 
 
