@@ -11,6 +11,7 @@ from pytest_aifactory.jobs.backends import SlurmBackend
 from pytest_aifactory.jobs.runner import LaunchPlan, command_argv
 from pytest_aifactory.profiles import available_profiles, load_profile
 from pytest_aifactory.services.catalog import build_spec
+from pytest_aifactory.services.spec import render, render_context
 
 SHIPPED = ["ci-slurm", "local", "meluxina-cpu", "meluxina-gpu", "meluxina-largemem"]
 
@@ -130,3 +131,64 @@ def test_sbatch_script_and_container_command_for_meluxina(tmp_path: Path) -> Non
     assert argv[:3] == ["apptainer", "exec", "--nv"]
     assert argv[3:5] == ["--bind", "/mnt/tier1,/mnt/tier2,/project/scratch/pXXXXXX,/project/home/pXXXXXX"]
     assert argv[5:] == ["--writable-tmpfs", "docker://python:3.11-slim", "python", "-m", "http.server"]
+
+
+def _submitted(name: str, profile_name: str, tmp_path: Path) -> tuple[list[list[str]], list[str]]:
+    """The setup steps and the command of service ``name`` as its job would start them."""
+    profile = load_profile(profile_name)
+    spec = build_spec(name, profile)
+    plan = LaunchPlan(spec=spec, folder=tmp_path, host_mode=profile.service_host, container=profile.container)
+    context = render_context(
+        "10.3.1.7", {p: 40000 + i for i, p in enumerate(spec.ports)}, "/scratch/w", "py", "mel0001"
+    )
+    steps = [command_argv(plan, [render(word, context) for word in step]) for step in spec.setup]
+    return steps, command_argv(plan, [render(word, context) for word in spec.command])
+
+
+@pytest.mark.parametrize("profile_name", ["meluxina-cpu", "meluxina-gpu", "meluxina-largemem"])
+def test_data_servers_on_meluxina_run_from_their_images(tmp_path: Path, profile_name: str) -> None:
+    """MinIO, Milvus standalone, Qdrant and Weaviate: what their jobs would run (no cluster here)."""
+    apptainer = ["apptainer", "exec", "--bind", "/mnt/tier1,/mnt/tier2,/project/scratch/pXXXXXX,/project/home/pXXXXXX"]
+    apptainer += ["--writable-tmpfs"]
+
+    _, minio = _submitted("s3", profile_name, tmp_path)
+    assert minio[:6] == [*apptainer[:4], "--writable-tmpfs", "docker://minio/minio:RELEASE.2025-04-22T22-12-26Z"]
+    assert minio[6:] == [
+        "minio",
+        "server",
+        "/scratch/w/data",
+        "--address",
+        "10.3.1.7:40000",
+        "--console-address",
+        "10.3.1.7:40001",
+    ]
+    spec = build_spec("s3", load_profile(profile_name))
+    assert spec.env_from == {"MINIO_ROOT_USER": "AIF_S3_ACCESS_KEY", "MINIO_ROOT_PASSWORD": "AIF_S3_SECRET_KEY"}
+
+    setup, milvus = _submitted("milvus", profile_name, tmp_path)
+    assert milvus[: len(apptainer) + 1] == [*apptainer, "docker://milvusdb/milvus:v2.6.9"]
+    assert milvus[-3:] == ["milvus", "run", "standalone"]
+    assert {"ETCD_USE_EMBED=true", "PROXY_PORT=40000", "ETCD_ENDPOINTS=127.0.0.1:40001"} <= set(milvus)
+    assert "ETCD_CONFIG_PATH=/scratch/w/embedEtcd.yaml" in milvus
+    assert setup[0][-3:-1] == ["sh", "-c"]
+    assert setup[0][-1].endswith("> /scratch/w/embedEtcd.yaml")
+    assert "'listen-client-urls: http://127.0.0.1:40001'" in setup[0][-1]
+
+    _, qdrant = _submitted("qdrant", profile_name, tmp_path)
+    assert "QDRANT__SERVICE__HTTP_PORT=40000" in qdrant
+    assert qdrant[-3:] == ["sh", "-c", "cd /qdrant && exec ./qdrant"]
+    _, weaviate = _submitted("weaviate", profile_name, tmp_path)
+    assert weaviate[-7:] == ["/bin/weaviate", "--host", "10.3.1.7", "--port", "40000", "--scheme", "http"]
+
+
+def test_data_server_choice_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("name: p\nexecutor: local\nservices:\n  s3:\n    settings: {server: ceph}\n")
+    profile = load_profile(str(tmp_path / "p.yaml"))
+    with pytest.raises(
+        ServiceConfigError, match=r"p\.yaml: service 's3': settings\.server is 'ceph'; valid: seaweedfs, minio"
+    ):
+        build_spec("s3", profile)
+    with pytest.raises(
+        ServiceConfigError, match=r"service 'milvus': settings\.server is 'big'; valid: lite, standalone"
+    ):
+        build_spec("milvus", profile, server="big")

