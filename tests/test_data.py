@@ -9,9 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import run_pytest
+from qdrant_receiver import VERSION as QDRANT_VERSION
+from qdrant_receiver import QdrantReceiver
 from weaviate_receiver import WeaviateReceiver
 
 from pytest_aifactory.load.api import LoadRunner
+from pytest_aifactory.profiles import load_profile
+from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.workloads.files import FioJob, direct_io_supported, run_fio
 from pytest_aifactory.workloads.s3 import object_bytes, parse_size, s3_client_for
 from pytest_aifactory.workloads.sql import connect_check, redact_dsn
@@ -267,18 +271,40 @@ def test_weaviate_store_speaks_the_documented_api(weaviate: WeaviateReceiver, tm
     store.drop()
 
 
-def test_vector_suite_on_an_existing_weaviate(weaviate: WeaviateReceiver, tmp_path: Path) -> None:
-    """AIF_WEAVIATE_URL points the shipped suite at a server it did not start (here the receiver)."""
+@pytest.fixture
+def qdrant() -> Iterator[QdrantReceiver]:
+    receiver = QdrantReceiver()
+    yield receiver
+    receiver.close()
+
+
+def test_qdrant_store_speaks_the_rest_api(qdrant: QdrantReceiver, tmp_path: Path) -> None:
+    """The Qdrant store through qdrant-client's REST path, against a strict stand-in of the server."""
+    from pytest_aifactory.workloads.vectors import QdrantStore
+
+    assert build_spec("qdrant", load_profile("meluxina-cpu")).image == f"docker://qdrant/qdrant:v{QDRANT_VERSION}"
+    data = VectorDataset("clustered", count=2000, dim=16, queries=40)
+    for filtered in (False, True):
+        result = LoadRunner().vector_search(
+            QdrantStore(url=qdrant.url), data, k=10, filtered=filtered, concurrency=2, count=40, cache_dir=tmp_path
+        )
+        assert result.metrics()["recall_at_10"] == 1.0, filtered
+        assert result.metrics()["error_rate"] == 0
+    assert qdrant.errors == []
+    assert ("PUT", "/collections/aif_bench/index") in qdrant.requests  # the category filter is indexed
+    assert qdrant.collections == {}
+
+
+def test_vector_suite_on_existing_qdrant_and_weaviate(
+    qdrant: QdrantReceiver, weaviate: WeaviateReceiver, tmp_path: Path
+) -> None:
+    """AIF_QDRANT_URL / AIF_WEAVIATE_URL point the shipped suite at servers it did not start."""
     root = Path(__file__).resolve().parent.parent
-    done = run_pytest(
-        root,
-        "benchmarks/vectordb",
-        "-k",
-        "weaviate",
-        f"--aif-results-dir={tmp_path}",
-        env={"AIF_WEAVIATE_URL": weaviate.url},
-    )
+    env = {"AIF_QDRANT_URL": qdrant.url, "AIF_WEAVIATE_URL": weaviate.url}
+    done = run_pytest(root, "benchmarks/vectordb", "-k", "qdrant or weaviate", f"--aif-results-dir={tmp_path}", env=env)
     assert done.returncode == 0, done.stdout[-4000:]
-    assert re.search(r"3 passed, \d+ deselected", done.stdout), done.stdout[-2000:]
-    assert "weaviate concurrency=4" in done.stdout
+    assert re.search(r"6 passed, \d+ deselected", done.stdout), done.stdout[-2000:]
+    for name in ("qdrant", "weaviate"):
+        assert f"{name} concurrency=4" in done.stdout
+    assert qdrant.errors == []
     assert weaviate.errors == []

@@ -11,30 +11,20 @@ answers a bad request, and is kept in ``errors`` so a test can assert there were
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 from graphql import GraphQLError, parse, value_from_ast_untyped
 from graphql.language import FieldNode, OperationDefinitionNode
+from json_api import BadRequest, JsonApi
 
 CLASS_NAME = re.compile(r"^[A-Z][_0-9A-Za-z]*$")
 DISTANCES = ("cosine", "dot", "l2-squared", "hamming", "manhattan")
 INDEX_TYPES = ("hnsw", "flat", "dynamic")
 DATA_TYPES = {"int": int, "number": float, "text": str, "boolean": bool}
 OPERATORS = {"Equal": np.equal, "NotEqual": np.not_equal, "GreaterThan": np.greater, "LessThan": np.less}
-
-
-class BadRequest(Exception):
-    """A request Weaviate would refuse (status and message)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class WeaviateClass:
@@ -103,79 +93,39 @@ class WeaviateClass:
         return OPERATORS[operator](np.asarray(self.properties[path[0]]), value)
 
 
-class WeaviateReceiver:
-    """Serves the API on 127.0.0.1 until ``close()``."""
+class WeaviateReceiver(JsonApi):
+    """Weaviate's API on 127.0.0.1 until ``close()``."""
 
     def __init__(self) -> None:
         self.classes: dict[str, WeaviateClass] = {}
-        self.errors: list[str] = []
-        self.requests: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-        receiver = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def error_body(self, message: str) -> Any:
+        """Weaviate's error shape."""
+        return {"error": [{"message": message}]}
 
-            def _handle(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                try:
-                    status, answer = receiver.answer(method, self.path, body)
-                except BadRequest as exc:
-                    receiver.errors.append(f"{method} {self.path}: {exc}")
-                    status, answer = exc.status, {"error": [{"message": str(exc)}]}
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-            def do_DELETE(self) -> None:
-                self._handle("DELETE")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
-
-    def answer(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    def answer(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         """The status and JSON answer of one request."""
-        self.requests.append((method, path))
-        payload = json.loads(body) if body else None
-        with self._lock:
-            if (method, path) == ("GET", "/v1/.well-known/ready"):
+        if (method, path) == ("GET", "/v1/.well-known/ready"):
+            return 200, None
+        if (method, path) == ("POST", "/v1/schema"):
+            return 200, self._create(body)
+        if path.startswith("/v1/schema/") and method in ("GET", "DELETE"):
+            name = path.removeprefix("/v1/schema/")
+            if method == "DELETE":
+                self.classes.pop(name, None)
                 return 200, None
-            if (method, path) == ("POST", "/v1/schema"):
-                return 200, self._create(payload)
-            if path.startswith("/v1/schema/") and method in ("GET", "DELETE"):
-                name = path.removeprefix("/v1/schema/")
-                if method == "DELETE":
-                    self.classes.pop(name, None)
-                    return 200, None
-                if name not in self.classes:
-                    raise BadRequest(404, f"class {name} not found")
-                return 200, self.classes[name].schema
-            if (method, path) == ("POST", "/v1/batch/objects"):
-                return 200, [self._add(obj) for obj in payload["objects"]]
-            if (method, path) == ("POST", "/v1/graphql"):
-                try:
-                    return 200, {"data": self._graphql(payload["query"])}
-                except GraphQLError as exc:
-                    self.errors.append(f"graphql: {exc.message}")
-                    return 200, {"data": None, "errors": [{"message": exc.message}]}
+            if name not in self.classes:
+                raise BadRequest(404, f"class {name} not found")
+            return 200, self.classes[name].schema
+        if (method, path) == ("POST", "/v1/batch/objects"):
+            return 200, [self._add(obj) for obj in body["objects"]]
+        if (method, path) == ("POST", "/v1/graphql"):
+            try:
+                return 200, {"data": self._graphql(body["query"])}
+            except GraphQLError as exc:
+                self.errors.append(f"graphql: {exc.message}")
+                return 200, {"data": None, "errors": [{"message": exc.message}]}
         raise BadRequest(404, f"no route {method} {path}")
 
     def _create(self, schema: dict[str, Any]) -> dict[str, Any]:

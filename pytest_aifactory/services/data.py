@@ -298,7 +298,7 @@ def qdrant(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         ports=("http", "grpc"),
         probe=HttpProbe(path="/readyz"),
         resources=Resources(cpus=8, mem_gb=32),
-        image="docker://qdrant/qdrant:v1.13.4",
+        image="docker://qdrant/qdrant:v1.19.1",  # qdrant-client warns beyond one minor version apart
         meta={"protocol": "qdrant", "local_reason": "Qdrant ships as a container image; no Docker or Apptainer here"},
     )
 
