@@ -19,7 +19,14 @@ from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.workloads.files import FioJob, direct_io_supported, run_fio
 from pytest_aifactory.workloads.s3 import object_bytes, parse_size, s3_client_for
 from pytest_aifactory.workloads.sql import connect_check, redact_dsn
-from pytest_aifactory.workloads.vectors import FaissStore, VectorDataset, WeaviateStore, faiss_gpus
+from pytest_aifactory.workloads.vectors import (
+    FaissStore,
+    QdrantStore,
+    SearchClient,
+    VectorDataset,
+    WeaviateStore,
+    faiss_gpus,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -55,7 +62,7 @@ def test_recall_slo_fails_for_a_store_returning_wrong_neighbours(pytester: pytes
     pytester.makepyfile(
         """
         import pytest
-        from pytest_aifactory.workloads.vectors import FaissStore, VectorDataset, WeaviateStore, faiss_gpus
+        from pytest_aifactory.workloads.vectors import FaissStore, VectorDataset
 
         class Shifted(FaissStore):
             def search(self, vector, k, category=None):
@@ -91,8 +98,39 @@ def test_ground_truth_is_exact_and_cached(tmp_path: Path) -> None:
 
 
 def test_unknown_dataset_names_valid_ones() -> None:
-    with pytest.raises(ValueError, match="unknown dataset 'sift1m'; valid datasets: random, clustered"):
+    with pytest.raises(ValueError, match="unknown dataset 'sift1m'; valid datasets: random, clustered, digits"):
         VectorDataset("sift1m", count=10, dim=4)
+    with pytest.raises(ValueError, match=r"dataset 'digits' has 1797 vectors of dim 64: asked for dim 32"):
+        VectorDataset("digits", count=1000, dim=32)
+
+
+def test_digits_is_real_data_split_into_base_and_queries(tmp_path: Path) -> None:
+    data = VectorDataset("digits", count=1597, dim=64, queries=200)
+    base, queries = data.base(), data.query_vectors()
+    assert base.shape == (1597, 64)
+    assert queries.shape == (200, 64)
+    assert set(np.unique(base).tolist()) <= set(range(17))  # 4x4 blocks of an 8x8 image: counts 0-16
+    assert not (queries[:, None, :] == base[None, :, :]).all(axis=2).all(axis=1).any()  # no query is a base row
+    result = LoadRunner().vector_search(
+        FaissStore(index_type="Flat"), data, k=10, concurrency=1, count=200, cache_dir=tmp_path
+    )
+    assert result.metrics()["min_recall_at_10"] == 1.0
+
+
+def test_recall_counts_ties_and_respects_the_filter() -> None:
+    """An equally near neighbour is not a miss; a neighbour outside the category is."""
+    base = np.array([[0.0], [2.0], [-2.0], [9.0], [0.5]], dtype=np.float32)
+    queries = np.array([[0.0]], dtype=np.float32)
+    client = SearchClient(FaissStore(), queries, np.array([[0, 4, 1]]), k=3, threads=1, base=base, metric="l2")
+    assert client.recall(0, [0, 4, 1]) == 1.0
+    assert client.recall(0, [0, 4, 2]) == 1.0  # -2 is as near as 2
+    assert client.recall(0, [0, 4, 3]) == pytest.approx(2 / 3)
+    assert client.recall(0, [0, 0, 0]) == pytest.approx(1 / 3)  # repeats count once
+    filtered = SearchClient(
+        FaissStore(), queries, np.array([[2, 1, 3]]), k=3, threads=1, base=base, metric="l2", categories=[2]
+    )
+    assert filtered.recall(0, [2]) == pytest.approx(1 / 3)
+    assert filtered.recall(0, [0, 4, 1]) == 0.0  # nearer, but not in category 2
 
 
 def test_fio_block_size_errors(tmp_path: Path) -> None:
@@ -205,7 +243,6 @@ def test_filtered_search_has_its_own_ground_truth(tmp_path: Path) -> None:
 
 def test_qdrant_store_against_qdrant_client_local_mode(tmp_path: Path) -> None:
     """The Qdrant store's calls, checked against qdrant-client's in-process implementation (no server here)."""
-    from pytest_aifactory.workloads.vectors import QdrantStore
 
     data = VectorDataset("clustered", count=1000, dim=8, queries=30)
     for filtered in (False, True):
@@ -280,7 +317,6 @@ def qdrant() -> Iterator[QdrantReceiver]:
 
 def test_qdrant_store_speaks_the_rest_api(qdrant: QdrantReceiver, tmp_path: Path) -> None:
     """The Qdrant store through qdrant-client's REST path, against a strict stand-in of the server."""
-    from pytest_aifactory.workloads.vectors import QdrantStore
 
     assert build_spec("qdrant", load_profile("meluxina-cpu")).image == f"docker://qdrant/qdrant:v{QDRANT_VERSION}"
     data = VectorDataset("clustered", count=2000, dim=16, queries=40)

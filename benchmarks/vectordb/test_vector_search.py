@@ -66,3 +66,17 @@ def test_filtered_search(aif_vector_store, aif_load, aif_run, dataset, store_nam
         count=aif_vars("vec_searches", 400),
         cache_dir=aif_run.run_dir.parent / "cache",
     )
+
+
+@pytest.mark.parametrize("store_name", STORES)
+@pytest.mark.slo("error_rate == 0", "recall_at_10 >= {vec_min_recall}")
+def test_search_real_data(aif_vector_store, aif_load, aif_run, store_name):
+    """A small real dataset (scikit-learn's handwritten digits): real data has ties and duplicates."""
+    aif_load.vector_search(
+        aif_vector_store(store_name),
+        VectorDataset("digits", count=1597, dim=64, queries=200),
+        k=10,
+        concurrency=2,
+        count=200,
+        cache_dir=aif_run.run_dir.parent / "cache",
+    )

@@ -265,7 +265,14 @@ class LoadRunner:
         load = make_plan(**plan)
         categories = [dataset.query_category(q) for q in range(dataset.queries)] if filtered else None
         client = vectors.SearchClient(
-            store, dataset.query_vectors(), truth, k, threads=load.concurrency or 8, categories=categories
+            store,
+            dataset.query_vectors(),
+            truth,
+            k,
+            threads=load.concurrency or 8,
+            base=dataset.base(),
+            metric=dataset.metric,
+            categories=categories,
         )
         try:
             result = self.run(
