@@ -323,6 +323,7 @@ class ChromaStore:
     port: int
     collection: str = "aif_bench"
     name: str = "chroma"
+    _client: Any = field(default=None, init=False, repr=False)
     _collection: Any = field(default=None, init=False, repr=False)
 
     def create(self, dim: int, metric: Metric) -> None:
