@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from pytest_aifactory.export.pushgateway import GatewayTarget, Pushgateway
 from pytest_aifactory.export.secrets import Redactor
 from pytest_aifactory.jobs.backends import BACKENDS, Backend, SlurmBackend
 from pytest_aifactory.jobs.registry import JobRegistry
-from pytest_aifactory.jobs.runner import LaunchPlan
+from pytest_aifactory.jobs.runner import LaunchPlan, command_argv
 from pytest_aifactory.profiles import Profile, available_profiles, load_profile
 from pytest_aifactory.run import cancel_run_jobs
 from pytest_aifactory.services.catalog import build_spec
@@ -67,6 +68,10 @@ def _render(args: argparse.Namespace) -> int:
         print(f"profile {profile.name!r} runs services as local processes: there is no job script", file=sys.stderr)
         return 2
     print(backend.render_sbatch(plan))
+    print("# inside the job ({host}, {ports.NAME}, {workdir} are filled in on the node):")
+    for step in spec.setup:
+        print(f"#   setup: {shlex.join(command_argv(plan, step))}")
+    print(f"#   start: {shlex.join(command_argv(plan, spec.command))}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import aifactory
 
 from pytest_aifactory.errors import ProfileError, ServiceConfigError
 from pytest_aifactory.jobs.backends import SlurmBackend
@@ -192,3 +193,19 @@ def test_data_server_choice_is_checked(tmp_path: Path) -> None:
         ServiceConfigError, match=r"service 'milvus': settings\.server is 'big'; valid: lite, standalone"
     ):
         build_spec("milvus", profile, server="big")
+
+
+def test_render_prints_the_job_script_and_the_command_inside_it(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    done = aifactory("render", "meluxina-cpu", "s3", "--root", str(root), "--folder", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "#SBATCH --partition=cpu" in done.stdout
+    start = [line for line in done.stdout.splitlines() if line.startswith("#   start: ")]
+    assert start == [
+        "#   start: apptainer exec --bind /mnt/tier1,/mnt/tier2,/project/scratch/pXXXXXX,/project/home/pXXXXXX "
+        "--writable-tmpfs docker://minio/minio:RELEASE.2025-04-22T22-12-26Z minio server '{workdir}/data' "
+        "--address '{host}:{ports.s3}' --console-address '{host}:{ports.console}'"
+    ]
+    local = aifactory("render", "local", "s3", "--root", str(root))
+    assert local.returncode == 2
+    assert "runs services as local processes: there is no job script" in local.stderr

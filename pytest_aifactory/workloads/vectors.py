@@ -361,7 +361,10 @@ class ChromaStore:
 
 @dataclass
 class QdrantStore:
-    """Qdrant through qdrant-client: a server (``url``) or the client's in-process mode (``location``)."""
+    """Qdrant through qdrant-client: a server (``url``) or its in-process mode (``location``).
+
+    A server's API key, when it wants one, comes from ``AIF_QDRANT_API_KEY``.
+    """
 
     url: str | None = None
     location: str | None = None
@@ -373,7 +376,10 @@ class QdrantStore:
         """Create the collection (dropping an old one)."""
         from qdrant_client import QdrantClient, models
 
-        self._client = QdrantClient(url=self.url) if self.url else QdrantClient(location=self.location or ":memory:")
+        if self.url:
+            self._client = QdrantClient(url=self.url, api_key=os.environ.get("AIF_QDRANT_API_KEY"))
+        else:
+            self._client = QdrantClient(location=self.location or ":memory:")
         distance = {"l2": models.Distance.EUCLID, "ip": models.Distance.DOT, "cosine": models.Distance.COSINE}[metric]
         if self._client.collection_exists(self.collection):
             self._client.delete_collection(self.collection)
