@@ -12,7 +12,7 @@ from pytest_aifactory.jobs.backends import SlurmBackend
 from pytest_aifactory.jobs.runner import LaunchPlan, command_argv
 from pytest_aifactory.profiles import available_profiles, load_profile
 from pytest_aifactory.services.catalog import build_spec
-from pytest_aifactory.services.spec import render, render_context
+from pytest_aifactory.services.spec import render_context
 
 SHIPPED = ["ci-slurm", "local", "meluxina-cpu", "meluxina-gpu", "meluxina-largemem"]
 
@@ -142,8 +142,7 @@ def _submitted(name: str, profile_name: str, tmp_path: Path) -> tuple[list[list[
     context = render_context(
         "10.3.1.7", {p: 40000 + i for i, p in enumerate(spec.ports)}, "/scratch/w", "py", "mel0001"
     )
-    steps = [command_argv(plan, [render(word, context) for word in step]) for step in spec.setup]
-    return steps, command_argv(plan, [render(word, context) for word in spec.command])
+    return [command_argv(plan, step, context) for step in spec.setup], command_argv(plan, spec.command, context)
 
 
 @pytest.mark.parametrize("profile_name", ["meluxina-cpu", "meluxina-gpu", "meluxina-largemem"])
@@ -167,7 +166,8 @@ def test_data_servers_on_meluxina_run_from_their_images(tmp_path: Path, profile_
     assert spec.env_from == {"MINIO_ROOT_USER": "AIF_S3_ACCESS_KEY", "MINIO_ROOT_PASSWORD": "AIF_S3_SECRET_KEY"}
 
     setup, milvus = _submitted("milvus", profile_name, tmp_path)
-    assert milvus[: len(apptainer) + 1] == [*apptainer, "docker://milvusdb/milvus:v2.6.9"]
+    assert milvus[2:4] == ["--bind", f"{apptainer[3]},/scratch/w/milvus:/var/lib/milvus"]
+    assert milvus[4:6] == ["--writable-tmpfs", "docker://milvusdb/milvus:v2.6.9"]
     assert milvus[-3:] == ["milvus", "run", "standalone"]
     assert {"ETCD_USE_EMBED=true", "PROXY_PORT=40000", "ETCD_ENDPOINTS=127.0.0.1:40001"} <= set(milvus)
     assert "ETCD_CONFIG_PATH=/scratch/w/embedEtcd.yaml" in milvus

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -153,22 +153,30 @@ def _job_id() -> str:
     return str(os.getpid())
 
 
-def container_argv(container: ContainerSettings, image: str, gpus: int, argv: Sequence[str]) -> list[str]:
-    """``apptainer exec [--nv] [--bind ...] [options] IMAGE argv...``."""
+def container_argv(
+    container: ContainerSettings, image: str, gpus: int, argv: Sequence[str], binds: Sequence[str] = ()
+) -> list[str]:
+    """``apptainer exec [--nv] [--bind ...] [options] IMAGE argv...`` (the profile's binds, then ``binds``)."""
     words = [container.runtime, "exec"]
     if gpus > 0 and container.gpu_flag:
         words.append(container.gpu_flag)
-    if container.binds:
-        words += ["--bind", ",".join(container.binds)]
+    every_bind = [*container.binds, *binds]
+    if every_bind:
+        words += ["--bind", ",".join(every_bind)]
     words += [*container.options, image, *argv]
     return words
 
 
-def command_argv(plan: LaunchPlan, argv: Sequence[str]) -> list[str]:
-    """The command as it is really started: in the container, as the service user."""
-    words = list(argv)
+def command_argv(plan: LaunchPlan, argv: Sequence[str], context: Mapping[str, Any] | None = None) -> list[str]:
+    """The command as it is really started: in the container, as the service user.
+
+    With ``context``, placeholders in ``argv`` and in the spec's binds are filled in;
+    without, they are shown as they are (``aifactory render``).
+    """
+    words = [render(word, context) if context else word for word in argv]
     if plan.container is not None and plan.spec.image:
-        words = container_argv(plan.container, plan.spec.image, plan.spec.resources.gpus, words)
+        binds = [render(bind, context) if context else bind for bind in plan.spec.binds]
+        words = container_argv(plan.container, plan.spec.image, plan.spec.resources.gpus, words, binds)
     if plan.spec.run_as and os.geteuid() == 0:
         words = ["runuser", "-u", plan.spec.run_as, "--", *words]
     return words
@@ -213,7 +221,7 @@ class _StopRequest:
 def _run_setup(plan: LaunchPlan, context: dict[str, Any], env: dict[str, str], out: Any, err: Any) -> None:
     """Run the spec's setup steps in the workdir; the first that fails fails the job."""
     for step in plan.spec.setup:
-        argv = command_argv(plan, [render(word, context) for word in step])
+        argv = command_argv(plan, step, context)
         out.write(f"[aifactory] setup: {' '.join(argv)}\n")
         out.flush()
         code = subprocess.run(argv, stdout=out, stderr=err, env=env, cwd=context["workdir"], check=False).returncode
@@ -243,8 +251,10 @@ def serve(plan: LaunchPlan) -> int:
     stdout_path, stderr_path = plan.folder / STDOUT_FILE, plan.folder / STDERR_FILE
     with _workdir(plan) as workdir, stdout_path.open("a") as out, stderr_path.open("a") as err:
         context = render_context(host, ports, str(workdir), sys.executable, node, spec.resources.gpus)
+        for bind in spec.binds:  # a bind's source must exist before the container starts
+            Path(render(bind, context).split(":", 1)[0]).mkdir(parents=True, exist_ok=True)
         _run_setup(plan, context, env, out, err)
-        argv = command_argv(plan, [render(word, context) for word in spec.command])
+        argv = command_argv(plan, spec.command, context)
         out.write(f"[aifactory] start: {' '.join(argv)}\n")
         out.flush()
         child = subprocess.Popen(

@@ -225,7 +225,7 @@ def milvus(settings: Mapping[str, SettingValue]) -> ServiceSpec:
 
 
 def milvus_standalone() -> ServiceSpec:
-    """Milvus standalone from its image: embedded etcd, local storage in the job's scratch folder.
+    """Milvus standalone from its image: embedded etcd, local storage; ``/var/lib/milvus`` in the scratch folder.
 
     Configuration goes through Milvus's environment overrides (``ETCD_USE_EMBED`` and friends,
     as upstream's ``standalone_embed.sh``; any ``section.key`` is ``SECTION_KEY``). The proxy
@@ -240,17 +240,17 @@ def milvus_standalone() -> ServiceSpec:
             "env",
             "DEPLOY_MODE=STANDALONE",
             "ETCD_USE_EMBED=true",
-            "ETCD_DATA_DIR={workdir}/etcd",
+            "ETCD_DATA_DIR=/var/lib/milvus/etcd",
             f"ETCD_CONFIG_PATH={etcd_config}",
             "ETCD_ENDPOINTS=127.0.0.1:{ports.etcd}",
             "COMMON_STORAGETYPE=local",
-            "LOCALSTORAGE_PATH={workdir}/data",
             "PROXY_PORT={ports.grpc}",
             "milvus",
             "run",
             "standalone",
         ),
         ports=("grpc", "etcd"),
+        binds=("{workdir}/milvus:/var/lib/milvus",),  # all of Milvus's state, as upstream's volume
         probe=MILVUS_PROBE,
         resources=Resources(cpus=16, mem_gb=64),
         image="docker://milvusdb/milvus:v2.6.9",

@@ -89,6 +89,8 @@ class ServiceSpec:
     ``meta`` tells clients how to talk to the service (model name, API key variable...).
     ``port_range`` limits the ports picked (``(0, 0)``: any free one) and ``port_offset_free``
     asks that ``port + offset`` be free too (SeaweedFS binds its gRPC ports there).
+    ``binds`` (``SRC:DST``, placeholders allowed) are added to the container's binds; their
+    sources are created in the job (an image's data folder mapped into the scratch folder).
     """
 
     name: str
@@ -106,6 +108,7 @@ class ServiceSpec:
     meta: Mapping[str, str] = field(default_factory=dict)
     port_range: tuple[int, int] = (0, 0)
     port_offset_free: int = 0
+    binds: tuple[str, ...] = ()
 
     def with_overrides(self, **changes: Any) -> ServiceSpec:
         """A copy with ``changes`` applied (resources may be given as their own fields)."""
