@@ -253,3 +253,44 @@ def test_killed_run_local_service_stops_with_owner(pytester: pytest.Pytester, re
     wait_for("the orphaned service to stop", lambda: not backend.status(entry["job_id"], Path(entry["folder"])).active)
     exit_info = json.loads((Path(entry["folder"]) / "exit.json").read_text())
     assert "owner process" in exit_info["reason"]
+
+
+def test_service_in_a_container_with_binds(
+    pytester: pytest.Pytester, results: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setup and start go through the profile's container runtime (a stand-in that checks binds)."""
+    log = pytester.path / "apptainer.jsonl"
+    monkeypatch.setenv("FAKE_APPTAINER_LOG", str(log))
+    bin_dir = pytester.mkdir("bin")
+    (bin_dir / "apptainer").symlink_to(Path(__file__).resolve().parent / "fake_apptainer")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    profile = pytester.path / "boxed.yaml"
+    profile.write_text(
+        "name: boxed\nexecutor: local\ncontainer: {runtime: apptainer, binds: [/tmp], options: [--writable-tmpfs]}\n"
+    )
+    pytester.makepyfile(
+        """
+        import httpx
+        from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
+
+        def test_boxed(aif_service):
+            spec = ServiceSpec(
+                name="boxed",
+                image="docker://python:3.11-slim",
+                setup=(("sh", "-c", "echo boxed > {workdir}/state/index.txt"),),
+                command=("{python}", "-m", "http.server", "-b", "{host}", "-d", "{workdir}/state", "{ports.http}"),
+                binds=("{workdir}/state:/srv/state",),
+                probe=HttpProbe(path="/index.txt"),
+            )
+            assert httpx.get(aif_service(spec).url("index.txt")).text == "boxed\\n"
+        """
+    )
+    result = pytester.runpytest_subprocess(*_args(str(profile), results, "boxed"))
+    result.assert_outcomes(passed=1)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [call["argv"][0] for call in calls] == ["sh", sys.executable]
+    for call in calls:
+        assert call["image"] == "docker://python:3.11-slim"
+        assert call["options"] == ["--writable-tmpfs"]
+        assert call["binds"][0] == "/tmp"
+        assert call["binds"][1].endswith("/work/state:/srv/state")
