@@ -172,7 +172,7 @@ class WeaviateReceiver(JsonApi):
             if field.name.value not in self.classes:
                 raise GraphQLError(f'Cannot query field "{field.name.value}" on type "{root.name.value}Objects"')
             target = self.classes[field.name.value]
-            args = {arg.name.value: value_from_ast_untyped(arg.value) for arg in field.arguments}
+            args = {arg.name.value: value_from_ast_untyped(arg.value) for arg in field.arguments or ()}
             if root.name.value == "Aggregate":
                 data[field.name.value] = [{"meta": {"count": len(target.ids)}}]
                 continue
