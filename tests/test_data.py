@@ -294,6 +294,10 @@ def test_weaviate_store_speaks_the_documented_api(weaviate: WeaviateReceiver, tm
     assert weaviate.errors == []
     assert ("POST", "/v1/batch/objects") in weaviate.requests
     assert weaviate.classes == {}  # dropped at the end
+    bad = WeaviateStore(weaviate.url, collection="lowercase")
+    with pytest.raises(RuntimeError, match=r"HTTP 422: .*'lowercase' is not a valid class name"):
+        LoadRunner().vector_search(bad, data, k=10, concurrency=1, count=1, cache_dir=tmp_path)
+    assert bad._client.is_closed  # a store whose load failed is still dropped
 
     store = WeaviateStore(weaviate.url, index_type="flat")
     store.create(16, "l2")
@@ -339,7 +343,7 @@ def test_vector_suite_on_existing_qdrant_and_weaviate(
     env = {"AIF_QDRANT_URL": qdrant.url, "AIF_WEAVIATE_URL": weaviate.url}
     done = run_pytest(root, "benchmarks/vectordb", "-k", "qdrant or weaviate", f"--aif-results-dir={tmp_path}", env=env)
     assert done.returncode == 0, done.stdout[-4000:]
-    assert re.search(r"6 passed, \d+ deselected", done.stdout), done.stdout[-2000:]
+    assert re.search(r"8 passed, \d+ deselected", done.stdout), done.stdout[-2000:]
     for name in ("qdrant", "weaviate"):
         assert f"{name} concurrency=4" in done.stdout
     assert qdrant.errors == []

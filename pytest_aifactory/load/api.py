@@ -261,7 +261,6 @@ class LoadRunner:
         ``filtered``: every search keeps to one category (the query number modulo 10).
         """
         truth = dataset.ground_truth(k, cache_dir, filtered)
-        loading = vectors.load_store(store, dataset)
         load = make_plan(**plan)
         categories = [dataset.query_category(q) for q in range(dataset.queries)] if filtered else None
         client = vectors.SearchClient(
@@ -275,6 +274,7 @@ class LoadRunner:
             categories=categories,
         )
         try:
+            loading = vectors.load_store(store, dataset)
             result = self.run(
                 client,
                 vectors.QueryIndices(dataset.queries),
