@@ -91,9 +91,9 @@ class Outcomes:
         self.regressions = regressions
         self.rows: list[dict[str, Any]] = []
 
-    @pytest.hookimpl
+    @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Reject malformed objectives before anything runs."""
+        """Reject malformed objectives of the selected tests (after ``-m``/``-k``) before anything runs."""
         for item in items:
             try:
                 slos_of(item, self.variables)

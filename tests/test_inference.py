@@ -191,6 +191,29 @@ def test_malformed_slo_is_a_usage_error(pytester: pytest.Pytester, marker: str, 
     result.stderr.fnmatch_lines([message])
 
 
+def test_slo_variables_are_checked_for_selected_tests_only(pytester: pytest.Pytester) -> None:
+    """A suite for another machine (its thresholds unset here) does not stop ``-m`` from running this one."""
+    pytester.makepyfile(
+        test_x="""
+        import pytest
+
+        @pytest.mark.database
+        @pytest.mark.slo("p99_latency_ms <= {not_in_this_profile}")
+        def test_other():
+            pass
+
+        @pytest.mark.filestorage
+        def test_mine():
+            pass
+        """
+    )
+    selected = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-m", "filestorage")
+    selected.assert_outcomes(passed=1, deselected=1)
+    everything = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert everything.ret == pytest.ExitCode.USAGE_ERROR
+    everything.stderr.fnmatch_lines(["*test_x.py::test_other*names 'not_in_this_profile'*"])
+
+
 def test_slo_without_load_fails(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("import pytest\n\n@pytest.mark.slo('error_rate == 0')\ndef test_x():\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")

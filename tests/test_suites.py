@@ -39,3 +39,18 @@ def test_data_suites(tmp_path: Path, profile: str, family: str) -> None:
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "aifactory results (latencies in ms)" in done.stdout
     assert " FAIL(" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("profile", "marker"),
+    [
+        ("meluxina-gpu", "inference"),
+        ("meluxina-cpu", "database or objectstore or vectordb or filestorage"),
+        ("meluxina-largemem", "database or objectstore or vectordb or filestorage"),
+    ],
+)
+def test_suites_collect_on_meluxina_profiles(profile: str, marker: str) -> None:
+    """Every threshold the selected suites name is set by the cluster profile (checked without a cluster)."""
+    done = run_pytest(ROOT, "benchmarks", "-m", marker, f"--aif-profile={profile}", "--collect-only", "-q")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "tests collected" in done.stdout
