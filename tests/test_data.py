@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from pytest_aifactory.workloads.s3 import object_bytes, parse_size, s3_client_fo
 from pytest_aifactory.workloads.sql import connect_check, redact_dsn
 from pytest_aifactory.workloads.vectors import (
     FaissStore,
+    MilvusStore,
     QdrantStore,
     SearchClient,
     VectorDataset,
@@ -348,3 +350,24 @@ def test_vector_suite_on_existing_qdrant_and_weaviate(
         assert f"{name} concurrency=4" in done.stdout
     assert qdrant.errors == []
     assert weaviate.errors == []
+
+
+def test_milvus_index_choice_is_applied(milvus_service, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The index named is the index built: FLAT is exact, IVF with one probed list of 64 is not."""
+
+    uri = f"http://{milvus_service.host}:{milvus_service.ports['grpc']}"
+    data = VectorDataset("clustered", count=3000, dim=16, queries=40)
+
+    def run(filtered: bool = False, **options: Any) -> dict[str, float]:
+        store = MilvusStore(uri, **options)
+        result = LoadRunner().vector_search(
+            store, data, k=10, filtered=filtered, concurrency=2, count=40, cache_dir=tmp_path
+        )
+        assert result.metrics()["error_rate"] == 0
+        return result.metrics()
+
+    assert run(index_type="FLAT")["recall_at_10"] == 1.0
+    assert run(filtered=True, index_type="FLAT")["recall_at_10"] == 1.0
+    coarse = run(index_type="IVF_FLAT", index_params={"nlist": 64}, search_params={"nprobe": 1})
+    assert coarse["recall_at_10"] < 0.9
+    assert coarse["index_build_s"] > 0
