@@ -277,6 +277,26 @@ def test_faiss_ivf_trains_at_build_and_gpu_is_refused_without_gpus(tmp_path: Pat
             FaissStore(device="gpu").create(16, "l2")
 
 
+def test_faiss_gpu_path_with_the_gpu_copy_stubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU path (exact Flat by default, copied to the GPUs) with the copy made a no-op: no GPU here."""
+    import faiss
+
+    from pytest_aifactory.workloads import vectors
+
+    copies: list[object] = []
+    monkeypatch.setattr(vectors, "faiss_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: copies.append(index) or index, raising=False)
+    data = VectorDataset("clustered", count=2000, dim=16, queries=30)
+    store = FaissStore(device="gpu")
+    result = LoadRunner().vector_search(store, data, k=10, concurrency=1, count=30, cache_dir=tmp_path)
+    assert result.metrics()["recall_at_10"] == 1.0
+    assert store.name == "faiss-gpu"
+    assert len(copies) == 1
+    store.create(16, "l2")
+    with pytest.raises(RuntimeError, match="FAISS GPU indexes ignore IDSelector filters"):
+        store.search(data.query_vectors()[0], 10, category=3)
+
+
 @pytest.fixture
 def weaviate() -> Iterator[WeaviateReceiver]:
     receiver = WeaviateReceiver()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_aifactory.workloads.vectors import VectorDataset
+from pytest_aifactory.workloads.vectors import GPU_FILTER_UNSUPPORTED, VectorDataset
 
 pytestmark = pytest.mark.vectordb
 
@@ -57,6 +57,8 @@ def test_search_open_loop(aif_vector_store, aif_load, aif_run, dataset, store_na
 @pytest.mark.slo("error_rate == 0", "recall_at_10 >= {vec_min_recall}")
 def test_filtered_search(aif_vector_store, aif_load, aif_run, dataset, store_name, aif_vars):
     """Search within one category (a tenth of the data), scored against filtered ground truth."""
+    if store_name == "faiss-gpu":
+        pytest.skip(GPU_FILTER_UNSUPPORTED)
     aif_load.vector_search(
         aif_vector_store(store_name),
         dataset,

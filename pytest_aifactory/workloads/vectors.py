@@ -31,6 +31,7 @@ from pytest_aifactory.services.spec import RunningService
 
 __all__ = [
     "DATASETS",
+    "GPU_FILTER_UNSUPPORTED",
     "VECTOR_STORES",
     "ChromaStore",
     "FaissStore",
@@ -180,6 +181,9 @@ class VectorStore(Protocol):
         """Delete the collection."""
 
 
+GPU_FILTER_UNSUPPORTED = "FAISS GPU indexes ignore IDSelector filters (facebookresearch/faiss#3924): no filtered search"
+
+
 def faiss_gpus() -> int:
     """How many GPUs this process's FAISS build can use (0 with faiss-cpu)."""
     import faiss
@@ -253,6 +257,8 @@ class FaissStore:
 
         params = None
         if category is not None:
+            if self.device == "gpu":
+                raise RuntimeError(GPU_FILTER_UNSUPPORTED)
             if category not in self._selectors:
                 members = np.flatnonzero(np.concatenate(self._categories) == category).astype(np.int64)
                 self._selectors[category] = faiss.IDSelectorBatch(members)
