@@ -461,7 +461,10 @@ def aif_vector_store(aif_shared_service: ServiceFactory, aif_profile: Profile) -
             if url is None:
                 if aif_profile.container is None:
                     spec = build_spec(name, aif_profile)
-                    pytest.skip(f"{name}: {spec.meta['local_reason']} (profile {aif_profile.name!r})")
+                    pytest.skip(
+                        f"{name}: {spec.meta['local_reason']} (profile {aif_profile.name!r}); "
+                        f"set AIF_{name.upper()}_URL to use a running server"
+                    )
                 url = aif_shared_service(name).url()
             return QdrantStore(url=url, **options) if name == "qdrant" else WeaviateStore(url, **options)
         service = aif_shared_service(name)
