@@ -452,12 +452,6 @@ class QdrantStore:
         if self._client is not None:
             self._client.delete_collection(self.collection)
             self._client.close()
-            # close() stops chromadb's system but leaves the HTTP sessions of the client and of its
-            # admin client open: their sockets would warn (fail, under filterwarnings=error) when collected.
-            for owner in (self._client, getattr(self._client, "_admin_client", None)):
-                session = getattr(getattr(owner, "_server", None), "_session", None)
-                if session is not None:
-                    session.close()
 
 
 WEAVIATE_DISTANCES = {"l2": "l2-squared", "ip": "dot", "cosine": "cosine"}
