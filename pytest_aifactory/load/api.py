@@ -263,18 +263,19 @@ class LoadRunner:
         truth = dataset.ground_truth(k, cache_dir, filtered)
         load = make_plan(**plan)
         categories = [dataset.query_category(q) for q in range(dataset.queries)] if filtered else None
+        base = dataset.base()
         client = vectors.SearchClient(
             store,
             dataset.query_vectors(),
             truth,
             k,
             threads=load.concurrency or 8,
-            base=dataset.base(),
+            base=base,
             metric=dataset.metric,
             categories=categories,
         )
         try:
-            loading = vectors.load_store(store, dataset)
+            loading = vectors.load_store(store, dataset, base)
             result = self.run(
                 client,
                 vectors.QueryIndices(dataset.queries),

@@ -569,9 +569,9 @@ def milvus_probe(service: RunningService) -> str | None:
     return None
 
 
-def load_store(store: VectorStore, dataset: VectorDataset, batch: int = 1000) -> dict[str, float]:
-    """Create, insert every vector, build the index; the load phase's figures."""
-    vectors, categories = dataset.base(), dataset.categories()
+def load_store(store: VectorStore, dataset: VectorDataset, vectors: Vectors, batch: int = 1000) -> dict[str, float]:
+    """Create, insert ``vectors`` (the dataset's base, drawn by the caller), build the index; the load's figures."""
+    categories = dataset.categories()
     store.create(dataset.dim, dataset.metric)
     started = time.perf_counter()
     for begin in range(0, len(vectors), batch):
