@@ -100,6 +100,7 @@ S3: dict[str, SettingValue] = {
     "max_volumes": 200,
 }
 S3_CREDENTIALS = {"access_key_env": "AIF_S3_ACCESS_KEY", "secret_key_env": "AIF_S3_SECRET_KEY"}
+S3_PROBE = CallProbe("pytest_aifactory.workloads.s3:probe")
 
 
 def _choice(service: str, key: str, settings: Mapping[str, SettingValue], valid: tuple[str, ...]) -> str:
@@ -132,7 +133,7 @@ def minio(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         ports=("s3", "console"),
         env={"MINIO_BROWSER": "off", "MINIO_UPDATE": "off"},
         env_from={"MINIO_ROOT_USER": "AIF_S3_ACCESS_KEY", "MINIO_ROOT_PASSWORD": "AIF_S3_SECRET_KEY"},
-        probe=CallProbe("pytest_aifactory.workloads.s3:probe"),
+        probe=S3_PROBE,
         resources=Resources(cpus=8, mem_gb=32),
         image="docker://minio/minio:RELEASE.2025-04-22T22-12-26Z",
         readiness_timeout_s=120,
@@ -187,7 +188,7 @@ def seaweedfs(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         ),
         port_range=(20000, 50000),
         port_offset_free=10000,
-        probe=CallProbe("pytest_aifactory.workloads.s3:probe"),
+        probe=S3_PROBE,
         resources=Resources(cpus=2, mem_gb=4),
         readiness_timeout_s=90,
         stop_timeout_s=30,
