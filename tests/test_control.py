@@ -103,20 +103,26 @@ def test_unknown_suite_or_profile_names_the_valid_ones(api: str) -> None:
     assert "valid services: chroma, http" in response.json()["detail"]
 
 
+def stop_once_its_service_runs(api: str, run_id: str, timeout_s: float) -> None:
+    """Wait until run ``run_id`` is running with its service job, stop it, check nothing is left pending."""
+
+    def service_up() -> bool:
+        status = httpx.get(f"{api}/v1/runs/{run_id}", headers=headers()).json()
+        return status["status"] == "running" and any(j["service"] == "synthetic-llm" for j in status["jobs"])
+
+    wait_for("the run's service job", service_up, timeout_s=timeout_s)
+    stopped = httpx.post(f"{api}/v1/runs/{run_id}/stop", headers=headers(), timeout=180).json()
+    assert stopped["status"] == "stopped"
+    assert stopped["jobs_pending"] == []
+
+
 def test_start_watch_and_stop_a_real_run(api: str, project: Path) -> None:
     response = httpx.post(f"{api}/v1/runs", json={"suite": "mini", "marker": "inference"}, headers=headers())
     assert response.status_code == 201, response.text
     run_id = response.json()["run_id"]
     run_dir = project / "res" / run_id
 
-    def service_up() -> bool:
-        status = httpx.get(f"{api}/v1/runs/{run_id}", headers=headers()).json()
-        return status["status"] == "running" and any(j["service"] == "synthetic-llm" for j in status["jobs"])
-
-    wait_for("the run's service", service_up, timeout_s=90)
-    stopped = httpx.post(f"{api}/v1/runs/{run_id}/stop", headers=headers(), timeout=180).json()
-    assert stopped["status"] == "stopped"
-    assert stopped["jobs_pending"] == []
+    stop_once_its_service_runs(api, run_id, timeout_s=90)
     backend = make_backend(load_profile("local", project))
     for entry in registry_entries(run_dir):
         if entry["event"] == "submitted":
@@ -154,13 +160,6 @@ def test_run_as_a_slurm_job_then_stop(api: str, project: Path) -> None:
     assert response.status_code == 201, response.text
     run_id = response.json()["run_id"]
 
-    def service_up() -> bool:
-        status = httpx.get(f"{api}/v1/runs/{run_id}", headers=headers()).json()
-        return status["status"] == "running" and any(j["service"] == "synthetic-llm" for j in status["jobs"])
-
-    wait_for("the run's service job", service_up, timeout_s=120)
-    stopped = httpx.post(f"{api}/v1/runs/{run_id}/stop", headers=headers(), timeout=180).json()
-    assert stopped["status"] == "stopped"
-    assert stopped["jobs_pending"] == []
+    stop_once_its_service_runs(api, run_id, timeout_s=120)
     queue = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=True).stdout.split()
     assert not [name for name in queue if name.startswith("aif-")], queue

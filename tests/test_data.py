@@ -343,7 +343,6 @@ def qdrant() -> Iterator[QdrantReceiver]:
 
 def test_qdrant_store_speaks_the_rest_api(qdrant: QdrantReceiver, tmp_path: Path) -> None:
     """The Qdrant store through qdrant-client's REST path, against a strict stand-in of the server."""
-
     assert build_spec("qdrant", load_profile("meluxina-cpu")).image == f"docker://qdrant/qdrant:v{QDRANT_VERSION}"
     data = VectorDataset("clustered", count=2000, dim=16, queries=40)
     for filtered in (False, True):
