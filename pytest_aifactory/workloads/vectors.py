@@ -206,7 +206,6 @@ class FaissStore:
     device: Literal["cpu", "gpu"] = "cpu"
     name: str = "faiss"
     _index: Any = field(default=None, init=False, repr=False)
-    _ivf: bool = field(default=False, init=False, repr=False)
     _pending: list[Vectors] = field(default_factory=list, init=False, repr=False)
     _categories: list[npt.NDArray[np.int64]] = field(default_factory=list, init=False, repr=False)
     _selectors: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
@@ -218,6 +217,10 @@ class FaissStore:
         if self.device == "gpu":
             self.name = "faiss-gpu"
 
+    @property
+    def _ivf(self) -> bool:
+        return "IVF" in self.index_type
+
     def create(self, dim: int, metric: Metric) -> None:
         """Create the index object (copied to every GPU for ``device="gpu"``)."""
         import faiss
@@ -226,7 +229,6 @@ class FaissStore:
         index = faiss.index_factory(dim, self.index_type, kind)
         if hasattr(index, "hnsw"):
             index.hnsw.efSearch = self.ef_search
-        self._ivf = "IVF" in self.index_type
         if self._ivf:
             faiss.extract_index_ivf(index).nprobe = self.nprobe
         if self.device == "gpu":
