@@ -36,9 +36,9 @@ def registry_entries(run_dir: Path) -> list[dict[str, str]]:
 
 
 def aifactory(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``aifactory`` command (as ``python -m pytest_aifactory.cli``)."""
+    """Run the ``aifactory`` command (as ``python -m pytest_aifactory.apps.cli``)."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest_aifactory.cli", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "pytest_aifactory.apps.cli", *args], capture_output=True, text=True, check=False
     )
 
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from helpers import free_port, http_ready, registry_entries, wait_for
 
+from pytest_aifactory.core.profiles import load_profile
 from pytest_aifactory.jobs.backends import make_backend
-from pytest_aifactory.profiles import load_profile
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "control-test-token-123"
@@ -44,7 +44,7 @@ def api(project: Path) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "pytest_aifactory.cli",
+            "pytest_aifactory.apps.cli",
             "control",
             "--port",
             str(port),

@@ -14,11 +14,12 @@ from qdrant_receiver import VERSION as QDRANT_VERSION
 from qdrant_receiver import QdrantReceiver
 from weaviate_receiver import WeaviateReceiver
 
-from pytest_aifactory.load.api import LoadRunner
-from pytest_aifactory.profiles import load_profile
+from pytest_aifactory.core.profiles import load_profile
 from pytest_aifactory.services.catalog import build_spec
+from pytest_aifactory.services.connect import dsn_of, s3_client_for
 from pytest_aifactory.workloads.files import FioJob, direct_io_supported, run_fio
-from pytest_aifactory.workloads.s3 import object_bytes, parse_size, s3_client_for
+from pytest_aifactory.workloads.runner import LoadRunner
+from pytest_aifactory.workloads.s3 import object_bytes, parse_size
 from pytest_aifactory.workloads.sql import connect_check, redact_dsn
 from pytest_aifactory.workloads.vectors import (
     FaissStore,
@@ -168,8 +169,6 @@ def test_dsn_that_does_not_connect_names_it_without_password() -> None:
 def test_postgres_transactions_keep_the_books(postgres_service) -> None:  # type: ignore[no-untyped-def]
     import psycopg
 
-    from pytest_aifactory.workloads.sql import dsn_of
-
     result = LoadRunner().sql(postgres_service, mode="tpcb", scale=1, concurrency=4, count=200)
     assert result.metrics()["completed"] == 200
     with psycopg.connect(dsn_of(postgres_service)) as conn:
@@ -210,8 +209,6 @@ def test_faiss_store_is_exact_with_flat_index(tmp_path: Path) -> None:
 
 def test_existing_postgres_by_dsn(pytester: pytest.Pytester, postgres_service) -> None:  # type: ignore[no-untyped-def]
     """AIF_POSTGRES_DSN points the suite at a server it did not start."""
-    from pytest_aifactory.workloads.sql import dsn_of
-
     dsn = dsn_of(postgres_service)
     pytester.makepyfile(
         f"""

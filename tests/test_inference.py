@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_aifactory.load.api import LoadRunner
 from pytest_aifactory.load.engine import Engine, LoadPlan
 from pytest_aifactory.load.schedule import Arrivals
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.prompts import Lengths, LLMRequest, SyntheticPrompts, prompts_from_spec
+from pytest_aifactory.workloads.runner import LoadRunner
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from pytest_aifactory.load.records import Chunk, RequestRecord, attribute_tokens
-from pytest_aifactory.metrics import GoodputSLO, itl_per_token, summarize
+from pytest_aifactory.core.metrics import GoodputSLO, itl_per_token, summarize
+from pytest_aifactory.core.records import Chunk, RequestRecord, attribute_tokens
 
 
 def rec(

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from helpers import aifactory
 
-from pytest_aifactory.errors import ProfileError, ServiceConfigError
+from pytest_aifactory.core.errors import ProfileError, ServiceConfigError
+from pytest_aifactory.core.profiles import available_profiles, load_profile
 from pytest_aifactory.jobs.backends import SlurmBackend
 from pytest_aifactory.jobs.runner import LaunchPlan, command_argv
-from pytest_aifactory.profiles import available_profiles, load_profile
 from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.services.spec import render_context
 

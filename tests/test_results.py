@@ -114,7 +114,7 @@ def test_compare_command(tmp_path: Path) -> None:
 
     a, b, c = report("a", 100.0, 200.0), report("b", 99.0, 205.0), report("c", 80.0, 300.0)
     ok = subprocess.run(
-        [sys.executable, "-m", "pytest_aifactory.cli", "compare", str(a), str(b)],
+        [sys.executable, "-m", "pytest_aifactory.apps.cli", "compare", str(a), str(b)],
         capture_output=True,
         text=True,
         check=False,
@@ -123,7 +123,7 @@ def test_compare_command(tmp_path: Path) -> None:
     assert "request_s" in ok.stdout
     assert "-1.0%" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "pytest_aifactory.cli", "compare", str(a), str(c), "--margin", "10"],
+        [sys.executable, "-m", "pytest_aifactory.apps.cli", "compare", str(a), str(c), "--margin", "10"],
         capture_output=True,
         text=True,
         check=False,
@@ -240,8 +240,8 @@ def test_pushgateway_basic_auth_and_spool_on_refusal(tmp_path: Path, monkeypatch
 
     from prometheus_client import CollectorRegistry, Gauge
 
-    from pytest_aifactory.export.pushgateway import GatewayTarget, Pushgateway
-    from pytest_aifactory.export.secrets import Redactor
+    from pytest_aifactory.core.secrets import Redactor
+    from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
 
     seen: list[tuple[str, str, str]] = []
 

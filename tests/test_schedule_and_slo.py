@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pytest_aifactory.core.slo import SLOBreach, SLOError, assert_slo, check, parse_slo
 from pytest_aifactory.load.engine import LoadPlan
 from pytest_aifactory.load.schedule import Arrivals, arrival_times
 from pytest_aifactory.load.workers import split_plan
-from pytest_aifactory.slo import SLOBreach, SLOError, assert_slo, check, parse_slo
 
 
 @pytest.mark.parametrize("distribution", ["poisson", "gamma", "constant"])

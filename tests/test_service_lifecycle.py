@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import registry_entries, wait_for
 
+from pytest_aifactory.core.profiles import load_profile
 from pytest_aifactory.jobs.backends import make_backend
-from pytest_aifactory.profiles import load_profile
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -218,7 +218,7 @@ def test_keep_services_then_cleanup_command(pytester: pytest.Pytester, profile_n
     backend = make_backend(load_profile(profile_name))
     assert backend.status(entry["job_id"], Path(entry["folder"])).active
     cleanup = subprocess.run(
-        [sys.executable, "-m", "pytest_aifactory.cli", "cleanup", "kept", "--results-dir", str(results)],
+        [sys.executable, "-m", "pytest_aifactory.apps.cli", "cleanup", "kept", "--results-dir", str(results)],
         capture_output=True,
         text=True,
         check=False,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_aifactory.dashboards import DATASOURCES, build_dashboards, contract_problems, render
+from pytest_aifactory.apps.dashboards import DATASOURCES, build_dashboards, contract_problems, render
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
@@ -29,7 +29,7 @@ def test_committed_dashboards_are_what_the_code_generates() -> None:
     for name, board in boards.items():
         text = (GRAFANA / "dashboards" / f"{name}.json").read_text()
         assert text == render(board), (
-            f"grafana/dashboards/{name}.json is stale: run python -m pytest_aifactory.dashboards"
+            f"grafana/dashboards/{name}.json is stale: run python -m pytest_aifactory.apps.dashboards"
         )
 
 

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.calibration
-
 TTFT_MS, ITL_MS = 20.0, 5.0
 RATES = [100, 200, 300, 400, 500, 600, 800]
 

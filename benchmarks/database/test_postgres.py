@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_aifactory.workloads.sql import dsn_of, pgbench
-
-pytestmark = pytest.mark.database
+from pytest_aifactory.services.connect import dsn_of
+from pytest_aifactory.workloads.sql import pgbench
 
 
 @pytest.mark.slo("error_rate == 0", "request_s >= {pg_min_tps}", "p99_latency_ms <= {pg_p99_latency_ms}")

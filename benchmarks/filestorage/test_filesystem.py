@@ -12,8 +12,6 @@ import pytest
 
 from pytest_aifactory.workloads.files import FioJob
 
-pytestmark = pytest.mark.filestorage
-
 
 @pytest.fixture(scope="module")
 def target(aif_vars, aif_run) -> Path:

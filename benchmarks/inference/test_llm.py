@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_aifactory.slo import assert_slo
-
-pytestmark = pytest.mark.inference
+from pytest_aifactory.core.slo import assert_slo
 
 
 @pytest.mark.slo("error_rate <= 0.01", "p50_ttft_ms <= {llm_p50_ttft_ms}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.inference
-
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.slo("error_rate == 0", "p99_latency_ms <= {triton_p99_latency_ms}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.objectstore
-
 
 @pytest.mark.parametrize(("size", "count"), [("4KiB", 200), ("1MiB", 60), ("16MiB", 16)])
 @pytest.mark.slo("error_rate == 0", "p99_latency_ms <= {s3_p99_latency_ms}")

@@ -6,8 +6,6 @@ import pytest
 
 from pytest_aifactory.workloads.vectors import GPU_FILTER_UNSUPPORTED, VectorDataset
 
-pytestmark = pytest.mark.vectordb
-
 # faiss-gpu runs where pytest runs (a GPU node); qdrant and weaviate need images or AIF_*_URL.
 STORES = ["faiss", "faiss-gpu", "milvus", "chroma", "qdrant", "weaviate"]
 

@@ -1,1 +1,1 @@
-"""Exporters: the JSON report, Pushgateway, Loki and pytest-benchmark histories."""
+"""Exporters: the JSON report, the Prometheus metric families and run comparisons."""

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_aifactory.metrics import METRICS
+from pytest_aifactory.core.metrics import METRICS
 
 __all__ = ["KEY_METRICS", "Change", "compare_reports", "format_comparison"]
 

@@ -18,10 +18,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pytest_aifactory.export.secrets import Redactor
+from pytest_aifactory.core.profiles import Profile
+from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.jobs.registry import JobRegistry
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, read_json
-from pytest_aifactory.profiles import Profile
 
 __all__ = ["SCHEMA_PATH", "SCHEMA_VERSION", "RunReport", "git_state", "load_schema"]
 

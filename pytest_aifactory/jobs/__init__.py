@@ -1,1 +1,1 @@
-"""Service jobs: submission through submitit, the job side, and the job registry."""
+"""Service jobs: submitit backends, the job side (runner, monitor, log forwarder), registry, manager, run."""

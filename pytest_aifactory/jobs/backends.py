@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 import submitit
 from submitit.slurm import slurm as submitit_slurm
 
-from pytest_aifactory.errors import JobError
+from pytest_aifactory.core.errors import JobError
+from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, LaunchPlan, pid_alive, read_json, serve
-from pytest_aifactory.profiles import Profile
 from pytest_aifactory.services.spec import Resources
 
 __all__ = ["Backend", "JobStatus", "LocalBackend", "SlurmBackend", "make_backend"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from pytest_aifactory.errors import JobError
+from pytest_aifactory.core.errors import JobError
 
 __all__ = ["JobRecord", "JobRegistry"]
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pytest_aifactory.errors import JobError
+from pytest_aifactory.core.errors import JobError
+from pytest_aifactory.core.profiles import ContainerSettings
 from pytest_aifactory.jobs.telemetry import Telemetry, TelemetryThreads
-from pytest_aifactory.profiles import ContainerSettings
 from pytest_aifactory.services.spec import ServiceSpec, render, render_context
 
 __all__ = [
@@ -244,6 +244,9 @@ def serve(plan: LaunchPlan) -> int:
         taken = frozenset(p + d for p in ports.values() for d in (0, spec.port_offset_free))
         ports[name] = free_port(host, spec.port_range, spec.port_offset_free, taken)
     env = {**os.environ, **dict(plan.env), **spec.env}
+    # Executables installed with the package (chroma, weed, milvus-lite) live beside the interpreter
+    # running this job, whether or not its virtualenv was activated.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
     missing = [source for source in spec.env_from.values() if source not in os.environ]
     if missing:
         raise JobError(f"service {spec.name!r} needs environment variable(s) {', '.join(missing)} (not set)")
@@ -255,6 +258,10 @@ def serve(plan: LaunchPlan) -> int:
             Path(render(bind, context).split(":", 1)[0]).mkdir(parents=True, exist_ok=True)
         _run_setup(plan, context, env, out, err)
         argv = command_argv(plan, spec.command, context)
+        if shutil.which(argv[0], path=env["PATH"]) is None:
+            provider = spec.meta.get("provided_by")
+            hint = f"; it is provided by {provider}" if provider else ""
+            raise JobError(f"service {spec.name!r}: executable {argv[0]!r} not found on PATH ({env['PATH']}){hint}")
         out.write(f"[aifactory] start: {' '.join(argv)}\n")
         out.flush()
         child = subprocess.Popen(

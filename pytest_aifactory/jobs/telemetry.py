@@ -18,9 +18,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from pytest_aifactory.export.loki import LokiPusher
-from pytest_aifactory.export.pushgateway import GatewayTarget, Pushgateway
-from pytest_aifactory.export.secrets import Redactor
+from pytest_aifactory.core.secrets import Redactor
+from pytest_aifactory.delivery.loki import LokiPusher
+from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
 
 __all__ = ["MONITOR_METRICS", "Telemetry", "TelemetryThreads", "sample_node", "sample_tree"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pytest_aifactory.load.records import RequestRecord
+from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.schedule import Arrivals, arrival_times
 
 __all__ = ["Clock", "Engine", "LoadPlan", "Progress", "RequestClient", "Workload"]

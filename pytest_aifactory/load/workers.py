@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.engine import Engine, LoadPlan, Progress, RequestClient, Workload
-from pytest_aifactory.load.records import RequestRecord
 
 __all__ = ["Shard", "run_load", "run_on_jobs", "split_plan"]
 

@@ -1,1 +1,1 @@
-"""Services under test: specs, readiness probes, the catalog and the manager."""
+"""Services under test: specs, the catalog of builders, readiness probes and the servers run in jobs."""

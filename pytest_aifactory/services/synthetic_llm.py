@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pytest_aifactory.profiles import SettingValue
+from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
 
 __all__ = ["DEFAULTS", "SyntheticTiming", "build", "main"]

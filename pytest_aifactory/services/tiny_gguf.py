@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pytest_aifactory.workloads.prompts import COMMON_WORDS
+from pytest_aifactory.core.words import COMMON_WORDS
 
 __all__ = ["write_tiny_llama"]
 

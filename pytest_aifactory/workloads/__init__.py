@@ -1,1 +1,1 @@
-"""Workloads: what requests to send, and the clients that send them, per protocol."""
+"""Workloads: what requests to send and the clients that send them, per protocol; ``LoadRunner`` drives them."""

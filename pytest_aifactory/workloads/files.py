@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_aifactory.load.records import RequestRecord
-from pytest_aifactory.metrics import METRICS, PERCENTILES, Distribution, LoadResult, MetricInfo, summarize
+from pytest_aifactory.core.metrics import METRICS, PERCENTILES, Distribution, LoadResult, MetricInfo, summarize
+from pytest_aifactory.core.records import RequestRecord
 
 __all__ = ["FioJob", "direct_io_supported", "metadata_load", "run_fio"]
 

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import aiohttp
 
+from pytest_aifactory.core.records import Chunk, RequestRecord, attribute_tokens
 from pytest_aifactory.load.engine import Clock
-from pytest_aifactory.load.records import Chunk, RequestRecord, attribute_tokens
 from pytest_aifactory.workloads.prompts import LLMRequest
 from pytest_aifactory.workloads.sse import open_session, stream_events
 

@@ -23,15 +23,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pytest_aifactory.core.metrics import METRICS, MetricInfo
+from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.engine import Clock
-from pytest_aifactory.load.records import RequestRecord
-from pytest_aifactory.metrics import METRICS, MetricInfo
-from pytest_aifactory.services.spec import RunningService
+from pytest_aifactory.services.connect import ACCESS_ENV, SECRET_ENV, s3_client_for
 
-__all__ = ["ObjectOps", "S3Client", "object_bytes", "parse_size", "probe", "s3_client_for"]
+__all__ = ["ObjectOps", "S3Client", "object_bytes", "parse_size"]
 
 METRICS["mib_s"] = MetricInfo("MiB/s", "higher", "payload MiB moved per second")
-ACCESS_ENV, SECRET_ENV = "AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY"
 _BLOCK = 1 << 20
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
 
@@ -68,40 +67,6 @@ def object_bytes(key: str, size: int) -> bytes:
 @lru_cache(maxsize=4096)
 def _expected_digest(key: str, size: int) -> bytes:
     return hashlib.blake2b(object_bytes(key, size), digest_size=16).digest()
-
-
-def s3_client_for(endpoint: str, max_connections: int = 10) -> Any:
-    """A boto3 S3 client for ``endpoint`` with the environment's credentials (SigV4)."""
-    import boto3
-    from botocore.config import Config
-
-    access, secret = os.environ.get(ACCESS_ENV), os.environ.get(SECRET_ENV)
-    if not access or not secret:
-        raise RuntimeError(f"S3 credentials missing: set {ACCESS_ENV} and {SECRET_ENV}")
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=access,
-        aws_secret_access_key=secret,
-        region_name="us-east-1",
-        config=Config(
-            signature_version="s3v4",
-            max_pool_connections=max_connections,
-            retries={"max_attempts": 1, "mode": "standard"},
-            s3={"addressing_style": "path"},
-        ),
-    )
-
-
-def probe(service: RunningService) -> str | None:
-    """Ready when a bucket can be created and a small object written and read back."""
-    client = s3_client_for(service.url(port="s3").rstrip("/"))
-    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-    if "aif-probe" not in existing:
-        client.create_bucket(Bucket="aif-probe")
-    client.put_object(Bucket="aif-probe", Key="ready", Body=b"ready")
-    body = client.get_object(Bucket="aif-probe", Key="ready")["Body"].read()
-    return None if body == b"ready" else f"read back {body!r}"
 
 
 @dataclass(frozen=True)

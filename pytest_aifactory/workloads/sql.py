@@ -16,11 +16,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.engine import Clock
-from pytest_aifactory.load.records import RequestRecord
-from pytest_aifactory.services.spec import RunningService
 
-__all__ = ["PgbenchResult", "PostgresClient", "TpcbWorkload", "dsn_of", "init_tpcb", "pgbench", "probe", "redact_dsn"]
+__all__ = ["PgbenchResult", "PostgresClient", "TpcbWorkload", "init_tpcb", "pgbench", "redact_dsn"]
 
 _TPCB = (
     "UPDATE pgbench_accounts SET abalance = abalance + %(delta)s WHERE aid = %(aid)s",
@@ -32,12 +31,6 @@ _TPCB = (
 _SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = %(aid)s"
 
 
-def dsn_of(service: RunningService) -> str:
-    """``postgresql://user@host:port/db`` of a started ``postgres`` service."""
-    meta = service.spec.meta
-    return f"postgresql://{meta['user']}@{service.host}:{service.ports['pg']}/{meta['dbname']}"
-
-
 def redact_dsn(dsn: str) -> str:
     """The DSN with any password replaced by ``***`` (for reports and messages)."""
     parts = urlsplit(dsn)
@@ -45,15 +38,6 @@ def redact_dsn(dsn: str) -> str:
         return dsn
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def probe(service: RunningService) -> str | None:
-    """Ready when a connection answers ``SELECT 1``."""
-    import psycopg
-
-    with psycopg.connect(dsn_of(service), connect_timeout=3) as conn:
-        conn.execute("SELECT 1").fetchone()
-    return None
 
 
 def connect_check(dsn: str) -> None:

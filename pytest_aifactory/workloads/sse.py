@@ -8,8 +8,8 @@ from typing import Any
 
 import aiohttp
 
+from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.engine import Clock
-from pytest_aifactory.load.records import RequestRecord
 
 __all__ = ["open_session", "stream_events"]
 

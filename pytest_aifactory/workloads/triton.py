@@ -10,8 +10,8 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
+from pytest_aifactory.core.records import Chunk, RequestRecord
 from pytest_aifactory.load.engine import Clock
-from pytest_aifactory.load.records import Chunk, RequestRecord
 from pytest_aifactory.workloads.prompts import LLMRequest
 from pytest_aifactory.workloads.sse import open_session, stream_events
 

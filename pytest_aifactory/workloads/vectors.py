@@ -24,10 +24,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from pytest_aifactory.core.metrics import METRICS, MetricInfo
+from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.engine import Clock
-from pytest_aifactory.load.records import RequestRecord
-from pytest_aifactory.metrics import METRICS, MetricInfo
-from pytest_aifactory.services.spec import RunningService
 
 __all__ = [
     "DATASETS",
@@ -42,7 +41,6 @@ __all__ = [
     "VectorStore",
     "WeaviateStore",
     "faiss_gpus",
-    "milvus_probe",
 ]
 
 for _k in (1, 10, 100):
@@ -557,18 +555,6 @@ class WeaviateStore:
         if self._client is not None:
             self._call("DELETE", f"/v1/schema/{self.collection}", ok=(200, 404))
             self._client.close()
-
-
-def milvus_probe(service: RunningService) -> str | None:
-    """Ready when the server lists its collections."""
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(f"http://{service.host}:{service.ports['grpc']}", timeout=5)
-    try:
-        client.list_collections()
-    finally:
-        client.close()
-    return None
 
 
 def load_store(store: VectorStore, dataset: VectorDataset, vectors: Vectors, batch: int = 1000) -> dict[str, float]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pytest_aifactory.metrics import METRICS
+from pytest_aifactory.core.metrics import METRICS
 
 __all__ = ["SLO", "SLOBreach", "SLOError", "Verdict", "assert_slo", "check", "format_breaches", "parse_slo"]
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from pytest_aifactory.errors import JobError, ServiceDiedError, ServiceStartupError
+from pytest_aifactory.core.errors import JobError, ServiceDiedError, ServiceStartupError
+from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.jobs.backends import Backend, JobStatus
 from pytest_aifactory.jobs.registry import JobRecord, JobRegistry
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, EXIT_FILE, LaunchPlan, Owner, read_json, tail
 from pytest_aifactory.jobs.telemetry import Telemetry
-from pytest_aifactory.profiles import Profile
 from pytest_aifactory.services.probes import check_ready
 from pytest_aifactory.services.spec import RunningService, ServiceSpec
 

@@ -31,13 +31,13 @@ from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from pytest_aifactory.errors import AifError
+from pytest_aifactory.core.errors import AifError
+from pytest_aifactory.core.profiles import Profile, available_profiles, load_profile
 from pytest_aifactory.jobs.backends import Backend, make_backend
+from pytest_aifactory.jobs.manager import ServiceManager
 from pytest_aifactory.jobs.registry import JobRegistry
-from pytest_aifactory.profiles import Profile, available_profiles, load_profile
-from pytest_aifactory.run import cancel_run_jobs, new_run_id
+from pytest_aifactory.jobs.run import cancel_run_jobs, new_run_id
 from pytest_aifactory.services.catalog import build_spec, service_names
-from pytest_aifactory.services.manager import ServiceManager
 from pytest_aifactory.services.spec import Resources, RunningService
 
 __all__ = ["ControlState", "create_app", "run_pytest"]

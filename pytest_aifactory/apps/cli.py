@@ -9,16 +9,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_aifactory.errors import AifError
+from pytest_aifactory.core.errors import AifError
+from pytest_aifactory.core.profiles import Profile, available_profiles, load_profile
+from pytest_aifactory.core.secrets import Redactor
+from pytest_aifactory.delivery.loki import LokiPusher
+from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
 from pytest_aifactory.export.compare import compare_reports, format_comparison
-from pytest_aifactory.export.loki import LokiPusher
-from pytest_aifactory.export.pushgateway import GatewayTarget, Pushgateway
-from pytest_aifactory.export.secrets import Redactor
 from pytest_aifactory.jobs.backends import BACKENDS, Backend, SlurmBackend
 from pytest_aifactory.jobs.registry import JobRegistry
+from pytest_aifactory.jobs.run import cancel_run_jobs
 from pytest_aifactory.jobs.runner import LaunchPlan, command_argv
-from pytest_aifactory.profiles import Profile, available_profiles, load_profile
-from pytest_aifactory.run import cancel_run_jobs
 from pytest_aifactory.services.catalog import build_spec
 
 __all__ = ["main"]
@@ -127,7 +127,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
-    from pytest_aifactory.control import serve
+    from pytest_aifactory.apps.control import serve
 
     return serve(args.host, args.port, Path(args.root), Path(args.results_dir))
 

@@ -3,8 +3,9 @@
 Registered by the plugin as an object. ``@pytest.mark.slo(...)`` expressions are checked at
 collection (a typo is a usage error before anything starts) and evaluated after the test
 against every load result it produced; all breaches fail the test in one message. Each
-result's key figures travel in the report's ``user_properties``, so the table is complete
-under pytest-xdist too.
+result's key figures travel as an attribute of the call report (``result_rows(report)``),
+which pytest-xdist serialises with the report, so the table is complete under xdist too; they
+stay out of ``user_properties`` and so out of ``--junitxml``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ from typing import Any
 
 import pytest
 
+from pytest_aifactory.core.metrics import LoadResult
+from pytest_aifactory.core.slo import SLO, SLOError, Verdict, check, format_breaches, parse_slo
 from pytest_aifactory.load.engine import Progress
-from pytest_aifactory.metrics import LoadResult
-from pytest_aifactory.slo import SLO, SLOError, Verdict, check, format_breaches, parse_slo
 
-__all__ = ["RESULTS_KEY", "RESULT_PROPERTY", "Outcomes", "progress_printer"]
+__all__ = ["RESULTS_KEY", "Outcomes", "progress_printer", "result_rows"]
 
 RESULTS_KEY = pytest.StashKey[list[LoadResult]]()
 _VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
-RESULT_PROPERTY = "aifactory.result"
+_ROWS_ATTRIBUTE = "aifactory_results"
+
+
+def result_rows(report: pytest.TestReport) -> list[dict[str, Any]]:
+    """The rows (result, verdicts, SLO cell) that ``Outcomes`` attached to a call report."""
+    rows: list[dict[str, Any]] = getattr(report, _ROWS_ATTRIBUTE, None) or []
+    return rows
+
 
 # (heading, metric, format): the table's columns; then the figures a result has, if any.
 _COLUMNS: list[tuple[str, str, str]] = [
@@ -82,10 +90,14 @@ class Outcomes:
     def __init__(
         self,
         config: pytest.Config,
-        variables: Mapping[str, object],
+        variables: Callable[[], Mapping[str, object]],
         regressions: Callable[[pytest.Item, list[LoadResult]], list[str]],
     ) -> None:
-        """``regressions(item, results)`` lists what got worse against a baseline run."""
+        """Checks with the profile's vars and a baseline gate.
+
+        ``variables()`` gives the profile's vars (loaded when first needed);
+        ``regressions(item, results)`` lists what got worse against a baseline run.
+        """
         self.config = config
         self.variables = variables
         self.regressions = regressions
@@ -94,9 +106,9 @@ class Outcomes:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """Reject malformed objectives of the selected tests (after ``-m``/``-k``) before anything runs."""
-        for item in items:
+        for item in (item for item in items if item.get_closest_marker("slo")):
             try:
-                slos_of(item, self.variables)
+                slos_of(item, self.variables())
             except SLOError as exc:
                 raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.slo: {exc}") from None
 
@@ -104,8 +116,10 @@ class Outcomes:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
         """After a passing test body: its objectives, and regressions against a baseline run."""
         yield
-        slos = slos_of(item, self.variables)
         results = item.stash.get(RESULTS_KEY, [])
+        if not results and not item.get_closest_marker("slo"):
+            return None
+        slos = slos_of(item, self.variables())
         if slos and not results:
             pytest.fail("this test has @pytest.mark.slo but ran no load (use the aif_load fixture)", pytrace=False)
         label = len(results) > 1
@@ -127,7 +141,8 @@ class Outcomes:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
         """Attach each result's key figures and SLO verdicts to the call report."""
         report = yield
-        if call.when == "call":
+        if call.when == "call" and RESULTS_KEY in item.stash:
+            rows = []
             verdicts = item.stash.get(_VERDICTS_KEY, [])
             for result in item.stash.get(RESULTS_KEY, []):
                 mine = [v for v in verdicts if v.label in ("", result.label)]
@@ -139,15 +154,14 @@ class Outcomes:
                     "verdicts": [v.to_json() for v in mine],
                     "slo": "-" if not mine else ("PASS" if not failed else f"FAIL({failed})"),
                 }
-                report.user_properties.append((RESULT_PROPERTY, json.dumps(row, allow_nan=False)))
+                rows.append(json.loads(json.dumps(row, allow_nan=False)))  # JSON now: xdist sends it
+            setattr(report, _ROWS_ATTRIBUTE, rows)
         return report
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Collect rows (from this process or from xdist workers)."""
-        for name, value in report.user_properties:
-            if name == RESULT_PROPERTY:
-                self.rows.append(json.loads(str(value)))
+        self.rows += result_rows(report)
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

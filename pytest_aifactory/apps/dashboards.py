@@ -4,7 +4,7 @@ Four dashboards, all with ``run_id``, ``test`` and ``service`` variables: the li
 run, post-mortem and trends across runs, services' resources, and logs. Every query uses the
 metric names and labels the exporters define (``export.pushgateway``, ``jobs.telemetry``,
 ``export.loki``); ``contract_problems`` checks that, and that every datasource uid exists in
-the provisioning. ``python -m pytest_aifactory.dashboards DIR`` writes the JSON files.
+the provisioning. ``python -m pytest_aifactory.apps.dashboards DIR`` writes the JSON files.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DashboardLink as DashboardLinkModel
 from grafana_foundation_sdk.models.dashboard import DashboardLinkType, DataSourceRef, VariableRefresh
 
-from pytest_aifactory.export.loki import LOKI_LABELS
-from pytest_aifactory.export.pushgateway import FINAL_METRICS, GROUP_LABELS, LIVE_METRICS
+from pytest_aifactory.delivery.loki import LOKI_LABELS
+from pytest_aifactory.delivery.pushgateway import GROUP_LABELS
+from pytest_aifactory.export.prometheus import FINAL_METRICS, LIVE_METRICS
 from pytest_aifactory.jobs.telemetry import MONITOR_METRICS
 
 __all__ = ["DATASOURCES", "build_dashboards", "contract_problems", "write_dashboards"]

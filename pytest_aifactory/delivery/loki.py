@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from pytest_aifactory.export.secrets import Redactor
+from pytest_aifactory.core.secrets import Redactor
 
 __all__ = ["LOKI_LABELS", "LogEntry", "LokiPusher", "build_push_body"]
 

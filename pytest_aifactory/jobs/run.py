@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.jobs.backends import Backend, make_backend
+from pytest_aifactory.jobs.manager import ServiceManager
 from pytest_aifactory.jobs.registry import JobRecord, JobRegistry
 from pytest_aifactory.jobs.runner import Owner
-from pytest_aifactory.profiles import Profile
-from pytest_aifactory.services.manager import ServiceManager
 
 __all__ = ["RunContext", "cancel_run_jobs", "new_run_id", "parse_run_id"]
 

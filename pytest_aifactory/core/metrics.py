@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pytest_aifactory.load.records import RequestRecord
+from pytest_aifactory.core.records import RequestRecord
 
 __all__ = [
     "METRICS",

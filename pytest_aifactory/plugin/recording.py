@@ -7,7 +7,6 @@ the report is written by the controlling process, after every test and at the en
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,111 +14,44 @@ from typing import Any
 
 import pytest
 
-from pytest_aifactory.export.loki import LokiPusher
-from pytest_aifactory.export.pushgateway import GatewayTarget, Pushgateway, final_registry, live_registry
+from pytest_aifactory.core.secrets import Redactor
+from pytest_aifactory.delivery.loki import LokiPusher
+from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
+from pytest_aifactory.export.prometheus import final_registry, live_registry
 from pytest_aifactory.export.report import RunReport
-from pytest_aifactory.export.secrets import Redactor
+from pytest_aifactory.jobs.run import RunContext
 from pytest_aifactory.jobs.telemetry import Telemetry
 from pytest_aifactory.load.engine import Progress
-from pytest_aifactory.outcomes import RESULT_PROPERTY
-from pytest_aifactory.run import RunContext
+from pytest_aifactory.plugin.options import setting
+from pytest_aifactory.plugin.outcomes import result_rows
 
-__all__ = ["LivePusher", "Recorder", "add_options", "gateway_target"]
+__all__ = ["LivePusher", "Recorder", "gateway_target"]
 
 _STATUS = {0: "passed", 1: "failed", 2: "interrupted"}
 
 
-def add_options(group: Any, parser: pytest.Parser) -> None:
-    """The exporters' options, in the plugin's option group."""
-    group.addoption(
-        "--aif-report",
-        dest="aif_report",
-        metavar="PATH",
-        default=None,
-        help="JSON report of the run (default: RESULTS_DIR/RUN_ID/report.json)",
-    )
-    group.addoption(
-        "--aif-pushgateway",
-        dest="aif_pushgateway",
-        metavar="URL",
-        default=None,
-        help="Push live and final metrics to this Prometheus Pushgateway (default: ini aif_pushgateway)",
-    )
-    group.addoption(
-        "--aif-pushgateway-user",
-        dest="aif_pushgateway_user",
-        metavar="USER",
-        default=None,
-        help="Basic-auth user for the Pushgateway; the password is read from AIF_PUSHGATEWAY_PASSWORD",
-    )
-    group.addoption(
-        "--aif-pushgateway-ca",
-        dest="aif_pushgateway_ca",
-        metavar="FILE",
-        default=None,
-        help="CA bundle to verify the Pushgateway's TLS certificate",
-    )
-    group.addoption(
-        "--aif-pushgateway-insecure",
-        dest="aif_pushgateway_insecure",
-        action="store_true",
-        default=False,
-        help="Do not verify the Pushgateway's TLS certificate",
-    )
-    group.addoption(
-        "--aif-pushgateway-interval",
-        dest="aif_pushgateway_interval",
-        metavar="SECONDS",
-        type=float,
-        default=2.0,
-        help="Seconds between live pushes and service resource samples (default: 2)",
-    )
-    group.addoption(
-        "--aif-pushgateway-delete",
-        dest="aif_pushgateway_delete",
-        action="store_true",
-        default=False,
-        help="Delete the run's groups from the Pushgateway at the end (default: keep them)",
-    )
-    group.addoption(
-        "--aif-loki",
-        dest="aif_loki",
-        metavar="URL",
-        default=None,
-        help="Ship the run's events and the services' logs to this Grafana Loki (default: ini aif_loki)",
-    )
-    parser.addini("aif_pushgateway", "Default Pushgateway URL", default="")
-    parser.addini("aif_loki", "Default Loki URL", default="")
-
-
 def loki_url(config: pytest.Config) -> str | None:
     """The Loki base URL the options name, if any."""
-    url = config.getoption("aif_loki") or config.getini("aif_loki")
-    if not url:
-        return None
-    if not str(url).startswith(("http://", "https://")):
-        raise pytest.UsageError(f"--aif-loki: expected an http:// or https:// URL, got {url!r}")
-    return str(url)
+    url = setting(config, "aif_loki")
+    return str(url) if url else None
 
 
 def telemetry(config: pytest.Config, run_id: str, run_dir: Path) -> Telemetry:
     """What service jobs send where: logs to Loki, resource samples to the Pushgateway."""
-    interval = float(config.getoption("aif_pushgateway_interval"))
+    interval = float(setting(config, "aif_pushgateway_interval"))
     return Telemetry(run_id, run_dir / "spool", loki_url(config), gateway_target(config), interval)
 
 
 def gateway_target(config: pytest.Config) -> GatewayTarget | None:
     """The Pushgateway the options name, if any."""
-    url = config.getoption("aif_pushgateway") or config.getini("aif_pushgateway")
+    url = setting(config, "aif_pushgateway")
     if not url:
         return None
-    if not str(url).startswith(("http://", "https://")):
-        raise pytest.UsageError(f"--aif-pushgateway: expected an http:// or https:// URL, got {url!r}")
     return GatewayTarget(
         url=str(url),
-        username=config.getoption("aif_pushgateway_user"),
-        ca_file=config.getoption("aif_pushgateway_ca"),
-        insecure=bool(config.getoption("aif_pushgateway_insecure")),
+        username=setting(config, "aif_pushgateway_user") or None,
+        ca_file=setting(config, "aif_pushgateway_ca") or None,
+        insecure=bool(setting(config, "aif_pushgateway_insecure")),
     )
 
 
@@ -193,7 +125,8 @@ class Recorder:
         self.gateway = (
             Pushgateway(target, run.run_id, run.run_dir / "spool" / "pushgateway", self.redactor) if target else None
         )
-        self.live = LivePusher(self.gateway, config.getoption("aif_pushgateway_interval")) if self.gateway else None
+        interval = float(setting(config, "aif_pushgateway_interval"))
+        self.live = LivePusher(self.gateway, interval) if self.gateway else None
         url = loki_url(config)
         source = f"pytest-{config.workerinput['workerid']}" if is_worker else "pytest"  # type: ignore[attr-defined]
         self.loki = LokiPusher(url, run.run_id, run.run_dir / "spool" / "loki", self.redactor, source) if url else None
@@ -202,7 +135,7 @@ class Recorder:
         self.pushed_tests: list[str] = []
         self.report: RunReport | None = None
         if not is_worker:
-            path = config.getoption("aif_report")
+            path = setting(config, "aif_report")
             self.report = RunReport(
                 Path(path) if path else run.run_dir / "report.json",
                 run.run_id,
@@ -217,9 +150,8 @@ class Recorder:
         if self.loki is not None:
             self.loki.log(message, service=service, level=level, source="aifactory")
 
-    @pytest.hookimpl
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        """The run's first event."""
+    def run_started(self) -> None:
+        """The run's first event (the recorder is created when the run starts)."""
         if self.loki is not None and not self.is_worker:
             self.loki.log(f"run {self.run.run_id} started on profile {self.run.profile.name}", event="session_start")
 
@@ -238,7 +170,7 @@ class Recorder:
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Final push where the test ran; report entry in the controller."""
-        rows = [json.loads(str(value)) for name, value in report.user_properties if name == RESULT_PROPERTY]
+        rows = result_rows(report)
         runs_here = self.is_worker or not self.distributed
         if runs_here and self.loki is not None:
             self._log_outcome(report, rows)
@@ -291,7 +223,7 @@ class Recorder:
         if self.live is not None:
             self.live.close()
         if self.gateway is not None:
-            if self.config.getoption("aif_pushgateway_delete"):
+            if setting(self.config, "aif_pushgateway_delete"):
                 for test in self.pushed_tests:
                     self.gateway.delete(test)
             self.gateway.resend()

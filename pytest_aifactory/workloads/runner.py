@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from pytest_aifactory.core.metrics import GoodputSLO, LoadResult, summarize
 from pytest_aifactory.load.engine import LoadPlan, Progress, RequestClient, Workload
 from pytest_aifactory.load.schedule import Arrivals, Distribution
 from pytest_aifactory.load.workers import run_load, run_on_jobs
-from pytest_aifactory.metrics import GoodputSLO, LoadResult, summarize
+from pytest_aifactory.services.connect import dsn_of
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads import files, s3, sql, vectors
 from pytest_aifactory.workloads.openai import OpenAIClient
@@ -216,7 +217,7 @@ class LoadRunner:
         The pool has ``connections`` connections (default: the concurrency); the tables are
         created at ``scale`` first if they are not there.
         """
-        dsn = sql.dsn_of(service) if isinstance(service, RunningService) else service
+        dsn = dsn_of(service) if isinstance(service, RunningService) else service
         sql.init_tpcb(dsn, scale)
         load = make_plan(**plan)
         pool = connections or load.concurrency or 8

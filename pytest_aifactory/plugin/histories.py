@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
+from pytest_aifactory.core.metrics import LoadResult
+from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.export.compare import compare_reports
-from pytest_aifactory.metrics import LoadResult
-from pytest_aifactory.profiles import Profile
+from pytest_aifactory.plugin.options import setting
 
-__all__ = ["Histories", "add_options"]
+__all__ = ["Histories"]
 
 _EXTRA = (
     "requests",
@@ -50,25 +51,6 @@ _EXTRA = (
 )
 
 
-def add_options(group: Any) -> None:
-    """The regression-gate options."""
-    group.addoption(
-        "--aif-baseline",
-        dest="aif_baseline",
-        metavar="REPORT|RUN_ID",
-        default=None,
-        help="Fail tests whose results regressed against this earlier run's report",
-    )
-    group.addoption(
-        "--aif-regression-margin",
-        dest="aif_regression_margin",
-        metavar="PERCENT",
-        type=float,
-        default=5.0,
-        help="Allowed change before a regression against --aif-baseline (default: 5)",
-    )
-
-
 class Histories:
     """Feeds pytest-benchmark and gates on a baseline report."""
 
@@ -76,8 +58,8 @@ class Histories:
         self.config = config
         self.profile = profile
         self.run_id = run_id
-        self.baseline = self._load_baseline(config.getoption("aif_baseline"), results_dir)
-        self.margin = float(config.getoption("aif_regression_margin")) / 100
+        self.baseline = self._load_baseline(setting(config, "aif_baseline"), results_dir)
+        self.margin = float(setting(config, "aif_regression_margin")) / 100
 
     @staticmethod
     def _load_baseline(value: str | None, results_dir: Path) -> dict[str, Any] | None:

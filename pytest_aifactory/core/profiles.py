@@ -17,7 +17,7 @@ import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from pytest_aifactory.errors import ProfileError
+from pytest_aifactory.core.errors import ProfileError
 
 __all__ = [
     "ContainerSettings",
@@ -118,7 +118,7 @@ def profile_search_path(project_root: Path | None = None) -> list[Path]:
     folders = []
     if project_root is not None:
         folders.append(project_root / "slurm_profiles")
-    shipped = Path(__file__).resolve().parent.parent / "slurm_profiles"
+    shipped = Path(__file__).resolve().parents[2] / "slurm_profiles"
     if shipped not in folders:
         folders.append(shipped)
     return folders

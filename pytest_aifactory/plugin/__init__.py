@@ -1,0 +1,1 @@
+"""The pytest layer: options, lazy run context, fixtures and hook plugins."""

@@ -1,0 +1,133 @@
+"""The run of one pytest session, created the first time something needs it.
+
+A pytest run that selects no benchmark (no test using an aifactory fixture or marker) and
+passes no ``--aif-*`` option never creates it: no folder, report, signal handler,
+environment variable or atexit entry. It is created (``RunSession.activate``) after
+collection when a selected test needs it, when an ``--aif-*`` option was given, when a
+fixture asks for it, or (in the xdist controller, which collects nothing) when the first
+report of such a test arrives from a worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from pytest_aifactory.core.errors import AifError
+from pytest_aifactory.core.metrics import LoadResult
+from pytest_aifactory.core.profiles import Profile, load_profile
+from pytest_aifactory.jobs.run import RunContext, cancel_run_jobs, new_run_id
+from pytest_aifactory.plugin.histories import Histories
+from pytest_aifactory.plugin.options import project_root, results_dir, setting
+from pytest_aifactory.plugin.recording import Recorder
+
+__all__ = ["SESSION_KEY", "USED_ATTRIBUTE", "RunSession"]
+
+SESSION_KEY = pytest.StashKey["RunSession"]()
+USED_ATTRIBUTE = "aifactory_used"  # set on the reports of tests that use the plugin (read by the xdist controller)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def load_profile_setting(config: pytest.Config) -> Profile:
+    """The profile ``--aif-profile`` (or ini ``aif_profile``) names; a usage error naming the flag if bad."""
+    try:
+        return load_profile(str(setting(config, "aif_profile")), project_root=project_root(config))
+    except AifError as exc:
+        raise pytest.UsageError(f"--aif-profile: {exc}") from None
+
+
+class RunSession:
+    """Holds the run id from the start and the run context once activated."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.is_worker = hasattr(config, "workerinput")
+        if self.is_worker:
+            self.run_id = str(config.workerinput["aif_run_id"])  # type: ignore[attr-defined]
+            self.owner_pid = int(config.workerinput["aif_owner_pid"])  # type: ignore[attr-defined]
+        else:
+            self.run_id = setting(config, "aif_run_id") or new_run_id()
+            self.owner_pid = os.getpid()
+        self.errors: list[str] = []
+        self._profile: Profile | None = None
+        self._run: RunContext | None = None
+        self.recorder: Recorder | None = None
+        self.histories: Histories | None = None
+
+    @property
+    def active(self) -> bool:
+        """True once the run context exists."""
+        return self._run is not None
+
+    @property
+    def profile(self) -> Profile:
+        """The run's profile, loaded (and validated) the first time it is asked for."""
+        if self._profile is None:
+            self._profile = load_profile_setting(self.config)
+        return self._profile
+
+    @property
+    def run(self) -> RunContext:
+        """The run context, activating the run if needed."""
+        if self._run is None:
+            self.activate()
+        assert self._run is not None
+        return self._run
+
+    def activate(self) -> None:
+        """Create the results folder, registry, exporters, signal handler and atexit cleanup."""
+        if self._run is not None:
+            return
+        config = self.config
+        keep = bool(setting(config, "aif_keep_services"))
+        run = RunContext.create(self.run_id, results_dir(config), self.profile, self.owner_pid, keep)
+        self._run = run
+        self.histories = Histories(config, self.profile, results_dir(config), self.run_id)
+        config.pluginmanager.register(self.histories, "aifactory-histories")
+        self.recorder = Recorder(config, run, self.is_worker)
+        config.pluginmanager.register(self.recorder, "aifactory-recorder")
+        self.recorder.run_started()
+        if self.is_worker:
+            return
+        for variable in ("AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY"):  # the run's local S3 credentials
+            os.environ.setdefault(variable, secrets.token_hex(16))
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM (a CI timeout, scancel of a batch run) takes the Ctrl-C path: teardown runs.
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        atexit.register(self.cancel_leftovers)
+
+    def regressions(self, item: pytest.Item, results: list[LoadResult]) -> list[str]:
+        """What got worse against ``--aif-baseline`` (nothing before the run started)."""
+        return self.histories.regressions(item, results) if self.histories is not None else []
+
+    def cancel_leftovers(self) -> None:
+        """Cancel every job of the run that has not stopped (unless services are kept)."""
+        if self._run is not None and not self._run.services.keep:
+            self.errors += cancel_run_jobs(self._run.registry, {self._run.backend.name: self._run.backend})
+
+    def terminal_summary(self, terminalreporter: Any) -> None:
+        """Jobs that could not be cancelled, and services left running on purpose."""
+        if self._run is None:
+            return
+        run, write = self._run, terminalreporter.write_line
+        if self.errors:
+            terminalreporter.section("aifactory: jobs that could not be cancelled", red=True)
+            for line in self.errors:
+                write(line)
+            write(f"retry with: aifactory cleanup {run.run_id} --results-dir {run.run_dir.parent}")
+        pending = run.registry.pending()
+        if run.services.keep and pending:
+            terminalreporter.section("aifactory: services left running (--aif-keep-services)")
+            for record in pending:
+                write(f"{record.service}: {record.backend} job {record.job_id}, folder {record.folder}")
+            write(f"stop them with: aifactory cleanup {run.run_id} --results-dir {run.run_dir.parent}")
