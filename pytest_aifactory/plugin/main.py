@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -69,6 +70,32 @@ class XdistHooks:
         self.session.recorder.pytest_runtest_logreport(report)
 
 
+_BENCHMARK_STORAGE_KEY = pytest.StashKey[Path]()
+
+
+def _benchmark_storage(config: pytest.Config) -> Path | None:
+    storage = str(getattr(config.option, "benchmark_storage", "") or "")
+    if not storage.startswith("file://"):
+        return None
+    return config.invocation_params.dir / storage.removeprefix("file://")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Note whether pytest-benchmark's storage folder exists before it creates it (see unconfigure)."""
+    storage = _benchmark_storage(early_config)
+    if storage is not None and not storage.exists():
+        early_config.stash[_BENCHMARK_STORAGE_KEY] = storage
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """pytest-benchmark creates its storage folder in every run: remove it again if it stayed empty."""
+    storage = config.stash.get(_BENCHMARK_STORAGE_KEY, None)
+    if storage is not None and storage.is_dir() and not any(storage.iterdir()):
+        storage.rmdir()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Register markers, fixtures and hook plugins; nothing is created on disk here."""
     for name, text in MARKERS.items():
@@ -100,7 +127,7 @@ _FIXTURES = frozenset(_fixture_names(fixtures) | _fixture_names(service_fixtures
 
 def uses_plugin(item: pytest.Item) -> bool:
     """True when ``item`` requests an aifactory fixture or carries an aifactory marker."""
-    if any(item.iter_markers(name) for name in _MARKER_NAMES):
+    if any(item.get_closest_marker(name) is not None for name in _MARKER_NAMES):
         return True
     return bool(set(getattr(item, "fixturenames", ())) & _FIXTURES)
 
