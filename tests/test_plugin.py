@@ -154,3 +154,31 @@ def test_another_plugin_receives_every_result_through_the_hook(pytester: pytest.
     seen = [json.loads(line) for line in (pytester.path / "seen.jsonl").read_text().splitlines()]
     assert [(s["test"], s["n"]) for s in seen] == [("test_sweep", 10), ("test_sweep", 10)]
     assert "aifactory" not in (pytester.path / "junit.xml").read_text(), "results leak into --junitxml"
+
+
+def test_a_profile_naming_an_unknown_service_is_a_usage_error_before_any_test_runs(pytester: pytest.Pytester) -> None:
+    profile = pytester.path / "mine.yaml"
+    profile.write_text("name: mine\nexecutor: local\nservices:\n  vllmm:\n    cpus: 2\n")
+    pytester.makepyfile("def test_uses(aif_run):\n    raise AssertionError('must not run')\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--aif-profile={profile}")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines([f"*--aif-profile: {profile}: unknown service 'vllmm'; known services: *vllm*"])
+
+
+def test_a_missing_service_executable_names_the_package_that_provides_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_aifactory.services.spec import ServiceSpec
+
+        def test_start(aif_service):
+            spec = ServiceSpec(name="lite", command=("no-such-server-binary",), ports=("http",),
+                               meta={"provided_by": "the PyPI package no-such-server"})
+            aif_service(spec)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*executable 'no-such-server-binary' not found on PATH*it is provided by the PyPI package no-such-server*"]
+    )

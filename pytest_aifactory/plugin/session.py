@@ -27,6 +27,7 @@ from pytest_aifactory.jobs.run import RunContext, cancel_run_jobs, new_run_id
 from pytest_aifactory.plugin.histories import Histories
 from pytest_aifactory.plugin.options import project_root, results_dir, setting
 from pytest_aifactory.plugin.recording import Recorder
+from pytest_aifactory.services.catalog import check_profile
 
 __all__ = ["SESSION_KEY", "USED_ATTRIBUTE", "RunSession"]
 
@@ -41,9 +42,11 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def load_profile_setting(config: pytest.Config) -> Profile:
     """The profile ``--aif-profile`` (or ini ``aif_profile``) names; a usage error naming the flag if bad."""
     try:
-        return load_profile(str(setting(config, "aif_profile")), project_root=project_root(config))
+        profile = load_profile(str(setting(config, "aif_profile")), project_root=project_root(config))
+        check_profile(profile)
     except AifError as exc:
         raise pytest.UsageError(f"--aif-profile: {exc}") from None
+    return profile
 
 
 class RunSession:

@@ -55,6 +55,23 @@ def _entry(name: str) -> CatalogEntry:
         raise ServiceConfigError(f"unknown service {name!r}; known services: {', '.join(service_names())}") from None
 
 
+def check_profile(profile: Profile) -> None:
+    """Reject a profile naming services, or settings of services, the catalog does not know."""
+    for name in (*profile.services, profile.llm):
+        if name not in CATALOG:
+            raise ServiceConfigError(
+                f"{profile.source}: unknown service {name!r}; known services: {', '.join(service_names())}"
+            )
+    for name, override in profile.services.items():
+        bad = set(override.settings) - set(CATALOG[name].defaults)
+        if bad:
+            valid = ", ".join(sorted(CATALOG[name].defaults)) or "(none)"
+            raise ServiceConfigError(
+                f"{profile.source}: services.{name}.settings has unknown key(s) {', '.join(sorted(bad))}; "
+                f"valid: {valid}"
+            )
+
+
 def build_spec(name: str, profile: Profile, **overrides: Any) -> ServiceSpec:
     """The spec of service ``name`` under ``profile``, with per-call ``overrides``.
 
@@ -68,13 +85,8 @@ def build_spec(name: str, profile: Profile, **overrides: Any) -> ServiceSpec:
     if unknown:
         valid = ", ".join(sorted({*entry.defaults, *SPEC_KEYS, *RESOURCE_KEYS}))
         raise ServiceConfigError(f"service {name!r} has no setting {', '.join(sorted(unknown))}; valid: {valid}")
+    check_profile(profile)
     profiled = profile.override(name)
-    bad = set(profiled.settings) - set(entry.defaults)
-    if bad:
-        valid = ", ".join(sorted(entry.defaults)) or "(none)"
-        raise ServiceConfigError(
-            f"{profile.source}: services.{name}.settings has unknown key(s) {', '.join(sorted(bad))}; valid: {valid}"
-        )
     settings = {**entry.defaults, **profiled.settings}
     settings.update({k: v for k, v in overrides.items() if k in entry.defaults})
     try:
