@@ -1,0 +1,41 @@
+"""The README's runnable examples run as written, and its option table lists every option."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pytest_aifactory.plugin.options import OPTIONS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+_RUNNABLE = re.compile(r"<!-- runnable -->\n```python\n(.*?)```", re.S)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def runnable_blocks() -> list[str]:
+    """The code blocks the README marks ``<!-- runnable -->``."""
+    return _RUNNABLE.findall(README.read_text(encoding="utf-8"))
+
+
+def test_the_runnable_examples_pass_as_written(pytester: pytest.Pytester) -> None:
+    blocks = runnable_blocks()
+    assert len(blocks) >= 2, "the README lost its runnable examples"
+    for number, block in enumerate(blocks):
+        pytester.makepyfile(**{f"test_readme_{number}": block})
+    tests = sum(len(re.findall(r"^def test_", block, re.M)) for block in blocks)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--aif-profile=local", "--strict-markers")
+    result.assert_outcomes(passed=tests)
+
+
+def test_the_option_table_lists_every_option_and_its_ini_twin() -> None:
+    text = README.read_text(encoding="utf-8").split("## Options\n", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        line.split("|")[1].strip().split(" ")[0].strip("`"): line for line in text.splitlines() if "| `--aif-" in line
+    }
+    for option in OPTIONS:
+        assert option.flag in rows, f"README option table lacks {option.flag}"
+        if option.ini:
+            assert f"`{option.dest}`" in rows[option.flag], f"README: {option.flag} without its ini twin"
