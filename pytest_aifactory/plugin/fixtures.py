@@ -47,7 +47,7 @@ class ServiceFactory:
         try:
             return build_spec(service, self._run.profile, **overrides)
         except ServiceConfigError as exc:
-            raise pytest.UsageError(str(exc)) from None
+            pytest.fail(str(exc), pytrace=False)
 
     def __call__(self, service: str | ServiceSpec, **overrides: Any) -> RunningService:
         """Start (or attach to, when shared) the service and wait until it is ready."""

@@ -98,7 +98,7 @@ def aif_vector_store(aif_shared_service: ServiceFactory, aif_profile: Profile) -
 
     def make(name: str, **options: Any) -> VectorStore:
         if name not in VECTOR_STORES:
-            raise pytest.UsageError(f"unknown vector store {name!r}; valid: {', '.join(VECTOR_STORES)}")
+            pytest.fail(f"unknown vector store {name!r}; valid: {', '.join(VECTOR_STORES)}", pytrace=False)
         if name in ("faiss", "faiss-gpu"):
             device: Literal["cpu", "gpu"] = "gpu" if name == "faiss-gpu" else "cpu"
             if device == "gpu" and faiss_gpus() == 0:
