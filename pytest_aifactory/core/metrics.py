@@ -85,6 +85,11 @@ def _metric_table() -> dict[str, MetricInfo]:
             "mean_output_tokens": MetricInfo("tok", "higher", "mean output tokens per request"),
         }
     )
+    for k in (1, 10, 100):
+        table[f"recall_at_{k}"] = MetricInfo("", "higher", f"mean recall@{k} over the queries")
+        table[f"min_recall_at_{k}"] = MetricInfo("", "higher", f"lowest per-query recall@{k}")
+    table["insert_vec_s"] = MetricInfo("vec/s", "higher", "vectors inserted per second (load phase)")
+    table["index_build_s"] = MetricInfo("s", "lower", "index build (and flush) time")
     return table
 
 

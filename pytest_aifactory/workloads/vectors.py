@@ -24,7 +24,6 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from pytest_aifactory.core.metrics import METRICS, MetricInfo
 from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.engine import Clock
 
@@ -42,12 +41,6 @@ __all__ = [
     "WeaviateStore",
     "faiss_gpus",
 ]
-
-for _k in (1, 10, 100):
-    METRICS[f"recall_at_{_k}"] = MetricInfo("", "higher", f"mean recall@{_k} over the queries")
-    METRICS[f"min_recall_at_{_k}"] = MetricInfo("", "higher", f"lowest per-query recall@{_k}")
-METRICS["insert_vec_s"] = MetricInfo("vec/s", "higher", "vectors inserted per second (load phase)")
-METRICS["index_build_s"] = MetricInfo("s", "lower", "index build (and flush) time")
 
 DATASETS = ("random", "clustered", "digits")
 DIGITS_ROWS, DIGITS_DIM = 1797, 64  # scikit-learn's bundled copy of the UCI handwritten digits
