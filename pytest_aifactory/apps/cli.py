@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_aifactory.core.errors import AifError
-from pytest_aifactory.core.profiles import Profile, available_profiles, load_profile
+from pytest_aifactory.core.profiles import (
+    Profile,
+    describe_search_path,
+    find_profile,
+    find_profiles,
+    load_profile,
+)
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.delivery.loki import LokiPusher
 from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
-from pytest_aifactory.export.compare import compare_reports, format_comparison
+from pytest_aifactory.export.compare import compare_reports, format_comparison, unmatched
 from pytest_aifactory.jobs.backends import BACKENDS, Backend, SlurmBackend
 from pytest_aifactory.jobs.registry import JobRegistry
 from pytest_aifactory.jobs.run import cancel_run_jobs
@@ -45,17 +52,41 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _copy_profile(name: str, dest_dir: Path, root: Path, force: bool) -> int:
+    found = find_profile(name, root)
+    if dest_dir.exists() and not dest_dir.is_dir():
+        raise AifError(f"--copy: destination {dest_dir} is not a folder")
+    target = dest_dir / f"{found.name}.yaml"
+    if target.exists() and target.resolve() == found.path.resolve():
+        raise AifError(f"--copy: {target} is the profile {found.name!r} itself; give another folder")
+    if target.exists() and not force:
+        raise AifError(f"--copy: {target} exists; pass --force to overwrite it")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(found.path, target)
+    print(f"copied {found.origin} profile {found.name} from {found.path} to {target}")
+    return 0
+
+
 def _profiles(args: argparse.Namespace) -> int:
     root = Path(args.root)
+    if args.copy:
+        return _copy_profile(args.copy[0], Path(args.copy[1]), root, args.force)
+    if args.force:
+        raise AifError("--force only applies with --copy NAME DEST_DIR")
+    found = find_profiles(root)
+    if not found:
+        print(f"aifactory profiles: no profile found; looked in {describe_search_path(root)}", file=sys.stderr)
+        return 1
     status = 0
-    for name in available_profiles(root):
+    for entry in found:
+        where = f"[{entry.origin}: {entry.path}]"
         try:
-            profile = load_profile(name, root)
+            profile = load_profile(str(entry.path))
         except AifError as exc:
-            print(f"{name}: INVALID: {exc}")
+            print(f"{entry.name}: INVALID {where}: {exc}")
             status = 1
         else:
-            print(f"{name}: {profile.executor}: {profile.description}")
+            print(f"{entry.name}: {profile.executor}: {profile.description} {where}")
     return status
 
 
@@ -115,10 +146,9 @@ def _compare(args: argparse.Namespace) -> int:
     old = json.loads(_report_path(args.baseline, args.results_dir).read_text(encoding="utf-8"))
     new = json.loads(_report_path(args.candidate, args.results_dir).read_text(encoding="utf-8"))
     rows = compare_reports(old, new, args.margin / 100)
+    print(format_comparison(rows, old["run_id"], new["run_id"], *unmatched(old, new)))
     if not rows:
-        print("no test point appears in both reports")
         return 2
-    print(format_comparison(rows, old["run_id"], new["run_id"]))
     regressions = [r for r in rows if r.regression]
     if regressions:
         print(f"\n{len(regressions)} regression(s) beyond {args.margin:g}%")
@@ -141,8 +171,17 @@ def _parser() -> argparse.ArgumentParser:
         "--results-dir", default="aif-results", help="results folder of the run (default: %(default)s)"
     )
     cleanup.set_defaults(func=_cleanup)
-    profiles = commands.add_parser("profiles", help="list and validate the Slurm profiles")
+    profiles = commands.add_parser(
+        "profiles", help="list and validate the Slurm profiles, saying where each was found; or copy one"
+    )
     profiles.add_argument("--root", default=".", help="project folder holding slurm_profiles/")
+    profiles.add_argument(
+        "--copy",
+        nargs=2,
+        metavar=("NAME", "DEST_DIR"),
+        help="copy profile NAME to DEST_DIR/NAME.yaml to start your own",
+    )
+    profiles.add_argument("--force", action="store_true", help="with --copy: overwrite an existing file")
     profiles.set_defaults(func=_profiles)
     render = commands.add_parser("render", help="print the sbatch script a service would be submitted with")
     render.add_argument("profile", metavar="PROFILE")

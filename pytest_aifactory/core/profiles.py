@@ -1,15 +1,18 @@
 """Slurm profiles: where and how services run, loaded from YAML into frozen dataclasses.
 
-A profile is found by name in ``slurm_profiles/`` (the project's, then the copy shipped with
-the package) or given as a path. Unknown keys, wrong types and missing required fields are
-rejected with the file, the key and what is accepted.
+A profile is given as a path, or found by name: in the project's ``slurm_profiles/``, then in
+the folders of ``$AIF_PROFILES_DIR``, then among the profiles packaged with the plugin. Unknown
+keys, wrong types and missing required fields are rejected with the file, the key and what is
+accepted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,11 +23,17 @@ from pydantic.dataclasses import dataclass
 from pytest_aifactory.core.errors import ProfileError
 
 __all__ = [
+    "PROFILES_DIR_VARIABLE",
     "ContainerSettings",
+    "FoundProfile",
     "Profile",
+    "ProfileFolder",
     "ServiceOverride",
     "SlurmSettings",
     "available_profiles",
+    "describe_search_path",
+    "find_profile",
+    "find_profiles",
     "load_profile",
     "profile_search_path",
 ]
@@ -113,35 +122,92 @@ _MODELS: dict[str, type[Any]] = {
 }
 
 
-def profile_search_path(project_root: Path | None = None) -> list[Path]:
-    """Folders searched for ``NAME.yaml``: the project's ``slurm_profiles/``, then this checkout's."""
+PROFILES_DIR_VARIABLE = "AIF_PROFILES_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileFolder:
+    """A folder searched for ``NAME.yaml`` and why: ``project``, ``AIF_PROFILES_DIR`` or ``packaged``."""
+
+    path: Path
+    origin: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundProfile:
+    """A profile file and where it came from: a folder's origin, or ``path`` when given as one."""
+
+    name: str
+    path: Path
+    origin: str
+
+
+def _packaged_folder() -> Path:
+    # An installed package is a folder on disk (wheels are unpacked), so its resources are files.
+    return Path(str(resources.files("pytest_aifactory").joinpath("slurm_profiles")))
+
+
+def _env_folders() -> list[Path]:
     folders = []
-    if project_root is not None:
-        folders.append(project_root / "slurm_profiles")
-    shipped = Path(__file__).resolve().parents[2] / "slurm_profiles"
-    if shipped not in folders:
-        folders.append(shipped)
+    for entry in os.environ.get(PROFILES_DIR_VARIABLE, "").split(os.pathsep):
+        if not entry:
+            continue
+        folder = Path(entry)
+        if not folder.is_dir():
+            raise ProfileError(
+                f"{PROFILES_DIR_VARIABLE}: {entry!r} is not a folder; give folders of NAME.yaml profiles, "
+                f"separated by {os.pathsep!r}"
+            )
+        folders.append(folder)
     return folders
+
+
+def profile_search_path(project_root: Path | None = None) -> list[ProfileFolder]:
+    """Folders searched for ``NAME.yaml``, in order; one reached twice counts as the first."""
+    candidates = [ProfileFolder(project_root / "slurm_profiles", "project")] if project_root is not None else []
+    candidates += [ProfileFolder(folder, PROFILES_DIR_VARIABLE) for folder in _env_folders()]
+    candidates.append(ProfileFolder(_packaged_folder(), "packaged"))
+    folders: list[ProfileFolder] = []
+    for candidate in candidates:
+        if all(candidate.path.resolve() != seen.path.resolve() for seen in folders):
+            folders.append(candidate)
+    return folders
+
+
+def find_profiles(project_root: Path | None = None) -> list[FoundProfile]:
+    """Every profile on the search path, by name; a name in an earlier folder hides later ones."""
+    found: dict[str, FoundProfile] = {}
+    for folder in profile_search_path(project_root):
+        for path in sorted(folder.path.glob("*.yaml")):
+            found.setdefault(path.stem, FoundProfile(path.stem, path, folder.origin))
+    return [found[name] for name in sorted(found)]
 
 
 def available_profiles(project_root: Path | None = None) -> list[str]:
     """Names of every profile found on the search path."""
-    names = {p.stem for folder in profile_search_path(project_root) for p in folder.glob("*.yaml")}
-    return sorted(names)
+    return [found.name for found in find_profiles(project_root)]
 
 
-def _resolve(name_or_path: str, project_root: Path | None) -> Path:
+def describe_search_path(project_root: Path | None = None) -> str:
+    """Where profiles are looked up, for messages: ``PATH (origin), ...``."""
+    return ", ".join(f"{folder.path} ({folder.origin})" for folder in profile_search_path(project_root))
+
+
+def find_profile(name_or_path: str, project_root: Path | None = None) -> FoundProfile:
+    """The file of a profile given by name or as a path (``.yaml``/``.yml``, or any existing file)."""
     candidate = Path(name_or_path)
     if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
         if not candidate.is_file():
             raise ProfileError(f"profile file {candidate} does not exist")
-        return candidate
-    for folder in profile_search_path(project_root):
-        path = folder / f"{name_or_path}.yaml"
-        if path.is_file():
-            return path
+        return FoundProfile(candidate.stem, candidate, "path")
+    for found in find_profiles(project_root):
+        if found.name == name_or_path:
+            return found
     valid = ", ".join(available_profiles(project_root)) or "(none found)"
-    raise ProfileError(f"unknown profile {name_or_path!r}: give a profile name ({valid}) or a path to a YAML file")
+    raise ProfileError(
+        f"unknown profile {name_or_path!r}: give a profile name ({valid}) or a path to a YAML file; "
+        f"looked in {describe_search_path(project_root)}"
+    )
 
 
 def _model_at(loc: tuple[str | int, ...]) -> type[Any] | None:
@@ -180,8 +246,8 @@ def parse_profile(data: object, source: str) -> Profile:
 
 
 def load_profile(name_or_path: str, project_root: Path | None = None) -> Profile:
-    """Load and validate a profile by name (``slurm_profiles/NAME.yaml``) or path."""
-    path = _resolve(name_or_path, project_root)
+    """Load and validate a profile by name (see :func:`profile_search_path`) or path."""
+    path = find_profile(name_or_path, project_root).path
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
