@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -87,6 +90,22 @@ def test_slo_errors_name_expression_and_valid_metrics(text: str, message: str) -
     assert message in str(info.value)
 
 
+def test_data_family_metrics_parse_with_only_the_core_imported() -> None:
+    # they used to be registered when a workload module was imported; now the metric table declares them
+    code = (
+        "import sys; from pytest_aifactory.core.slo import parse_slo\n"
+        "for text in ('mib_s >= 100', 'recall_at_10 >= 0.95', 'bw_mib_s > 1', 'create_s > 1', 'index_build_s < 9'):\n"
+        "    parse_slo(text)\n"
+        "assert not any(name.startswith('pytest_aifactory.workloads') for name in sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_slo_units_come_from_the_metric_table() -> None:
+    (verdict,) = check([parse_slo("mib_s >= 100")], {"mib_s": 42.0})
+    assert verdict.message() == "mib_s=42 MiB/s, expected >= 100 MiB/s"
+
+
 def test_breach_messages_list_every_breach() -> None:
     slos = [parse_slo("p99_ttft_ms <= 500"), parse_slo("output_tok_s >= 100"), parse_slo("error_rate <= 0.01")]
     verdicts = check(slos, {"p99_ttft_ms": 812.4, "output_tok_s": 93.1, "error_rate": 0.0})
@@ -111,6 +130,7 @@ def test_assert_slo_raises_with_all_breaches() -> None:
     with pytest.raises(SLOBreach) as info:
         assert_slo(Result(), "p99_ttft_ms <= 500", "error_rate <= 0.01")
     text = str(info.value)
-    assert text.splitlines()[0] == "2 SLO breach(es):"
+    # the first line is all pytest's short summary keeps: it names the breached objectives
+    assert text.splitlines()[:2] == ["SLO breached: p99_ttft_ms <= 500, error_rate <= 0.01", "2 SLO breach(es):"]
     assert "[rate=8/s] p99_ttft=900 ms, expected <= 500 ms" in text
     assert "[rate=8/s] error_rate=0.2, expected <= 0.01" in text

@@ -25,7 +25,7 @@ from grafana_foundation_sdk.models.dashboard import DashboardLinkType, DataSourc
 
 from pytest_aifactory.delivery.loki import LOKI_LABELS
 from pytest_aifactory.delivery.pushgateway import GROUP_LABELS
-from pytest_aifactory.export.prometheus import FINAL_METRICS, LIVE_METRICS
+from pytest_aifactory.export.prometheus import DASHBOARD_RESULTS, FINAL_METRICS, LIVE_METRICS
 from pytest_aifactory.jobs.telemetry import MONITOR_METRICS
 
 __all__ = ["DATASOURCES", "build_dashboards", "contract_problems", "write_dashboards"]
@@ -36,6 +36,7 @@ LOKI = DataSourceRef(type_val="loki", uid=DATASOURCES["loki"])
 RUN = 'run_id=~"$run_id"'
 TEST = 'test=~"$test"'
 WIDE, HALF, THIRD = 24, 12, 8
+RESULTS = "|".join(DASHBOARD_RESULTS)  # the result figures of the run comparison, from the metric table
 
 
 def _prom(expr: str, legend: str, ref: str = "A", instant: bool = False) -> prometheus.Dataquery:
@@ -341,9 +342,7 @@ def trends() -> dashboard.Dashboard:
                 _prom(f'aifactory_latency_seconds{{{RUN},{TEST},kind="e2e",quantile="0.99"}}', "", instant=True)
             )
             .with_target(_prom(f'aifactory_request_rate{{{RUN},{TEST},kind="completed"}}', "", "B", instant=True))
-            .with_target(
-                _prom(f'aifactory_result_value{{{RUN},{TEST},name=~"recall_at_10|mib_s|iops"}}', "", "C", instant=True)
-            )
+            .with_target(_prom(f'aifactory_result_value{{{RUN},{TEST},name=~"{RESULTS}"}}', "", "C", instant=True))
         )
     )
 

@@ -16,7 +16,8 @@ Definitions (compared with vLLM's and GuideLLM's in the README):
 - Goodput: requests meeting every per-request SLO, per second; ``goodput_fraction`` is
   their share of all measured requests (errors count as not good).
 
-All latencies are in milliseconds.
+All latencies are in milliseconds. What each metric means, its unit and which way is better
+are declared once, in ``metric_table``.
 """
 
 from __future__ import annotations
@@ -24,76 +25,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from pytest_aifactory.core.metric_table import PERCENTILES, STATS
 from pytest_aifactory.core.records import RequestRecord
 
 __all__ = [
-    "METRICS",
+    "PERCENTILES",
     "Distribution",
     "GoodputSLO",
     "LoadResult",
-    "MetricInfo",
     "itl_per_token",
     "summarize",
 ]
-
-PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
-STATS = ("mean", "stddev", "min", "max", *PERCENTILES)
-DISTRIBUTIONS = {
-    "ttft": "time to first token",
-    "itl": "inter-token latency, per token",
-    "tpot": "time per output token after the first",
-    "e2e": "end-to-end latency from the scheduled time",
-    "latency": "operation latency from the scheduled time (same as e2e)",
-    "lag": "schedule lag: actual send minus scheduled time",
-}
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """Unit, direction (which way is better) and meaning of one metric."""
-
-    unit: str
-    better: Literal["lower", "higher"]
-    description: str
-
-
-def _metric_table() -> dict[str, MetricInfo]:
-    table = {
-        f"{stat}_{name}_ms": MetricInfo("ms", "lower", f"{stat} of the {text}")
-        for name, text in DISTRIBUTIONS.items()
-        for stat in STATS
-    }
-    table.update(
-        {
-            "requests": MetricInfo("", "higher", "measured requests (warm-up excluded)"),
-            "completed": MetricInfo("", "higher", "requests completed without error"),
-            "errors": MetricInfo("", "lower", "requests that failed"),
-            "error_rate": MetricInfo("", "lower", "failed / measured requests"),
-            "duration_s": MetricInfo("s", "lower", "measured window: first scheduled send to last end"),
-            "request_s": MetricInfo("req/s", "higher", "completed requests per second"),
-            "output_tok_s": MetricInfo("tok/s", "higher", "output tokens per second"),
-            "total_tok_s": MetricInfo("tok/s", "higher", "input + output tokens per second"),
-            "offered_rate": MetricInfo("req/s", "higher", "rate of the schedule (open loop) or of sends (closed)"),
-            "achieved_rate": MetricInfo("req/s", "higher", "rate at which requests really left the client"),
-            "goodput_s": MetricInfo("req/s", "higher", "requests meeting every per-request SLO, per second"),
-            "goodput_fraction": MetricInfo("", "higher", "share of requests meeting every per-request SLO"),
-            "mean_input_tokens": MetricInfo("tok", "higher", "mean input tokens per request"),
-            "mean_output_tokens": MetricInfo("tok", "higher", "mean output tokens per request"),
-        }
-    )
-    for k in (1, 10, 100):
-        table[f"recall_at_{k}"] = MetricInfo("", "higher", f"mean recall@{k} over the queries")
-        table[f"min_recall_at_{k}"] = MetricInfo("", "higher", f"lowest per-query recall@{k}")
-    table["insert_vec_s"] = MetricInfo("vec/s", "higher", "vectors inserted per second (load phase)")
-    table["index_build_s"] = MetricInfo("s", "lower", "index build (and flush) time")
-    return table
-
-
-METRICS: dict[str, MetricInfo] = _metric_table()
 
 
 @dataclass(frozen=True)

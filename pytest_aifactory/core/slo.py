@@ -1,8 +1,9 @@
 """Service-level objectives: ``p99_ttft_ms <= 500``, parsed once, checked against results.
 
-An expression is ``METRIC OP NUMBER`` with OP one of ``<= < >= > ==``; METRIC is one of
-``metrics.METRICS`` (or a rate a workload adds, such as ``mib_s``). Every breach of every
-objective is collected and reported at once, each as ``p99_ttft=812.4 ms, expected <= 500 ms``.
+An expression is ``METRIC OP NUMBER`` with OP one of ``<= < >= > ==``; METRIC is a metric of
+``metric_table.TABLE``. Every breach of every objective is collected and reported at once,
+each as ``p99_ttft=812.4 ms, expected <= 500 ms``, after a first line naming the breached
+objectives (the line pytest's short summary keeps).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pytest_aifactory.core.metrics import METRICS
+from pytest_aifactory.core.metric_table import METRICS
 
 __all__ = ["SLO", "SLOBreach", "SLOError", "Verdict", "assert_slo", "check", "format_breaches", "parse_slo"]
 
@@ -126,9 +127,10 @@ def check(slos: Sequence[SLO], metrics: Mapping[str, float], label: str = "") ->
 
 
 def format_breaches(verdicts: Sequence[Verdict]) -> str:
-    """One failure message listing every breach."""
+    """One failure message: the breached objectives on its first line, then every breach."""
     breaches = [v for v in verdicts if not v.passed]
-    lines = [f"{len(breaches)} SLO breach(es):", *(f"  {v.message()}" for v in breaches)]
+    breached = ", ".join(dict.fromkeys(str(v.slo) for v in breaches))
+    lines = [f"SLO breached: {breached}", f"{len(breaches)} SLO breach(es):", *(f"  {v.message()}" for v in breaches)]
     return "\n".join(lines)
 
 

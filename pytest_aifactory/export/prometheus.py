@@ -1,7 +1,9 @@
 """The Prometheus metric families of a run: live figures of running loads, final figures of results.
 
 Metric names follow Prometheus conventions and are the contract the dashboards are built
-on: ``METRIC_NAMES`` lists every one this module can emit.
+on: ``METRIC_NAMES`` lists every one this module can emit. Which result metric goes to which
+family (and labels) is declared in the metric table (``Metric.gauge``); a figure the table does
+not declare (a workload's own rate or score) goes to ``aifactory_result_value``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,19 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
-__all__ = ["FINAL_METRICS", "LIVE_METRICS", "METRIC_NAMES", "final_registry", "live_registry"]
+from pytest_aifactory.core.metric_table import METRICS, QUANTILES, RESULT_GAUGE, TABLE
 
-QUANTILES = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99", "p999": "0.999"}
-LATENCY_KINDS = ("ttft", "itl", "tpot", "e2e", "lag")
+__all__ = [
+    "DASHBOARD_RESULTS",
+    "FINAL_METRICS",
+    "LIVE_METRICS",
+    "METRIC_NAMES",
+    "final_registry",
+    "live_registry",
+]
+
+# The result figures the dashboards' run comparison draws (``aifactory_result_value{name=...}``).
+DASHBOARD_RESULTS: tuple[str, ...] = tuple(m.name for m in TABLE if m.dashboard and m.gauge == RESULT_GAUGE)
 LIVE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "aifactory_live_requests_sent_total": ("Requests sent so far in the running load", ("point",)),
     "aifactory_live_requests_done_total": ("Requests finished so far in the running load", ("point",)),
@@ -84,47 +95,12 @@ def final_registry(rows: Sequence[Mapping[str, Any]]) -> CollectorRegistry:
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 gauges[name].labels(point, *labels).set(float(value))
 
-        used = set()
-        for kind in LATENCY_KINDS:
-            for stat, quantile in QUANTILES.items():
-                key = f"{stat}_{kind}_ms"
-                used.add(key)
-                put(
-                    "aifactory_latency_seconds",
-                    None if metrics.get(key) is None else metrics[key] / 1000,
-                    kind,
-                    quantile,
-                )
-            mean = metrics.get(f"mean_{kind}_ms")
-            put("aifactory_latency_mean_seconds", None if mean is None else mean / 1000, kind)
-        put("aifactory_requests_total", metrics.get("requests"))
-        put("aifactory_request_errors_total", metrics.get("errors"))
-        put("aifactory_error_ratio", metrics.get("error_rate"))
-        put("aifactory_goodput_ratio", metrics.get("goodput_fraction"))
-        for kind, key in (
-            ("offered", "offered_rate"),
-            ("achieved", "achieved_rate"),
-            ("completed", "request_s"),
-            ("goodput", "goodput_s"),
-        ):
-            put("aifactory_request_rate", metrics.get(key), kind)
-        for kind, key in (("output", "output_tok_s"), ("total", "total_tok_s")):
-            put("aifactory_tokens_per_second", metrics.get(key), kind)
-        handled = {
-            "requests",
-            "errors",
-            "error_rate",
-            "goodput_fraction",
-            "offered_rate",
-            "achieved_rate",
-            "request_s",
-            "goodput_s",
-            "output_tok_s",
-            "total_tok_s",
-        }
         for name, value in metrics.items():
-            if name not in handled and not name.endswith("_ms"):
-                put("aifactory_result_value", value, name)
+            metric = METRICS.get(name)
+            if metric is None:
+                put(RESULT_GAUGE, value, name)
+            elif metric.gauge is not None and value is not None:
+                put(metric.gauge, value * metric.scale, *metric.gauge_labels())
         for verdict in row.get("verdicts", []):
             put("aifactory_slo_passed", 1.0 if verdict["passed"] else 0.0, verdict["slo"])
             put("aifactory_slo_value", verdict["value"], verdict["slo"])

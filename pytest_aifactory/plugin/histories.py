@@ -7,6 +7,11 @@ completed requests (seconds); percentiles, throughputs and the configuration are
 ``extra_info``. Externally measured samples can only enter pytest-benchmark through its
 private API (its issue #52): this module is tested against the pinned range 5.1 to 5.2.
 
+pytest-benchmark's own table would show these entries with its OPS column (1 / mean latency,
+not a throughput): it leaves them out unless ``--benchmark-compare`` asks for its comparison;
+our results table shows the real figures. Its storage, JSON and ``--benchmark-compare-fail``
+see every entry regardless.
+
 ``--aif-baseline REPORT|RUN_ID`` adds a gate on our own metrics: a test fails when a point's
 throughput dropped, or a latency rose, by more than ``--aif-regression-margin`` percent.
 """
@@ -14,12 +19,14 @@ throughput dropped, or a latency rose, by more than ``--aif-regression-margin`` 
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from pytest_aifactory.core.metric_table import TABLE
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.export.compare import compare_reports
@@ -27,28 +34,8 @@ from pytest_aifactory.plugin.options import setting
 
 __all__ = ["Histories"]
 
-_EXTRA = (
-    "requests",
-    "completed",
-    "error_rate",
-    "request_s",
-    "output_tok_s",
-    "offered_rate",
-    "achieved_rate",
-    "goodput_fraction",
-    "p50_ttft_ms",
-    "p99_ttft_ms",
-    "p99_tpot_ms",
-    "p50_e2e_ms",
-    "p90_e2e_ms",
-    "p99_e2e_ms",
-    "p999_e2e_ms",
-    "p99_lag_ms",
-    "mib_s",
-    "recall_at_10",
-    "iops",
-    "bw_mib_s",
-)
+_AIF_MARK = "aif_run_id"  # in the extra_info of every entry made here
+_EXTRA = tuple(metric.name for metric in TABLE if metric.extra_info)
 
 
 class Histories:
@@ -96,7 +83,7 @@ class Histories:
         fixture._mode = "pytest-aifactory load"  # private API: marks the fixture as used
         metrics = result.metrics()
         fixture.extra_info.update({k: metrics[k] for k in _EXTRA if k in metrics and metrics[k] == metrics[k]})
-        fixture.extra_info.update(aif_run_id=self.run_id, aif_profile=self.profile.name, aif_mode=result.mode)
+        fixture.extra_info.update({_AIF_MARK: self.run_id}, aif_profile=self.profile.name, aif_mode=result.mode)
         stats = fixture._make_stats(1)
         latencies = [r.end - r.scheduled for r in result.records if r.ok and not r.warmup and r.end is not None]
         for latency in latencies or [float("nan")]:
@@ -106,13 +93,29 @@ class Histories:
         """Messages for every key metric of ``results`` worse than the baseline by the margin."""
         if self.baseline is None:
             return []
-        current = {"run_id": self.run_id, "tests": [{"nodeid": item.nodeid, "results": [r.to_json() for r in results]}]}
+        test = {
+            "nodeid": item.nodeid,
+            "markers": [mark.name for mark in item.iter_markers()],
+            "results": [r.to_json() for r in results],
+        }
+        current = {"run_id": self.run_id, "tests": [test]}
         changes = compare_reports(self.baseline, current, self.margin)
         return [
             f"[{c.point}] {c.metric}={c.new:.4g}, baseline {c.old:.4g} ({c.relative:+.1%}, margin {self.margin:.0%})"
             for c in changes
             if c.regression
         ]
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_benchmark_group_stats(
+        self, config: pytest.Config, benchmarks: Any, group_by: str
+    ) -> Generator[None, list[tuple[Any, list[dict[str, Any]]]], list[tuple[Any, list[dict[str, Any]]]]]:
+        """Keep our entries out of pytest-benchmark's table unless its comparison was asked for."""
+        groups = yield
+        if config.getoption("benchmark_compare"):
+            return groups
+        kept = [(name, [b for b in group if _AIF_MARK not in b["extra_info"]]) for name, group in groups]
+        return [(name, group) for name, group in kept if group]
 
     @pytest.hookimpl
     def pytest_benchmark_update_machine_info(self, config: pytest.Config, machine_info: dict[str, Any]) -> None:

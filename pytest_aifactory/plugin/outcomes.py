@@ -6,6 +6,10 @@ against every load result it produced; all breaches fail the test in one message
 result's key figures travel as an attribute of the call report (``result_rows(report)``),
 which pytest-xdist serialises with the report, so the table is complete under xdist too; they
 stay out of ``user_properties`` and so out of ``--junitxml``.
+
+The table's columns and figures are the metric table's rows with a heading. It says which
+latency its p50/p99 are (end-to-end for inference, one operation for data tests), how many
+samples each is drawn from, and warns when they are too few for the percentile.
 """
 
 from __future__ import annotations
@@ -13,16 +17,18 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import pytest
 
+from pytest_aifactory.core.metric_table import TABLE, Metric, min_samples
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.core.slo import SLO, SLOError, Verdict, check, format_breaches, parse_slo
+from pytest_aifactory.export.compare import families_of
 from pytest_aifactory.load.engine import Progress
 
-__all__ = ["RESULTS_KEY", "Outcomes", "progress_printer", "result_rows"]
+__all__ = ["RESULTS_KEY", "Outcomes", "format_results", "progress_printer", "result_rows"]
 
 RESULTS_KEY = pytest.StashKey[list[LoadResult]]()
 _VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
@@ -35,29 +41,15 @@ def result_rows(report: pytest.TestReport) -> list[dict[str, Any]]:
     return rows
 
 
-# (heading, metric, format): the table's columns; then the figures a result has, if any.
-_COLUMNS: list[tuple[str, str, str]] = [
-    ("req", "requests", "{:.0f}"),
-    ("err%", "error_rate", "{:.1%}"),
-    ("req/s", "request_s", "{:.4g}"),
-    ("p50 ms", "p50_latency_ms", "{:.4g}"),
-    ("p99 ms", "p99_latency_ms", "{:.4g}"),
-    ("p99 lag", "p99_lag_ms", "{:.3g}"),
-]
-_FIGURES: list[tuple[str, str, str]] = [
-    ("tok/s", "output_tok_s", "{:.4g}"),
-    ("ttft p50", "p50_ttft_ms", "{:.4g}"),
-    ("ttft p99", "p99_ttft_ms", "{:.4g}"),
-    ("tpot p99", "p99_tpot_ms", "{:.3g}"),
-    ("MiB/s", "mib_s", "{:.4g}"),
-    ("MiB/s", "bw_mib_s", "{:.4g}"),
-    ("IOPS", "iops", "{:.4g}"),
-    ("recall@10", "recall_at_10", "{:.3f}"),
-    ("insert vec/s", "insert_vec_s", "{:.4g}"),
-    ("create/s", "create_s", "{:.4g}"),
-    ("stat/s", "stat_s", "{:.4g}"),
-    ("remove/s", "remove_s", "{:.4g}"),
-]
+# The results table's columns (every row) and figures (shown when a result has them).
+_COLUMNS = [metric for metric in TABLE if metric.heading and metric.column]
+_FIGURES = [metric for metric in TABLE if metric.heading and not metric.column]
+_LEGEND = (
+    "latency: e2e = end-to-end, scheduled send to last token (inference); op = one operation from its "
+    "scheduled send (data tests)",
+    "n: latency samples behind p50/p99; ! = too few samples to support that percentile "
+    f"(p99 needs >= {min_samples('p99')}, p999 >= {min_samples('p999')})",
+)
 
 
 def slos_of(item: pytest.Item, variables: Mapping[str, object]) -> list[SLO]:
@@ -78,10 +70,50 @@ def slos_of(item: pytest.Item, variables: Mapping[str, object]) -> list[SLO]:
     return slos
 
 
-def _cell(value: Any, fmt: str) -> str:
+def _cell(metric: Metric, row: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The formatted value of ``metric`` in ``row`` (``!`` when its samples are too few), and that warning."""
+    value = row["result"]["metrics"].get(metric.name)
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return fmt.format(value)
+        return "-", None
+    text = metric.fmt.format(value)
+    samples = row.get("samples", {}).get(metric.distribution)
+    if samples is None or samples >= metric.min_samples:
+        return text, None
+    where = f"{_test_name(row)} [{row['label']}]" if row["label"] else _test_name(row)
+    return (
+        f"{text}!",
+        f"{where}: {metric.heading} from {samples} samples; a {metric.stat} needs >= {metric.min_samples}",
+    )
+
+
+def _test_name(row: Mapping[str, Any]) -> str:
+    return str(row["test"]).split("::", 1)[-1]
+
+
+def format_results(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The end-of-run table: key figures, sample sizes and SLO verdict per result; its legend and warnings."""
+    headings = ["test", "point", "latency", "n", *(m.heading for m in _COLUMNS), "SLO", "figures"]
+    table, warnings = [], []
+    for row in rows:
+        columns = [_cell(metric, row) for metric in _COLUMNS]
+        figures = [(m.heading, cell) for m in _FIGURES if (cell := _cell(m, row))[0] not in ("-", "0")]
+        warnings += [w for _, w in [*columns, *(cell for _, cell in figures)] if w]
+        table.append(
+            [
+                _test_name(row),
+                row["label"],
+                "e2e" if "inference" in row.get("families", ()) else "op",
+                str(row.get("samples", {}).get("latency", "-")),
+                *(text for text, _ in columns),
+                row["slo"],
+                "  ".join(f"{heading} {text}" for heading, (text, _) in figures),
+            ]
+        )
+    widths = [max(len(str(r[i])) for r in [headings, *table]) for i in range(len(headings))]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in [headings, *table]
+    ]
+    return [*lines, "", *_LEGEND, *(f"! {warning}" for warning in warnings)]
 
 
 class Outcomes:
@@ -144,15 +176,19 @@ class Outcomes:
         if call.when == "call" and RESULTS_KEY in item.stash:
             rows = []
             verdicts = item.stash.get(_VERDICTS_KEY, [])
+            markers = [mark.name for mark in item.iter_markers()]
             for result in item.stash.get(RESULTS_KEY, []):
                 mine = [v for v in verdicts if v.label in ("", result.label)]
                 failed = sum(not v.passed for v in mine)
+                data = result.to_json()
                 row = {
                     "test": item.nodeid,
                     "label": result.label,
-                    "result": result.to_json(),
+                    "result": data,
                     "verdicts": [v.to_json() for v in mine],
                     "slo": "-" if not mine else ("PASS" if not failed else f"FAIL({failed})"),
+                    "families": families_of({"markers": markers, "results": [data]}),
+                    "samples": {name: dist.count for name, dist in result.distributions.items()},
                 }
                 rows.append(json.loads(json.dumps(row, allow_nan=False)))  # JSON now: xdist sends it
             setattr(report, _ROWS_ATTRIBUTE, rows)
@@ -169,25 +205,8 @@ class Outcomes:
         if not self.rows:
             return
         terminalreporter.section("aifactory results (latencies in ms)")
-        headings = ["test", "point", *(h for h, _, _ in _COLUMNS), "SLO", "figures"]
-        table = [
-            [
-                row["test"].split("::", 1)[-1],
-                row["label"],
-                *(_cell(row["result"]["metrics"].get(metric), fmt) for _, metric, fmt in _COLUMNS),
-                row["slo"],
-                "  ".join(
-                    f"{heading} {_cell(value, fmt)}"
-                    for heading, metric, fmt in _FIGURES
-                    if (value := row["result"]["metrics"].get(metric)) is not None
-                    and _cell(value, fmt) not in ("-", "0")
-                ),
-            ]
-            for row in self.rows
-        ]
-        widths = [max(len(str(r[i])) for r in [headings, *table]) for i in range(len(headings))]
-        for line in [headings, *table]:
-            terminalreporter.write_line("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        for line in format_results(self.rows):
+            terminalreporter.write_line(line)
 
 
 def progress_printer(

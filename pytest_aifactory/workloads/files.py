@@ -19,15 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_aifactory.core.metrics import METRICS, PERCENTILES, Distribution, LoadResult, MetricInfo, summarize
+from pytest_aifactory.core.metrics import PERCENTILES, Distribution, LoadResult, summarize
 from pytest_aifactory.core.records import RequestRecord
 
 __all__ = ["FioJob", "direct_io_supported", "metadata_load", "run_fio"]
-
-METRICS["bw_mib_s"] = MetricInfo("MiB/s", "higher", "fio bandwidth")
-METRICS["iops"] = MetricInfo("IOPS", "higher", "fio I/O operations per second")
-for _op in ("create", "stat", "remove"):
-    METRICS[f"{_op}_s"] = MetricInfo("ops/s", "higher", f"metadata {_op} operations per second")
 
 _BLOCK_SIZE = re.compile(r"^\d+[kKmMgG]?$")
 RW = Literal["read", "write", "randread", "randwrite", "randrw"]

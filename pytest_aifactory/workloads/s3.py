@@ -23,14 +23,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pytest_aifactory.core.metrics import METRICS, MetricInfo
 from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.engine import Clock
 from pytest_aifactory.services.connect import ACCESS_ENV, SECRET_ENV, s3_client_for
 
 __all__ = ["ObjectOps", "S3Client", "object_bytes", "parse_size"]
 
-METRICS["mib_s"] = MetricInfo("MiB/s", "higher", "payload MiB moved per second")
 _BLOCK = 1 << 20
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
 
