@@ -227,8 +227,9 @@ def _profile(folder: Path, name: str, description: str) -> Path:
     return path
 
 
-def test_the_packaged_profiles_are_the_top_level_folder() -> None:
+def test_the_packaged_profiles_are_the_top_level_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     """One source: the package's slurm_profiles is a link to the top-level folder, not a copy."""
+    monkeypatch.delenv("AIF_PROFILES_DIR", raising=False)
     packaged = ROOT / "pytest_aifactory" / "slurm_profiles"
     assert packaged.is_symlink()
     assert packaged.resolve() == (ROOT / "slurm_profiles").resolve()
