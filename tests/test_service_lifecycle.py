@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 from helpers import registry_entries, wait_for
 
-from pytest_aifactory.core.profiles import load_profile
-from pytest_aifactory.jobs.backends import make_backend
+from pytest_aifactory.core.errors import JobError, ServiceStartupError
+from pytest_aifactory.core.profiles import Profile, load_profile
+from pytest_aifactory.jobs.backends import JobStatus, LocalBackend, make_backend
+from pytest_aifactory.jobs.manager import ServiceManager
+from pytest_aifactory.jobs.registry import JobRegistry
+from pytest_aifactory.jobs.runner import LaunchPlan
+from pytest_aifactory.services.spec import ServiceSpec
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -294,3 +299,26 @@ def test_service_in_a_container_with_binds(
         assert call["options"] == ["--writable-tmpfs"]
         assert call["binds"][0] == "/tmp"
         assert call["binds"][1].endswith("/work/state:/srv/state")
+
+
+class _CancelFails(LocalBackend):
+    """A job that dies at once and then cannot be cancelled."""
+
+    def submit(self, plan: LaunchPlan) -> str:
+        return "4242"
+
+    def status(self, job_id: str, folder: Path) -> JobStatus:
+        return JobStatus("FAILED", active=False, exit_code="1")
+
+    def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
+        raise JobError("scancel: controller unreachable")
+
+
+def test_failed_cancel_keeps_the_startup_error_first(tmp_path: Path) -> None:
+    profile = Profile(name="stub", executor="local")
+    manager = ServiceManager(profile, _CancelFails(profile), JobRegistry(tmp_path), owner=None)
+    with pytest.raises(ServiceStartupError) as failure:
+        manager.launch(ServiceSpec(name="doomed", command=("false",)))
+    message = str(failure.value)
+    assert message.startswith("service 'doomed' exited before it was ready: job state FAILED, exit code 1")
+    assert message.splitlines()[-1] == "cancelling its job failed too: scancel: controller unreachable"

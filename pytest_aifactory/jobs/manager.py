@@ -110,7 +110,14 @@ class ServiceManager:
                 f"service {spec.name} failed to start: {(str(exc) or type(exc).__name__).splitlines()[0]}",
                 "error",
             )
-            self._cancel(record)
+            try:
+                self._cancel(record)
+            except JobError as cancel_exc:
+                note = f"cancelling its job failed too: {cancel_exc}"
+                if not isinstance(exc, Exception):  # an interrupt stays an interrupt
+                    exc.add_note(note)
+                    raise exc from None
+                raise ServiceStartupError(f"{exc}\n{note}") from exc
             raise
         self._event(spec.name, f"service {spec.name} ready: {service.describe()}")
         return service
