@@ -1,13 +1,22 @@
-"""Every metric formula, on hand-made records with known answers."""
+"""Every metric formula, on hand-made records with known answers; the metric table as the one declaration."""
 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pytest_aifactory.core.metrics import GoodputSLO, itl_per_token, summarize
+import pytest_aifactory
+from pytest_aifactory.core.metric_table import LATENCIES, METRICS, TABLE, min_samples
+from pytest_aifactory.core.metrics import GoodputSLO, LoadResult, itl_per_token, summarize
 from pytest_aifactory.core.records import Chunk, RequestRecord, attribute_tokens
+from pytest_aifactory.export.compare import key_metrics
+from pytest_aifactory.export.prometheus import FINAL_METRICS, final_registry
+from pytest_aifactory.plugin.outcomes import format_results
+from pytest_aifactory.workloads import files
 
 
 def rec(
@@ -121,3 +130,107 @@ def test_attribute_tokens() -> None:
     assert counts[1] == max(counts)
     assert attribute_tokens(["a", "b"], 1) == ([1, 1], True)
     assert attribute_tokens([], 5) == ([], True)
+
+
+# The metric table is the only declaration of metrics.
+
+
+def family_results(tmp_path: Path) -> dict[str, list[LoadResult]]:
+    """A result as each family's workload makes it (records through ``summarize``, fio's JSON, metadata)."""
+
+    def load(**kw: Any) -> list[RequestRecord]:
+        return [rec(i, i * 0.01, i * 0.01, kw.pop("chunks", []), i * 0.01 + 0.005, **kw) for i in range(50)]
+
+    llm = [rec(i, i * 0.1, i * 0.1, [(i * 0.1 + 0.05, 2), (i * 0.1 + 0.08, 3)], i * 0.1 + 0.08) for i in range(20)]
+    vectors = summarize(
+        [rec(i, i * 0.01, i * 0.01, [], i * 0.01 + 0.005, values={"recall_at_10": 0.9}) for i in range(9)]
+    )
+    vectors.scalars.update(insert_vec_s=1000.0, index_build_s=0.5)  # the load phase's figures (workloads.vectors)
+    side = {"io_bytes": 1 << 20, "bw": 2048.0, "iops": 512.0}
+    clat = {"N": 100, "mean": 1e6, "stddev": 1e5, "min": 5e5, "max": 2e6, "percentile": {"50.000000": 1e6}}
+    fio = {"read": {**side, "clat_ns": clat}, "write": {"io_bytes": 0, "bw": 0.0, "iops": 0.0}}
+    return {
+        "inference": [summarize(llm)],
+        "database": [summarize(load())],
+        "objectstore": [
+            summarize([rec(i, i * 0.01, i * 0.01, [], i * 0.01 + 0.005, extra={"mib": 4.0}) for i in range(9)])
+        ],
+        "vectordb": [vectors],
+        "filestorage": [
+            files._result(files.FioJob("read"), fio, True, tmp_path),
+            files.metadata_load(tmp_path, files=20, threads=2),
+        ],
+    }
+
+
+def test_every_metric_a_workload_emits_is_in_the_table(tmp_path: Path) -> None:
+    for family, results in family_results(tmp_path).items():
+        emitted = {name for result in results for name in result.metrics()}
+        assert emitted <= set(METRICS), f"{family} emits undeclared {sorted(emitted - set(METRICS))}"
+        finite = {name for result in results for name, value in result.metrics().items() if not math.isnan(value)}
+        keys = {m.name for m in key_metrics([family])}  # type: ignore[list-item]
+        assert keys <= finite, f"{family}'s key metrics {sorted(keys - finite)} are never measured"
+
+
+def test_distributions_are_the_declared_latencies() -> None:
+    assert set(summarize([]).distributions) == {latency.name for latency in LATENCIES}
+
+
+def test_the_final_push_handles_every_table_metric() -> None:
+    row = {"label": "p", "result": {"metrics": {m.name: 2.0 for m in TABLE}}, "verdicts": []}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in final_registry([row]).collect() for s in f.samples
+    }
+    pushed = {latency.name for latency in LATENCIES if latency.kind}
+    for metric in TABLE:
+        if metric.gauge is None:  # only a latency's spread, or a latency that is a copy of another (latency = e2e)
+            assert metric.stat in ("stddev", "min", "max") or metric.distribution not in pushed, metric.name
+            continue
+        assert metric.gauge in FINAL_METRICS, metric
+        labels = dict(zip(FINAL_METRICS[metric.gauge][1], ("p", *metric.gauge_labels()), strict=True))
+        assert samples[(metric.gauge, tuple(sorted(labels.items())))] == pytest.approx(2.0 * metric.scale), metric.name
+
+
+def test_no_other_module_declares_metrics() -> None:
+    package = Path(pytest_aifactory.__file__).parent
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"METRICS\[[^\]]+\]\s*=|MetricInfo|KEY_METRICS|_EXTRA = \(", text), path
+
+
+def test_results_table_warns_when_samples_are_too_few() -> None:
+    def row(test: str, samples: int, families: list[str]) -> dict[str, Any]:
+        metrics = {
+            "requests": samples,
+            "error_rate": 0.0,
+            "p50_latency_ms": 5.0,
+            "p99_latency_ms": 812.4,
+            "p99_ttft_ms": 9.0,
+        }
+        return {
+            "test": f"b.py::{test}",
+            "label": "rate=20",
+            "result": {"metrics": metrics},
+            "slo": "-",
+            "families": families,
+            "samples": {"latency": samples, "ttft": samples},
+        }
+
+    lines = format_results([row("test_small", 24, ["inference"]), row("test_big", 500, ["objectstore"])])
+    small = next(line for line in lines if line.startswith("test_small")).split()
+    big = next(line for line in lines if line.startswith("test_big")).split()
+    assert small[2:4] == ["e2e", "24"]  # which latency, and its sample size
+    assert big[2:4] == ["op", "500"]
+    assert "812.4!" in small
+    assert "ttft p99 9!" in " ".join(small)
+    assert "812.4" in big
+    assert not any(cell.endswith("!") for cell in big)
+    assert "! test_small [rate=20]: p99 ms from 24 samples; a p99 needs >= 100" in lines
+    assert "! test_small [rate=20]: ttft p99 from 24 samples; a p99 needs >= 100" in lines
+    assert not any("test_big" in line and line.startswith("!") for line in lines)
+    assert any("p99 needs >= 100, p999 >= 1000" in line for line in lines)
+
+
+@pytest.mark.parametrize(("stat", "needed"), [("p50", 2), ("p90", 10), ("p99", 100), ("p999", 1000), ("mean", 1)])
+def test_samples_a_statistic_needs(stat: str, needed: int) -> None:
+    assert min_samples(stat) == needed

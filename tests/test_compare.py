@@ -1,0 +1,125 @@
+"""``aifactory compare``: each test on its family's key metrics, in the right better direction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_aifactory.apps.cli import main
+from pytest_aifactory.core.metric_table import FAMILIES, METRICS, TABLE, Family
+from pytest_aifactory.export.compare import compare_reports, families_of, key_metrics
+
+
+def report(run_id: str, tests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parts of a run report (``export.report``) that compare reads."""
+    return {"schema_version": 1, "run_id": run_id, "tests": tests}
+
+
+def entry(nodeid: str, metrics: dict[str, float | None], markers: list[str], label: str = "") -> dict[str, Any]:
+    return {
+        "nodeid": nodeid,
+        "markers": markers,
+        "outcome": "passed",
+        "duration_s": 1.0,
+        "results": [{"label": label, "mode": "open", "config": {}, "metrics": metrics, "error_samples": []}],
+        "slo": [],
+        "error": None,
+    }
+
+
+def write(tmp_path: Path, data: dict[str, Any]) -> str:
+    path = tmp_path / f"{data['run_id']}.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def lines_by_metric(out: str) -> dict[str, list[str]]:
+    """The table's cells by metric name (test, point, metric, better, old, new, change[, verdict])."""
+    rows = [line.split() for line in out.splitlines() if line.startswith("test_")]
+    return {cells[1] if cells[1] in METRICS else cells[2]: cells for cells in rows}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("factor", [1.5, 0.5])
+def test_every_key_metric_of_the_family_in_its_direction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], family: Family, factor: float
+) -> None:
+    everything = {metric.name: 100.0 for metric in TABLE}  # a report may carry other families' figures too
+    old = report("old", [entry(f"b/test_{family}.py::test_{family}", everything, [family])])
+    new = report(
+        "new", [entry(f"b/test_{family}.py::test_{family}", {k: v * factor for k, v in everything.items()}, [family])]
+    )
+    status = main(["compare", write(tmp_path, old), write(tmp_path, new), "--margin", "10"])
+    out = capsys.readouterr().out
+    shown = lines_by_metric(out)
+    expected = {m.name for m in TABLE if m.compare and (family in m.families)}
+    assert set(shown) == expected, out
+    assert all(METRICS[name].families == FAMILIES or METRICS[name].families == (family,) for name in shown)
+    for name, cells in shown.items():
+        better = METRICS[name].better
+        assert better in cells
+        rose = factor > 1
+        verdict = "improved" if rose == (better == "higher") else "REGRESSION"
+        assert cells[-1] == verdict, f"{name} ({better} is better) went x{factor}: {cells}"
+    regressions = sum(cells[-1] == "REGRESSION" for cells in shown.values())
+    assert status == (1 if regressions else 0)
+    assert f"{regressions} regression(s) beyond 10%" in out if regressions else "regression(s)" not in out
+
+
+def test_within_the_margin_is_neither(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = report("a", [entry("t.py::test_s3", {"mib_s": 100.0, "p99_latency_ms": 10.0}, ["objectstore"])])
+    new = report("b", [entry("t.py::test_s3", {"mib_s": 97.0, "p99_latency_ms": 10.4}, ["objectstore"])])
+    assert main(["compare", write(tmp_path, old), write(tmp_path, new)]) == 0
+    shown = lines_by_metric(capsys.readouterr().out)
+    assert shown["mib_s"][-1] == "-3.0%"
+    assert shown["p99_latency_ms"][-1] == "+4.0%"
+
+
+def test_tests_in_only_one_run_are_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    both = entry("t.py::test_pg", {"request_s": 10.0}, ["database"])
+    old = report("a", [both, entry("t.py::test_gone", {"request_s": 1.0}, ["database"], "rate=5")])
+    new = report("b", [both, entry("t.py::test_new", {"request_s": 1.0}, ["database"])])
+    assert main(["compare", write(tmp_path, old), write(tmp_path, new)]) == 0
+    out = capsys.readouterr().out
+    assert "only in a:\n  t.py::test_gone [rate=5]" in out
+    assert "only in b:\n  t.py::test_new" in out
+
+
+def test_no_common_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = report("a", [entry("t.py::test_x", {"request_s": 10.0}, [])])
+    new = report("b", [entry("t.py::test_y", {"request_s": 10.0}, [])])
+    assert main(["compare", write(tmp_path, old), write(tmp_path, new)]) == 2
+    out = capsys.readouterr().out
+    assert "no test point appears in both reports" in out
+    assert "only in a:\n  t.py::test_x" in out
+
+
+def test_s3_report_needs_no_workload_import() -> None:
+    # the CLI used to raise KeyError: 'mib_s' (the metric was registered by importing workloads.s3)
+    old = report("a", [entry("t.py::test_put", {"mib_s": 100.0}, ["objectstore"])])
+    new = report("b", [entry("t.py::test_put", {"mib_s": 50.0}, ["objectstore"])])
+    (change,) = compare_reports(old, new, 0.1)
+    assert (change.metric, change.regression) == ("mib_s", True)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "families"),
+    [
+        ({"p99_ttft_ms": 12.0, "output_tok_s": 50.0, "mib_s": None}, ("inference",)),
+        ({"p99_ttft_ms": None, "output_tok_s": 0.0, "mib_s": 80.0}, ("objectstore",)),
+        ({"output_tok_s": 0.0, "recall_at_10": 0.9}, ("vectordb",)),
+        ({"iops": 1000.0}, ("filestorage",)),
+        ({"request_s": 5.0, "output_tok_s": 0.0}, ()),
+    ],
+)
+def test_unmarked_tests_get_the_family_their_figures_show(
+    metrics: dict[str, float | None], families: tuple[Family, ...]
+) -> None:
+    assert families_of(entry("t.py::test", metrics, [])) == families
+
+
+def test_unmarked_generic_test_is_compared_on_the_common_metrics() -> None:
+    assert {m.name for m in key_metrics(())} == {"error_rate", "request_s", "p50_latency_ms", "p99_latency_ms"}
