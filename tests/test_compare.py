@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ def report(run_id: str, tests: list[dict[str, Any]]) -> dict[str, Any]:
     return {"schema_version": 1, "run_id": run_id, "tests": tests}
 
 
-def entry(nodeid: str, metrics: dict[str, float | None], markers: list[str], label: str = "") -> dict[str, Any]:
+def entry(nodeid: str, metrics: Mapping[str, float | None], markers: list[str], label: str = "") -> dict[str, Any]:
     return {
         "nodeid": nodeid,
         "markers": markers,
