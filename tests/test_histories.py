@@ -38,9 +38,11 @@ def test_runs_land_in_pytest_benchmark_storage_and_compare(pytester: pytest.Pyte
     assert 0.005 < bench["stats"]["median"] < 1.0
     assert bench["extra_info"]["completed"] == 30
     assert "p99_ttft_ms" in bench["extra_info"]
+    assert "benchmark 'test_stream'" not in first.stdout  # its OPS (1 / mean latency) is not our throughput
 
     same = run(pytester, 5, "--benchmark-autosave", "--benchmark-compare", "--benchmark-compare-fail=mean:400%")
     assert same.returncode == 0, same.stdout[-3000:]
+    assert "benchmark 'test_stream'" in same.stdout  # its comparison table, asked for
     slower = run(pytester, 80, "--benchmark-compare=0001", "--benchmark-compare-fail=mean:100%")
     assert slower.returncode != 0
     assert "Performance has regressed" in slower.stdout + slower.stderr

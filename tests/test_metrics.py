@@ -225,8 +225,7 @@ def test_results_table_warns_when_samples_are_too_few() -> None:
     assert "ttft p99 9!" in " ".join(small)
     assert "812.4" in big
     assert not any(cell.endswith("!") for cell in big)
-    assert "! test_small [rate=20]: p99 ms from 24 samples; a p99 needs >= 100" in lines
-    assert "! test_small [rate=20]: ttft p99 from 24 samples; a p99 needs >= 100" in lines
+    assert "! test_small [rate=20]: p99 ms, ttft p99 from 24 samples (a p99 needs >= 100)" in lines
     assert not any("test_big" in line and line.startswith("!") for line in lines)
     assert any("p99 needs >= 100, p999 >= 1000" in line for line in lines)
 

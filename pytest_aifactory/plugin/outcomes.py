@@ -70,8 +70,8 @@ def slos_of(item: pytest.Item, variables: Mapping[str, object]) -> list[SLO]:
     return slos
 
 
-def _cell(metric: Metric, row: Mapping[str, Any]) -> tuple[str, str | None]:
-    """The formatted value of ``metric`` in ``row`` (``!`` when its samples are too few), and that warning."""
+def _cell(metric: Metric, row: Mapping[str, Any]) -> tuple[str, tuple[int, str] | None]:
+    """The formatted value of ``metric`` in ``row``, ``!`` and (samples, statistic) when the samples are too few."""
     value = row["result"]["metrics"].get(metric.name)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-", None
@@ -79,11 +79,19 @@ def _cell(metric: Metric, row: Mapping[str, Any]) -> tuple[str, str | None]:
     samples = row.get("samples", {}).get(metric.distribution)
     if samples is None or samples >= metric.min_samples:
         return text, None
+    return f"{text}!", (samples, metric.stat)
+
+
+def _warning(row: Mapping[str, Any], flagged: Sequence[tuple[str, tuple[int, str]]]) -> str:
+    """``! test [point]: p99 ms, ttft p99 from 24 samples (a p99 needs >= 100)``."""
+    groups: dict[tuple[int, str], list[str]] = {}
+    for heading, key in flagged:
+        groups.setdefault(key, []).append(heading)
     where = f"{_test_name(row)} [{row['label']}]" if row["label"] else _test_name(row)
-    return (
-        f"{text}!",
-        f"{where}: {metric.heading} from {samples} samples; a {metric.stat} needs >= {metric.min_samples}",
-    )
+    parts = [
+        f"{', '.join(h)} from {n} samples (a {stat} needs >= {min_samples(stat)})" for (n, stat), h in groups.items()
+    ]
+    return f"! {where}: {'; '.join(parts)}"
 
 
 def _test_name(row: Mapping[str, Any]) -> str:
@@ -96,8 +104,12 @@ def format_results(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     table, warnings = [], []
     for row in rows:
         columns = [_cell(metric, row) for metric in _COLUMNS]
-        figures = [(m.heading, cell) for m in _FIGURES if (cell := _cell(m, row))[0] not in ("-", "0")]
-        warnings += [w for _, w in [*columns, *(cell for _, cell in figures)] if w]
+        figures = [(m, cell) for m in _FIGURES if (cell := _cell(m, row))[0] not in ("-", "0")]
+        flagged = [
+            (m.heading, flag) for m, (_, flag) in [*zip(_COLUMNS, columns, strict=True), *figures] if flag is not None
+        ]
+        if flagged:
+            warnings.append(_warning(row, flagged))
         table.append(
             [
                 _test_name(row),
@@ -106,14 +118,14 @@ def format_results(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 str(row.get("samples", {}).get("latency", "-")),
                 *(text for text, _ in columns),
                 row["slo"],
-                "  ".join(f"{heading} {text}" for heading, (text, _) in figures),
+                "  ".join(f"{m.heading} {text}" for m, (text, _) in figures),
             ]
         )
     widths = [max(len(str(r[i])) for r in [headings, *table]) for i in range(len(headings))]
     lines = [
         "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in [headings, *table]
     ]
-    return [*lines, "", *_LEGEND, *(f"! {warning}" for warning in warnings)]
+    return [*lines, "", *_LEGEND, *warnings]
 
 
 class Outcomes:
