@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from helpers import aifactory, run_pytest, wait_for
 from loki_receiver import LokiReceiver
+
+from pytest_aifactory.jobs.telemetry import Telemetry, TelemetryThreads
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -108,3 +112,20 @@ def test_monitor_pushes_service_resources(pytester: pytest.Pytester, aif_service
     assert "job_id=" in series[0]
     assert float(series[0].rsplit(" ", 1)[1]) > 1_000_000  # a Python http.server's resident memory
     wait_for("node metrics", lambda: "aifactory_node_cpu_utilization_ratio" in metrics)
+
+
+def test_forwarder_masks_the_profile_env_and_run_s3_keys(
+    tmp_path: Path, loki: LokiReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job-side forwarder knows the secrets of the service's env, not only of its own environment."""
+    monkeypatch.delenv("AIF_S3_SECRET_KEY", raising=False)
+    s3_secret, profile_token = "generated-s3-secret-0c1d2e", "profile-hf-token-3a4b5c"
+    log = tmp_path / "service.out"
+    log.write_text(f"hf {profile_token} s3 {s3_secret} max_tokens 4096\n")
+    env = {"HF_TOKEN": profile_token, "AIF_S3_SECRET_KEY": s3_secret, "MAX_TOKENS": "4096"}
+    threads = TelemetryThreads(
+        Telemetry("fwd", tmp_path / "spool", loki_url=loki.url), "svc", "77", os.getpid(), {"stdout": log}, env
+    )
+    threads.stop()
+    assert loki.errors == []
+    assert [line["line"] for line in loki.lines] == ["hf *** s3 *** max_tokens 4096"]

@@ -129,6 +129,8 @@ def _resend(args: argparse.Namespace) -> int:
         sent, left = outbox.resend()
         left_total += left
         print(f"run {args.run_id}: sent {sent} spooled push(es) to {url}; {left} left")
+        for failure in outbox.failures:
+            print(f"not delivered: {failure}", file=sys.stderr)
     return 1 if left_total else 0
 
 

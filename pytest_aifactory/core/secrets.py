@@ -1,8 +1,12 @@
 """Keep secrets out of reports, metric labels and log lines.
 
-A value is secret when it comes from an environment variable whose name says so (KEY, TOKEN,
-SECRET, PASSWORD, PASSWD, CREDENTIAL), from a profile's ``env`` under such a name, or is the
-password of a URL. ``Redactor.clean`` replaces every occurrence in any JSON-like structure.
+A value is secret when it comes from a variable whose name says so (KEY, TOKEN, SECRET,
+PASS..., CREDENTIAL) in the environment or in a profile's ``env``, when it is one of the run's
+generated S3 keys, when it is given explicitly, or when it is the password of a URL. Short
+values and numbers are never secrets: ``MAX_TOKENS=4096`` must not mask every 4096.
+
+Masking is done field by field, on values, before anything is serialized: a label value, a
+log line, a string of a report. Numbers are never touched, so a serialized body stays valid.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Redactor", "redact_url"]
+__all__ = ["RUN_SECRET_VARIABLES", "Redactor", "is_secret_name", "redact_url"]
 
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS|CREDENTIAL", re.IGNORECASE)
+RUN_SECRET_VARIABLES = ("AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY")  # generated for each run
+MIN_SECRET_LENGTH = 6
 MASK = "***"
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^@\s/]+@")
 
 
 def redact_url(url: str) -> str:
@@ -27,31 +34,56 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", f":{MASK}@")))
 
 
-class Redactor:
-    """Masks known secret values wherever they appear."""
+def is_secret_name(name: str) -> bool:
+    """True for a variable that holds a secret by its name (``HF_TOKEN``, ``PGPASSWORD``...)."""
+    return name in RUN_SECRET_VARIABLES or bool(SECRET_NAME.search(name))
 
-    def __init__(self, extra: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> None:
+
+def _maskable(value: str) -> bool:
+    """Long enough to be a secret, and not a number (a number is a setting, never a secret)."""
+    if len(value.strip()) < MIN_SECRET_LENGTH:
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return True
+    return False
+
+
+class Redactor:
+    """Masks known secret values in the string fields it is given."""
+
+    def __init__(
+        self,
+        extra: Iterable[str] = (),
+        environ: Mapping[str, str] | None = None,
+        named: Mapping[str, str] | None = None,
+    ) -> None:
+        """Secrets: ``environ``'s (default ``os.environ``) and ``named``'s values under a secret name, and ``extra``."""
         env = os.environ if environ is None else environ
-        values = {v for k, v in env.items() if SECRET_NAME.search(k)} | set(extra)
-        self.secrets = sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
+        self.secrets: list[str] = []
+        self.add(*(v for k, v in {**env, **(named or {})}.items() if is_secret_name(k)), *extra)
 
     def add(self, *values: str) -> None:
-        """Treat ``values`` as secrets from now on."""
-        self.secrets = sorted({*self.secrets, *(v for v in values if len(v) >= 4)}, key=len, reverse=True)
+        """Treat ``values`` as secrets from now on (short ones and numbers are ignored)."""
+        self.secrets = sorted({*self.secrets, *(v for v in values if _maskable(v))}, key=len, reverse=True)
 
     def text(self, value: str) -> str:
-        """``value`` with secrets and URL passwords masked."""
+        """One string field with secrets and URL passwords masked."""
         for secret in self.secrets:
             if secret in value:
                 value = value.replace(secret, MASK)
-        return re.sub(r"(://[^/\s:@]+:)[^@\s/]+@", rf"\1{MASK}@", value)
+        return _URL_PASSWORD.sub(rf"\1{MASK}@", value)
 
     def clean(self, data: Any) -> Any:
-        """A copy of ``data`` (dicts, lists, strings...) with every secret masked."""
-        if isinstance(data, str):
-            return self.text(data)
+        """A copy of JSON-like ``data`` with every string masked; numbers, booleans and None as they are.
+
+        Anything else (a ``Path``...) becomes its masked ``str``, as JSON would show it.
+        """
+        if data is None or isinstance(data, bool | int | float):
+            return data
         if isinstance(data, Mapping):
             return {self.text(str(k)): self.clean(v) for k, v in data.items()}
         if isinstance(data, list | tuple):
             return [self.clean(v) for v in data]
-        return data
+        return self.text(str(data))

@@ -81,6 +81,7 @@ class LokiPusher:
         self.timeout_s = timeout_s
         self.delivered = 0
         self.failed_batches = 0
+        self.failures: list[str] = []  # why spooled batches could not be re-sent
         self._queue: queue.Queue[LogEntry | object] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="aifactory-loki", daemon=True)
         self._thread.start()
@@ -114,7 +115,9 @@ class LokiPusher:
             self.url, content=body, headers={"Content-Type": "application/json"}, timeout=self.timeout_s
         )
         if response.status_code >= 300:
-            raise httpx.HTTPStatusError(f"HTTP {response.status_code}", request=response.request, response=response)
+            raise httpx.HTTPStatusError(
+                f"HTTP {response.status_code}: {response.text[:200]}", request=response.request, response=response
+            )
 
     def _ship(self, batch: list[LogEntry]) -> None:
         if not batch:
@@ -153,7 +156,8 @@ class LokiPusher:
         for path in self.spooled():
             try:
                 self._post(path.read_bytes())
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
+                self.failures.append(f"{path}: {type(exc).__name__}: {self.redactor.text(str(exc))[:300]}")
                 break  # keep the order: stop at the first failure
             path.unlink()
             sent += 1

@@ -16,13 +16,14 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 
 from pytest_aifactory.core.secrets import Redactor
 
@@ -48,6 +49,24 @@ def _segment(name: str, value: str) -> str:
     return f"{name}@base64/{encoded}"
 
 
+class _Redacted:
+    """``registry``'s metric families with every label value masked (values are numbers: never)."""
+
+    def __init__(self, registry: CollectorRegistry, redactor: Redactor) -> None:
+        self.registry = registry
+        self.redactor = redactor
+
+    def collect(self) -> Iterable[Metric]:
+        """The families, copied, with their samples' label values masked."""
+        for family in self.registry.collect():
+            clean = Metric(family.name, family.documentation, family.type, family.unit)
+            clean.samples = [
+                sample._replace(labels={k: self.redactor.text(v) for k, v in sample.labels.items()})
+                for sample in family.samples
+            ]
+            yield clean
+
+
 class Pushgateway:
     """Pushes groups of one run; spools what it cannot deliver."""
 
@@ -62,8 +81,8 @@ class Pushgateway:
 
     def path(self, test: str, extra_labels: Mapping[str, str] | None = None) -> str:
         """The group's URL path (``extra_labels`` are more grouping labels)."""
-        extra = "".join(f"/{_segment(k, v)}" for k, v in sorted((extra_labels or {}).items()))
-        return f"/metrics/job/aifactory/{_segment('run_id', self.run_id)}/{_segment('test', test)}{extra}"
+        labels = {"run_id": self.run_id, "test": test, **dict(sorted((extra_labels or {}).items()))}
+        return "/metrics/job/aifactory" + "".join(f"/{_segment(k, self.redactor.text(v))}" for k, v in labels.items())
 
     def _client(self) -> httpx.Client:
         auth = None
@@ -86,7 +105,7 @@ class Pushgateway:
         self, test: str, registry: CollectorRegistry, method: str = "PUT", extra_labels: Mapping[str, str] | None = None
     ) -> bool:
         """Push a group (PUT replaces it); on failure spool it and return False."""
-        body = self.redactor.text(generate_latest(registry).decode()).encode()
+        body = generate_latest(_Redacted(registry, self.redactor))
         return self._deliver(method, self.path(test, extra_labels), body)
 
     def delete(self, test: str) -> bool:
@@ -98,13 +117,17 @@ class Pushgateway:
             self._send(method, path, body)
         except httpx.HTTPError as exc:
             with self._lock:
-                self.failures.append(f"{method} {path}: {type(exc).__name__}: {self.redactor.text(str(exc))[:200]}")
+                self._failed(method, path, exc)
                 self._spool(method, path, body)
             return False
         with self._lock:
             self.delivered += 1
             self._unspool(path)
         return True
+
+    def _failed(self, method: str, path: str, exc: httpx.HTTPError, kept: Path | None = None) -> None:
+        where = f" (kept in {kept})" if kept is not None else ""
+        self.failures.append(f"{method} {path}{where}: {type(exc).__name__}: {self.redactor.text(str(exc))[:300]}")
 
     def _spool_file(self, path: str) -> Path:
         return self.spool_dir / f"{hashlib.sha256(path.encode()).hexdigest()[:20]}.json"
@@ -124,13 +147,17 @@ class Pushgateway:
         return sorted(self.spool_dir.glob("*.json")) if self.spool_dir.exists() else []
 
     def resend(self) -> tuple[int, int]:
-        """Deliver the spool: (sent, still spooled)."""
+        """Deliver the spool: (sent, still spooled); why each push was not delivered goes to ``failures``.
+
+        A push the gateway rejects (HTTP 400: a malformed body) stays spooled, with the gateway's reason.
+        """
         sent = 0
         for file in self.spooled():
             entry = json.loads(file.read_text(encoding="utf-8"))
             try:
                 self._send(entry["method"], entry["path"], entry["body"].encode())
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
+                self._failed(entry["method"], entry["path"], exc, kept=file)
                 continue
             file.unlink(missing_ok=True)
             sent += 1

@@ -288,7 +288,7 @@ def serve(plan: LaunchPlan) -> int:
         )
         threads = (
             TelemetryThreads(
-                plan.telemetry, spec.name, _job_id(), child.pid, {"stdout": stdout_path, "stderr": stderr_path}
+                plan.telemetry, spec.name, _job_id(), child.pid, {"stdout": stdout_path, "stderr": stderr_path}, env
             )
             if plan.telemetry is not None
             else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,15 +128,21 @@ def _gpu_samples() -> list[tuple[str, float, float, float]]:
 
 
 class TelemetryThreads:
-    """Starts the forwarder and the monitor for one service process; ``stop()`` flushes them."""
+    """Starts the forwarder and the monitor for one service process; ``stop()`` flushes them.
 
-    def __init__(self, telemetry: Telemetry, service: str, job_id: str, pid: int, logs: dict[str, Path]) -> None:
+    ``env`` is the service's environment (the profile's ``env``, the run's S3 keys...): its
+    secrets are masked in what is forwarded, as well as those of the job's own environment.
+    """
+
+    def __init__(
+        self, telemetry: Telemetry, service: str, job_id: str, pid: int, logs: dict[str, Path], env: Mapping[str, str]
+    ) -> None:
         self.telemetry = telemetry
         self.service = service
         self.job_id = job_id
         self.pid = pid
         self.node = socket.gethostname()
-        self.redactor = Redactor()
+        self.redactor = Redactor(named=env)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.loki = (

@@ -1,0 +1,93 @@
+"""Secrets are masked on values, field by field; numbers and settings never are (a real Pushgateway checks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import aifactory, free_port, http_ready, wait_for
+from prometheus_client import CollectorRegistry, Gauge
+
+from pytest_aifactory.core.secrets import Redactor
+from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = "planted-secret-5e6f7a8b"
+
+
+@pytest.fixture
+def gateway_url() -> Iterator[str]:
+    """A real Pushgateway on 127.0.0.1."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}", "--log.level=error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for("the pushgateway to be ready", lambda: http_ready(f"{url}/-/ready"), timeout_s=30)
+        yield url
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_numbers_short_values_and_settings_are_never_masked() -> None:
+    env = {"MAX_TOKENS": "4096", "PGPASSWORD": "pw", "HF_TOKEN": SECRET, "RATE": "2.5e3", "MODEL": "llama-7b-chat"}
+    redactor = Redactor(environ=env, named={"API_KEY": "profile-key-123", "BATCH_TOKENS": "1e6"}, extra=["given-x1"])
+    assert redactor.secrets == [SECRET, "profile-key-123", "given-x1"]
+    data = {"max_tokens": 4096, "text": "4096 tokens of llama-7b-chat", "auth": f"Bearer {SECRET}", "n": [2.5e3]}
+    assert redactor.clean(data) == {
+        "max_tokens": 4096,
+        "text": "4096 tokens of llama-7b-chat",
+        "auth": "Bearer ***",
+        "n": [2500.0],
+    }
+    assert redactor.clean({"folder": Path(f"/tmp/{SECRET}")}) == {"folder": "/tmp/***"}
+
+
+def test_push_with_a_numeric_setting_is_accepted_and_carries_no_secret(
+    gateway_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_TOKENS", "4096")
+    monkeypatch.setenv("AIF_PLANTED_API_KEY", SECRET)
+    registry = CollectorRegistry()
+    Gauge("aifactory_service_memory_bytes", "memory", ["model"], registry=registry).labels(f"m-{SECRET}").set(
+        24632324096
+    )
+    Gauge("aifactory_max_tokens", "the setting", registry=registry).set(4096)
+    gateway = Pushgateway(GatewayTarget(url=gateway_url), "run-4096", tmp_path / "spool", Redactor())
+    assert gateway.push(f"test_{SECRET}", registry), gateway.failures
+    assert gateway.spooled() == []
+    metrics = httpx.get(f"{gateway_url}/metrics", timeout=5).text
+    memory = next(line for line in metrics.splitlines() if line.startswith("aifactory_service_memory_bytes{"))
+    assert 'model="m-***"' in memory
+    assert 'test="test_***"' in memory
+    assert memory.endswith(" 2.4632324096e+10")
+    max_tokens = next(line for line in metrics.splitlines() if line.startswith("aifactory_max_tokens{"))
+    assert max_tokens.endswith(" 4096")
+    assert SECRET not in metrics
+
+
+def test_resend_reports_why_the_gateway_rejects_a_spooled_push(gateway_url: str, tmp_path: Path) -> None:
+    spool = tmp_path / "res" / "bad" / "spool" / "pushgateway"
+    gateway = Pushgateway(GatewayTarget(url="http://127.0.0.1:1", timeout_s=1), "bad", spool, Redactor())
+    registry = CollectorRegistry()
+    Gauge("aifactory_node_memory_used_bytes", "memory", registry=registry).set(24632324096)
+    assert not gateway.push("test_bad", registry)  # nothing listens: spooled
+    [file] = gateway.spooled()
+    entry = json.loads(file.read_text())
+    file.write_text(json.dumps({**entry, "body": entry["body"].replace("2.4632324096e+10", "2.463232***e+10")}))
+    done = aifactory("resend", "bad", "--results-dir", str(tmp_path / "res"), "--pushgateway", gateway_url)
+    assert done.returncode == 1
+    assert "sent 0 spooled push(es)" in done.stdout
+    assert 'HTTP 400: text format parsing error in line 3: expected float as value, got "2.463232***e+10"' in (
+        done.stderr
+    )
+    assert str(file) in done.stderr
