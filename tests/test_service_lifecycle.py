@@ -43,11 +43,15 @@ def _args(profile_name: str, results: Path, run_id: str) -> list[str]:
     ]
 
 
+def _submitted(run_dir: Path) -> list[dict[str, str]]:
+    """The run's ``submitted`` registry lines (each follows its ``intent``)."""
+    return [e for e in registry_entries(run_dir) if e["event"] == "submitted"]
+
+
 def _assert_all_gone(profile_name: str, run_dir: Path) -> None:
     """Every job the run submitted is recorded as stopped and the scheduler agrees."""
-    entries = registry_entries(run_dir)
-    submitted = {e["job_id"]: e for e in entries if e["event"] == "submitted"}
-    stopped = {e["job_id"] for e in entries if e["event"] == "stopped"}
+    submitted = {e["job_id"]: e for e in _submitted(run_dir)}
+    stopped = {e["job_id"] for e in registry_entries(run_dir) if e["event"] == "stopped"}
     assert submitted, "the run submitted no job"
     assert set(submitted) == stopped
     backend = make_backend(load_profile(profile_name))
@@ -180,7 +184,7 @@ def test_sigint_leaves_no_job_behind(pytester: pytest.Pytester, profile_name: st
         process.kill()
     assert "KeyboardInterrupt" in output
     job_id = json.loads(marker.read_text())["job_id"]
-    assert any(e["job_id"] == job_id for e in registry_entries(results / "sigint"))
+    assert any(e.get("job_id") == job_id for e in registry_entries(results / "sigint"))
     _assert_all_gone(profile_name, results / "sigint")
 
 
@@ -204,7 +208,7 @@ def test_xdist_starts_shared_service_once(pytester: pytest.Pytester, profile_nam
     job_ids = {p.read_text() for p in seen.iterdir()}
     assert workers == {"gw0", "gw1"}
     assert len(job_ids) == 1
-    submitted = [e for e in registry_entries(results / "xdist") if e["event"] == "submitted"]
+    submitted = _submitted(results / "xdist")
     assert len(submitted) == 1
     _assert_all_gone(profile_name, results / "xdist")
 
@@ -219,7 +223,7 @@ def test_keep_services_then_cleanup_command(pytester: pytest.Pytester, profile_n
     result = pytester.runpytest_subprocess("--aif-keep-services", *_args(profile_name, results, "kept"))
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*services left running*", "http: * job *", "*aifactory cleanup kept*"])
-    entry = registry_entries(results / "kept")[0]
+    entry = _submitted(results / "kept")[0]
     backend = make_backend(load_profile(profile_name))
     assert backend.status(entry["job_id"], Path(entry["folder"])).active
     cleanup = subprocess.run(
@@ -253,7 +257,7 @@ def test_killed_run_local_service_stops_with_owner(pytester: pytest.Pytester, re
     finally:
         process.kill()
         process.wait()
-    entry = registry_entries(results / "killed")[0]
+    entry = _submitted(results / "killed")[0]
     backend = make_backend(load_profile("local"))
     wait_for("the orphaned service to stop", lambda: not backend.status(entry["job_id"], Path(entry["folder"])).active)
     exit_info = json.loads((Path(entry["folder"]) / "exit.json").read_text())

@@ -24,7 +24,7 @@ from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
 from pytest_aifactory.export.compare import compare_reports, format_comparison, unmatched
 from pytest_aifactory.jobs.backends import BACKENDS, Backend, SlurmBackend
 from pytest_aifactory.jobs.registry import JobRegistry
-from pytest_aifactory.jobs.run import cancel_run_jobs
+from pytest_aifactory.jobs.run import cleanup_run
 from pytest_aifactory.jobs.runner import LaunchPlan, command_argv
 from pytest_aifactory.services.catalog import build_spec
 
@@ -41,13 +41,12 @@ def _cleanup(args: argparse.Namespace) -> int:
         name: cls(Profile(name=f"cleanup-{name}", executor=name))  # type: ignore[arg-type]
         for name, cls in BACKENDS.items()
     }
-    pending = registry.pending()
-    errors = cancel_run_jobs(registry, backends)
-    for record in pending:
-        print(f"cancelled {record.service}: {record.backend} job {record.job_id}")
+    done, errors = cleanup_run(registry, backends)
+    for line in done:
+        print(line)
     for line in errors:
         print(f"could not cancel {line}", file=sys.stderr)
-    if not pending:
+    if not done and not errors:
         print(f"run {args.run_id}: no job left to cancel")
     return 1 if errors else 0
 

@@ -23,7 +23,8 @@ from submitit.slurm import slurm as submitit_slurm
 
 from pytest_aifactory.core.errors import JobError
 from pytest_aifactory.core.profiles import Profile
-from pytest_aifactory.jobs.runner import ENDPOINT_FILE, LaunchPlan, pid_alive, read_json, serve
+from pytest_aifactory.jobs.processes import pid_alive, process_start, same_process, signal_process
+from pytest_aifactory.jobs.runner import ENDPOINT_FILE, PROCESS_FILE, LaunchPlan, read_json, serve, write_json_atomic
 from pytest_aifactory.services.spec import Resources
 
 __all__ = ["Backend", "JobStatus", "LocalBackend", "SlurmBackend", "make_backend"]
@@ -35,16 +36,18 @@ ACTIVE_SLURM_STATES = frozenset(
 
 @dataclass(frozen=True)
 class JobStatus:
-    """A job's scheduler state; ``active`` while it is queued or running."""
+    """A job's scheduler state; ``active`` while it is queued or running; ``skipped``: what was left alone."""
 
     state: str
     active: bool
     exit_code: str | None = None
+    skipped: str = ""
 
     def describe(self) -> str:
         """``state FAILED, exit code 1:0`` for messages."""
         code = f", exit code {self.exit_code}" if self.exit_code is not None else ""
-        return f"job state {self.state}{code}"
+        skipped = f" ({self.skipped})" if self.skipped else ""
+        return f"job state {self.state}{code}{skipped}"
 
 
 class Backend(ABC):
@@ -102,8 +105,33 @@ class Backend(ABC):
         """Ask the scheduler to stop the job."""
 
 
+@dataclass(frozen=True)
+class _Process:
+    """A local job's process or its service's: pid and recorded start time (None: not recorded)."""
+
+    what: str
+    pid: int
+    start: int | None
+
+    def ours(self) -> bool:
+        """The pid is alive and still this process."""
+        return same_process(self.pid, self.start)
+
+    def stranger(self) -> str | None:
+        """Why a live pid is left alone (another process has it, or its start time is unknown)."""
+        if self.ours() or not pid_alive(self.pid):
+            return None
+        return f"{self.what} pid {self.pid} " + (
+            "is now another process" if self.start is not None else "has no start time"
+        )
+
+
 class LocalBackend(Backend):
-    """Services as local processes through submitit's LocalExecutor (job id = its pid)."""
+    """Services as local processes through submitit's LocalExecutor (job id = its pid).
+
+    A local job is known by its pid and start time, and so is its service (the runner writes
+    both in the endpoint file): a pid reused by an unrelated process is never signalled.
+    """
 
     name = "local"
 
@@ -114,43 +142,60 @@ class LocalBackend(Backend):
         """The job's time limit (a local job has no other resources)."""
         return {"timeout_min": resources.time_min}
 
+    def submit_function(
+        self, folder: Path, name: str, resources: Resources, fn: Callable[..., Any], *args: Any
+    ) -> submitit.Job[Any]:
+        """Submit, then record the job process's start time beside it."""
+        job = super().submit_function(folder, name, resources, fn, *args)
+        pid = int(job.job_id)
+        write_json_atomic(folder / PROCESS_FILE.format(job_id=pid), {"pid": pid, "start": process_start(pid)})
+        return job
+
     @staticmethod
-    def _service_pid(folder: Path) -> int | None:
+    def _processes(job_id: str, folder: Path) -> list[_Process]:
+        """The job's process and, once it has started one, its service's."""
+        recorded = read_json(folder / PROCESS_FILE.format(job_id=job_id)) or {}
+        found = [_Process("job", int(job_id), recorded.get("start"))]
         endpoint = read_json(folder / ENDPOINT_FILE)
-        return int(endpoint["pid"]) if endpoint and "pid" in endpoint else None
+        if endpoint and "pid" in endpoint:
+            found.append(_Process("service", int(endpoint["pid"]), endpoint.get("pid_start")))
+        return found
 
     def status(self, job_id: str, folder: Path) -> JobStatus:
-        """Active while the job process or the service it started is alive."""
+        """Active while the job process or the service it started is alive (the very processes, not their pids)."""
         job = self.jobs.get(job_id)
         if job is not None:
             job.done()  # reaps submitit's controller process once it has exited
-        service_pid = self._service_pid(folder)
-        if pid_alive(int(job_id)):
-            return JobStatus("RUNNING", active=True)
-        if service_pid is not None and pid_alive(service_pid):
-            return JobStatus("COMPLETING", active=True)
+        processes = self._processes(job_id, folder)
+        for process, state in zip(processes, ("RUNNING", "COMPLETING"), strict=False):
+            if process.ours():
+                return JobStatus(state, active=True)
+        strangers = [reason for process in processes if (reason := process.stranger())]
+        skipped = f"{', '.join(strangers)}: not signalled" if strangers else ""
         exit_info = read_json(folder / "exit.json")
         code = str(exit_info["exit_code"]) if exit_info else None
         state = "COMPLETED" if code == "0" else "FAILED" if code is not None else "GONE"
-        return JobStatus(state, active=False, exit_code=code)
+        return JobStatus(state, active=False, exit_code=code, skipped=skipped)
+
+    def _signal(self, job_id: str, folder: Path, signum: int) -> None:
+        job = self._processes(job_id, folder)[0]
+        signal_process(job.pid, job.start, signum)
 
     def _request_cancel(self, job_id: str, folder: Path) -> None:
         # SIGTERM to submitit's local controller is forwarded to the job, which stops the
         # service gracefully; SIGINT would make the controller SIGKILL the job after 1 s.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(job_id), signal.SIGTERM)
+        self._signal(job_id, folder, signal.SIGTERM)
 
     def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
         """Stop the job gracefully; kill it and its service's process group if it lingers."""
         try:
             return super().cancel(job_id, folder, timeout_s)
         except JobError:  # the job did not stop in time: kill it and its service's group
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(job_id), signal.SIGKILL)
-            service_pid = self._service_pid(folder)
-            if service_pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(service_pid, signal.SIGKILL)
+            self._signal(job_id, folder, signal.SIGKILL)
+            for service in self._processes(job_id, folder)[1:]:
+                if service.ours():  # the group is the service's (it started a new session)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(service.pid, signal.SIGKILL)
             return super().cancel(job_id, folder, 5.0)
 
 

@@ -98,10 +98,9 @@ class ServiceManager:
             owner=None if self.keep else self.owner,
             telemetry=self.telemetry,
         )
-        job_id = self.backend.submit(plan)
-        record = JobRecord(self.backend.name, job_id, spec.name, folder)
-        self.registry.submitted(record)
-        self._event(spec.name, f"service {spec.name} submitted as {self.backend.name} job {job_id}")
+        with self.registry.submitting(self.backend.name, spec.name, folder) as note:
+            record = note(self.backend.submit(plan))
+        self._event(spec.name, f"service {spec.name} submitted as {self.backend.name} job {record.job_id}")
         try:
             service = self._wait_ready(spec, record)
         except BaseException as exc:
@@ -113,11 +112,11 @@ class ServiceManager:
             try:
                 self._cancel(record)
             except JobError as cancel_exc:
-                note = f"cancelling its job failed too: {cancel_exc}"
+                also = f"cancelling its job failed too: {cancel_exc}"
                 if not isinstance(exc, Exception):  # an interrupt stays an interrupt
-                    exc.add_note(note)
+                    exc.add_note(also)
                     raise exc from None
-                raise ServiceStartupError(f"{exc}\n{note}") from exc
+                raise ServiceStartupError(f"{exc}\n{also}") from exc
             raise
         self._event(spec.name, f"service {spec.name} ready: {service.describe()}")
         return service

@@ -16,7 +16,7 @@ from pytest_aifactory.jobs.manager import ServiceManager
 from pytest_aifactory.jobs.registry import JobRecord, JobRegistry
 from pytest_aifactory.jobs.runner import Owner
 
-__all__ = ["RunContext", "cancel_run_jobs", "new_run_id", "parse_run_id"]
+__all__ = ["RunContext", "cancel_run_jobs", "cleanup_run", "new_run_id", "parse_run_id"]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -58,10 +58,20 @@ class RunContext:
         return cls(run_id, run_dir, profile, backend, registry, manager)
 
 
-def cancel_run_jobs(registry: JobRegistry, backends: dict[str, Backend]) -> list[str]:
-    """Cancel every job of the run that has not stopped; returns the errors."""
+def cleanup_run(registry: JobRegistry, backends: dict[str, Backend]) -> tuple[list[str], list[str]]:
+    """Cancel every job of the run that has not stopped: (what was done, errors).
 
-    def cancel(record: JobRecord) -> None:
-        backends[record.backend].cancel(record.job_id, record.folder)
+    A local job whose pid now belongs to another process is left alone and said to be skipped.
+    """
+
+    def cancel(record: JobRecord) -> str:
+        status = backends[record.backend].cancel(record.job_id, record.folder)
+        what = f"{record.service}: {record.backend} job {record.job_id}"
+        return f"skipped {what}: {status.skipped}" if status.skipped else f"cancelled {what}"
 
     return registry.cancel_pending(cancel)
+
+
+def cancel_run_jobs(registry: JobRegistry, backends: dict[str, Backend]) -> list[str]:
+    """Cancel every job of the run that has not stopped; returns the errors."""
+    return cleanup_run(registry, backends)[1]

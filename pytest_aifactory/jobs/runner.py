@@ -29,12 +29,14 @@ from typing import Any
 
 from pytest_aifactory.core.errors import JobError
 from pytest_aifactory.core.profiles import ContainerSettings
+from pytest_aifactory.jobs.processes import pid_alive, process_start
 from pytest_aifactory.jobs.telemetry import Telemetry, TelemetryThreads
 from pytest_aifactory.services.spec import ServiceSpec, render, render_context
 
 __all__ = [
     "ENDPOINT_FILE",
     "EXIT_FILE",
+    "PROCESS_FILE",
     "LaunchPlan",
     "Owner",
     "read_json",
@@ -46,6 +48,7 @@ ENDPOINT_FILE = "endpoint.json"
 EXIT_FILE = "exit.json"
 STDOUT_FILE = "service.out"
 STDERR_FILE = "service.err"
+PROCESS_FILE = "{job_id}_process.json"  # a local job's pid and start time, beside submitit's files
 
 
 @dataclass(frozen=True)
@@ -73,16 +76,6 @@ class LaunchPlan:
     env: tuple[tuple[str, str], ...] = ()
     owner: Owner | None = None
     telemetry: Telemetry | None = None
-
-
-def pid_alive(pid: int) -> bool:
-    """True when ``pid`` exists and is not a zombie (PID 1 may reap slowly)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return False
-    state = next((line for line in status.splitlines() if line.startswith("State:")), "")
-    return "Z" not in state.split()[1:2]
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -281,6 +274,7 @@ def serve(plan: LaunchPlan) -> int:
                 "job_id": _job_id(),
                 "node": node,
                 "pid": child.pid,
+                "pid_start": process_start(child.pid),
                 "stdout": str(stdout_path),
                 "stderr": str(stderr_path),
                 "started_at": time.time(),

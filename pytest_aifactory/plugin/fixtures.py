@@ -206,9 +206,9 @@ def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_ru
 
     def submit(fn: Callable[..., Any], *args: Any) -> Any:
         folder = shard_dir / f"job-{len(shards)}"
-        job = aif_run.backend.submit_function(folder, "load-shard", Resources(cpus=2, time_min=60), fn, *args)
-        shards.append(JobRecord(aif_run.backend.name, str(job.job_id), "load-shard", folder))
-        aif_run.registry.submitted(shards[-1])
+        with aif_run.registry.submitting(aif_run.backend.name, "load-shard", folder) as note:
+            job = aif_run.backend.submit_function(folder, "load-shard", Resources(cpus=2, time_min=60), fn, *args)
+            shards.append(note(str(job.job_id)))
         return job
 
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")

@@ -1,0 +1,58 @@
+"""Local processes known by pid AND start time, so that a reused pid is never signalled.
+
+A pid alone names whatever process holds it now: once a job's process has exited, the
+kernel may give its pid to an unrelated one. A process is identified by its pid and its
+start time (field 22 of ``/proc/PID/stat``, clock ticks since boot), and is signalled through
+a pidfd, so the check and the signal concern the same process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+__all__ = ["pid_alive", "process_start", "same_process", "signal_process"]
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie (PID 1 may reap slowly)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    state = next((line for line in status.splitlines() if line.startswith("State:")), "")
+    return "Z" not in state.split()[1:2]
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # fields after "(comm)" start at field 3
+
+
+def same_process(pid: int, start: int | None) -> bool:
+    """True when ``pid`` is alive and is the process that started at ``start`` (None: unknown, never)."""
+    return start is not None and pid_alive(pid) and process_start(pid) == start
+
+
+def signal_process(pid: int, start: int | None, signum: int) -> bool:
+    """Send ``signum`` to ``pid`` only if it is still the process that started at ``start``."""
+    if start is None:
+        return False
+    try:
+        handle = os.pidfd_open(pid)
+    except OSError:  # no such process
+        return False
+    try:
+        if process_start(pid) != start:
+            return False
+        signal.pidfd_send_signal(handle, signum)
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(handle)
+    return True
