@@ -210,8 +210,6 @@ class RunReport:
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(
-            json.dumps(self.redactor.clean(self.data), indent=1, allow_nan=False, default=str), encoding="utf-8"
-        )
+        tmp.write_text(json.dumps(self.redactor.clean(self.data), indent=1, allow_nan=False), encoding="utf-8")
         os.replace(tmp, self.path)
         return self.path
