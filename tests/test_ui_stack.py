@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_aifactory.apps.dashboards import DATASOURCES, build_dashboards, contract_problems, render
+from pytest_aifactory.apps.dashboards.build import build_dashboards, render
+from pytest_aifactory.apps.dashboards.contract import contract_problems
+from pytest_aifactory.apps.dashboards.panels import DATASOURCES
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
