@@ -21,15 +21,12 @@ from pytest_aifactory.workloads.files import FioJob, direct_io_supported, run_fi
 from pytest_aifactory.workloads.runner import LoadRunner
 from pytest_aifactory.workloads.s3 import object_bytes, parse_size
 from pytest_aifactory.workloads.sql import connect_check, redact_dsn
-from pytest_aifactory.workloads.vectors import (
-    FaissStore,
-    MilvusStore,
-    QdrantStore,
-    SearchClient,
-    VectorDataset,
-    WeaviateStore,
-    faiss_gpus,
-)
+from pytest_aifactory.workloads.vectors.datasets import VectorDataset
+from pytest_aifactory.workloads.vectors.search import SearchClient
+from pytest_aifactory.workloads.vectors.stores.faiss import FaissStore, faiss_gpus
+from pytest_aifactory.workloads.vectors.stores.milvus import MilvusStore
+from pytest_aifactory.workloads.vectors.stores.qdrant import QdrantStore
+from pytest_aifactory.workloads.vectors.stores.weaviate import WeaviateStore
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -65,7 +62,8 @@ def test_recall_slo_fails_for_a_store_returning_wrong_neighbours(pytester: pytes
     pytester.makepyfile(
         """
         import pytest
-        from pytest_aifactory.workloads.vectors import FaissStore, VectorDataset
+        from pytest_aifactory.workloads.vectors.datasets import VectorDataset
+        from pytest_aifactory.workloads.vectors.stores.faiss import FaissStore
 
         class Shifted(FaissStore):
             def search(self, vector, k, category=None):
@@ -278,10 +276,10 @@ def test_faiss_gpu_path_with_the_gpu_copy_stubbed(tmp_path: Path, monkeypatch: p
     """The GPU path (exact Flat by default, copied to the GPUs) with the copy made a no-op: no GPU here."""
     import faiss
 
-    from pytest_aifactory.workloads import vectors
+    from pytest_aifactory.workloads.vectors.stores import faiss as faiss_store
 
     copies: list[object] = []
-    monkeypatch.setattr(vectors, "faiss_gpus", lambda: 1)
+    monkeypatch.setattr(faiss_store, "faiss_gpus", lambda: 1)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: copies.append(index) or index, raising=False)
     data = VectorDataset("clustered", count=2000, dim=16, queries=30)
     store = FaissStore(device="gpu")

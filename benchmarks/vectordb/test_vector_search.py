@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_aifactory.workloads.vectors import GPU_FILTER_UNSUPPORTED, VectorDataset
+from pytest_aifactory.workloads.vectors.datasets import VectorDataset
+from pytest_aifactory.workloads.vectors.stores.faiss import GPU_FILTER_UNSUPPORTED
 
 # faiss-gpu runs where pytest runs (a GPU node); qdrant and weaviate need images or AIF_*_URL.
 STORES = ["faiss", "faiss-gpu", "milvus", "chroma", "qdrant", "weaviate"]

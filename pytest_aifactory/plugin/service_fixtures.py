@@ -18,16 +18,12 @@ from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.services.connect import milvus_uri
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.sql import connect_check
-from pytest_aifactory.workloads.vectors import (
-    VECTOR_STORES,
-    ChromaStore,
-    FaissStore,
-    MilvusStore,
-    QdrantStore,
-    VectorStore,
-    WeaviateStore,
-    faiss_gpus,
-)
+from pytest_aifactory.workloads.vectors.stores.base import VECTOR_STORES, VectorStore
+from pytest_aifactory.workloads.vectors.stores.chroma import ChromaStore
+from pytest_aifactory.workloads.vectors.stores.faiss import FaissStore, faiss_gpus
+from pytest_aifactory.workloads.vectors.stores.milvus import MilvusStore
+from pytest_aifactory.workloads.vectors.stores.qdrant import QdrantStore
+from pytest_aifactory.workloads.vectors.stores.weaviate import WeaviateStore
 
 
 def _named(service: str, doc: str) -> Callable[..., RunningService]:

@@ -18,10 +18,13 @@ from pytest_aifactory.load.schedule import Arrivals, Distribution
 from pytest_aifactory.load.workers import run_load, run_on_jobs
 from pytest_aifactory.services.connect import dsn_of
 from pytest_aifactory.services.spec import RunningService
-from pytest_aifactory.workloads import files, s3, sql, vectors
+from pytest_aifactory.workloads import files, s3, sql
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.prompts import prompts_from_spec
 from pytest_aifactory.workloads.triton import RandomTensors, TritonGenerateClient, TritonInferClient
+from pytest_aifactory.workloads.vectors.datasets import VectorDataset
+from pytest_aifactory.workloads.vectors.search import QueryIndices, SearchClient, load_store
+from pytest_aifactory.workloads.vectors.stores.base import VectorStore
 
 __all__ = ["LoadRunner", "make_plan"]
 
@@ -248,8 +251,8 @@ class LoadRunner:
 
     def vector_search(
         self,
-        store: vectors.VectorStore,
-        dataset: vectors.VectorDataset,
+        store: VectorStore,
+        dataset: VectorDataset,
         *,
         k: int = 10,
         cache_dir: Path,
@@ -265,7 +268,7 @@ class LoadRunner:
         load = make_plan(**plan)
         categories = [dataset.query_category(q) for q in range(dataset.queries)] if filtered else None
         base = dataset.base()
-        client = vectors.SearchClient(
+        client = SearchClient(
             store,
             dataset.query_vectors(),
             truth,
@@ -276,10 +279,10 @@ class LoadRunner:
             categories=categories,
         )
         try:
-            loading = vectors.load_store(store, dataset, base)
+            loading = load_store(store, dataset, base)
             result = self.run(
                 client,
-                vectors.QueryIndices(dataset.queries),
+                QueryIndices(dataset.queries),
                 load,
                 label=label or f"{store.name}{' filtered' if filtered else ''} {_label(load)}",
                 workers=1,
