@@ -8,7 +8,7 @@ from typing import Any
 
 from pytest_aifactory.core.errors import ServiceConfigError
 from pytest_aifactory.core.profiles import Profile, SettingValue
-from pytest_aifactory.services import data, http, inference, observability, synthetic_llm
+from pytest_aifactory.services import http, inference, objectstore, observability, sql, synthetic_llm, vectordb
 from pytest_aifactory.services.spec import Resources, ServiceSpec
 
 __all__ = ["CATALOG", "build_spec", "service_names"]
@@ -29,12 +29,12 @@ CATALOG: dict[str, CatalogEntry] = {
     "vllm": CatalogEntry(inference.VLLM, inference.vllm),
     "triton": CatalogEntry(inference.TRITON, inference.triton),
     "ollama": CatalogEntry(inference.OLLAMA, inference.ollama),
-    "postgres": CatalogEntry(data.POSTGRES, data.postgres),
-    "s3": CatalogEntry(data.S3, data.s3),
-    "milvus": CatalogEntry(data.MILVUS, data.milvus),
-    "chroma": CatalogEntry(data.CHROMA, data.chroma),
-    "qdrant": CatalogEntry(data.QDRANT, data.qdrant),
-    "weaviate": CatalogEntry(data.WEAVIATE, data.weaviate),
+    "postgres": CatalogEntry(sql.POSTGRES, sql.postgres),
+    "s3": CatalogEntry(objectstore.S3, objectstore.s3),
+    "milvus": CatalogEntry(vectordb.MILVUS, vectordb.milvus),
+    "chroma": CatalogEntry(vectordb.CHROMA, vectordb.chroma),
+    "qdrant": CatalogEntry(vectordb.QDRANT, vectordb.qdrant),
+    "weaviate": CatalogEntry(vectordb.WEAVIATE, vectordb.weaviate),
     "pushgateway": CatalogEntry(observability.PUSHGATEWAY, observability.pushgateway),
     "prometheus": CatalogEntry(observability.PROMETHEUS, observability.prometheus),
 }

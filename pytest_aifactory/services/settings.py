@@ -1,0 +1,18 @@
+"""Checks of a service's settings shared by the service families."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pytest_aifactory.core.errors import ServiceConfigError
+from pytest_aifactory.core.profiles import SettingValue
+
+__all__ = ["choice"]
+
+
+def choice(service: str, key: str, settings: Mapping[str, SettingValue], valid: tuple[str, ...]) -> str:
+    """``settings[key]`` as text, which must be one of ``valid`` (else a config error naming ``service``)."""
+    value = str(settings[key])
+    if value not in valid:
+        raise ServiceConfigError(f"service {service!r}: settings.{key} is {value!r}; valid: {', '.join(valid)}")
+    return value
