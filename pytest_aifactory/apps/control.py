@@ -15,45 +15,28 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
-import subprocess
 import sys
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from pytest_aifactory.apps.run_state import ControlState, RunRequest
 from pytest_aifactory.core.errors import AifError
-from pytest_aifactory.core.profiles import Profile, available_profiles, load_profile
-from pytest_aifactory.jobs.backends import Backend, make_backend
+from pytest_aifactory.core.profiles import available_profiles, load_profile
+from pytest_aifactory.jobs.backends import make_backend
 from pytest_aifactory.jobs.manager import ServiceManager
 from pytest_aifactory.jobs.registry import JobRegistry
-from pytest_aifactory.jobs.run import cancel_run_jobs, new_run_id
 from pytest_aifactory.services.catalog import build_spec, service_names
-from pytest_aifactory.services.spec import Resources, RunningService
 
-__all__ = ["ControlState", "create_app", "run_pytest"]
+__all__ = ["create_app", "serve"]
 
 TOKEN_ENV = "AIF_CONTROL_TOKEN"
-
-
-class RunRequest(BaseModel):
-    """Start a benchmark run."""
-
-    suite: str = Field(description="a folder of benchmarks/ (e.g. inference, database)")
-    profile: str = Field(default="local", description="a Slurm profile name")
-    marker: str | None = Field(default=None, description="pytest -m expression (default: the suite's name)")
-    where: Literal["local", "slurm"] = Field(default="local", description="pytest as a local process or a Slurm job")
-    pushgateway: str | None = None
-    loki: str | None = None
 
 
 class ServiceRequest(BaseModel):
@@ -62,73 +45,6 @@ class ServiceRequest(BaseModel):
     name: str
     profile: str = "local"
     settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-
-@dataclass
-class RunState:
-    """One run started through the API."""
-
-    run_id: str
-    suite: str
-    profile: str
-    where: str
-    argv: list[str]
-    started_at: float
-    process: subprocess.Popen[bytes] | None = None
-    job: Any = None
-    backend: Backend | None = None
-    stopped: bool = False
-
-    def status(self) -> str:
-        """running, passed, failed, interrupted, error or stopped."""
-        if self.process is not None:
-            code = self.process.poll()
-        elif not self.job.done():
-            code = None
-        else:
-            try:
-                code = int(self.job.result())
-            except Exception:  # a failed or cancelled job: submitit raises its error
-                code = 3
-        if code is None:
-            return "running"
-        if self.stopped:
-            return "stopped"
-        return {0: "passed", 1: "failed", 2: "interrupted"}.get(int(code), "error")
-
-
-def run_pytest(argv: list[str], cwd: str) -> int:
-    """Inside a Slurm job: run pytest as a child (scancel's SIGTERM reaches it and it cleans up)."""
-    return subprocess.run(argv, cwd=cwd, check=False).returncode
-
-
-@dataclass
-class ControlState:
-    """What the API knows: the project, its runs and its exploration services."""
-
-    root: Path
-    results_dir: Path
-    token: str
-    runs: dict[str, RunState] = field(default_factory=dict)
-    services: dict[str, tuple[ServiceManager, RunningService]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def suites(self) -> list[str]:
-        """Folders of ``benchmarks/`` holding test files."""
-        base = self.root / "benchmarks"
-        return (
-            sorted(p.name for p in base.iterdir() if p.is_dir() and any(p.glob("test_*.py"))) if base.is_dir() else []
-        )
-
-    def profile(self, name: str) -> Profile:
-        """A profile, or 404 naming the valid ones (422 when the file is invalid)."""
-        valid = available_profiles(self.root)
-        if name not in valid:
-            raise HTTPException(404, f"unknown profile {name!r}; valid profiles: {', '.join(valid)}")
-        try:
-            return load_profile(name, self.root)
-        except AifError as exc:
-            raise HTTPException(422, str(exc)) from None
 
 
 def create_app(state: ControlState) -> FastAPI:
@@ -178,100 +94,30 @@ def create_app(state: ControlState) -> FastAPI:
     @app.post("/v1/runs", status_code=201, dependencies=guard)
     def start_run(body: RunRequest, request: Request) -> dict[str, Any]:
         """Start ``pytest benchmarks/SUITE`` on a profile; returns the run id."""
-        if body.suite not in state.suites():
-            raise HTTPException(404, f"unknown suite {body.suite!r}; valid suites: {', '.join(state.suites())}")
-        profile = state.profile(body.profile)
-        run_id = new_run_id()
-        argv = [
-            sys.executable,
-            "-m",
-            "pytest",
-            f"benchmarks/{body.suite}",
-            "-m",
-            body.marker or body.suite,
-            f"--aif-profile={profile.name}",
-            f"--aif-run-id={run_id}",
-            f"--aif-results-dir={state.results_dir}",
-            "-p",
-            "no:cacheprovider",
-        ]
-        argv += [f"--aif-pushgateway={body.pushgateway}"] if body.pushgateway else []
-        argv += [f"--aif-loki={body.loki}"] if body.loki else []
-        run = RunState(run_id, body.suite, profile.name, body.where, argv, time.time())
-        if body.where == "local":
-            state.results_dir.mkdir(parents=True, exist_ok=True)
-            log = (state.results_dir / f"control-{run_id}.log").open("wb")
-            run.process = subprocess.Popen(
-                argv, cwd=state.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        else:
-            run.backend = make_backend(profile)
-            folder = state.results_dir / "control" / run_id
-            run.job = run.backend.submit_function(
-                folder, "pytest-run", Resources(cpus=2, time_min=240), run_pytest, argv, str(state.root)
-            )
-        with state.lock:
-            state.runs[run_id] = run
-        return {
-            "run_id": run_id,
-            "status": "running",
-            "argv": argv,
-            "status_url": f"{request.base_url}v1/runs/{run_id}",
-        }
-
-    def _run(run_id: str) -> RunState:
-        if run_id not in state.runs:
-            raise HTTPException(404, f"unknown run {run_id!r}")
-        return state.runs[run_id]
-
-    def _describe(run: RunState) -> dict[str, Any]:
-        registry = JobRegistry(state.results_dir / run.run_id)
-        jobs = [{"service": r.service, "backend": r.backend, "job_id": r.job_id} for r in registry.records()]
-        pending = [r.job_id for r in registry.pending()]
-        report = state.results_dir / run.run_id / "report.json"
+        run = state.start_run(body)
         return {
             "run_id": run.run_id,
-            "suite": run.suite,
-            "profile": run.profile,
-            "where": run.where,
-            "status": run.status(),
-            "started_at": run.started_at,
-            "jobs": jobs,
-            "jobs_pending": pending,
-            "report": str(report) if report.exists() else None,
+            "status": "running",
+            "argv": run.argv,
+            "status_url": f"{request.base_url}v1/runs/{run.run_id}",
         }
 
     @app.get("/v1/runs", dependencies=guard)
     def list_runs() -> list[dict[str, Any]]:
         """Every run started through this API."""
-        return [_describe(run) for run in state.runs.values()]
+        return [state.describe(run) for run in state.runs.values()]
 
     @app.get("/v1/runs/{run_id}", dependencies=guard)
     def get_run(run_id: str) -> dict[str, Any]:
         """A run's status, jobs and report path."""
-        return _describe(_run(run_id))
+        return state.describe(state.run(run_id))
 
     @app.post("/v1/runs/{run_id}/stop", dependencies=guard)
     def stop_run(run_id: str) -> dict[str, Any]:
         """Interrupt the run (pytest cancels its jobs), then cancel anything left."""
-        run = _run(run_id)
-        run.stopped = True
-        if run.process is not None and run.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.process.pid, signal.SIGINT)
-            try:
-                run.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(run.process.pid, signal.SIGKILL)
-                run.process.wait()
-        elif run.job is not None and run.backend is not None and not run.job.done():
-            run.backend.cancel(str(run.job.job_id), Path(run.job.paths.folder))
-        registry = JobRegistry(state.results_dir / run_id)
-        profile = load_profile(run.profile, state.root)
-        errors = cancel_run_jobs(registry, {profile.executor: make_backend(profile)})
-        if errors:
-            raise HTTPException(500, f"could not cancel: {'; '.join(errors)}")
-        return _describe(run)
+        run = state.run(run_id)
+        state.stop_run(run)
+        return state.describe(run)
 
     @app.post("/v1/services", status_code=201, dependencies=guard)
     def start_service(body: ServiceRequest) -> dict[str, Any]:
