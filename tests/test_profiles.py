@@ -387,11 +387,6 @@ def test_a_profile_path_after_a_space_keeps_results_in_the_invocation_folder(
     assert sorted(p.name for p in profile.parent.iterdir()) == ["pytest.ini", "spaced.yaml"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin/options.py project_root: without an ini file pytest takes the common ancestor of the "
-    "invocation folder and the profile for rootdir, and project_root keeps it since it is above the invocation folder",
-)
 def test_a_profile_path_after_a_space_without_ini_files_keeps_results_in_the_invocation_folder(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:

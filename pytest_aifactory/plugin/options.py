@@ -178,6 +178,9 @@ def project_root(config: pytest.Config) -> Path:
     as rootdir; results and ``slurm_profiles/`` then still belong to the invocation folder.
     """
     invoked = config.invocation_params.dir
+    spaced = "--aif-profile" in config.invocation_params.args  # pytest took its value for a test path
+    if spaced and config.inipath is None:
+        return invoked  # the rootdir is then the common ancestor of this folder and the profile's
     return config.rootpath if invoked.is_relative_to(config.rootpath) else invoked
 
 

@@ -119,7 +119,7 @@ class Recorder:
         self.config = config
         self.run = run
         self.is_worker = is_worker
-        self.redactor = Redactor(extra=run.profile.env.values())
+        self.redactor = Redactor(named=run.profile.env)
         self.distributed = is_worker or bool(getattr(config.option, "numprocesses", None))
         target = gateway_target(config)
         self.gateway = (
