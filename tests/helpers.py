@@ -67,3 +67,19 @@ def run_pytest(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subp
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+# A module for pytester projects: ``pytester.makepyfile(service_killer=KILL_SERVICE)``.
+KILL_SERVICE = """
+import json, os, signal, time
+
+
+def kill_and_wait(service):
+    \"\"\"SIGKILL the service's process and wait until its job has recorded the exit.\"\"\"
+    pid = json.loads((service.folder / "endpoint.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not (service.folder / "exit.json").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+"""

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import KILL_SERVICE
 
 from pytest_aifactory.plugin.options import OPTIONS
 
@@ -110,18 +111,14 @@ def test_an_ini_value_is_parsed_and_a_bad_one_names_the_key(pytester: pytest.Pyt
 
 
 def test_a_dead_service_fails_only_the_tests_that_requested_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(service_killer=KILL_SERVICE)
     pytester.makepyfile(
         """
-        import json, os, signal, time
+        from service_killer import kill_and_wait
 
         def test_kills_its_service(aif_shared_service):
             service = aif_shared_service("http")
-            pid = json.loads((service.folder / "endpoint.json").read_text())["pid"]
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while not (service.folder / "exit.json").exists():
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            kill_and_wait(service)
 
         def test_uses_another_shared_service(synthetic_llm_service):
             assert synthetic_llm_service.port > 0

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import registry_entries, wait_for
+from helpers import KILL_SERVICE, registry_entries, wait_for
 
 from pytest_aifactory.core.errors import JobError, ServiceStartupError
 from pytest_aifactory.core.profiles import Profile, load_profile
@@ -135,18 +135,14 @@ def test_startup_timeout_names_last_probe(pytester: pytest.Pytester, profile_nam
 
 
 def test_service_death_fails_the_test(pytester: pytest.Pytester, profile_name: str, results: Path) -> None:
+    pytester.makepyfile(service_killer=KILL_SERVICE)
     pytester.makepyfile(
         """
-        import json, os, signal, time
+        from service_killer import kill_and_wait
 
         def test_service_dies(aif_service):
             service = aif_service("http")
-            pid = json.loads((service.folder / "endpoint.json").read_text())["pid"]
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while not (service.folder / "exit.json").exists():
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            kill_and_wait(service)
 
         def test_next_one_passes():
             pass
