@@ -39,6 +39,7 @@ def _tree(root: Path) -> set[str]:
 
 
 NOTHING_USED = [[], ["--collect-only"], ["--markers"], ["--help"], ["--version"], ["-m", "inference"]]
+INFORMATION_ONLY = [["--collect-only"], ["--fixtures-per-test"], ["--markers"]]
 
 
 @pytest.mark.parametrize("args", NOTHING_USED)
@@ -179,3 +180,50 @@ def test_a_missing_service_executable_names_the_package_that_provides_it(pyteste
     result.stdout.fnmatch_lines(
         ["*executable 'no-such-server-binary' not found on PATH*it is provided by the PyPI package no-such-server*"]
     )
+
+
+@pytest.mark.parametrize("args", INFORMATION_ONLY)
+def test_information_options_never_start_the_run_of_a_benchmark(pytester: pytest.Pytester, args: list[str]) -> None:
+    pytester.makepyfile("def test_uses(aif_run):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    assert result.ret == 0, result.stdout.str()
+    assert not (pytester.path / "aif-results").exists()
+
+
+def test_xdist_workers_share_the_run_s3_keys_without_any_option(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_key(aif_run, n):
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "none")
+            with open(f"key-{worker}-{n}", "w") as handle:
+                handle.write(os.environ["AIF_S3_ACCESS_KEY"] + os.environ["AIF_S3_SECRET_KEY"])
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=4)
+    keys = {path.read_text() for path in pytester.path.glob("key-gw*")}
+    assert len(keys) == 1
+    assert len(keys.pop()) == 64
+
+
+def test_the_generated_s3_keys_are_masked_in_the_report(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_leaks(aif_run):
+            secret = os.environ["AIF_S3_SECRET_KEY"]
+            open("secret.txt", "w").write(secret)
+            raise AssertionError(f"the key is {secret}")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--aif-run-id=masked")
+    result.assert_outcomes(failed=1)
+    secret = (pytester.path / "secret.txt").read_text()
+    report = (pytester.path / "aif-results" / "masked" / "report.json").read_text()
+    assert "the key is" in report
+    assert secret not in report

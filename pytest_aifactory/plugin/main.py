@@ -55,6 +55,7 @@ class XdistHooks:
         """Pass the run id and the owner pid to a starting worker."""
         node.workerinput["aif_run_id"] = self.session.run_id
         node.workerinput["aif_owner_pid"] = os.getpid()
+        node.workerinput["aif_s3_keys"] = self.session.s3_keys
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -134,7 +135,10 @@ def uses_plugin(item: pytest.Item) -> bool:
 
 def _inert(config: pytest.Config) -> bool:
     option = config.option
-    return any(getattr(option, name, False) for name in ("collectonly", "help", "version", "markers", "showfixtures"))
+    return any(
+        getattr(option, name, False)
+        for name in ("collectonly", "help", "version", "markers", "showfixtures", "show_fixtures_per_test")
+    )
 
 
 @pytest.hookimpl(trylast=True)

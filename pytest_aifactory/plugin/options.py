@@ -175,12 +175,14 @@ def project_root(config: pytest.Config) -> Path:
     """The user's project: pytest's rootdir, unless that is not above the folder pytest was run in.
 
     ``--aif-profile /elsewhere/x.yaml`` (with a space) makes pytest take the profile's folder
-    as rootdir; results and ``slurm_profiles/`` then still belong to the invocation folder.
+    (or a common ancestor) as rootdir; results and ``slurm_profiles/`` then still belong to the
+    invocation folder.
     """
     invoked = config.invocation_params.dir
-    spaced = "--aif-profile" in config.invocation_params.args  # pytest took its value for a test path
-    if spaced and config.inipath is None:
-        return invoked  # the rootdir is then the common ancestor of this folder and the profile's
+    if config.inipath is None:
+        # No ini file: pytest takes the common ancestor of this folder and of every path given, among
+        # them the values of ``--aif-profile PATH`` or ``--aif-baseline PATH`` written with a space.
+        return invoked
     return config.rootpath if invoked.is_relative_to(config.rootpath) else invoked
 
 

@@ -32,6 +32,7 @@ from pytest_aifactory.services.catalog import check_profile
 __all__ = ["SESSION_KEY", "USED_ATTRIBUTE", "RunSession"]
 
 SESSION_KEY = pytest.StashKey["RunSession"]()
+S3_KEY_VARIABLES = ("AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY")
 USED_ATTRIBUTE = "aifactory_used"  # set on the reports of tests that use the plugin (read by the xdist controller)
 
 
@@ -55,12 +56,12 @@ class RunSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.is_worker = hasattr(config, "workerinput")
-        if self.is_worker:
-            self.run_id = str(config.workerinput["aif_run_id"])  # type: ignore[attr-defined]
-            self.owner_pid = int(config.workerinput["aif_owner_pid"])  # type: ignore[attr-defined]
-        else:
-            self.run_id = setting(config, "aif_run_id") or new_run_id()
-            self.owner_pid = os.getpid()
+        handed: dict[str, Any] = getattr(config, "workerinput", {})  # what the xdist controller passed
+        self.run_id = str(handed.get("aif_run_id") or setting(config, "aif_run_id") or new_run_id())
+        self.owner_pid = int(handed.get("aif_owner_pid") or os.getpid())
+        # The run's local S3 credentials: chosen now, put into the environment only when the run starts
+        # (workers get the controller's, as they may start before the controller's run does).
+        self.s3_keys: dict[str, str] = handed.get("aif_s3_keys") or {v: secrets.token_hex(16) for v in S3_KEY_VARIABLES}
         self.errors: list[str] = []
         self._profile: Profile | None = None
         self._run: RunContext | None = None
@@ -92,6 +93,8 @@ class RunSession:
         if self._run is not None:
             return
         config = self.config
+        for variable, value in self.s3_keys.items():  # before the recorder: its redactor masks them
+            os.environ.setdefault(variable, value)
         keep = bool(setting(config, "aif_keep_services"))
         run = RunContext.create(self.run_id, results_dir(config), self.profile, self.owner_pid, keep)
         self._run = run
@@ -102,8 +105,6 @@ class RunSession:
         self.recorder.run_started()
         if self.is_worker:
             return
-        for variable in ("AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY"):  # the run's local S3 credentials
-            os.environ.setdefault(variable, secrets.token_hex(16))
         if threading.current_thread() is threading.main_thread():
             # SIGTERM (a CI timeout, scancel of a batch run) takes the Ctrl-C path: teardown runs.
             signal.signal(signal.SIGTERM, _raise_interrupt)
