@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,15 @@ def wait_for(what: str, check: Callable[[], T | None], timeout_s: float = 60.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.05)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a pytest the test interrupts: SIGINT must not stay ignored.
+
+    A shell without job control starts background commands with SIGINT ignored, and an ignored
+    signal is inherited across exec; Python then installs no KeyboardInterrupt handler.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def registry_entries(run_dir: Path) -> list[dict[str, str]]:

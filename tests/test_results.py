@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
-from helpers import aifactory, free_port, http_ready, run_pytest, wait_for
+from helpers import aifactory, default_sigint, free_port, http_ready, run_pytest, wait_for
 
 from pytest_aifactory.export.report import load_schema
 
@@ -78,6 +78,7 @@ def test_interrupted_run_still_writes_its_report(pytester: pytest.Pytester) -> N
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=default_sigint,
     )
     jobs = pytester.path / "res" / "intr" / "jobs.jsonl"
     try:

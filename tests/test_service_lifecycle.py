@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import KILL_SERVICE, registry_entries, wait_for
+from helpers import KILL_SERVICE, default_sigint, registry_entries, wait_for
 
 from pytest_aifactory.core.errors import JobError, ServiceStartupError
 from pytest_aifactory.core.profiles import Profile, load_profile
@@ -171,6 +171,7 @@ def test_sigint_leaves_no_job_behind(pytester: pytest.Pytester, profile_name: st
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=default_sigint,
     )
     try:
         wait_for("the service to start", marker.exists, timeout_s=90)
