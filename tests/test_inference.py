@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_aifactory.core.metrics import summarize
 from pytest_aifactory.load.engine import Engine, LoadPlan
 from pytest_aifactory.load.schedule import Arrivals
 from pytest_aifactory.workloads.openai import OpenAIClient
@@ -47,6 +48,23 @@ def test_closed_loop_holds_concurrency(timed_server) -> None:  # type: ignore[no
     in_flight = max(sum(1 for r in records if r.sent <= t.sent < r.end) for t in records)  # type: ignore[operator]
     assert in_flight == 4
     assert result.metrics()["error_rate"] == 0
+
+
+@pytest.mark.parametrize("continuous_usage", [False, True])
+def test_chat_role_delta_is_not_a_token(timed_server, continuous_usage: bool) -> None:  # type: ignore[no-untyped-def]
+    """The chat stream's role-only first delta adds no token and no ITL interval.
+
+    3-token chunks: exact with per-chunk usage, else split by text length (an estimate).
+    """
+    client = OpenAIClient(timed_server.url(), "synthetic", api="chat", continuous_usage=continuous_usage)
+    plan = LoadPlan("closed", None, concurrency=2, count=6)
+    records = asyncio.run(Engine(client, prompts_from_spec("synthetic:in=4,out=12"), plan).run())
+    for r in records:
+        assert [c.tokens for c in r.chunks] == [3, 3, 3, 3]
+        assert r.tokens_estimated is not continuous_usage
+        assert (r.first_token - r.scheduled) * 1000 >= 40  # type: ignore[operator]
+    m = summarize(records).metrics()
+    assert m["p50_itl_ms"] == pytest.approx(4.0, abs=0.7)
 
 
 def test_two_worker_processes_merge_one_schedule(timed_server) -> None:  # type: ignore[no-untyped-def]
@@ -92,6 +110,10 @@ def test_request_bodies() -> None:
     assert body["ignore_eos"] is True
     path, body = OpenAIClient("http://x", "m").body(request)
     assert (path, body["prompt"], body["max_tokens"]) == ("/v1/completions", "hello", 7)
+    assert "min_tokens" not in body
+    _, body = OpenAIClient("http://x", "m", continuous_usage=True, fixed_length=True).body(request)
+    assert (body["ignore_eos"], body["min_tokens"]) == (True, 7)
+    assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
 
 
 def test_synthetic_prompts_are_deterministic_per_index() -> None:

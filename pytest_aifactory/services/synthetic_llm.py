@@ -3,6 +3,8 @@
 It answers ``/v1/completions`` and ``/v1/chat/completions`` with ``max_tokens`` tokens: the
 first ``ttft_ms`` after the request arrived, then one chunk every ``itl_ms`` (each carrying
 ``tokens_per_chunk`` tokens), on an absolute timetable so that delays do not accumulate.
+Chat streams open as vLLM's do, with a role-only delta just before the first text; with
+``stream_options.continuous_usage_stats`` every chunk carries the running usage.
 The load engine measured against it must find these delays: what it finds beyond them is
 the client's (and the server loop's) own error. Plain asyncio, no framework: one process,
 cheap per request. ``error_every=N`` answers every N-th request with HTTP 500.
@@ -112,16 +114,23 @@ class _Server:
         total = int(str(request.get("max_tokens", 16)))
         per_chunk = self.timing.tokens_per_chunk
         chunks = (total + per_chunk - 1) // per_chunk
+        options = request.get("stream_options")
+        options = options if isinstance(options, dict) else {}
+        continuous = bool(options.get("include_usage") and options.get("continuous_usage_stats"))
+        sent = 0
         for i in range(chunks):
             due = received + (self.timing.ttft_ms + i * self.timing.itl_ms) / 1000
             await _until(due)
-            text = "tok " * min(per_chunk, total - i * per_chunk)
-            choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
-            self.event(writer, {"choices": [choice]})
+            if chat and i == 0:  # as vLLM: a role-only delta with the first output, before its text
+                self.event(writer, _chunk({"role": "assistant", "content": ""}, 0 if continuous else None))
+                await writer.drain()
+            tokens = min(per_chunk, total - sent)
+            sent += tokens
+            text = {"content" if chat else "text": "tok " * tokens}
+            self.event(writer, _chunk(text, sent if continuous else None, chat))
             await writer.drain()
-        options = request.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
-            self.event(writer, {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": total}})
+        if options.get("include_usage"):
+            self.event(writer, {"choices": [], "usage": _usage(total)})
         writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
         await writer.drain()
 
@@ -129,6 +138,19 @@ class _Server:
     def event(writer: asyncio.StreamWriter, data: dict[str, object]) -> None:
         payload = b"data: " + json.dumps(data).encode() + b"\n\n"
         writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+
+
+def _usage(completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": 1, "completion_tokens": completion_tokens, "total_tokens": 1 + completion_tokens}
+
+
+def _chunk(fields: dict[str, str], completion_tokens: int | None, chat: bool = True) -> dict[str, object]:
+    """One streamed event: a chat delta or a completion's text, with the running usage if asked."""
+    choice = {"index": 0, "delta": fields} if chat else {"index": 0, **fields}
+    event: dict[str, object] = {"choices": [{**choice, "finish_reason": None}]}
+    if completion_tokens is not None:
+        event["usage"] = _usage(completion_tokens)
+    return event
 
 
 async def serve(host: str, port: int, timing: SyntheticTiming) -> None:

@@ -2,7 +2,8 @@
 
 vLLM, llama.cpp, Ollama and TGI all speak it. Asks for ``stream_options.include_usage``
 (and vLLM's ``continuous_usage_stats``, which gives exact tokens per chunk); where the
-server gives no usage, each content chunk counts as one token.
+server gives no usage, each content chunk counts as one token. ``fixed_length`` asks for
+exactly ``max_tokens`` (``ignore_eos`` and ``min_tokens``), so tokens/s figures compare.
 
 Built on aiohttp rather than httpx: measured on 2 cores against the synthetic server at 500
 streamed requests/s, httpx fell behind its schedule (schedule lag p99 55 ms) where aiohttp
@@ -40,6 +41,7 @@ class OpenAIClient:
     api_key_env: str | None = None
     include_usage: bool = True
     continuous_usage: bool = False
+    fixed_length: bool = False
     temperature: float = 0.0
     extra_body: dict[str, Any] = field(default_factory=dict)
     max_connections: int = 0  # unlimited: the engine decides how many requests are in flight
@@ -53,6 +55,8 @@ class OpenAIClient:
             "base_url": self.base_url,
             "model": self.model,
             "include_usage": self.include_usage,
+            "continuous_usage": self.continuous_usage,
+            "fixed_length": self.fixed_length,
             "extra_body": self.extra_body,
         }
 
@@ -80,6 +84,8 @@ class OpenAIClient:
             "temperature": self.temperature,
             "stream": True,
         }
+        if self.fixed_length:  # exactly max_tokens: EOS ignored (vLLM's sampling parameters)
+            body.update(ignore_eos=True, min_tokens=request.max_tokens)
         if self.include_usage:
             body["stream_options"] = {"include_usage": True}
             if self.continuous_usage:
@@ -127,8 +133,10 @@ class OpenAIClient:
         """The text of a chunk that carries a token, else None.
 
         A chunk carries a token when it has text, or when it has an empty text field and
-        is not the closing chunk: llama.cpp streams one chunk per token, and a token that
-        is part of a multi-byte character decodes to an empty string.
+        is neither the closing chunk nor the role announcement: llama.cpp streams one chunk
+        per token, and a token that is part of a multi-byte character decodes to an empty
+        string; a chat stream opens with a role-only delta (``{"role": "assistant",
+        "content": ""}``), which carries no token.
         """
         choices = event.get("choices") or []
         if not choices:
@@ -139,7 +147,7 @@ class OpenAIClient:
         if text:
             return str(text)
         has_field = any(key in fields for key in ("text", "content"))
-        return "" if has_field and choice.get("finish_reason") is None else None
+        return "" if has_field and "role" not in fields and choice.get("finish_reason") is None else None
 
     @staticmethod
     def _chunks(

@@ -154,6 +154,8 @@ class LoadRunner:
             model=model or meta.get("model", "default"),
             api=api,
             api_key_env=meta.get("api_key_env") or None,
+            continuous_usage=meta.get("continuous_usage") == "true",
+            fixed_length=meta.get("fixed_length") == "true",
             extra_body={**body, **dict(extra_body or {})},
         )
         seed = int(plan.get("seed", 0))
