@@ -25,6 +25,7 @@ from pytest_aifactory.core.errors import JobError
 from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.jobs.processes import pid_alive, process_start, same_process, signal_process
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, PROCESS_FILE, LaunchPlan, read_json, serve, write_json_atomic
+from pytest_aifactory.jobs.sealed import exported, seal
 from pytest_aifactory.services.spec import Resources
 
 __all__ = ["Backend", "JobStatus", "LocalBackend", "SlurmBackend", "make_backend"]
@@ -60,8 +61,10 @@ class Backend(ABC):
         self.jobs: dict[str, submitit.Job[Any]] = {}  # submitted from this process
 
     def submit(self, plan: LaunchPlan) -> str:
-        """Submit ``plan``'s service as a job; returns its id."""
-        job = self.submit_function(plan.folder, plan.spec.name, plan.spec.resources, serve, plan)
+        """Submit ``plan``'s service as a job; returns its id (its secrets go in the job's environment)."""
+        public, secrets = seal(plan)
+        with exported(secrets):
+            job = self.submit_function(plan.folder, plan.spec.name, plan.spec.resources, serve, public)
         return str(job.job_id)
 
     def submit_function(

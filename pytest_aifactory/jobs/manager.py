@@ -15,6 +15,7 @@ from filelock import FileLock
 
 from pytest_aifactory.core.errors import JobError, ServiceDiedError, ServiceStartupError
 from pytest_aifactory.core.profiles import Profile
+from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.jobs.backends import Backend, JobStatus
 from pytest_aifactory.jobs.registry import JobRecord, JobRegistry
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, EXIT_FILE, LaunchPlan, Owner, read_json, tail
@@ -27,8 +28,10 @@ __all__ = ["ServiceManager", "failure_report"]
 _LOG_LINES = 20
 
 
-def failure_report(service: str, headline: str, status: JobStatus, backend: str, job_id: str, folder: Path) -> str:
-    """A failure message: the job's state and exit code, and the last lines of its logs."""
+def failure_report(
+    service: str, headline: str, status: JobStatus, backend: str, job_id: str, folder: Path, redactor: Redactor
+) -> str:
+    """A failure message: the job's state and exit code, and the last lines of its logs, secrets masked."""
     exit_info = read_json(folder / EXIT_FILE)
     lines = [
         f"service {service!r} {headline}: {status.describe()} ({backend} job {job_id}, folder {folder})",
@@ -43,7 +46,7 @@ def failure_report(service: str, headline: str, status: JobStatus, backend: str,
         text = tail(path, _LOG_LINES)
         if text.strip():
             lines += [f"--- {label} (last {_LOG_LINES} lines of {path}) ---", text]
-    return "\n".join(lines)
+    return redactor.text("\n".join(lines))
 
 
 @dataclass
@@ -143,9 +146,7 @@ class ServiceManager:
             status = self.backend.status(record.job_id, record.folder)
             endpoint = read_json(record.folder / ENDPOINT_FILE)
             if not status.active:
-                raise ServiceStartupError(
-                    failure_report(spec.name, "exited before it was ready", status, *self._where(record))
-                )
+                raise ServiceStartupError(self._failure(spec, "exited before it was ready", status, record))
             if endpoint is not None:
                 service = self._running(spec, record, endpoint)
                 reason = check_ready(spec.probe, service) or ""
@@ -155,13 +156,15 @@ class ServiceManager:
                 reason = "job still pending in the queue"
             if time.monotonic() > deadline:
                 headline = f"was not ready within {spec.readiness_timeout_s:g} s (last probe: {reason})"
-                raise ServiceStartupError(failure_report(spec.name, headline, status, *self._where(record)))
+                raise ServiceStartupError(self._failure(spec, headline, status, record))
             time.sleep(interval)
             interval = min(interval * 1.5, 1.0)
 
-    @staticmethod
-    def _where(record: JobRecord) -> tuple[str, str, Path]:
-        return record.backend, record.job_id, record.folder
+    def _failure(self, spec: ServiceSpec, headline: str, status: JobStatus, record: JobRecord) -> str:
+        """``failure_report`` masking the secrets of the environment, the profile's and the service's env."""
+        given = {target: os.environ.get(source, "") for target, source in spec.env_from.items()}
+        redactor = Redactor(named={**self.profile.env, **spec.env, **given})
+        return failure_report(spec.name, headline, status, record.backend, record.job_id, record.folder, redactor)
 
     def check_alive(self, service: RunningService) -> None:
         """Raise ``ServiceDiedError`` (with state, exit code and logs) if ``service`` is gone."""
@@ -170,9 +173,7 @@ class ServiceManager:
         if status.active and exit_info is None:
             return
         self._event(service.name, f"service {service.name} died while in use: {status.describe()}", "error")
-        raise ServiceDiedError(
-            failure_report(service.name, "died while it was in use", status, *self._where(self._record(service)))
-        )
+        raise ServiceDiedError(self._failure(service.spec, "died while it was in use", status, self._record(service)))
 
     @staticmethod
     def _record(service: RunningService) -> JobRecord:

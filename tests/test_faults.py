@@ -1,0 +1,84 @@
+"""Faults and secrets, as a sceptical operator tries them, on the local profile and on Slurm.
+
+Planted secrets (the environment, the profile's ``env``, a Pushgateway URL password, the run's
+generated S3 keys) stay out of the terminal, the job folders (pickles included) and the report.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import run_pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+PROFILE_SECRET = "profile-api-key-7c1e0a"
+ENV_SECRET = "env-token-4d2b9f61"
+URL_SECRET = "url-password-8a3c5e"
+SERVICE_SECRET = "service-password-2f9d"
+
+_PROFILES = {
+    "local": "name: faulty\nexecutor: local\n",
+    "ci-slurm": (
+        "name: faulty\nexecutor: slurm\nslurm:\n  partition: debug\n  time_min: 20\n  cpus_per_task: 1\n  mem_gb: 2\n"
+    ),
+}
+
+
+@pytest.fixture(params=["local", pytest.param("ci-slurm", marks=pytest.mark.slurm)])
+def profile(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> Path:
+    """A profile of the backend with a secret in its ``env``."""
+    path = pytester.path / "faulty.yaml"
+    path.write_text(_PROFILES[str(request.param)] + f"env:\n  MY_API_KEY: {PROFILE_SECRET}\n  MAX_TOKENS: '4096'\n")
+    return path
+
+
+def _run(pytester: pytest.Pytester, profile: Path, run_id: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_pytest(
+        pytester.path,
+        f"--aif-profile={profile}",
+        "--aif-results-dir=res",
+        f"--aif-run-id={run_id}",
+        f"--aif-pushgateway=http://user:{URL_SECRET}@127.0.0.1:1",
+        *args,
+        env={"AIF_PLANTED_TOKEN": ENV_SECRET},
+    )
+
+
+LEAKY_SERVICE = f"""
+import os
+from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
+
+def test_leaky(aif_service):
+    open("s3-secret.txt", "w").write(os.environ["AIF_S3_SECRET_KEY"])
+    aif_service(ServiceSpec(
+        name="leaky",
+        setup=(("sh", "-c", "echo $AIF_S3_SECRET_KEY > {{workdir}}/creds.json"),),
+        command=("sh", "-c",
+                 'echo "key=$MY_API_KEY tok=$AIF_PLANTED_TOKEN s3=$AIF_S3_SECRET_KEY svc=$SVC_PASSWORD" >&2; exit 3'),
+        env={{"SVC_PASSWORD": "{SERVICE_SECRET}"}},
+        probe=HttpProbe(),
+        secret_files=("{{workdir}}/creds.json",),
+    ))
+"""
+
+
+def test_secrets_stay_out_of_the_terminal_job_folders_and_report(pytester: pytest.Pytester, profile: Path) -> None:
+    """A failing service prints its secrets: its log tail is shown masked, and no file of ours holds one."""
+    pytester.makepyfile(LEAKY_SERVICE)
+    done = _run(pytester, profile, "leaky")
+    assert done.returncode == 1, done.stdout[-3000:]
+    s3_secret = (pytester.path / "s3-secret.txt").read_text()
+    secrets = [PROFILE_SECRET, ENV_SECRET, URL_SECRET, SERVICE_SECRET, s3_secret]
+    assert "key=*** tok=*** s3=*** svc=***" in done.stdout
+    assert [s for s in secrets if s in done.stdout + done.stderr] == []
+    run_dir = pytester.path / "res" / "leaky"
+    (job_folder,) = (run_dir / "jobs").iterdir()
+    assert (job_folder / "work").is_dir()  # the setup step ran, and its credentials file is gone
+    assert not (job_folder / "work" / "creds.json").exists()
+    assert list(job_folder.glob("*_submitted.pkl"))
+    ours = [p for p in run_dir.rglob("*") if p.is_file() and p.name not in ("service.err", "service.out")]
+    leaks = [(p.name, s) for p in ours for s in secrets if s.encode() in p.read_bytes()]
+    assert leaks == []
