@@ -64,7 +64,8 @@ class LoadPlan:
     Open loop: ``arrivals`` (rate and distribution), optionally capped at ``concurrency``
     requests in flight (time waiting for a slot counts as latency). Closed loop: exactly
     ``concurrency`` requests in flight. Stop after ``count`` requests or ``duration_s``
-    seconds. The first ``warmup`` requests run but are excluded from the results.
+    seconds. The first ``warmup`` requests run but are excluded from the results. ``times``
+    replaces the arrivals with a fixed schedule (trace replay: due times in seconds).
     """
 
     mode: Literal["open", "closed"]
@@ -74,10 +75,11 @@ class LoadPlan:
     duration_s: float | None = None
     warmup: int = 0
     timeout_s: float = 300.0
+    times: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.mode == "open" and self.arrivals is None:
-            raise ValueError("an open-loop plan needs arrivals (a rate)")
+        if self.mode == "open" and self.arrivals is None and self.times is None:
+            raise ValueError("an open-loop plan needs arrivals (a rate) or fixed times")
         if self.mode == "closed" and not (self.concurrency and self.concurrency > 0):
             raise ValueError("a closed-loop plan needs a concurrency >= 1")
         if (self.count is None) == (self.duration_s is None):
@@ -85,6 +87,9 @@ class LoadPlan:
 
     def schedule(self) -> list[tuple[int, float]]:
         """Open loop: (index, due time) of every request, warm-up included."""
+        if self.times is not None:
+            limit = len(self.times) if self.count is None else self.count + self.warmup
+            return [(i, t) for i, t in enumerate(self.times[:limit]) if self.duration_s is None or t < self.duration_s]
         assert self.arrivals is not None
         count = None if self.count is None else self.count + self.warmup
         times = arrival_times(self.arrivals, count=count, duration_s=self.duration_s)
@@ -100,6 +105,8 @@ class LoadPlan:
             "warmup": self.warmup,
             "timeout_s": self.timeout_s,
         }
+        if self.times is not None:
+            data["schedule"] = "fixed times"
         if self.arrivals is not None:
             data.update(
                 rate=self.arrivals.rate,

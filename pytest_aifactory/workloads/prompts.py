@@ -11,11 +11,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from pytest_aifactory.core.words import COMMON_WORDS
+
+if TYPE_CHECKING:
+    from pytest_aifactory.workloads.shared_prefix import SharedPrefixPrompts
 
 __all__ = ["LLMRequest", "Lengths", "PromptFile", "SyntheticPrompts", "prompts_from_spec"]
 
@@ -153,16 +156,20 @@ class PromptFile:
         return {"prompts": self.source, "entries": len(self.entries), "seed": self.seed, "max_output": self.max_output}
 
 
-PromptSource = SyntheticPrompts | PromptFile
+PromptSource = Union[SyntheticPrompts, PromptFile, "SharedPrefixPrompts"]
 
 
 def prompts_from_spec(spec: str, seed: int = 0) -> PromptSource:
-    """Build a workload from ``synthetic:in=512,out=128`` or ``sharegpt:PATH`` / ``file:PATH``.
+    """Build a workload from ``synthetic:in=512,out=128``, ``shared-prefix:...`` or ``sharegpt:PATH`` / ``file:PATH``.
 
     Synthetic options: ``in`` and ``out`` (N or LOW:HIGH), ``seed``. File options after the
-    path: ``PATH,max_out=256``.
+    path: ``PATH,max_out=256``. Shared prefixes: see ``shared_prefix.SharedPrefixPrompts``.
     """
     kind, _, rest = spec.partition(":")
+    if kind == "shared-prefix":
+        from pytest_aifactory.workloads.shared_prefix import SharedPrefixPrompts  # it imports this module
+
+        return SharedPrefixPrompts.from_options(dict(_options(rest, spec)), spec, seed)
     if kind == "synthetic":
         options = dict(_options(rest, spec))
         unknown = set(options) - {"in", "out", "seed"}
@@ -179,7 +186,8 @@ def prompts_from_spec(spec: str, seed: int = 0) -> PromptSource:
         max_out = int(options["max_out"]) if "max_out" in options else None
         return PromptFile.load(Path(path), seed=seed, max_output=max_out)
     raise ValueError(
-        f"unknown prompt source {spec!r}; use synthetic:in=N,out=N[,seed=S], sharegpt:PATH or file:PATH.jsonl"
+        f"unknown prompt source {spec!r}; use synthetic:in=N,out=N[,seed=S], "
+        "shared-prefix:prefixes=N,prefix=N,suffix=N,out=N,share=F, sharegpt:PATH or file:PATH.jsonl"
     )
 
 

@@ -6,7 +6,6 @@ points = load.sweep("rate", [5, 10, 20], load.openai, llm_server, count=200)
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from pytest_aifactory.load.workers import run_load, run_on_jobs
 from pytest_aifactory.services.connect import dsn_of
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads import files, s3, sql
-from pytest_aifactory.workloads.openai import OpenAIClient
+from pytest_aifactory.workloads.production_loads import ProductionLoads, openai_client
 from pytest_aifactory.workloads.prompts import prompts_from_spec
 from pytest_aifactory.workloads.triton import RandomTensors, TritonGenerateClient, TritonInferClient
 from pytest_aifactory.workloads.vectors.datasets import VectorDataset
@@ -59,7 +58,7 @@ def _label(plan: LoadPlan) -> str:
     return f"concurrency={plan.concurrency}"
 
 
-class LoadRunner:
+class LoadRunner(ProductionLoads):
     """Runs loads and hands every result to ``on_result`` (the plugin records them for SLOs)."""
 
     def __init__(
@@ -147,17 +146,7 @@ class LoadRunner:
         **plan: Any,
     ) -> LoadResult:
         """Stream completions from an OpenAI-compatible server (a service or a base URL)."""
-        meta = service.spec.meta if isinstance(service, RunningService) else {}
-        body = json.loads(meta.get("extra_body", "{}"))
-        client = OpenAIClient(
-            base_url=service.url() if isinstance(service, RunningService) else service,
-            model=model or meta.get("model", "default"),
-            api=api,
-            api_key_env=meta.get("api_key_env") or None,
-            continuous_usage=meta.get("continuous_usage") == "true",
-            fixed_length=meta.get("fixed_length") == "true",
-            extra_body={**body, **dict(extra_body or {})},
-        )
+        client = openai_client(service, api, model, extra_body)
         seed = int(plan.get("seed", 0))
         return self.run(
             client,

@@ -1,0 +1,91 @@
+"""Loads shaped like production traffic, as ``aif_load`` methods: trace replay (and, below, more).
+
+``LoadRunner`` inherits these; each builds its client and workload and hands them to
+``LoadRunner.run`` like the other helpers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pytest_aifactory.core.metrics import LoadResult
+from pytest_aifactory.load.engine import LoadPlan
+from pytest_aifactory.services.spec import RunningService
+from pytest_aifactory.workloads.openai import OpenAIClient
+from pytest_aifactory.workloads.traces import Trace, TracePrompts
+
+__all__ = ["ProductionLoads", "openai_client"]
+
+
+def openai_client(
+    service: RunningService | str,
+    api: Literal["completions", "chat"] = "completions",
+    model: str | None = None,
+    extra_body: Mapping[str, Any] | None = None,
+) -> OpenAIClient:
+    """A streaming client of an OpenAI-compatible service (its model, key variable and body from its spec)."""
+    meta = service.spec.meta if isinstance(service, RunningService) else {}
+    body = json.loads(meta.get("extra_body", "{}"))
+    return OpenAIClient(
+        base_url=service.url() if isinstance(service, RunningService) else service,
+        model=model or meta.get("model", "default"),
+        api=api,
+        api_key_env=meta.get("api_key_env") or None,
+        continuous_usage=meta.get("continuous_usage") == "true",
+        fixed_length=meta.get("fixed_length") == "true",
+        extra_body={**body, **dict(extra_body or {})},
+    )
+
+
+class _Runner(Protocol):
+    run: Callable[..., LoadResult]
+
+
+class ProductionLoads:
+    """Trace replay, and the other production-shaped loads of ``aif_load``."""
+
+    def trace_replay(
+        self: _Runner,
+        service: RunningService | str,
+        trace: Path | str,
+        *,
+        time_scale: float = 1.0,
+        window: tuple[float, float | None] = (0.0, None),
+        api: Literal["completions", "chat"] = "completions",
+        block_tokens: int = 512,
+        max_input: int | None = None,
+        max_output: int | None = None,
+        concurrency: int | None = None,
+        warmup: int = 0,
+        timeout_s: float = 300.0,
+        seed: int = 0,
+        label: str | None = None,
+        goodput: Mapping[str, float] | None = None,
+        workers: int | None = None,
+    ) -> LoadResult:
+        """Replay a trace file's arrivals and lengths (``window`` in trace seconds, gaps times ``time_scale``).
+
+        Latency counts from each request's traced (scaled) time, as in every open-loop load;
+        the result's configuration names the trace and its SHA-256.
+        """
+        loaded = Trace.load(trace)
+        requests = loaded.window(*window)
+        if not requests:
+            raise ValueError(f"trace {loaded.path}: no request in the window {window} (seconds of trace time)")
+        prompts = TracePrompts(loaded, tuple(requests), block_tokens, max_input, max_output, seed)
+        times = prompts.times(time_scale)
+        if warmup >= len(times):
+            raise ValueError(f"trace {loaded.path}: warmup={warmup} leaves none of its {len(times)} requests")
+        plan = LoadPlan("open", None, concurrency, len(times) - warmup, None, warmup, timeout_s, times=times)
+        return self.run(
+            openai_client(service, api),
+            prompts,
+            plan,
+            label=label or f"trace {loaded.name} x{time_scale:g}",
+            workers=workers,
+            goodput=goodput,
+            config={"time_scale": time_scale, "window_s": list(window)},
+        )

@@ -1,0 +1,137 @@
+"""Production-shaped workloads: shared prefixes and trace replay (formats, errors, timing)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pytest_aifactory.workloads.prompts import prompts_from_spec
+from pytest_aifactory.workloads.runner import LoadRunner
+from pytest_aifactory.workloads.shared_prefix import SharedPrefixPrompts
+from pytest_aifactory.workloads.traces import SYNTHETIC_TRACE, Trace, TraceError, TracePrompts
+
+pytestmark = pytest.mark.timeout(120)
+
+SPEC = "shared-prefix:prefixes=3,prefix=40,suffix=5:9,out=4,share=0.75"
+
+
+def test_shared_prefix_prompts_are_reproducible_by_seed() -> None:
+    first, again, other = (prompts_from_spec(SPEC, seed) for seed in (1, 1, 2))
+    assert isinstance(first, SharedPrefixPrompts)
+    assert [first.request(i) for i in range(20)] == [again.request(i) for i in range(20)]
+    assert [first.request(i).prompt for i in range(20)] != [other.request(i).prompt for i in range(20)]
+
+
+def test_shared_prefix_share_lengths_and_groups() -> None:
+    prompts = prompts_from_spec(SPEC)
+    assert isinstance(prompts, SharedPrefixPrompts)
+    groups = [prompts.prefix_group(i) for i in range(100)]
+    assert sum(g is not None for g in groups) == 75  # exactly the share
+    assert {g for g in groups if g is not None} == {0, 1, 2}
+    for i, group in enumerate(groups):
+        request = prompts.request(i)
+        head, suffix = request.prompt.split("\n")
+        assert len(head.split()) == 40
+        assert 5 <= len(suffix.split()) <= 9
+        assert request.input_tokens == 40 + len(suffix.split())
+        assert (head == prompts.prefix(group)) if group is not None else head.startswith(f"own {i}:")
+    assert len({prompts.request(i).prompt for i in range(100)}) == 100  # every prompt its own
+    unique = prompts_from_spec(SPEC.replace("share=0.75", "share=0"))
+    assert all(unique.prefix_group(i) is None for i in range(50))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (SPEC + ",colour=red", "unknown option(s) colour"),
+        (SPEC.replace("share=0.75", "share=2"), "need 0 <= share <= 1"),
+        (SPEC.replace("prefix=40", "prefix=x"), "prompts 'shared-prefix:"),
+    ],
+)
+def test_shared_prefix_bad_options(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        prompts_from_spec(spec)
+
+
+def test_synthetic_trace_ships_and_loads() -> None:
+    trace = Trace.load(SYNTHETIC_TRACE)
+    assert trace.name == "synthetic-trace"
+    assert len(trace.requests) == 40
+    assert len(trace.sha256) == 64
+    assert trace.requests[0].at_s == 0.0
+    assert trace.requests[-1].at_s == pytest.approx(6.689)
+    prompts = TracePrompts(trace, trace.requests, max_input=300)
+    for i, traced in enumerate(trace.requests):
+        request = prompts.request(i)
+        assert request.max_tokens == traced.output_tokens
+        assert len(request.prompt.split()) == min(traced.input_tokens, 300)
+    same_block = [i for i, r in enumerate(trace.requests) if r.hash_ids[:1] == (0,)]
+    texts = [prompts.request(i).prompt.split() for i in same_block]
+    shortest = min(len(t) for t in texts)
+    assert len({tuple(t[:shortest]) for t in texts}) == 1  # a shared first block is a shared prefix
+    assert prompts.times(0.5)[-1] == pytest.approx(6.689 / 2)
+
+
+def test_azure_and_burstgpt_csv(tmp_path: Path) -> None:
+    azure = tmp_path / "azure.csv"
+    azure.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900,4808,10\n"
+        "2023-11-16 18:15:47.1805900,100,1\n"
+        "2023-11-16 18:16:00.0000000,20,3\n"
+    )
+    trace = Trace.load(azure)
+    assert [r.at_s for r in trace.requests] == pytest.approx([0.0, 0.5, 13.31941])
+    assert [(r.input_tokens, r.output_tokens) for r in trace.requests] == [(4808, 10), (100, 1), (20, 3)]
+    assert [r.at_s for r in trace.window(0.4, 13)] == pytest.approx([0.5])
+    burst = tmp_path / "burst.csv"
+    burst.write_text("Timestamp,Model,Request tokens,Response tokens\n5,ChatGPT,472,18\n45,GPT-4,1087,230\n")
+    assert [r.at_s for r in Trace.load(burst).requests] == [0.0, 40.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("t.csv", "timestamp_s,input_tokens\n0,5\n", r"t.csv:1: no output column .*accepted: output_tokens"),
+        ("t.csv", "timestamp_s,input_tokens,output_tokens\n0,5,1\n-2,5,1\n", r"t.csv:3: column .timestamp_s.: neg"),
+        ("t.csv", "timestamp_s,input_tokens,output_tokens\n3,5,1\n1,5,1\n", r"t.csv:3: column 'timestamp_s'.*sorted"),
+        ("t.csv", "timestamp_s,input_tokens,output_tokens\n0,five,1\n", r"t.csv:2: column 'input_tokens': 'five'"),
+        (
+            "t.jsonl",
+            '{"timestamp": 0, "input_length": 5, "output_length": 1}\n{"timestamp": 9, "input_length": 5}\n',
+            r"t.jsonl:2: column 'output_tokens' missing",
+        ),
+        ("t.jsonl", '{"timestamp": -1, "input_length": 5, "output_length": 1}\n', r"t.jsonl:1: .*negative"),
+        ("t.txt", "x", r"unknown format '.txt'"),
+    ],
+)
+def test_bad_trace_names_file_line_and_column(tmp_path: Path, name: str, text: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(TraceError, match=message):
+        Trace.load(path)
+
+
+@pytest.fixture(scope="module")
+def fast_server(aif_shared_service):  # type: ignore[no-untyped-def]
+    return aif_shared_service("synthetic-llm", ttft_ms=5.0, itl_ms=1.0)
+
+
+def test_trace_replay_honours_scaled_timestamps(fast_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    trace = Trace.load(SYNTHETIC_TRACE)
+    result = LoadRunner().trace_replay(fast_server, SYNTHETIC_TRACE, time_scale=0.25, window=(1.0, 5.0), max_input=64)
+    window = trace.window(1.0, 5.0)
+    expected = [(r.at_s - window[0].at_s) * 0.25 for r in window]
+    assert [r.scheduled for r in result.records] == pytest.approx(expected)
+    assert [r.output_tokens for r in result.records] == [r.output_tokens for r in window]
+    assert result["error_rate"] == 0
+    assert result["p99_lag_ms"] < 50
+    assert result["offered_rate"] == pytest.approx((len(window) - 1) / expected[-1])
+    assert result.config["trace"] == "synthetic-trace"
+    assert result.config["trace_sha256"] == trace.sha256
+    assert result.config["time_scale"] == 0.25
+    assert result.config["schedule"] == "fixed times"
+    assert json.loads(json.dumps(result.to_json()))["config"]["trace_requests"] == len(window)
