@@ -6,6 +6,7 @@ generated S3 keys) stay out of the terminal, the job folders (pickles included) 
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -82,3 +83,36 @@ def test_secrets_stay_out_of_the_terminal_job_folders_and_report(pytester: pytes
     ours = [p for p in run_dir.rglob("*") if p.is_file() and p.name not in ("service.err", "service.out")]
     leaks = [(p.name, s) for p in ours for s in secrets if s.encode() in p.read_bytes()]
     assert leaks == []
+
+
+DYING_SERVICE = """
+import json, os, signal, threading, time
+import pytest
+
+@pytest.mark.slo("error_rate <= 1")
+def test_dies_mid_load(synthetic_llm_service, aif_load):
+    pid = json.loads((synthetic_llm_service.folder / "endpoint.json").read_text())["pid"]
+    threading.Timer(2.0, os.kill, (pid, signal.SIGKILL)).start()  # the fault: the service dies 2 s in
+    started = time.monotonic()
+    try:
+        aif_load.openai(synthetic_llm_service, rate=20, duration_s=60, prompts="synthetic:in=4,out=8")
+    finally:
+        open("elapsed.txt", "w").write(str(time.monotonic() - started))
+"""
+
+
+def test_a_dead_service_stops_its_load_and_fails_once(pytester: pytest.Pytester, profile: Path) -> None:
+    """Killed 2 s into a 60 s load: the load ends within seconds, what it measured is judged and reported."""
+    pytester.makepyfile(DYING_SERVICE)
+    done = _run(pytester, profile, "dying")
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert float((pytester.path / "elapsed.txt").read_text()) < 10
+    assert done.stdout.count("service 'synthetic-llm' died while it was in use") == 1, done.stdout[-3000:]
+    assert "During handling of the above exception" not in done.stdout
+    assert "LoadStoppedError" not in done.stdout
+    report = json.loads((pytester.path / "res" / "dying" / "report.json").read_text())
+    (test,) = report["tests"]
+    assert test["outcome"] == "failed"
+    (result,) = test["results"]
+    assert result["metrics"]["completed"] > 0
+    assert [v["slo"] for v in test["slo"]] == ["error_rate <= 1"]

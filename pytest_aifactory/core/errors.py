@@ -25,3 +25,7 @@ class ServiceStartupError(AifError):
 
 class ServiceDiedError(AifError):
     """A service that was ready is no longer running."""
+
+
+class LoadStoppedError(AifError):
+    """A load was stopped early (a service it used is known dead); what it measured is kept."""

@@ -166,6 +166,10 @@ class ServiceManager:
         redactor = Redactor(named={**self.profile.env, **spec.env, **given})
         return failure_report(spec.name, headline, status, record.backend, record.job_id, record.folder, redactor)
 
+    def is_alive(self, service: RunningService) -> bool:
+        """True while the service's job is active and its process has not exited."""
+        return self.backend.status(service.job_id, service.folder).active and not (service.folder / EXIT_FILE).exists()
+
     def check_alive(self, service: RunningService) -> None:
         """Raise ``ServiceDiedError`` (with state, exit code and logs) if ``service`` is gone."""
         status = self.backend.status(service.job_id, service.folder)

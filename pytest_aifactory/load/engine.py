@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.schedule import Arrivals, arrival_times
 
-__all__ = ["Clock", "Engine", "LoadPlan", "Progress", "RequestClient", "Workload"]
+__all__ = ["Clock", "Engine", "LoadPlan", "Progress", "RequestClient", "StopSignal", "Workload"]
 
 
 class Clock:
@@ -132,6 +132,13 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+class StopSignal(Protocol):
+    """Set from outside (a thread, another process) to end a load early: ``threading.Event``, ``mp.Event``."""
+
+    def is_set(self) -> bool:
+        """True once the load must stop."""
+
+
 class Engine:
     """Runs one ``LoadPlan`` against a client in one event loop; returns the records."""
 
@@ -147,8 +154,13 @@ class Engine:
         worker: str = "",
         index_offset: int = 0,
         index_stride: int = 1,
+        stop: StopSignal | None = None,
     ) -> None:
-        """Closed loop numbers its requests ``index_offset + k * index_stride`` (worker shards)."""
+        """Closed loop numbers its requests ``index_offset + k * index_stride`` (worker shards).
+
+        ``stop`` (checked every 0.1 s) ends the load early, as when its service is known dead:
+        nothing more is sent, requests in flight end as errors, the records so far are returned.
+        """
         self.client = client
         self.workload = workload
         self.plan = plan
@@ -157,7 +169,9 @@ class Engine:
         self.worker = worker
         self.index_offset = index_offset
         self.index_stride = index_stride
+        self.stop = stop
         self.records: list[RequestRecord] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._sent = 0
         self._slots = asyncio.Semaphore(plan.concurrency) if plan.mode == "open" and plan.concurrency else None
         self.clock = Clock()
@@ -171,12 +185,16 @@ class Engine:
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a collection pause in the middle of a load would become schedule lag
         reporter = asyncio.create_task(self._report()) if self.progress else None
+        if self.plan.mode == "open":
+            work = asyncio.create_task(self._open_loop(schedule if schedule is not None else self.plan.schedule()))
+        else:
+            work = asyncio.create_task(self._closed_loop())
+        watcher = asyncio.create_task(self._watch_stop(work)) if self.stop is not None else None
         try:
-            if self.plan.mode == "open":
-                await self._open_loop(schedule if schedule is not None else self.plan.schedule())
-            else:
-                await self._closed_loop()
+            await self._until_done_or_stopped(work)
         finally:
+            if watcher is not None:
+                watcher.cancel()
             if reporter is not None:
                 reporter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -187,6 +205,25 @@ class Engine:
         self._emit()
         return sorted(self.records, key=lambda r: r.index)
 
+    async def _watch_stop(self, work: asyncio.Task[None]) -> None:
+        assert self.stop is not None
+        while not self.stop.is_set():
+            await asyncio.sleep(0.1)
+        work.cancel()
+
+    async def _until_done_or_stopped(self, work: asyncio.Task[None]) -> None:
+        """Await the load; once stopped, end the requests still in flight (they become errors)."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # cancelled from outside, not stopped
+                raise
+            in_flight = list(self._in_flight)
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
     async def _wait_until(self, due: float) -> None:
         delay = due - self.clock.now() - self.spin_s
         if delay > 0:
@@ -195,7 +232,7 @@ class Engine:
             await asyncio.sleep(0)
 
     async def _open_loop(self, schedule: Sequence[tuple[int, float]]) -> None:
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self._in_flight
         for index, due in schedule:
             await self._wait_until(due)
             record = RequestRecord(index=index, scheduled=due, warmup=index < self.plan.warmup, worker=self.worker)
@@ -235,6 +272,10 @@ class Engine:
                 await asyncio.wait_for(self.client.send(payload, record, self.clock), self.plan.timeout_s)
             except asyncio.TimeoutError:
                 record.error = f"timeout after {self.plan.timeout_s:g} s"
+            except asyncio.CancelledError:  # the load was stopped while this request was in flight
+                record.error = "in flight when the load was stopped"
+                self.records.append(record)
+                raise
             except Exception as exc:  # any client failure is a failed request, never a crashed run
                 record.error = f"{type(exc).__name__}: {exc}"[:500]
         if record.end is None and record.error is None:

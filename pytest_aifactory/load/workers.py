@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_aifactory.core.records import RequestRecord
-from pytest_aifactory.load.engine import Engine, LoadPlan, Progress, RequestClient, Workload
+from pytest_aifactory.load.engine import Engine, LoadPlan, Progress, RequestClient, StopSignal, Workload
 
 __all__ = ["Shard", "run_load", "run_on_jobs", "split_plan"]
 
@@ -69,7 +69,7 @@ def split_plan(client: RequestClient, workload: Workload, plan: LoadPlan, parts:
     return shards
 
 
-def _engine(shard: Shard, progress: Callable[[Progress], None] | None) -> Engine:
+def _engine(shard: Shard, progress: Callable[[Progress], None] | None, stop: StopSignal | None = None) -> Engine:
     return Engine(
         shard.client,
         shard.workload,
@@ -78,17 +78,18 @@ def _engine(shard: Shard, progress: Callable[[Progress], None] | None) -> Engine
         worker=shard.worker,
         index_offset=shard.index_offset,
         index_stride=shard.index_stride,
+        stop=stop,
     )
 
 
-def _worker_main(shard: Shard, barrier: Any, start: Any, out: Any) -> None:
+def _worker_main(shard: Shard, barrier: Any, start: Any, out: Any, stop: Any) -> None:
     """A worker process: wait at the barrier, run the shard from the common start, report."""
 
     def report(p: Progress) -> None:
         out.put(("progress", shard.worker, (p.sent, p.done, p.errors)))
 
     try:
-        engine = _engine(shard, report)
+        engine = _engine(shard, report, stop)
         barrier.wait()
         barrier.wait()  # the parent sets the start time between the two waits
         records = asyncio.run(engine.run(shard.schedule, start_at=start.value))
@@ -104,21 +105,25 @@ def run_load(
     plan: LoadPlan,
     workers: int = 1,
     progress: Callable[[Progress], None] | None = None,
+    stop: StopSignal | None = None,
 ) -> list[RequestRecord]:
-    """Run ``plan`` in this process (``workers=1``) or in ``workers`` processes; merged records."""
+    """Run ``plan`` in this process (``workers=1``) or in ``workers`` processes; merged records.
+
+    ``stop`` ends the load early (see ``Engine``); worker processes are told within a second.
+    """
     if workers == 1:
-        return asyncio.run(_engine(Shard(client, workload, plan, None, "w0"), progress).run())
+        return asyncio.run(_engine(Shard(client, workload, plan, None, "w0"), progress, stop).run())
     shards = split_plan(client, workload, plan, workers)
     ctx = mp.get_context("spawn")
-    barrier, start, out = ctx.Barrier(workers + 1), ctx.Value("d", 0.0), ctx.Queue()
-    processes = [ctx.Process(target=_worker_main, args=(s, barrier, start, out), daemon=True) for s in shards]
+    barrier, start, out, stopping = ctx.Barrier(workers + 1), ctx.Value("d", 0.0), ctx.Queue(), ctx.Event()
+    processes = [ctx.Process(target=_worker_main, args=(s, barrier, start, out, stopping), daemon=True) for s in shards]
     for process in processes:
         process.start()
     try:
         barrier.wait(timeout=120)
         start.value = time.time() + _START_MARGIN_S
         barrier.wait(timeout=10)
-        return _collect(out, processes, progress, start.value)
+        return _collect(out, processes, progress, start.value, lambda: stop is not None and stop.is_set(), stopping)
     finally:
         for process in processes:
             if process.is_alive():
@@ -127,11 +132,19 @@ def run_load(
 
 
 def _collect(
-    out: Any, processes: list[Any], progress: Callable[[Progress], None] | None, start_at: float
+    out: Any,
+    processes: list[Any],
+    progress: Callable[[Progress], None] | None,
+    start_at: float,
+    stopped: Callable[[], bool],
+    stopping: Any,
 ) -> list[RequestRecord]:
+    """The workers' records; ``stopping`` is set for them once ``stopped()``."""
     results: dict[str, list[RequestRecord]] = {}
     counts: dict[str, tuple[int, int, int]] = {}
     while len(results) < len(processes):
+        if stopped():
+            stopping.set()
         try:
             kind, worker, payload = out.get(timeout=1.0)
         except queue.Empty:

@@ -16,6 +16,7 @@ import pytest
 from pytest_aifactory.core.errors import ServiceConfigError, ServiceDiedError, ServiceStartupError
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.core.profiles import Profile
+from pytest_aifactory.jobs.liveness import LivenessWatcher
 from pytest_aifactory.jobs.registry import JobRecord
 from pytest_aifactory.jobs.run import RunContext
 from pytest_aifactory.load.engine import Progress
@@ -201,7 +202,8 @@ def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_ru
     Every result is recorded for the test's ``slo`` marker and the results table, and handed
     to the ``pytest_aifactory_result`` hook. With ``nodes=N`` the load runs as N jobs of the
     profile (client nodes); they are recorded in the run's job registry and cancelled if
-    the test ends before they do.
+    the test ends before they do. A service the test requested that dies stops the load under
+    way within seconds (the liveness watcher tells the engine); what it measured is kept.
     """
     item = request.node
     session = pytestconfig.stash[SESSION_KEY]
@@ -227,13 +229,18 @@ def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_ru
         factories.append(progress_printer(reporter, item.name))
     if session.recorder is not None:
         factories.append(session.recorder.progress(item.name))
-    yield LoadRunner(
-        on_result=record,
-        progress=_combined([f for f in factories if f is not None]),
-        workers=int(setting(pytestconfig, "aif_load_workers")),
-        submit=submit,
-        shard_dir=shard_dir,
-    )
+    watcher = LivenessWatcher(lambda: _requested(item), aif_run.services.is_alive)
+    try:
+        yield LoadRunner(
+            on_result=record,
+            progress=_combined([f for f in factories if f is not None]),
+            workers=int(setting(pytestconfig, "aif_load_workers")),
+            submit=submit,
+            shard_dir=shard_dir,
+            stop=watcher.stop,
+        )
+    finally:
+        watcher.close()
     for shard in shards:
         aif_run.backend.cancel(shard.job_id, shard.folder)
         aif_run.registry.stopped(shard)

@@ -158,17 +158,23 @@ class Outcomes:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        """After a passing test body: its objectives, and regressions against a baseline run."""
-        yield
+        """After a passing test body: its objectives, and regressions against a baseline run.
+
+        A test body that failed after measuring (its service died mid-load) still has its
+        objectives judged on what was measured, for the report and the table; its failure stays the one.
+        """
+        try:
+            yield
+        except BaseException:
+            if item.stash.get(RESULTS_KEY, []):
+                self._judge(item)
+            raise
         results = item.stash.get(RESULTS_KEY, [])
         if not results and not item.get_closest_marker("slo"):
             return None
-        slos = slos_of(item, self.variables())
-        if slos and not results:
+        if not results and slos_of(item, self.variables()):
             pytest.fail("this test has @pytest.mark.slo but ran no load (use the aif_load fixture)", pytrace=False)
-        label = len(results) > 1
-        verdicts = [v for result in results for v in check(slos, result.metrics(), result.label if label else "")]
-        item.stash[_VERDICTS_KEY] = verdicts
+        verdicts = self._judge(item)
         problems = []
         if not all(v.passed for v in verdicts):
             errors = [f"  [{r.label}] {sample}" for r in results for sample in r.error_samples]
@@ -180,6 +186,14 @@ class Outcomes:
         if problems:
             pytest.fail("\n".join(problems), pytrace=False)
         return None
+
+    def _judge(self, item: pytest.Item) -> list[Verdict]:
+        """The verdicts of the test's objectives on each of its results (kept for its report)."""
+        results = item.stash.get(RESULTS_KEY, [])
+        slos, label = slos_of(item, self.variables()), len(results) > 1
+        verdicts = [v for result in results for v in check(slos, result.metrics(), result.label if label else "")]
+        item.stash[_VERDICTS_KEY] = verdicts
+        return verdicts
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:

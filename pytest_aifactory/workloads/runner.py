@@ -11,8 +11,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from pytest_aifactory.core.errors import LoadStoppedError
 from pytest_aifactory.core.metrics import GoodputSLO, LoadResult, summarize
-from pytest_aifactory.load.engine import LoadPlan, Progress, RequestClient, Workload
+from pytest_aifactory.load.engine import LoadPlan, Progress, RequestClient, StopSignal, Workload
 from pytest_aifactory.load.schedule import Arrivals, Distribution
 from pytest_aifactory.load.workers import run_load, run_on_jobs
 from pytest_aifactory.services.connect import dsn_of
@@ -68,13 +69,19 @@ class LoadRunner(ProductionLoads):
         workers: int = 1,
         submit: Callable[..., Any] | None = None,
         shard_dir: Path | None = None,
+        stop: StopSignal | None = None,
     ) -> None:
-        """``submit(fn, *args)`` -> submitit job and ``shard_dir`` (seen by every node) enable ``nodes=N``."""
+        """``submit(fn, *args)`` -> submitit job and ``shard_dir`` (seen by every node) enable ``nodes=N``.
+
+        ``stop``, once set (the service is known dead), ends the load under way: its result is
+        kept and recorded, then ``LoadStoppedError`` is raised, and so for any later load.
+        """
         self.on_result = on_result
         self.progress = progress
         self.workers = workers
         self.submit = submit
         self.shard_dir = shard_dir
+        self.stop = stop
         self.results: list[LoadResult] = []
 
     def run(
@@ -104,7 +111,7 @@ class LoadRunner(ProductionLoads):
             records = run_on_jobs(self.submit, client, workload, plan, nodes, sync)
         else:
             callback = self.progress(label) if self.progress else None
-            records = run_load(client, workload, plan, workers=workers, progress=callback)
+            records = run_load(client, workload, plan, workers=workers, progress=callback, stop=self.stop)
         full_config = {
             **plan.describe(),
             **_describe(workload),
@@ -116,7 +123,10 @@ class LoadRunner(ProductionLoads):
         }
         result = summarize(records, label, plan.mode, full_config, GoodputSLO(**goodput) if goodput else None)
         result.scalars.update(scalars or {})
-        return self.record(result)
+        self.record(result)
+        if self.stop is not None and self.stop.is_set():
+            raise LoadStoppedError(f"load {label} stopped early after {len(records)} request(s): its service is gone")
+        return result
 
     def record(self, result: LoadResult) -> LoadResult:
         """Keep a result (also those measured outside the engine, such as fio's)."""
