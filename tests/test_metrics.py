@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import pytest_aifactory
+from pytest_aifactory.core.composite import summarize_pipeline, summarize_sessions
 from pytest_aifactory.core.metric_table import LATENCIES, METRICS, TABLE, min_samples
 from pytest_aifactory.core.metrics import GoodputSLO, LoadResult, itl_per_token, summarize
 from pytest_aifactory.core.records import Chunk, RequestRecord, attribute_tokens
@@ -173,7 +174,8 @@ def test_every_metric_a_workload_emits_is_in_the_table(tmp_path: Path) -> None:
 
 
 def test_distributions_are_the_declared_latencies() -> None:
-    assert set(summarize([]).distributions) == {latency.name for latency in LATENCIES}
+    emitted = [set(summarizer([]).distributions) for summarizer in (summarize, summarize_sessions, summarize_pipeline)]
+    assert set.union(*emitted) == {latency.name for latency in LATENCIES}
 
 
 def test_the_final_push_handles_every_table_metric() -> None:

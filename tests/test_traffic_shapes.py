@@ -1,13 +1,19 @@
-"""Production-shaped workloads: shared prefixes and trace replay (formats, errors, timing)."""
+"""Production-shaped workloads: shared prefixes, trace replay (formats, errors, timing), conversations."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import re
 from pathlib import Path
 
 import pytest
 
+from pytest_aifactory.core.composite import summarize_sessions
+from pytest_aifactory.core.records import RequestRecord
+from pytest_aifactory.workloads.conversations import conversations_from_spec
+from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.prompts import prompts_from_spec
 from pytest_aifactory.workloads.runner import LoadRunner
 from pytest_aifactory.workloads.shared_prefix import SharedPrefixPrompts
@@ -135,3 +141,85 @@ def test_trace_replay_honours_scaled_timestamps(fast_server, tmp_path: Path) -> 
     assert result.config["time_scale"] == 0.25
     assert result.config["schedule"] == "fixed times"
     assert json.loads(json.dumps(result.to_json()))["config"]["trace_requests"] == len(window)
+
+
+def _turn(scheduled: float, ttft: float, end: float) -> RequestRecord:
+    return RequestRecord(0, scheduled, sent=scheduled, first_token=scheduled + ttft, end=end, output_tokens=4)
+
+
+def test_session_metrics_from_hand_made_records() -> None:
+    sessions = []
+    for i, base in enumerate((0.0, 10.0)):
+        session = RequestRecord(i, base, sent=base, end=base + 3.0)
+        session.turns = [
+            _turn(base, 0.1, base + 1.0),
+            _turn(base + 1.5, 0.3, base + 2.0),
+            _turn(base + 2.5, 0.5, base + 3.0),
+        ]
+        sessions.append(session)
+    failed = RequestRecord(2, 20.0, sent=20.0, end=21.0, error="turn 2: HTTP 500")
+    failed.turns = [_turn(20.0, 0.2, 20.5), RequestRecord(2, 21.0, sent=21.0, end=21.0, error="HTTP 500")]
+    result = summarize_sessions([*sessions, failed])
+    assert result["sessions"] == 3
+    assert result["sessions_completed"] == 2
+    assert result["mean_turns"] == 3
+    assert result["requests"] == 8  # every turn is a request
+    assert result["errors"] == 1
+    assert result["p50_session_ms"] == pytest.approx(3000)
+    assert result["p50_ttft_turn1_ms"] == pytest.approx(100)  # 100, 100, 200
+    assert result["max_ttft_turn1_ms"] == pytest.approx(200)
+    assert result["p50_ttft_turn3_ms"] == pytest.approx(500)
+    assert math.isnan(result["p50_ttft_turn4_ms"])  # no fourth turn: not available, never 0
+    again = [RequestRecord.from_json(json.loads(json.dumps(s.to_json()))) for s in sessions]
+    assert again[0].turns[2].first_token == pytest.approx(2.5 + 0.5)
+
+
+def test_conversation_prompts_grow_with_the_history() -> None:
+    workload = conversations_from_spec("synthetic:turns=4,user=6,out=5", think_s=2.0, think="exponential", seed=3)
+    session = workload.request(7)
+    assert session == conversations_from_spec("synthetic:turns=4,user=6,out=5", 2.0, "exponential", 3).request(7)
+    assert len(session.turns) == 4
+    assert len(session.think_s) == 3
+    assert len(set(session.think_s)) == 3  # drawn, not fixed
+    sizes = []
+    for k in range(4):
+        request = session.request(k)
+        assert [role for role, _ in request.messages] == ["user", "assistant"] * k + ["user"]
+        assert request.messages[-1][1] == session.turns[k].user
+        assert all(request.messages[2 * j + 1][1] == session.turns[j].reply for j in range(k))
+        assert request.max_tokens == 5
+        sizes.append(request.input_tokens)
+    assert sizes == [6, 17, 28, 39]  # each turn adds the previous reply (5) and a new message (6)
+    _, body = OpenAIClient("http://127.0.0.1:1", "m", api="chat").body(session.request(2))
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user", "assistant", "user"]
+    fixed = conversations_from_spec("synthetic:turns=3,user=6,out=5", think_s=0.5).request(0)
+    assert fixed.think_s == (0.5, 0.5)
+
+
+def test_sharegpt_conversations_keep_their_turns(tmp_path: Path) -> None:
+    path = tmp_path / "share.json"
+    talk = [{"from": f, "value": f"{f} {n} words here"} for n, f in enumerate(["human", "gpt"] * 3)]
+    path.write_text(json.dumps([{"conversations": talk}, {"conversations": [{"from": "gpt", "value": "x"}]}]))
+    workload = conversations_from_spec(f"sharegpt:{path},max_turns=2", think_s=0)
+    session = workload.request(0)
+    assert [t.user for t in session.turns] == ["human 0 words here", "human 2 words here"]
+    assert session.turns[1].reply == "gpt 3 words here"
+    assert workload.request(1) == session  # the entry without a human turn was skipped
+    with pytest.raises(ValueError, match="unknown option"):
+        conversations_from_spec("synthetic:turns=2,colour=red")
+
+
+def test_conversations_against_a_server(fast_server) -> None:  # type: ignore[no-untyped-def]
+    result = LoadRunner().conversations(
+        fast_server, sessions="synthetic:turns=3,user=8,out=4", think_s=0.05, rate=20, count=4
+    )
+    assert result["sessions_completed"] == 4
+    assert result["requests"] == 12
+    assert result["error_rate"] == 0
+    for session in result.records:
+        turns = session.turns
+        assert turns[0].scheduled == session.scheduled
+        for previous, turn in itertools.pairwise(turns):
+            assert turn.scheduled - previous.end == pytest.approx(0.05, abs=0.01)  # type: ignore[operator]
+    assert 5 <= result["p50_ttft_turn2_ms"] < 50
+    assert result["p50_session_ms"] > 2 * 50

@@ -19,9 +19,11 @@ __all__ = [
     "METRICS",
     "PERCENTILES",
     "QUANTILES",
+    "RAG_STAGES",
     "RESULT_GAUGE",
     "STATS",
     "TABLE",
+    "TURN_METRICS",
     "Family",
     "Latency",
     "Metric",
@@ -150,6 +152,15 @@ _RATE = "aifactory_request_rate"
 _TOKENS = "aifactory_tokens_per_second"
 
 # fmt: off
+TURN_METRICS = 8  # turns with a TTFT distribution of their own
+RAG_STAGES = {
+    "embed": "embedding the question",
+    "search": "vector search for the top-k documents",
+    "prefill": "LLM request sent to its first token",
+    "decode": "LLM first token to the end of the answer",
+    "overhead": "the client's own time: end-to-end minus lag and stages",
+}
+
 LATENCIES = (
     Latency("ttft", "time to first token", _LLM, "ttft", headings={"p50": "ttft p50", "p99": "ttft p99"},
             compare=("p50", "p99"), extra_info=("p50", "p99")),
@@ -162,6 +173,12 @@ LATENCIES = (
             headings={"p50": "p50 ms", "p99": "p99 ms"}, compare=("p50", "p99")),
     Latency("lag", "schedule lag: actual send minus scheduled time", kind="lag", column=True, fmt="{:.3g}",
             headings={"p99": "p99 lag"}, extra_info=("p99",)),
+    # conversations: whole sessions and the first turns one by one
+    Latency("session", "conversation session duration: first turn due to last turn end", _LLM),
+    *(Latency(f"ttft_turn{k}", f"time to first token of turn {k} of a conversation", _LLM)
+      for k in range(1, TURN_METRICS + 1)),
+    # a RAG pipeline's stages, and the client's own time between them
+    *(Latency(stage, f"RAG stage: {text}", _LLM) for stage, text in RAG_STAGES.items()),
 )
 
 TABLE: tuple[Metric, ...] = (
@@ -188,6 +205,11 @@ TABLE: tuple[Metric, ...] = (
     Metric("goodput_fraction", "", "higher", "share of requests meeting every per-request SLO", _LLM,
            compare=True, extra_info=True, gauge="aifactory_goodput_ratio", labels=()),
     Metric("mean_input_tokens", "tok", "higher", "mean input tokens per request", _LLM),
+    Metric("sessions", "", "higher", "conversation sessions measured (warm-up excluded)", _LLM),
+    Metric("sessions_completed", "", "higher", "conversation sessions whose every turn completed", _LLM),
+    Metric("mean_turns", "", "higher", "mean turns per completed session", _LLM),
+    Metric("inputs_s", "inputs/s", "higher", "embedding inputs per second", _LLM),
+    Metric("input_tok_s", "tok/s", "higher", "embedding input tokens per second (server usage)", _LLM),
     Metric("mean_output_tokens", "tok", "higher", "mean output tokens per request", _LLM),
     Metric("recall_at_1", "", "higher", "mean recall@1 over the queries", _VECTOR),
     Metric("recall_at_10", "", "higher", "mean recall@10 over the queries", _VECTOR, heading="recall@10",

@@ -30,7 +30,9 @@ class RequestRecord:
     measured from ``scheduled``, so time spent queueing in the client is never hidden, and
     ``sent - scheduled`` (the schedule lag) is reported for every run. ``extra`` holds amounts
     reported as rates (``mib`` -> ``mib_s``), ``values`` per-request scores reported as
-    their mean and minimum (``recall_at_10``, ``min_recall_at_10``).
+    their mean and minimum (``recall_at_10``, ``min_recall_at_10``). ``marks`` holds named
+    instants within the request (a pipeline's stage boundaries: ``embed_end``...), ``turns``
+    the records of a session's requests (a conversation's turns).
     """
 
     index: int
@@ -48,6 +50,8 @@ class RequestRecord:
     worker: str = ""
     extra: dict[str, float] = field(default_factory=dict)
     values: dict[str, float] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)
+    turns: list[RequestRecord] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -62,7 +66,8 @@ class RequestRecord:
     def from_json(cls, data: dict[str, Any]) -> RequestRecord:
         """Inverse of ``to_json``."""
         chunks = [Chunk(**c) for c in data.get("chunks", [])]
-        return cls(**{**data, "chunks": chunks})
+        turns = [cls.from_json(t) for t in data.get("turns", [])]
+        return cls(**{**data, "chunks": chunks, "turns": turns})
 
 
 def attribute_tokens(texts: list[str], total: int | None) -> tuple[list[int], bool]:

@@ -92,7 +92,8 @@ class OpenAIClient:
                 body["stream_options"]["continuous_usage_stats"] = True
         body.update(self.extra_body)
         if self.api == "chat":
-            body["messages"] = [{"role": "user", "content": request.prompt}]
+            turns = request.messages or (("user", request.prompt),)
+            body["messages"] = [{"role": role, "content": content} for role, content in turns]
             return "/v1/chat/completions", body
         body["prompt"] = request.prompt
         return "/v1/completions", body

@@ -1,4 +1,4 @@
-"""Loads shaped like production traffic, as ``aif_load`` methods: trace replay (and, below, more).
+"""Loads shaped like production traffic, as ``aif_load`` methods: trace replay, conversations.
 
 ``LoadRunner`` inherits these; each builds its client and workload and hands them to
 ``LoadRunner.run`` like the other helpers.
@@ -11,9 +11,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from pytest_aifactory.core.composite import summarize_sessions
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.load.engine import LoadPlan
 from pytest_aifactory.services.spec import RunningService
+from pytest_aifactory.workloads.conversations import ConversationClient, conversations_from_spec
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.traces import Trace, TracePrompts
 
@@ -42,6 +44,12 @@ def openai_client(
 
 class _Runner(Protocol):
     run: Callable[..., LoadResult]
+
+
+def _make_plan(**plan: Any) -> LoadPlan:
+    from pytest_aifactory.workloads.runner import make_plan  # runner imports this module
+
+    return make_plan(**plan)
 
 
 class ProductionLoads:
@@ -88,4 +96,36 @@ class ProductionLoads:
             workers=workers,
             goodput=goodput,
             config={"time_scale": time_scale, "window_s": list(window)},
+        )
+
+    def conversations(
+        self: _Runner,
+        service: RunningService | str,
+        *,
+        sessions: str = "synthetic:turns=4,user=16,out=16",
+        think_s: float = 1.0,
+        think: Literal["fixed", "exponential"] = "fixed",
+        api: Literal["completions", "chat"] = "chat",
+        model: str | None = None,
+        label: str | None = None,
+        workers: int | None = None,
+        goodput: Mapping[str, float] | None = None,
+        **plan: Any,
+    ) -> LoadResult:
+        """Multi-turn sessions (``rate``: sessions/s, open loop; ``count``: sessions) with growing history.
+
+        ``sessions`` is ``synthetic:turns=2:6,user=16,out=32`` or ``sharegpt:PATH[,max_turns=N,max_out=N]``;
+        ``think_s`` the think time between turns (``think="exponential"`` draws it with that
+        mean). The usual metrics are over every turn; ``p50_session_ms``, ``p99_ttft_turn3_ms``,
+        ``sessions`` and ``mean_turns`` are added.
+        """
+        workload = conversations_from_spec(sessions, think_s, think, int(plan.get("seed", 0)))
+        return self.run(
+            ConversationClient(openai_client(service, api, model)),
+            workload,
+            _make_plan(**plan),
+            label=label,
+            workers=workers,
+            goodput=goodput,
+            summarizer=summarize_sessions,
         )

@@ -25,11 +25,16 @@ __all__ = ["LLMRequest", "Lengths", "PromptFile", "SyntheticPrompts", "prompts_f
 
 @dataclass(frozen=True)
 class LLMRequest:
-    """One prompt, how many tokens to generate, and its (estimated) input length."""
+    """One prompt, how many tokens to generate, and its (estimated) input length.
+
+    ``messages`` (role, content), when given, is what the chat API sends (a conversation's
+    history); ``prompt`` is then the same conversation as text, for the completions API.
+    """
 
     prompt: str
     max_tokens: int
     input_tokens: int
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

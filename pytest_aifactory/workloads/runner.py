@@ -96,11 +96,13 @@ class LoadRunner(ProductionLoads):
         config: Mapping[str, Any] | None = None,
         nodes: int = 1,
         scalars: Mapping[str, float] | None = None,
+        summarizer: Callable[..., LoadResult] = summarize,
     ) -> LoadResult:
         """Run any client and workload under ``plan``; the general form of every helper.
 
         ``workers`` processes share the load on this node; ``nodes > 1`` runs it as that many
-        jobs (client nodes on Slurm) with one common start and merged records.
+        jobs (client nodes on Slurm) with one common start and merged records. ``summarizer``
+        turns the records into the result (``summarize``; sessions and pipelines have their own).
         """
         label = label or _label(plan)
         workers = workers or self.workers
@@ -121,7 +123,7 @@ class LoadRunner(ProductionLoads):
             "goodput": dict(goodput or {}),
             **dict(config or {}),
         }
-        result = summarize(records, label, plan.mode, full_config, GoodputSLO(**goodput) if goodput else None)
+        result = summarizer(records, label, plan.mode, full_config, GoodputSLO(**goodput) if goodput else None)
         result.scalars.update(scalars or {})
         self.record(result)
         if self.stop is not None and self.stop.is_set():
