@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pytest_aifactory.core.metric_table import TURN_METRICS
-from pytest_aifactory.core.metrics import Distribution, GoodputSLO, LoadResult, summarize
+from pytest_aifactory.core.metrics import Distribution, LoadResult, summarize
 from pytest_aifactory.core.records import RequestRecord
 
 __all__ = ["RAG_MARKS", "stage_durations_ms", "summarize_pipeline", "summarize_sessions"]
@@ -32,21 +32,18 @@ RAG_MARKS: Mapping[str, tuple[str, str]] = {
 }
 
 
-def summarize_sessions(
-    records: Sequence[RequestRecord],
-    label: str = "",
-    mode: str = "open",
-    config: dict[str, Any] | None = None,
-    goodput: GoodputSLO | None = None,
-) -> LoadResult:
-    """The usual metrics over every turn, plus per-session and per-turn-index figures."""
+def summarize_sessions(sessions: Sequence[RequestRecord], *args: Any, **kwargs: Any) -> LoadResult:
+    """The usual metrics over every turn, plus per-session and per-turn-index figures.
+
+    The other arguments are ``summarize``'s (label, mode, config, goodput).
+    """
     turns = []
-    for session in records:
+    for session in sessions:
         for turn in session.turns:
             turn.warmup = session.warmup
             turns.append(turn)
-    result = summarize(turns, label, mode, config, goodput)
-    measured = [s for s in records if not s.warmup]
+    result = summarize(turns, *args, **kwargs)
+    measured = [s for s in sessions if not s.warmup]
     complete = [s for s in measured if s.ok]
     result.distributions["session"] = Distribution.of([(s.end - s.scheduled) * 1000 for s in complete if s.end])
     for k in range(1, TURN_METRICS + 1):
@@ -61,7 +58,7 @@ def summarize_sessions(
         sessions_completed=float(len(complete)),
         mean_turns=float(np.mean([len(s.turns) for s in complete])) if complete else math.nan,
     )
-    result.records = list(records)
+    result.records = list(sessions)
     return result
 
 
@@ -86,15 +83,13 @@ def stage_durations_ms(record: RequestRecord, stages: Mapping[str, tuple[str, st
 
 
 def summarize_pipeline(
-    records: Sequence[RequestRecord],
-    label: str = "",
-    mode: str = "open",
-    config: dict[str, Any] | None = None,
-    goodput: GoodputSLO | None = None,
-    stages: Mapping[str, tuple[str, str]] = RAG_MARKS,
+    records: Sequence[RequestRecord], *args: Any, stages: Mapping[str, tuple[str, str]] = RAG_MARKS, **kwargs: Any
 ) -> LoadResult:
-    """The usual metrics (TTFT is the pipeline's: question due to the answer's first token) and every stage's."""
-    result = summarize(records, label, mode, config, goodput)
+    """The usual metrics (TTFT is the pipeline's: question due to the answer's first token) and every stage's.
+
+    The other arguments are ``summarize``'s (label, mode, config, goodput).
+    """
+    result = summarize(records, *args, **kwargs)
     done = [stage_durations_ms(r, stages) for r in records if r.ok and not r.warmup]
     for stage in (*stages, "overhead"):
         result.distributions[stage] = Distribution.of([d[stage] for d in done if stage in d])
