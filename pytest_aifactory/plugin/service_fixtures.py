@@ -40,6 +40,9 @@ http_service = pytest.fixture(scope="session", name="http_service")(
 synthetic_llm_service = pytest.fixture(scope="session", name="synthetic_llm_service")(
     _named("synthetic-llm", "The run's synthetic OpenAI-compatible server with known timing.")
 )
+embedding_service = pytest.fixture(scope="session", name="embedding_service")(
+    _named("embeddings", "The run's OpenAI-compatible embedding server (all-MiniLM-L6-v2 on CPU locally).")
+)
 triton_service = pytest.fixture(scope="session", name="triton_service")(
     _named("triton", "The run's Triton server (pytriton on CPU unless the profile gives a model repository).")
 )

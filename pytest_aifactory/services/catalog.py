@@ -8,7 +8,16 @@ from typing import Any
 
 from pytest_aifactory.core.errors import ServiceConfigError
 from pytest_aifactory.core.profiles import Profile, SettingValue
-from pytest_aifactory.services import http, inference, objectstore, observability, sql, synthetic_llm, vectordb
+from pytest_aifactory.services import (
+    embeddings,
+    http,
+    inference,
+    objectstore,
+    observability,
+    sql,
+    synthetic_llm,
+    vectordb,
+)
 from pytest_aifactory.services.spec import Resources, ServiceSpec
 
 __all__ = ["CATALOG", "build_spec", "service_names"]
@@ -29,6 +38,7 @@ CATALOG: dict[str, CatalogEntry] = {
     "vllm": CatalogEntry(inference.VLLM, inference.vllm),
     "triton": CatalogEntry(inference.TRITON, inference.triton),
     "ollama": CatalogEntry(inference.OLLAMA, inference.ollama),
+    "embeddings": CatalogEntry(embeddings.EMBEDDINGS, embeddings.embeddings),
     "postgres": CatalogEntry(sql.POSTGRES, sql.postgres),
     "s3": CatalogEntry(objectstore.S3, objectstore.s3),
     "milvus": CatalogEntry(vectordb.MILVUS, vectordb.milvus),

@@ -1,4 +1,4 @@
-"""Loads shaped like production traffic, as ``aif_load`` methods: trace replay, conversations.
+"""Loads shaped like production traffic, as ``aif_load`` methods: trace replay, conversations, embeddings.
 
 ``LoadRunner`` inherits these; each builds its client and workload and hands them to
 ``LoadRunner.run`` like the other helpers.
@@ -16,6 +16,7 @@ from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.load.engine import LoadPlan
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.conversations import ConversationClient, conversations_from_spec
+from pytest_aifactory.workloads.embeddings import EmbeddingBatches, EmbeddingsClient, documents
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.traces import Trace, TracePrompts
 
@@ -128,4 +129,29 @@ class ProductionLoads:
             workers=workers,
             goodput=goodput,
             summarizer=summarize_sessions,
+        )
+
+    def embeddings(
+        self: _Runner,
+        service: RunningService | str,
+        *,
+        batch: int = 1,
+        model: str | None = None,
+        label: str | None = None,
+        workers: int | None = None,
+        **plan: Any,
+    ) -> LoadResult:
+        """``/v1/embeddings`` requests of ``batch`` corpus texts each: inputs/s, tokens/s, latency.
+
+        A batch-size sweep: ``aif_load.sweep("batch", [1, 8, 32], aif_load.embeddings, service, count=50)``.
+        """
+        meta = service.spec.meta if isinstance(service, RunningService) else {}
+        url = service.url() if isinstance(service, RunningService) else service
+        texts = tuple(doc.text for doc in documents())
+        return self.run(
+            EmbeddingsClient(url.rstrip("/"), model or meta.get("model", "default")),
+            EmbeddingBatches(texts, int(batch), int(plan.get("seed", 0))),
+            _make_plan(**plan),
+            label=label,
+            workers=workers,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -11,7 +12,7 @@ import aiohttp
 from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.engine import Clock
 
-__all__ = ["open_session", "stream_events"]
+__all__ = ["PooledClient", "open_session", "stream_events"]
 
 
 def open_session(
@@ -28,6 +29,25 @@ def open_session(
         timeout=aiohttp.ClientTimeout(total=None),
         read_bufsize=2**20,
     )
+
+
+@dataclass
+class PooledClient:
+    """A client of one model at ``base_url`` over one aiohttp pool (opened in the sending process)."""
+
+    base_url: str
+    model: str
+    _http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+
+    async def open(self) -> None:
+        """Create the connection pool."""
+        self._http = open_session(self.base_url)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
 
 async def stream_events(

@@ -6,14 +6,13 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import aiohttp
 import numpy as np
 import numpy.typing as npt
 
 from pytest_aifactory.core.records import Chunk, RequestRecord
 from pytest_aifactory.load.engine import Clock
 from pytest_aifactory.workloads.prompts import LLMRequest
-from pytest_aifactory.workloads.sse import open_session, stream_events
+from pytest_aifactory.workloads.sse import PooledClient, stream_events
 
 __all__ = ["RandomTensors", "TritonGenerateClient", "TritonInferClient"]
 
@@ -86,26 +85,12 @@ class TritonInferClient:
 
 
 @dataclass
-class TritonGenerateClient:
+class TritonGenerateClient(PooledClient):
     """Triton's ``/v2/models/MODEL/generate_stream`` (server-sent events, one per response)."""
-
-    base_url: str
-    model: str
-    _http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
         """Configuration for reports."""
         return {"client": "triton-generate-stream", "base_url": self.base_url, "model": self.model}
-
-    async def open(self) -> None:
-        """Create the connection pool."""
-        self._http = open_session(self.base_url)
-
-    async def close(self) -> None:
-        """Close the pool."""
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
 
     async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
         """Stream one generation; each event is one token."""
