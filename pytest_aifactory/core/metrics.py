@@ -15,6 +15,9 @@ Definitions (compared with vLLM's and GuideLLM's in the README):
   the measured window (first scheduled send to last response end, warm-up excluded).
 - Goodput: requests meeting every per-request SLO, per second; ``goodput_fraction`` is
   their share of all measured requests (errors count as not good).
+- Client health: the CPU the load generator used (``client_cpu_cores``, all its processes;
+  ``loop_cpu_cores``, the busiest event-loop thread), its longest event-loop stall, and
+  ``client_bound`` (1 when the load generator, not the service, was the limit: ``CLIENT_BOUND``).
 
 All latencies are in milliseconds. What each metric means, its unit and which way is better
 are declared once, in ``metric_table``.
@@ -30,10 +33,12 @@ from typing import Any
 import numpy as np
 
 from pytest_aifactory.core.metric_table import PERCENTILES, STATS
-from pytest_aifactory.core.records import RequestRecord
+from pytest_aifactory.core.records import ClientHealth, RequestRecord
 
 __all__ = [
+    "CLIENT_BOUND",
     "PERCENTILES",
+    "ClientBound",
     "Distribution",
     "GoodputSLO",
     "LoadResult",
@@ -99,6 +104,29 @@ class GoodputSLO:
         return all(limit is None or (value is not None and value <= limit) for limit, value in checks)
 
 
+@dataclass(frozen=True)
+class ClientBound:
+    """When the load generator, not the service, was the limit (the result is ``client_bound``).
+
+    Schedule lag p99 above ``lag_p99_ms``, or an event loop that used ``loop_cpu_cores`` of a
+    core or more (one thread paces and sends: at a core it can do no more).
+    """
+
+    lag_p99_ms: float = 20.0
+    loop_cpu_cores: float = 0.9
+
+    def reason(self, scalars: dict[str, float], lag: Distribution) -> str:
+        """``lag p99 125 ms, CPU 0.99 core`` when the client was the limit, else empty."""
+        cpu = scalars.get("loop_cpu_cores", math.nan)
+        if not (lag.p99 > self.lag_p99_ms or cpu >= self.loop_cpu_cores):
+            return ""
+        cpu_text = "CPU not available" if math.isnan(cpu) else f"CPU {cpu:.2f} core"
+        return f"lag p99 {lag.p99:.3g} ms, {cpu_text}"
+
+
+CLIENT_BOUND = ClientBound()
+
+
 @dataclass
 class LoadResult:
     """What one load run (or one point of a sweep) measured."""
@@ -110,6 +138,7 @@ class LoadResult:
     scalars: dict[str, float]
     error_samples: list[str] = field(default_factory=list)
     records: list[RequestRecord] = field(default_factory=list, repr=False)
+    client_limit: str = ""  # why the load generator was the limit (empty: it was not)
 
     def metrics(self) -> dict[str, float]:
         """Every metric by its flat name (``p99_ttft_ms``, ``output_tok_s``...)."""
@@ -135,6 +164,7 @@ class LoadResult:
             "config": self.config,
             "metrics": {k: _finite(v) for k, v in self.metrics().items()},
             "error_samples": self.error_samples,
+            "client_limit": self.client_limit,
         }
         if with_records:
             data["records"] = [r.to_json() for r in self.records]
@@ -194,14 +224,30 @@ def _error_samples(records: Sequence[RequestRecord], limit: int = 5) -> list[str
     return [f"{count}x {text}" for text, count in sorted(seen.items(), key=lambda kv: -kv[1])[:limit]]
 
 
+def _health_scalars(health: Sequence[ClientHealth]) -> dict[str, float]:
+    """The client's CPU (all processes, and the busiest loop thread) and longest stall; NaN when unknown."""
+    if not health:
+        return {"client_cpu_cores": math.nan, "loop_cpu_cores": math.nan, "loop_stall_max_ms": math.nan}
+    wall = max(max(h.wall_s for h in health), 1e-9)
+    return {
+        "client_cpu_cores": sum(h.cpu_s for h in health) / wall,
+        "loop_cpu_cores": max(h.loop_cpu_s / max(h.wall_s, 1e-9) for h in health),
+        "loop_stall_max_ms": max(h.stall_max_ms for h in health),
+    }
+
+
 def summarize(
     records: Sequence[RequestRecord],
     label: str = "",
     mode: str = "open",
     config: dict[str, Any] | None = None,
     goodput: GoodputSLO | None = None,
+    health: Sequence[ClientHealth] = (),
 ) -> LoadResult:
-    """Turn per-request records into a ``LoadResult`` (warm-up records are left out)."""
+    """Turn per-request records into a ``LoadResult`` (warm-up records are left out).
+
+    ``health``: each load-generating process's own figures, which decide ``client_bound``.
+    """
     measured = [r for r in records if not r.warmup]
     ok = [r for r in measured if r.ok]
     ends = [r.end for r in measured if r.end is not None]
@@ -236,7 +282,10 @@ def summarize(
         "goodput_fraction": good / count if count else math.nan,
         "mean_input_tokens": float(np.mean(in_tokens)) if in_tokens else math.nan,
         "mean_output_tokens": float(np.mean(out_tokens)) if out_tokens else math.nan,
+        **_health_scalars(health),
     }
+    limit = CLIENT_BOUND.reason(scalars, distributions["lag"])
+    scalars["client_bound"] = 1.0 if limit else 0.0
     for key in sorted({k for r in ok for k in r.extra}):  # per-request amounts (bytes...) as rates
         scalars[f"{key}_s"] = sum(r.extra.get(key, 0.0) for r in ok) / duration
     for key in sorted({k for r in ok for k in r.values}):  # per-request scores (recall...)
@@ -251,4 +300,5 @@ def summarize(
         scalars=scalars,
         error_samples=_error_samples(measured),
         records=list(records),
+        client_limit=limit,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Chunk", "RequestRecord", "attribute_tokens"]
+__all__ = ["Chunk", "ClientHealth", "RequestRecord", "attribute_tokens"]
 
 
 @dataclass
@@ -68,6 +68,28 @@ class RequestRecord:
         chunks = [Chunk(**c) for c in data.get("chunks", [])]
         turns = [cls.from_json(t) for t in data.get("turns", [])]
         return cls(**{**data, "chunks": chunks, "turns": turns})
+
+
+@dataclass(frozen=True)
+class ClientHealth:
+    """How one load-generating process fared during its load window.
+
+    ``cpu_s`` is the CPU time of the whole process, ``loop_cpu_s`` that of the thread running
+    the event loop (the one that paces and sends: when it is near one core, the client is the
+    limit), ``stall_max_ms`` the longest the event loop was blocked beyond its watch tick,
+    ``event_loop`` which loop ran (``uvloop 0.21.0`` or ``asyncio``).
+    """
+
+    worker: str
+    wall_s: float
+    cpu_s: float
+    loop_cpu_s: float
+    stall_max_ms: float
+    event_loop: str
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
 
 
 def attribute_tokens(texts: list[str], total: int | None) -> tuple[list[int], bool]:

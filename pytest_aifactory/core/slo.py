@@ -3,7 +3,9 @@
 An expression is ``METRIC OP NUMBER`` with OP one of ``<= < >= > ==``; METRIC is a metric of
 ``metric_table.TABLE``. Every breach of every objective is collected and reported at once,
 each as ``p99_ttft=812.4 ms, expected <= 500 ms``, after a first line naming the breached
-objectives (the line pytest's short summary keeps).
+objectives (the line pytest's short summary keeps). On a result where the load generator was
+the limit (``client_bound``) no objective is judged: each verdict is inconclusive, neither a
+pass nor a breach of the service's objective.
 """
 
 from __future__ import annotations
@@ -18,7 +20,18 @@ from typing import Protocol
 
 from pytest_aifactory.core.metric_table import METRICS
 
-__all__ = ["SLO", "SLOBreach", "SLOError", "Verdict", "assert_slo", "check", "format_breaches", "parse_slo"]
+__all__ = [
+    "SLO",
+    "SLOBreach",
+    "SLOError",
+    "SLOInconclusive",
+    "Verdict",
+    "assert_slo",
+    "check",
+    "format_breaches",
+    "format_inconclusive",
+    "parse_slo",
+]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -39,6 +52,14 @@ class SLOBreach(AssertionError):
 
     def __init__(self, verdicts: Sequence[Verdict]) -> None:
         super().__init__(format_breaches(verdicts))
+        self.verdicts = list(verdicts)
+
+
+class SLOInconclusive(AssertionError):
+    """The objectives could not be judged: the load generator was the limit."""
+
+    def __init__(self, verdicts: Sequence[Verdict]) -> None:
+        super().__init__(format_inconclusive(verdicts))
         self.verdicts = list(verdicts)
 
 
@@ -82,12 +103,23 @@ def parse_slo(expression: str, extra_metrics: Iterable[str] = ()) -> SLO:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of one objective against one result."""
+    """The outcome of one objective against one result; ``client_limit`` set: inconclusive."""
 
     slo: SLO
     value: float
     passed: bool
     label: str = ""
+    client_limit: str = ""
+
+    @property
+    def inconclusive(self) -> bool:
+        """Not judged: the load generator, not the service, was the limit."""
+        return bool(self.client_limit)
+
+    @property
+    def breached(self) -> bool:
+        """Judged and not met."""
+        return not self.passed and not self.inconclusive
 
     def to_json(self) -> dict[str, object]:
         """The verdict as JSON (a missing value is null)."""
@@ -98,6 +130,7 @@ class Verdict:
             "threshold": self.slo.threshold,
             "value": None if math.isnan(self.value) else self.value,
             "passed": self.passed,
+            "inconclusive": self.inconclusive,
             "label": self.label,
             "message": self.message(),
         }
@@ -107,7 +140,10 @@ class Verdict:
         name, unit = self.slo.display()
         suffix = f" {unit}" if unit else ""
         where = f"[{self.label}] " if self.label else ""
-        return f"{where}{name}={_fmt(self.value)}{suffix}, expected {self.slo.op} {self.slo.threshold:g}{suffix}"
+        text = f"{where}{name}={_fmt(self.value)}{suffix}, expected {self.slo.op} {self.slo.threshold:g}{suffix}"
+        if self.inconclusive:
+            text += f": inconclusive: the load generator was the limit ({self.client_limit}); use workers=N or nodes=N"
+        return text
 
 
 def _fmt(value: float) -> str:
@@ -116,22 +152,32 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
 
 
-def check(slos: Sequence[SLO], metrics: Mapping[str, float], label: str = "") -> list[Verdict]:
-    """Evaluate every objective; a missing or NaN metric is a breach, never a pass."""
+def check(slos: Sequence[SLO], metrics: Mapping[str, float], label: str = "", client_limit: str = "") -> list[Verdict]:
+    """Evaluate every objective; a missing or NaN metric is a breach, never a pass.
+
+    ``client_limit`` (why the load generator was the limit) makes every verdict inconclusive.
+    """
     verdicts = []
     for slo in slos:
         value = float(metrics.get(slo.metric, math.nan))
-        passed = not math.isnan(value) and _OPS[slo.op](value, slo.threshold)
-        verdicts.append(Verdict(slo, value, passed, label))
+        passed = not client_limit and not math.isnan(value) and _OPS[slo.op](value, slo.threshold)
+        verdicts.append(Verdict(slo, value, passed, label, client_limit))
     return verdicts
 
 
 def format_breaches(verdicts: Sequence[Verdict]) -> str:
     """One failure message: the breached objectives on its first line, then every breach."""
-    breaches = [v for v in verdicts if not v.passed]
+    breaches = [v for v in verdicts if v.breached]
     breached = ", ".join(dict.fromkeys(str(v.slo) for v in breaches))
     lines = [f"SLO breached: {breached}", f"{len(breaches)} SLO breach(es):", *(f"  {v.message()}" for v in breaches)]
     return "\n".join(lines)
+
+
+def format_inconclusive(verdicts: Sequence[Verdict]) -> str:
+    """The objectives that could not be judged, on the first line, then each with the client's limit."""
+    unjudged = [v for v in verdicts if v.inconclusive]
+    names = ", ".join(dict.fromkeys(str(v.slo) for v in unjudged))
+    return "\n".join([f"SLO inconclusive: {names}", *(f"  {v.message()}" for v in unjudged)])
 
 
 class _HasMetrics(Protocol):
@@ -141,10 +187,15 @@ class _HasMetrics(Protocol):
 
 
 def assert_slo(result: _HasMetrics, *expressions: str) -> list[Verdict]:
-    """Check ``expressions`` against a result; raise ``SLOBreach`` listing every breach."""
+    """Check ``expressions`` against a result; raise ``SLOBreach`` listing every breach.
+
+    On a client-bound result (a ``LoadResult`` with a ``client_limit``), raise ``SLOInconclusive`` instead.
+    """
     metrics = result.metrics()
     slos = [parse_slo(e, extra_metrics=metrics) for e in expressions]
-    verdicts = check(slos, metrics, result.label)
-    if not all(v.passed for v in verdicts):
+    verdicts = check(slos, metrics, result.label, str(getattr(result, "client_limit", "")))
+    if any(v.breached for v in verdicts):
         raise SLOBreach(verdicts)
+    if any(v.inconclusive for v in verdicts):
+        raise SLOInconclusive(verdicts)
     return verdicts

@@ -3,9 +3,16 @@
 Honest about time: in open loop every request has a due time from the schedule and its
 latency is measured from that due time, not from when the client managed to send it
 (no coordinated omission); how late each send was (the schedule lag) is recorded for
-every request. The engine sleeps to about a millisecond before each due time and then
-yields to the event loop until it is due, so that the event loop's millisecond timer
-granularity does not become schedule lag.
+every request. ``sent`` is stamped by the engine before the client's ``send`` and moved by
+clients that can see it (the streaming HTTP clients) to when the request's last byte went
+to the socket, so the lag is the lateness the service sees.
+
+Nothing that can be done before the clock starts is done on it: the schedule, every payload
+(``Workload.request``, then the client's ``prepare`` when it has one: request bodies) and the
+client's connections are made first, then the clock's zero is set (or the common start is
+awaited, with workers). Each send waits on a ``Pacer`` (a timerfd on Linux: no spinning, no
+millisecond timer rounding). The process's CPU, its event-loop thread's CPU and the loop's
+longest stall over the load are kept in ``Engine.health``.
 """
 
 from __future__ import annotations
@@ -13,28 +20,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from pytest_aifactory.core.records import RequestRecord
+from pytest_aifactory.core.records import ClientHealth, RequestRecord
+from pytest_aifactory.load.health import LoopWatch
+from pytest_aifactory.load.pacing import Pacer
 from pytest_aifactory.load.schedule import Arrivals, arrival_times
 
-__all__ = ["Clock", "Engine", "LoadPlan", "Progress", "RequestClient", "StopSignal", "Workload"]
+__all__ = ["Clock", "Engine", "LoadPlan", "PreparingClient", "Progress", "RequestClient", "StopSignal", "Workload"]
 
 
 class Clock:
-    """Seconds since the run's start (``perf_counter`` based; shared start for workers)."""
+    """Seconds since the run's start (``time.monotonic`` based, CLOCK_MONOTONIC on Linux; shared start for workers)."""
 
     def __init__(self, start_at: float | None = None) -> None:
         """Start now, or at wall-clock time ``start_at`` (``time.time()`` seconds)."""
         offset = 0.0 if start_at is None else start_at - time.time()
-        self.t0 = time.perf_counter() + offset
+        self.t0 = time.monotonic() + offset
 
     def now(self) -> float:
         """Seconds since the start (negative before it)."""
-        return time.perf_counter() - self.t0
+        return time.monotonic() - self.t0
 
 
 class Workload(Protocol):
@@ -55,6 +65,14 @@ class RequestClient(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class PreparingClient(Protocol):
+    """A client that turns a workload's payload into what it sends (a request body) ahead of the clock."""
+
+    def prepare(self, payload: Any) -> Any:
+        """What ``send`` will receive for ``payload``."""
 
 
 @dataclass(frozen=True)
@@ -142,8 +160,6 @@ class StopSignal(Protocol):
 class Engine:
     """Runs one ``LoadPlan`` against a client in one event loop; returns the records."""
 
-    spin_s = 0.001
-
     def __init__(
         self,
         client: RequestClient,
@@ -172,26 +188,55 @@ class Engine:
         self.stop = stop
         self.records: list[RequestRecord] = []
         self._in_flight: set[asyncio.Task[None]] = set()
+        self.health: ClientHealth | None = None
         self._sent = 0
         self._slots = asyncio.Semaphore(plan.concurrency) if plan.mode == "open" and plan.concurrency else None
+        self._pacer = Pacer()
+        self._sends: list[tuple[int, float, Any]] = []
+        self._payloads: list[Any] | None = None
         self.clock = Clock()
 
+    def _prepare(self, schedule: Sequence[tuple[int, float]] | None) -> None:
+        """Before the clock: open loop, the schedule and every payload; closed loop, a known count's payloads."""
+        plan = self.plan
+        if plan.mode == "open":
+            due = schedule if schedule is not None else plan.schedule()
+            self._sends = [(index, at, self._payload(index)) for index, at in due]
+        elif plan.count is not None:
+            self._payloads = [self._payload(self._index(k)) for k in range(plan.count + plan.warmup)]
+
+    def _payload(self, index: int) -> Any:
+        payload = self.workload.request(index)
+        return self.client.prepare(payload) if isinstance(self.client, PreparingClient) else payload
+
     async def run(
-        self, schedule: Sequence[tuple[int, float]] | None = None, start_at: float | None = None
+        self,
+        schedule: Sequence[tuple[int, float]] | None = None,
+        start_at: float | None = None,
+        ready: Callable[[], float] | None = None,
     ) -> list[RequestRecord]:
-        """Run the plan (open loop: ``schedule`` or the plan's own); returns every record."""
-        self.clock = Clock(start_at)
+        """Run the plan (open loop: ``schedule`` or the plan's own); returns every record.
+
+        The clock starts once everything is prepared: now, at wall-clock ``start_at``, or at
+        what ``ready()`` returns (it is called, blocking, when this engine is prepared: the
+        workers' barrier).
+        """
+        self._prepare(schedule)
         await self.client.open()
+        self._pacer.open()
         gc_was_enabled = gc.isenabled()
+        gc.collect()
         gc.disable()  # a collection pause in the middle of a load would become schedule lag
-        reporter = asyncio.create_task(self._report()) if self.progress else None
-        if self.plan.mode == "open":
-            work = asyncio.create_task(self._open_loop(schedule if schedule is not None else self.plan.schedule()))
-        else:
-            work = asyncio.create_task(self._closed_loop())
-        watcher = asyncio.create_task(self._watch_stop(work)) if self.stop is not None else None
+        reporter = watcher = None
         try:
+            self.clock = Clock(ready() if ready is not None else start_at)
+            watch = LoopWatch(self.worker)
+            watch.start()
+            reporter = asyncio.create_task(self._report()) if self.progress else None
+            work = asyncio.create_task(self._open_loop() if self.plan.mode == "open" else self._closed_loop())
+            watcher = asyncio.create_task(self._watch_stop(work)) if self.stop is not None else None
             await self._until_done_or_stopped(work)
+            self.health = await watch.stop()
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -199,6 +244,7 @@ class Engine:
                 reporter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter
+            self._pacer.close()
             await self.client.close()
             if gc_was_enabled:
                 gc.enable()
@@ -224,26 +270,25 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
 
-    async def _wait_until(self, due: float) -> None:
-        delay = due - self.clock.now() - self.spin_s
-        if delay > 0:
-            await asyncio.sleep(delay)
-        while self.clock.now() < due:
-            await asyncio.sleep(0)
+    def _index(self, k: int) -> int:
+        return self.index_offset + k * self.index_stride
 
-    async def _open_loop(self, schedule: Sequence[tuple[int, float]]) -> None:
+    async def _wait_until(self, due: float) -> None:
+        await self._pacer.until(self.clock.t0 + due)
+
+    async def _open_loop(self) -> None:
         tasks = self._in_flight
-        for index, due in schedule:
+        for index, due, payload in self._sends:
             await self._wait_until(due)
             record = RequestRecord(index=index, scheduled=due, warmup=index < self.plan.warmup, worker=self.worker)
-            task = asyncio.create_task(self._one(record))
+            task = asyncio.create_task(self._one(record, payload))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.gather(*tasks)
 
     async def _closed_loop(self) -> None:
-        plan = self.plan
+        plan, payloads = self.plan, self._payloads
         total = None if plan.count is None else plan.count + plan.warmup
         issued = 0
         await self._wait_until(0.0)
@@ -257,19 +302,18 @@ class Engine:
                 if plan.duration_s is not None and now >= plan.duration_s:
                     return
                 k, issued = issued, issued + 1
-                index = self.index_offset + k * self.index_stride
+                index = self._index(k)
                 record = RequestRecord(index=index, scheduled=now, warmup=k < plan.warmup, worker=self.worker)
-                await self._one(record)
+                await self._one(record, payloads[k] if payloads is not None else self._payload(index))
 
         await asyncio.gather(*(slot() for _ in range(plan.concurrency or 1)))
 
-    async def _one(self, record: RequestRecord) -> None:
-        payload = self.workload.request(record.index)
+    async def _one(self, record: RequestRecord, payload: Any) -> None:
         async with self._slots if self._slots is not None else contextlib.nullcontext():
-            record.sent = self.clock.now()
+            record.sent = self.clock.now()  # a lower bound; a client that sees its last byte leave moves it
             self._sent += 1
             try:
-                await asyncio.wait_for(self.client.send(payload, record, self.clock), self.plan.timeout_s)
+                await _within(self.plan.timeout_s, self.client.send(payload, record, self.clock))
             except asyncio.TimeoutError:
                 record.error = f"timeout after {self.plan.timeout_s:g} s"
             except asyncio.CancelledError:  # the load was stopped while this request was in flight
@@ -293,3 +337,12 @@ class Engine:
         while True:
             await asyncio.sleep(self.progress_interval_s)
             self._emit()
+
+
+async def _within(seconds: float, send: Coroutine[Any, Any, None]) -> None:
+    """Await ``send`` for at most ``seconds`` (``asyncio.timeout`` adds no task per request; ``wait_for`` does)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            await send
+    else:
+        await asyncio.wait_for(send, seconds)

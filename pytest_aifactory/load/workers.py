@@ -4,14 +4,15 @@ One Python process is one core: above a few hundred streamed requests per second
 single event loop falls behind its schedule. ``run_load(..., workers=N)`` splits one plan
 into N shards (open loop: request i goes to shard i mod N, keeping its due time; closed
 loop: the concurrency and count are divided), starts N processes, holds them at a barrier
-until every one is ready, gives them one common start time, and merges their records.
+until every one has prepared its schedule, payloads and connections, gives them one common start
+time, and merges their records and their health (``LoadRun``). Every process runs its load in
+uvloop where it is installed.
 ``run_on_jobs`` does the same with submitit jobs on several client nodes (Slurm), which
 rendezvous through files in a shared folder; their clocks must agree (NTP, as on clusters).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import multiprocessing as mp
@@ -22,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_aifactory.core.records import RequestRecord
+from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.load.engine import Engine, LoadPlan, Progress, RequestClient, StopSignal, Workload
+from pytest_aifactory.load.pacing import new_event_loop
 
-__all__ = ["Shard", "run_load", "run_on_jobs", "split_plan"]
+__all__ = ["LoadRun", "Shard", "drive", "run_load", "run_on_jobs", "split_plan"]
 
 _START_MARGIN_S = 0.25
 
@@ -41,6 +43,40 @@ class Shard:
     worker: str
     index_offset: int = 0
     index_stride: int = 1
+
+
+@dataclass
+class LoadRun:
+    """What a load produced: every record, and each load-generating process's health."""
+
+    records: list[RequestRecord]
+    health: list[ClientHealth]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (what a worker or a client-node job sends back)."""
+        return {"records": [r.to_json() for r in self.records], "health": [h.to_json() for h in self.health]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LoadRun:
+        """Inverse of ``to_json``."""
+        return cls([RequestRecord.from_json(r) for r in data["records"]], [ClientHealth(**h) for h in data["health"]])
+
+    @classmethod
+    def merge(cls, runs: Sequence[LoadRun]) -> LoadRun:
+        """One run of several processes' parts, records in index order."""
+        records = sorted((r for run in runs for r in run.records), key=lambda r: r.index)
+        return cls(records, [h for run in runs for h in run.health])
+
+
+def drive(engine: Engine, schedule: Sequence[tuple[int, float]] | None = None, **start: Any) -> LoadRun:
+    """Run ``engine`` in a new event loop (uvloop when installed); ``start``: ``start_at`` or ``ready``."""
+    loop = new_event_loop()
+    try:
+        records = loop.run_until_complete(engine.run(schedule, **start))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+    return LoadRun(records, [engine.health] if engine.health is not None else [])
 
 
 def _share(total: int, parts: int, i: int) -> int:
@@ -88,12 +124,14 @@ def _worker_main(shard: Shard, barrier: Any, start: Any, out: Any, stop: Any) ->
     def report(p: Progress) -> None:
         out.put(("progress", shard.worker, (p.sent, p.done, p.errors)))
 
-    try:
-        engine = _engine(shard, report, stop)
+    def ready() -> float:
         barrier.wait()
         barrier.wait()  # the parent sets the start time between the two waits
-        records = asyncio.run(engine.run(shard.schedule, start_at=start.value))
-        out.put(("records", shard.worker, [r.to_json() for r in records]))
+        return float(start.value)
+
+    try:
+        run = drive(_engine(shard, report, stop), shard.schedule, ready=ready)
+        out.put(("records", shard.worker, run.to_json()))
     except BaseException as exc:
         out.put(("error", shard.worker, f"{type(exc).__name__}: {exc}"))
         raise
@@ -106,13 +144,13 @@ def run_load(
     workers: int = 1,
     progress: Callable[[Progress], None] | None = None,
     stop: StopSignal | None = None,
-) -> list[RequestRecord]:
-    """Run ``plan`` in this process (``workers=1``) or in ``workers`` processes; merged records.
+) -> LoadRun:
+    """Run ``plan`` in this process (``workers=1``) or in ``workers`` processes; merged records and health.
 
     ``stop`` ends the load early (see ``Engine``); worker processes are told within a second.
     """
     if workers == 1:
-        return asyncio.run(_engine(Shard(client, workload, plan, None, "w0"), progress, stop).run())
+        return drive(_engine(Shard(client, workload, plan, None, "w0"), progress, stop))
     shards = split_plan(client, workload, plan, workers)
     ctx = mp.get_context("spawn")
     barrier, start, out, stopping = ctx.Barrier(workers + 1), ctx.Value("d", 0.0), ctx.Queue(), ctx.Event()
@@ -120,7 +158,7 @@ def run_load(
     for process in processes:
         process.start()
     try:
-        barrier.wait(timeout=120)
+        barrier.wait(timeout=600)  # every worker has built its payloads: a long schedule takes a while
         start.value = time.time() + _START_MARGIN_S
         barrier.wait(timeout=10)
         return _collect(out, processes, progress, start.value, lambda: stop is not None and stop.is_set(), stopping)
@@ -138,9 +176,9 @@ def _collect(
     start_at: float,
     stopped: Callable[[], bool],
     stopping: Any,
-) -> list[RequestRecord]:
-    """The workers' records; ``stopping`` is set for them once ``stopped()``."""
-    results: dict[str, list[RequestRecord]] = {}
+) -> LoadRun:
+    """The workers' records and health; ``stopping`` is set for them once ``stopped()``."""
+    results: dict[str, LoadRun] = {}
     counts: dict[str, tuple[int, int, int]] = {}
     while len(results) < len(processes):
         if stopped():
@@ -155,27 +193,29 @@ def _collect(
         if kind == "error":
             raise RuntimeError(f"load worker {worker} failed: {payload}")
         if kind == "records":
-            results[worker] = [RequestRecord.from_json(r) for r in payload]
+            results[worker] = LoadRun.from_json(payload)
         elif progress is not None:
             counts[worker] = payload
             sent, done, errors = (sum(c[i] for c in counts.values()) for i in range(3))
             progress(Progress(time.time() - start_at, sent, done, errors, sent - done, []))
-    return sorted((r for records in results.values() for r in records), key=lambda r: r.index)
+    return LoadRun.merge(list(results.values()))
 
 
-def _shard_job(shard: Shard, sync_dir: str, timeout_s: float) -> list[dict[str, Any]]:
-    """Inside a client-node job: announce readiness, wait for the common start, run."""
+def _shard_job(shard: Shard, sync_dir: str, timeout_s: float) -> dict[str, Any]:
+    """Inside a client-node job: prepare, announce readiness, wait for the common start, run."""
     folder = Path(sync_dir)
-    engine = _engine(shard, None)
-    (folder / f"ready-{shard.worker}").write_text(str(time.time()))
-    go = folder / "go.json"
-    deadline = time.monotonic() + timeout_s
-    while not go.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no start signal in {sync_dir} after {timeout_s:g} s")
-        time.sleep(0.05)
-    start_at = float(json.loads(go.read_text())["start_at"])
-    return [r.to_json() for r in asyncio.run(engine.run(shard.schedule, start_at=start_at))]
+
+    def ready() -> float:
+        (folder / f"ready-{shard.worker}").write_text(str(time.time()))
+        go = folder / "go.json"
+        deadline = time.monotonic() + timeout_s
+        while not go.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no start signal in {sync_dir} after {timeout_s:g} s")
+            time.sleep(0.05)
+        return float(json.loads(go.read_text())["start_at"])
+
+    return drive(_engine(shard, None), shard.schedule, ready=ready).to_json()
 
 
 def run_on_jobs(
@@ -186,7 +226,7 @@ def run_on_jobs(
     nodes: int,
     sync_dir: Path,
     ready_timeout_s: float = 600.0,
-) -> list[RequestRecord]:
+) -> LoadRun:
     """Run ``plan`` split over ``nodes`` jobs; ``submit(fn, *args)`` returns a submitit job.
 
     The jobs start whenever the scheduler runs them; each reports ready in ``sync_dir``
@@ -210,5 +250,4 @@ def run_on_jobs(
     tmp = sync_dir / "go.json.tmp"
     tmp.write_text(json.dumps({"start_at": time.time() + 1.0}))
     tmp.replace(sync_dir / "go.json")
-    merged = [RequestRecord.from_json(r) for job in jobs for r in job.result()]
-    return sorted(merged, key=lambda r: r.index)
+    return LoadRun.merge([LoadRun.from_json(job.result()) for job in jobs])

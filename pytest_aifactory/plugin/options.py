@@ -105,6 +105,12 @@ OPTIONS: tuple[Option, ...] = (
         _whole("--aif-load-workers", 1),
         default=1,
     ),
+    Option(
+        "fail-inconclusive",
+        None,
+        "Fail, not skip, a test whose SLOs are inconclusive because the load generator was the limit",
+        default=False,
+    ),
     Option("report", "PATH", "JSON report of the run (default: RESULTS_DIR/RUN_ID/report.json)", ini=False),
     Option(
         "pushgateway", "URL", "Push live and final metrics to this Prometheus Pushgateway", _url("--aif-pushgateway")

@@ -9,7 +9,9 @@ stay out of ``user_properties`` and so out of ``--junitxml``.
 
 The table's columns and figures are the metric table's rows with a heading. It says which
 latency its p50/p99 are (end-to-end for inference, one operation for data tests), how many
-samples each is drawn from, and warns when they are too few for the percentile.
+samples each is drawn from, and warns when they are too few for the percentile or when the load
+generator was the limit (``client_bound``). SLOs on such a result are inconclusive: the test is
+skipped saying so, or fails under ``--aif-fail-inconclusive``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,18 @@ import pytest
 
 from pytest_aifactory.core.metric_table import TABLE, Metric, min_samples
 from pytest_aifactory.core.metrics import LoadResult
-from pytest_aifactory.core.slo import SLO, SLOError, Verdict, check, format_breaches, parse_slo
+from pytest_aifactory.core.slo import (
+    SLO,
+    SLOError,
+    Verdict,
+    check,
+    format_breaches,
+    format_inconclusive,
+    parse_slo,
+)
 from pytest_aifactory.export.compare import families_of
 from pytest_aifactory.load.engine import Progress
+from pytest_aifactory.plugin.options import setting
 
 __all__ = ["RESULTS_KEY", "Outcomes", "format_results", "progress_printer", "result_rows"]
 
@@ -94,6 +105,13 @@ def _warning(row: Mapping[str, Any], flagged: Sequence[tuple[str, tuple[int, str
     return f"! {where}: {'; '.join(parts)}"
 
 
+def _client_warning(row: Mapping[str, Any]) -> str:
+    """``! test [point]: client-bound (lag p99 125 ms, CPU 0.99 core): ...``."""
+    where = f"{_test_name(row)} [{row['label']}]" if row["label"] else _test_name(row)
+    limit = row["result"].get("client_limit", "")
+    return f"! {where}: client-bound ({limit}): the load generator was the limit; use workers=N or nodes=N"
+
+
 def _test_name(row: Mapping[str, Any]) -> str:
     return str(row["test"]).split("::", 1)[-1]
 
@@ -110,6 +128,8 @@ def format_results(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         ]
         if flagged:
             warnings.append(_warning(row, flagged))
+        if row["result"].get("client_limit"):
+            warnings.append(_client_warning(row))
         table.append(
             [
                 _test_name(row),
@@ -126,6 +146,15 @@ def format_results(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in [headings, *table]
     ]
     return [*lines, "", *_LEGEND, *warnings]
+
+
+def _slo_cell(verdicts: int, failed: int, unjudged: int) -> str:
+    """``-``, ``PASS``, ``FAIL(2)`` or ``INCONCLUSIVE(1)`` (failures first)."""
+    if not verdicts:
+        return "-"
+    if failed:
+        return f"FAIL({failed})"
+    return f"INCONCLUSIVE({unjudged})" if unjudged else "PASS"
 
 
 class Outcomes:
@@ -176,22 +205,29 @@ class Outcomes:
             pytest.fail("this test has @pytest.mark.slo but ran no load (use the aif_load fixture)", pytrace=False)
         verdicts = self._judge(item)
         problems = []
-        if not all(v.passed for v in verdicts):
+        if any(v.breached for v in verdicts):
             errors = [f"  [{r.label}] {sample}" for r in results for sample in r.error_samples]
             problems.append(format_breaches(verdicts) + ("\nerrors seen:\n" + "\n".join(errors) if errors else ""))
         regressed = self.regressions(item, results)
         if regressed:
             lines = "\n".join(f"  {r}" for r in regressed)
             problems.append(f"{len(regressed)} regression(s) against the baseline:\n{lines}")
-        if problems:
-            pytest.fail("\n".join(problems), pytrace=False)
+        inconclusive = format_inconclusive(verdicts) if any(v.inconclusive for v in verdicts) else ""
+        if problems or (inconclusive and setting(self.config, "aif_fail_inconclusive")):
+            pytest.fail("\n".join([*problems, inconclusive]).strip(), pytrace=False)
+        if inconclusive:
+            pytest.skip(inconclusive)
         return None
 
     def _judge(self, item: pytest.Item) -> list[Verdict]:
         """The verdicts of the test's objectives on each of its results (kept for its report)."""
         results = item.stash.get(RESULTS_KEY, [])
         slos, label = slos_of(item, self.variables()), len(results) > 1
-        verdicts = [v for result in results for v in check(slos, result.metrics(), result.label if label else "")]
+        verdicts = [
+            v
+            for result in results
+            for v in check(slos, result.metrics(), result.label if label else "", result.client_limit)
+        ]
         item.stash[_VERDICTS_KEY] = verdicts
         return verdicts
 
@@ -205,14 +241,15 @@ class Outcomes:
             markers = [mark.name for mark in item.iter_markers()]
             for result in item.stash.get(RESULTS_KEY, []):
                 mine = [v for v in verdicts if v.label in ("", result.label)]
-                failed = sum(not v.passed for v in mine)
+                failed = sum(v.breached for v in mine)
+                unjudged = sum(v.inconclusive for v in mine)
                 data = result.to_json()
                 row = {
                     "test": item.nodeid,
                     "label": result.label,
                     "result": data,
                     "verdicts": [v.to_json() for v in mine],
-                    "slo": "-" if not mine else ("PASS" if not failed else f"FAIL({failed})"),
+                    "slo": _slo_cell(len(mine), failed, unjudged),
                     "families": families_of({"markers": markers, "results": [data]}),
                     "samples": {name: dist.count for name, dist in result.distributions.items()},
                 }

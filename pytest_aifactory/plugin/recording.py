@@ -194,8 +194,8 @@ class Recorder:
         assert self.loki is not None
         for row in rows:
             for verdict in row["verdicts"]:
-                level = "info" if verdict["passed"] else "error"
-                outcome = "held" if verdict["passed"] else "breached"
+                level = "info" if verdict["passed"] else "warning" if verdict["inconclusive"] else "error"
+                outcome = "held" if verdict["passed"] else "inconclusive" if verdict["inconclusive"] else "breached"
                 self.loki.log(f"SLO {outcome}: {verdict['message']}", level=level, event="slo", test=report.nodeid)
         if report.when == "teardown" or report.outcome != "passed":
             level = {"passed": "info", "skipped": "warning"}.get(report.outcome, "error")

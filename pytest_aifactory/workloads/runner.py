@@ -110,24 +110,28 @@ class LoadRunner(ProductionLoads):
             if self.submit is None or self.shard_dir is None:
                 raise ValueError("nodes > 1 needs a job launcher (the aif_load fixture provides one)")
             sync = self.shard_dir / f"{len(self.results):03d}-{uuid.uuid4().hex[:6]}"
-            records = run_on_jobs(self.submit, client, workload, plan, nodes, sync)
+            run = run_on_jobs(self.submit, client, workload, plan, nodes, sync)
         else:
             callback = self.progress(label) if self.progress else None
-            records = run_load(client, workload, plan, workers=workers, progress=callback, stop=self.stop)
+            run = run_load(client, workload, plan, workers=workers, progress=callback, stop=self.stop)
         full_config = {
             **plan.describe(),
             **_describe(workload),
             **_describe(client),
             "workers": workers,
             "client_nodes": nodes,
+            "event_loop": ", ".join(sorted({h.event_loop for h in run.health})) or "not available",
             "goodput": dict(goodput or {}),
             **dict(config or {}),
         }
-        result = summarizer(records, label, plan.mode, full_config, GoodputSLO(**goodput) if goodput else None)
+        good = GoodputSLO(**goodput) if goodput else None
+        result = summarizer(run.records, label, plan.mode, full_config, good, health=run.health)
         result.scalars.update(scalars or {})
         self.record(result)
         if self.stop is not None and self.stop.is_set():
-            raise LoadStoppedError(f"load {label} stopped early after {len(records)} request(s): its service is gone")
+            raise LoadStoppedError(
+                f"load {label} stopped early after {len(run.records)} request(s): its service is gone"
+            )
         return result
 
     def record(self, result: LoadResult) -> LoadResult:

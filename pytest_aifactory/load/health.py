@@ -1,0 +1,59 @@
+"""The load generator's own health during a load: its CPU, its event loop's stalls, which loop ran.
+
+A result is only as good as the client that produced it: when the event loop that paces and
+sends is saturated, requests leave late and latencies grow for reasons that have nothing to
+do with the service. ``LoopWatch`` measures, over the load window, the CPU of the process and
+of the event loop's thread, and the longest time the loop did not run a ready callback (a
+task waking every ``tick_s`` notes how late it woke).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from pytest_aifactory.core.records import ClientHealth
+from pytest_aifactory.load.pacing import event_loop_name
+
+__all__ = ["LoopWatch"]
+
+
+class LoopWatch:
+    """Watches the running event loop from ``start()`` to ``stop()``."""
+
+    tick_s = 0.01
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self.stall_max_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._started = (0.0, 0.0, 0.0)
+
+    def start(self) -> None:
+        """Begin the window (call inside the running loop)."""
+        self._started = (time.monotonic(), time.process_time(), time.thread_time())
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.tick_s)
+            self.stall_max_s = max(self.stall_max_s, time.monotonic() - before - self.tick_s)
+
+    async def stop(self) -> ClientHealth:
+        """End the window: what the process and its loop used during it."""
+        wall0, cpu0, thread0 = self._started
+        health = ClientHealth(
+            worker=self.worker,
+            wall_s=time.monotonic() - wall0,
+            cpu_s=time.process_time() - cpu0,
+            loop_cpu_s=time.thread_time() - thread0,
+            stall_max_ms=self.stall_max_s * 1000,
+            event_loop=event_loop_name(asyncio.get_running_loop()),
+        )
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return health

@@ -1,0 +1,118 @@
+"""The engine's honesty about itself: what happens before its clock, and results where it was the limit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from pytest_aifactory.core.records import RequestRecord
+from pytest_aifactory.core.slo import SLOInconclusive, assert_slo, check, parse_slo
+from pytest_aifactory.load.engine import Clock, Engine, LoadPlan
+from pytest_aifactory.load.schedule import Arrivals
+from pytest_aifactory.workloads.runner import LoadRunner
+
+pytestmark = pytest.mark.timeout(120)
+
+PAST_THE_LIMIT = dict(prompts="synthetic:in=4,out=2", rate=20000, distribution="constant", count=1000)
+
+
+class _SlowToBuild:
+    """A workload whose every request takes 20 ms to build (a long prompt, a tokenizer...)."""
+
+    def __init__(self) -> None:
+        self.built_at: list[float] = []
+
+    def request(self, index: int) -> int:
+        time.sleep(0.02)
+        self.built_at.append(time.monotonic())
+        return index
+
+
+class _Instant:
+    """A client that answers at once and notes when it opened."""
+
+    opened_at = 0.0
+
+    async def open(self) -> None:
+        await asyncio.sleep(0.05)  # like a connection pool that takes time to come up
+        self.opened_at = time.monotonic()
+
+    async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
+        record.end = clock.now()
+
+    async def close(self) -> None:
+        pass
+
+
+def test_first_open_loop_request_is_not_late_by_construction() -> None:
+    workload, client = _SlowToBuild(), _Instant()
+    engine = Engine(client, workload, LoadPlan("open", Arrivals(50.0, "constant"), count=5))
+    records = asyncio.run(engine.run())
+    # Every payload was built, and the client opened, before the clock's zero.
+    assert len(workload.built_at) == 5
+    assert max(workload.built_at) < client.opened_at < engine.clock.t0
+    # So the first request is not late by 5 x 20 ms of building plus 50 ms of opening.
+    assert records[0].sent is not None
+    assert records[0].sent - records[0].scheduled < 0.02
+
+
+def test_health_is_reported_with_every_result(timed_server) -> None:  # type: ignore[no-untyped-def]
+    result = LoadRunner().openai(timed_server, prompts="synthetic:in=4,out=2", rate=50, count=20)
+    m = result.metrics()
+    assert 0 < m["loop_cpu_cores"] <= m["client_cpu_cores"] * 1.01
+    assert m["loop_stall_max_ms"] >= 0
+    assert m["client_bound"] == 0
+    assert result.client_limit == ""
+    assert result.config["event_loop"].split()[0] in ("uvloop", "asyncio")
+
+
+def test_engine_past_its_limit_is_client_bound_and_slo_inconclusive(timed_server) -> None:  # type: ignore[no-untyped-def]
+    result = LoadRunner().openai(timed_server, **PAST_THE_LIMIT)
+    m = result.metrics()
+    assert m["client_bound"] == 1
+    assert m["p99_lag_ms"] > 20
+    assert result.client_limit.startswith(f"lag p99 {m['p99_lag_ms']:.3g} ms, CPU ")
+    verdicts = check([parse_slo("p99_ttft_ms <= 1e9")], m, result.label, result.client_limit)
+    assert [(v.passed, v.inconclusive, v.breached) for v in verdicts] == [(False, True, False)]
+    assert "inconclusive: the load generator was the limit (lag p99 " in verdicts[0].message()
+    assert verdicts[0].message().endswith("use workers=N or nodes=N")
+    with pytest.raises(SLOInconclusive, match="SLO inconclusive: p99_ttft_ms <= 1e"):
+        assert_slo(result, "p99_ttft_ms <= 1e9")
+
+
+@pytest.fixture(scope="module")
+def timed_server(aif_shared_service):  # type: ignore[no-untyped-def]
+    return aif_shared_service("synthetic-llm", ttft_ms=1.0, itl_ms=1.0)
+
+
+SUITE = f"""
+import pytest
+
+@pytest.mark.slo("p99_ttft_ms <= 1e9")
+def test_overdriven(synthetic_llm_service, aif_load):
+    aif_load.openai(synthetic_llm_service, **{PAST_THE_LIMIT!r})
+"""
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_inconclusive_slo_skips_or_fails_when_strict(pytester: pytest.Pytester, strict: bool) -> None:
+    pytester.makepyfile(SUITE)
+    args = ["-o", "aif_fail_inconclusive=true"] if strict else []
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", *args)
+    result.assert_outcomes(failed=1) if strict else result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*aifactory results (latencies in ms)*",
+            "test_overdriven*rate=20000/s*INCONCLUSIVE(1)*",
+            "! test_overdriven ?rate=20000/s?: client-bound (lag p99 *): the load generator was the limit*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*SLO inconclusive: p99_ttft_ms <= 1e+09*",
+            "*inconclusive: the load generator was the limit (lag p99 * ms, CPU *); use workers=N or nodes=N*",
+        ]
+    )
