@@ -116,3 +116,65 @@ def test_a_dead_service_stops_its_load_and_fails_once(pytester: pytest.Pytester,
     (result,) = test["results"]
     assert result["metrics"]["completed"] > 0
     assert [v["slo"] for v in test["slo"]] == ["error_rate <= 1"]
+
+
+BAD_LOADS = """
+import pytest
+
+@pytest.mark.parametrize("plan", [
+    dict(rate=-5, count=10), dict(concurrency=2, count=-5), dict(rate=5, count=5, warmup=-3),
+    dict(rate=5, count=5, duration_s=3), dict(rate=float("nan"), duration_s=1),
+])
+def test_bad_plan(aif_load, plan):
+    aif_load.openai("http://127.0.0.1:1", nodes=2, **plan)
+
+def test_bad_var(aif_vars):
+    aif_vars("vec_dataset", "clustered", choices=("random", "clustered"))
+
+def test_var_of_another_kind(aif_vars):
+    aif_vars("llm_rates", [1, 2])
+"""
+
+
+def test_bad_load_parameters_are_one_paragraph_before_any_job(pytester: pytest.Pytester) -> None:
+    """Each bad value is named with what is accepted, without a traceback, and no load job is submitted."""
+    pytester.makepyfile(BAD_LOADS)
+    profile = pytester.path / "p.yaml"
+    profile.write_text("name: p\nexecutor: local\nvars:\n  vec_dataset: nope\n  llm_rates: 4\n")
+    done = run_pytest(pytester.path, f"--aif-profile={profile}", "--aif-run-id=bad", "--aif-results-dir=res")
+    assert done.returncode == 1, done.stdout[-3000:]
+    for message in (
+        "bad load parameters: rate=-5: expected a number of requests/s > 0",
+        "bad load parameters: count=-5: expected a whole number of requests >= 1",
+        "bad load parameters: warmup=-3: expected a whole number of requests >= 0",
+        "bad load parameters: give exactly one of count and duration_s",
+        "bad load parameters: rate=nan: expected a number of requests/s > 0",
+        f"profile 'p' ({profile}): vars.vec_dataset = 'nope': expected one of random, clustered",
+        f"profile 'p' ({profile}): vars.llm_rates = 4: expected a list, as the default [1, 2] is",
+    ):
+        assert done.stdout.count(message) == 1, message
+    assert "Traceback" not in done.stdout
+    assert "Error" not in done.stdout  # no exception type: a message, not a traceback
+    assert not (pytester.path / "res" / "bad" / "jobs.jsonl").exists()
+
+
+def test_bad_setting_in_the_ini_leaves_no_results_folder(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\naif_pushgateway = not-a-url\n")
+    pytester.makepyfile("def test_x(aif_run):\n    pass\n")
+    done = run_pytest(pytester.path)
+    assert done.returncode == 4
+    assert "ini aif_pushgateway (twin of --aif-pushgateway: expected an http:// or https:// URL, got 'not-a-url')" in (
+        done.stderr
+    )
+    assert not (pytester.path / "aif-results").exists()
+
+
+@pytest.mark.slurm
+def test_unknown_partition_is_a_usage_error_before_any_job(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(http_service):\n    pass\n")
+    profile = pytester.path / "p.yaml"
+    profile.write_text(_PROFILES["ci-slurm"].replace("partition: debug", "partition: nope"))
+    done = run_pytest(pytester.path, f"--aif-profile={profile}", "--aif-results-dir=res")
+    assert done.returncode == 4, done.stdout[-3000:]
+    assert "--aif-profile: profile 'faulty': slurm.partition 'nope': no such partition on this cluster" in done.stderr
+    assert not (pytester.path / "res").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_aifactory.workloads.vectors.datasets import VectorDataset
+from pytest_aifactory.workloads.vectors.datasets import DATASETS, VectorDataset
 from pytest_aifactory.workloads.vectors.stores.faiss import GPU_FILTER_UNSUPPORTED
 
 # faiss-gpu runs where pytest runs (a GPU node); qdrant and weaviate need images or AIF_*_URL.
@@ -14,7 +14,7 @@ STORES = ["faiss", "faiss-gpu", "milvus", "chroma", "qdrant", "weaviate"]
 @pytest.fixture(scope="module")
 def dataset(aif_vars):
     return VectorDataset(
-        aif_vars("vec_dataset", "clustered"),
+        aif_vars("vec_dataset", "clustered", choices=DATASETS),
         count=aif_vars("vec_count", 5000),
         dim=aif_vars("vec_dim", 64),
         queries=aif_vars("vec_queries", 200),

@@ -29,3 +29,7 @@ class ServiceDiedError(AifError):
 
 class LoadStoppedError(AifError):
     """A load was stopped early (a service it used is known dead); what it measured is kept."""
+
+
+class LoadConfigError(AifError):
+    """A load was asked for with parameters out of range (named, with what is accepted)."""

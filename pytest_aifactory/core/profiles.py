@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +41,15 @@ __all__ = [
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 SettingValue = str | int | float | bool
+
+
+def _kind(value: Any) -> str:
+    """What a suite variable's value is, in words (ints and floats are both numbers)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a list" if isinstance(value, list | tuple) else "a text" if isinstance(value, str) else type(value).__name__
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -104,9 +113,19 @@ class Profile:
     services: dict[str, ServiceOverride] = dataclasses.field(default_factory=dict)
     source: str = ""
 
-    def var(self, name: str, default: Any) -> Any:
-        """A suite variable (``vars.NAME``): sizes and thresholds that differ per machine."""
-        return self.vars.get(name, default)
+    def var(self, name: str, default: Any, choices: Sequence[str] = ()) -> Any:
+        """A suite variable (``vars.NAME``): sizes and thresholds that differ per machine.
+
+        A value of another kind than ``default`` (a list for a list, a number for a number...)
+        or not among ``choices`` is a ``ProfileError`` naming the profile and the key.
+        """
+        value = self.vars.get(name, default)
+        where = f"profile {self.name!r} ({self.source or 'embedded'}): vars.{name} = {value!r}"
+        if choices and value not in choices:
+            raise ProfileError(f"{where}: expected one of {', '.join(choices)}")
+        if name in self.vars and default is not None and _kind(value) != _kind(default):
+            raise ProfileError(f"{where}: expected {_kind(default)}, as the default {default!r} is")
+        return value
 
     def override(self, service: str) -> ServiceOverride:
         """The overrides this profile sets for ``service`` (empty when none)."""

@@ -21,14 +21,14 @@ from typing import Any, ClassVar
 import submitit
 from submitit.slurm import slurm as submitit_slurm
 
-from pytest_aifactory.core.errors import JobError
+from pytest_aifactory.core.errors import JobError, ProfileError
 from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.jobs.processes import pid_alive, process_start, same_process, signal_process
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, PROCESS_FILE, LaunchPlan, read_json, serve, write_json_atomic
 from pytest_aifactory.jobs.sealed import exported, seal
 from pytest_aifactory.services.spec import Resources
 
-__all__ = ["Backend", "JobStatus", "LocalBackend", "SlurmBackend", "make_backend"]
+__all__ = ["Backend", "JobStatus", "LocalBackend", "SlurmBackend", "check_partitions", "make_backend"]
 
 ACTIVE_SLURM_STATES = frozenset(
     {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "STOPPED"}
@@ -273,3 +273,28 @@ BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "slurm": SlurmBacke
 def make_backend(profile: Profile) -> Backend:
     """The backend for a profile's ``executor``."""
     return BACKENDS[profile.executor](profile)
+
+
+def check_partitions(profile: Profile) -> None:
+    """The partitions a Slurm profile names (its own, its services') exist on this cluster.
+
+    Raises ``ProfileError`` naming the key, the value and the cluster's partitions. Without an
+    answer from ``sinfo`` (no Slurm here) nothing is checked: the submit will say.
+    """
+    if profile.executor != "slurm":
+        return
+    named = {"slurm.partition": profile.slurm.partition}
+    named |= {f"services.{name}.partition": override.partition for name, override in profile.services.items()}
+    wanted = {key: value for key, value in named.items() if value}
+    if not wanted:
+        return
+    try:
+        known = set(_run(["sinfo", "-h", "-o", "%R"]).split())
+    except JobError:
+        return
+    bad = [f"{key} {value!r}" for key, value in wanted.items() if value not in known]
+    if bad:
+        raise ProfileError(
+            f"profile {profile.name!r}: {', '.join(bad)}: no such partition on this cluster; "
+            f"its partitions: {', '.join(sorted(known)) or 'none'}"
+        )

@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from pytest_aifactory.core.errors import ServiceConfigError, ServiceDiedError, ServiceStartupError
+from pytest_aifactory.core.errors import (
+    JobError,
+    LoadConfigError,
+    ProfileError,
+    ServiceConfigError,
+    ServiceDiedError,
+    ServiceStartupError,
+)
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.jobs.liveness import LivenessWatcher
@@ -45,19 +52,13 @@ class ServiceFactory:
         """The spec a call would start (catalog name under the run's profile, or as given)."""
         if isinstance(service, ServiceSpec):
             return service.with_overrides(**overrides) if overrides else service
-        try:
-            return build_spec(service, self._run.profile, **overrides)
-        except ServiceConfigError as exc:
-            pytest.fail(str(exc), pytrace=False)
+        return build_spec(service, self._run.profile, **overrides)
 
     def __call__(self, service: str | ServiceSpec, **overrides: Any) -> RunningService:
         """Start (or attach to, when shared) the service and wait until it is ready."""
         spec = self.spec(service, **overrides)
         manager = self._run.services
-        try:
-            running = manager.shared(spec) if self._shared else manager.launch(spec)
-        except ServiceStartupError as exc:
-            pytest.fail(str(exc), pytrace=False)
+        running = manager.shared(spec) if self._shared else manager.launch(spec)
         self.services.append(running)
         if self.requester is not None:
             self.requester.stash.setdefault(_REQUESTED_KEY, []).append(running)
@@ -95,18 +96,36 @@ def _death(item: pytest.Item) -> str | None:
 
 
 _SHARED: list[ServiceFactory] = []  # the session-scoped factory, once created (one per process)
+# Said in one paragraph, without a traceback: bad input, a service that could not start.
+_PLAIN_ERRORS = (JobError, LoadConfigError, ProfileError, ServiceConfigError, ServiceStartupError)
+
+
+def _plainly(exc: BaseException) -> str | None:
+    """The message of an error that is a failure of its own (not of the code around it), else None."""
+    return str(exc) if isinstance(exc, _PLAIN_ERRORS) else None
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    """Calls of the shared factory during this test's setup are made for this test."""
+    """Calls of the shared factory during this test's setup are made for this test.
+
+    A service that cannot start, a bad setting: one paragraph, no traceback.
+    """
     for factory in _SHARED:
         factory.requester = item
     try:
         yield
+    except BaseException as exc:
+        problem = _plainly(exc)
+        if problem is None:
+            raise
+    else:
+        problem = None
     finally:
         for factory in _factories(item):
             factory.requester = item
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
     return None
 
 
@@ -115,21 +134,21 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """A service the test requested that died during it fails the test, with its state and logs.
 
     The death is the failure, said once: what it caused in the test body (a stopped load,
-    refused connections) is not chained to it.
+    refused connections) is not chained to it. Bad load parameters are one paragraph too.
     """
     try:
         yield
     except BaseException as exc:
-        death = None if isinstance(exc, KeyboardInterrupt | SystemExit) else _death(item)
-        if death is None:
+        failure = None if isinstance(exc, KeyboardInterrupt | SystemExit) else _death(item) or _plainly(exc)
+        if failure is None:
             raise
     else:
-        death = _death(item)
+        failure = _death(item)
     finally:
         for factory in _SHARED:
             factory.requester = None
-    if death is not None:
-        pytest.fail(death, pytrace=False)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
     return None
 
 
@@ -146,8 +165,12 @@ def aif_profile(aif_run: RunContext) -> Profile:
 
 
 @pytest.fixture(scope="session")
-def aif_vars(aif_profile: Profile) -> Callable[[str, Any], Any]:
-    """``aif_vars("llm_rates", [1, 2, 4])``: a suite variable from the profile, else the default."""
+def aif_vars(aif_profile: Profile) -> Callable[..., Any]:
+    """``aif_vars("llm_rates", [1, 2, 4])``: a suite variable from the profile, else the default.
+
+    ``aif_vars("vec_dataset", "clustered", choices=DATASETS)`` also checks the value; a value of
+    another kind than the default is refused too, naming the profile and the key.
+    """
     return aif_profile.var
 
 

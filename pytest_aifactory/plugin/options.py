@@ -172,6 +172,12 @@ def setting(config: pytest.Config, dest: str) -> Any:
         raise pytest.UsageError(f"ini {dest} (twin of {exc})") from None
 
 
+def check_settings(config: pytest.Config) -> None:
+    """Parse every option now (command line, else ini): a bad value is a usage error before the run starts."""
+    for option in OPTIONS:
+        setting(config, option.dest)
+
+
 def explicit_options(config: pytest.Config) -> list[str]:
     """The ``--aif-*`` flags given on the command line (a run that names one uses aifactory)."""
     return [option.flag for option in OPTIONS if config.getoption(option.dest) is not None]

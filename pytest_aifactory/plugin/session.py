@@ -23,9 +23,10 @@ import pytest
 from pytest_aifactory.core.errors import AifError
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.core.profiles import Profile, load_profile
+from pytest_aifactory.jobs.backends import check_partitions
 from pytest_aifactory.jobs.run import RunContext, cancel_run_jobs, new_run_id
 from pytest_aifactory.plugin.histories import Histories
-from pytest_aifactory.plugin.options import project_root, results_dir, setting
+from pytest_aifactory.plugin.options import check_settings, project_root, results_dir, setting
 from pytest_aifactory.plugin.recording import Recorder
 from pytest_aifactory.services.catalog import check_profile
 
@@ -45,6 +46,7 @@ def load_profile_setting(config: pytest.Config) -> Profile:
     try:
         profile = load_profile(str(setting(config, "aif_profile")), project_root=project_root(config))
         check_profile(profile)
+        check_partitions(profile)
     except AifError as exc:
         raise pytest.UsageError(f"--aif-profile: {exc}") from None
     return profile
@@ -93,6 +95,7 @@ class RunSession:
         if self._run is not None:
             return
         config = self.config
+        check_settings(config)  # before the results folder exists: a bad value leaves nothing behind
         for variable, value in self.s3_keys.items():  # before the recorder: its redactor masks them
             os.environ.setdefault(variable, value)
         keep = bool(setting(config, "aif_keep_services"))

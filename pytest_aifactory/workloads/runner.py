@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pytest_aifactory.core.errors import LoadStoppedError
 from pytest_aifactory.core.metrics import GoodputSLO, LoadResult, summarize
 from pytest_aifactory.load.engine import LoadPlan, Progress, RequestClient, StopSignal, Workload
+from pytest_aifactory.load.parameters import check_load_parameters
 from pytest_aifactory.load.schedule import Arrivals, Distribution
 from pytest_aifactory.load.workers import run_load, run_on_jobs
 from pytest_aifactory.services.connect import dsn_of
@@ -42,9 +43,11 @@ def make_plan(
     seed: int = 0,
     timeout_s: float = 300.0,
 ) -> LoadPlan:
-    """Open loop when ``rate`` is given (``concurrency`` then caps requests in flight), else closed loop."""
-    if rate is None and concurrency is None:
-        raise ValueError("give a rate (open loop, requests/s) or a concurrency (closed loop)")
+    """Open loop when ``rate`` is given (``concurrency`` then caps requests in flight), else closed loop.
+
+    Every parameter is checked first: ``LoadConfigError`` names the bad ones and what is accepted.
+    """
+    check_load_parameters(rate, concurrency, count, duration_s, warmup, distribution, burstiness, timeout_s)
     if rate is not None:
         if distribution == "poisson" and burstiness != 1.0:
             distribution = "gamma"
@@ -228,8 +231,8 @@ class LoadRunner(ProductionLoads):
         created at ``scale`` first if they are not there.
         """
         dsn = dsn_of(service) if isinstance(service, RunningService) else service
-        sql.init_tpcb(dsn, scale)
         load = make_plan(**plan)
+        sql.init_tpcb(dsn, scale)
         pool = connections or load.concurrency or 8
         client = sql.PostgresClient(dsn, pool, mode)
         workload = sql.TpcbWorkload(scale, mode, int(plan.get("seed", 0)))
@@ -271,8 +274,8 @@ class LoadRunner(ProductionLoads):
 
         ``filtered``: every search keeps to one category (the query number modulo 10).
         """
-        truth = dataset.ground_truth(k, cache_dir, filtered)
         load = make_plan(**plan)
+        truth = dataset.ground_truth(k, cache_dir, filtered)
         categories = [dataset.query_category(q) for q in range(dataset.queries)] if filtered else None
         base = dataset.base()
         client = SearchClient(
