@@ -1,9 +1,8 @@
-"""The ``aifactory`` command: cleanup, profiles, render, resend, compare, control."""
+"""The ``aifactory`` command: cleanup, profiles, render, resend, compare, report, control."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import shutil
 import sys
@@ -22,6 +21,8 @@ from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.delivery.loki import LokiPusher
 from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
 from pytest_aifactory.export.compare import compare_reports, format_comparison, unmatched
+from pytest_aifactory.export.html import write_html
+from pytest_aifactory.export.report import read_report
 from pytest_aifactory.jobs.backends import BACKENDS, Backend, SlurmBackend
 from pytest_aifactory.jobs.registry import JobRegistry
 from pytest_aifactory.jobs.run import cleanup_run
@@ -144,8 +145,8 @@ def _report_path(value: str, results_dir: str) -> Path:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    old = json.loads(_report_path(args.baseline, args.results_dir).read_text(encoding="utf-8"))
-    new = json.loads(_report_path(args.candidate, args.results_dir).read_text(encoding="utf-8"))
+    old = read_report(_report_path(args.baseline, args.results_dir))
+    new = read_report(_report_path(args.candidate, args.results_dir))
     rows = compare_reports(old, new, args.margin / 100)
     print(format_comparison(rows, old["run_id"], new["run_id"], *unmatched(old, new)))
     if not rows:
@@ -154,6 +155,13 @@ def _compare(args: argparse.Namespace) -> int:
     if regressions:
         print(f"\n{len(regressions)} regression(s) beyond {args.margin:g}%")
         return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    reports = [read_report(_report_path(run, args.results_dir)) for run in args.runs]
+    path = write_html(reports, Path(args.output), args.margin / 100)
+    print(f"aifactory report: {path} ({path.stat().st_size / 2**20:.1f} MiB, {len(reports)} run(s))")
     return 0
 
 
@@ -205,6 +213,16 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--results-dir", default="aif-results", help="where run ids are looked up")
     compare.add_argument("--margin", type=float, default=5.0, help="allowed change in percent (default: %(default)s)")
     compare.set_defaults(func=_compare)
+    report = commands.add_parser(
+        "report", help="write the HTML report of one or more runs (several: compared with the first)"
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN", help="report.json path or run id")
+    report.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: %(default)s)")
+    report.add_argument("--results-dir", default="aif-results", help="where run ids are looked up")
+    report.add_argument(
+        "--margin", type=float, default=5.0, help="change in percent below which nothing is said (default: %(default)s)"
+    )
+    report.set_defaults(func=_report)
     control = commands.add_parser("control", help="HTTP API to start/stop runs and services (token: AIF_CONTROL_TOKEN)")
     control.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     control.add_argument("--port", type=int, default=8088, help="port (default: %(default)s)")

@@ -3,6 +3,9 @@
 Written after every test (atomically, so a killed run still leaves the tests done so far)
 and at the end of the session, also when it was interrupted. Secrets are masked before
 anything is written. The format is described by ``report.schema.json`` (``schema_version``).
+Version 2 adds what the HTML report plots: each result's ``series`` (timeline and latency
+quantiles, ``core.series``) and each job's ``resources`` (the monitor's samples); version 1
+reports, without them, still load (``read_report``).
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pytest_aifactory.core.errors import AifError
 from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.jobs.registry import JobRegistry
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, read_json
+from pytest_aifactory.jobs.telemetry import MONITOR_FILE, resource_series
 
-__all__ = ["SCHEMA_PATH", "SCHEMA_VERSION", "RunReport", "git_state", "load_schema"]
+__all__ = ["READABLE_VERSIONS", "SCHEMA_PATH", "SCHEMA_VERSION", "RunReport", "git_state", "load_schema", "read_report"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 _PACKAGES = (
     "pytest-aifactory",
@@ -55,6 +61,19 @@ def load_schema() -> dict[str, Any]:
     """The JSON Schema of the report."""
     schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     return schema
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A report written by this or an earlier version; a clear error for anything else."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AifError(f"{path}: not a readable JSON report ({exc})") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version not in READABLE_VERSIONS:
+        raise AifError(f"{path}: schema_version {version!r}; this version reads {list(READABLE_VERSIONS)}")
+    report: dict[str, Any] = data
+    return report
 
 
 def _run(argv: list[str], cwd: Path | None = None) -> str | None:
@@ -187,6 +206,7 @@ class RunReport:
                     "node": endpoint.get("node"),
                     "folder": str(record.folder),
                     "stopped": (record.backend, record.job_id) not in pending,
+                    "resources": resource_series(record.folder / MONITOR_FILE),
                 }
             )
         return jobs

@@ -32,7 +32,7 @@ from pytest_aifactory.core.profiles import ContainerSettings
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.jobs.processes import pid_alive, process_start
 from pytest_aifactory.jobs.sealed import unseal
-from pytest_aifactory.jobs.telemetry import Telemetry, TelemetryThreads
+from pytest_aifactory.jobs.telemetry import MONITOR_FILE, Telemetry, TelemetryThreads
 from pytest_aifactory.services.spec import ServiceSpec, render, render_context
 
 __all__ = [
@@ -292,7 +292,13 @@ def serve(plan: LaunchPlan) -> int:
         )
         threads = (
             TelemetryThreads(
-                plan.telemetry, spec.name, _job_id(), child.pid, {"stdout": stdout_path, "stderr": stderr_path}, env
+                plan.telemetry,
+                spec.name,
+                _job_id(),
+                child.pid,
+                {"stdout": stdout_path, "stderr": stderr_path},
+                env,
+                samples_file=plan.folder / MONITOR_FILE,
             )
             if plan.telemetry is not None
             else None

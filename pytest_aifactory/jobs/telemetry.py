@@ -3,14 +3,20 @@
 Both are threads of the job process, so they start with the service and stop with the job.
 The monitor samples the service's process tree and the node from ``/proc`` (and GPUs through
 NVML when ``pynvml`` and a driver are there) and pushes to the Pushgateway with ``service``,
-``job_id`` and ``node`` labels; the forwarder tails the service's stdout and stderr.
+``job_id`` and ``node`` labels, and appends every sample to the job folder's
+``monitor.jsonl`` (read back by ``resource_series`` for the reports); the forwarder tails the
+service's stdout and stderr.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +28,17 @@ from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.delivery.loki import LokiPusher
 from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
 
-__all__ = ["MONITOR_METRICS", "Telemetry", "TelemetryThreads", "sample_node", "sample_tree"]
+__all__ = [
+    "MONITOR_FILE",
+    "MONITOR_METRICS",
+    "Telemetry",
+    "TelemetryThreads",
+    "resource_series",
+    "sample_node",
+    "sample_tree",
+]
+
+MONITOR_FILE = "monitor.jsonl"
 
 MONITOR_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "aifactory_service_cpu_seconds_total": ("CPU seconds used by the service's process tree", ()),
@@ -127,17 +143,61 @@ def _gpu_samples() -> list[tuple[str, float, float, float]]:
     return samples
 
 
+def resource_series(path: Path, limit: int = 1000) -> dict[str, Any] | None:
+    """The samples of a job's ``monitor.jsonl`` as columns (every k-th, at most ``limit``); None without any.
+
+    ``t`` is Unix time, ``cpu_cores`` the service tree's CPU use between samples (cores),
+    ``rss_mib`` its resident memory, ``node_cpu`` the node's busy share; ``gpus`` per GPU its
+    busy share, memory (MiB) and power (W), when NVML saw any.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    samples = []
+    for line in lines:
+        try:
+            samples.append(json.loads(line))
+        except ValueError:  # a line cut short by the job's end
+            continue
+    if len(samples) < 2:
+        return None
+    pairs = list(itertools.pairwise(samples))[:: max(1, math.ceil((len(samples) - 1) / limit))]
+    series: dict[str, Any] = {
+        "t": [b["t"] for _, b in pairs],
+        "cpu_cores": [round((b["cpu_s"] - a["cpu_s"]) / max(b["t"] - a["t"], 1e-9), 4) for a, b in pairs],
+        "rss_mib": [round(b["rss"] / 2**20, 2) for _, b in pairs],
+        "node_cpu": [round(b["node_cpu"], 4) for _, b in pairs],
+        "gpus": {},
+    }
+    for gpu in sorted({g for _, b in pairs for g in b.get("gpus", {})}):
+        values = [b.get("gpus", {}).get(gpu) for _, b in pairs]
+        series["gpus"][gpu] = {
+            key: [v[i] if v else None for v in values] for i, key in enumerate(("util", "memory_mib", "power_w"))
+        }
+    return series
+
+
 class TelemetryThreads:
     """Starts the forwarder and the monitor for one service process; ``stop()`` flushes them.
 
     ``env`` is the service's environment (the profile's ``env``, the run's S3 keys...): its
     secrets are masked in what is forwarded, as well as those of the job's own environment.
+    The monitor runs when there is a Pushgateway or a ``samples_file`` to append to.
     """
 
     def __init__(
-        self, telemetry: Telemetry, service: str, job_id: str, pid: int, logs: dict[str, Path], env: Mapping[str, str]
+        self,
+        telemetry: Telemetry,
+        service: str,
+        job_id: str,
+        pid: int,
+        logs: dict[str, Path],
+        env: Mapping[str, str],
+        samples_file: Path | None = None,
     ) -> None:
         self.telemetry = telemetry
+        self.samples_file = samples_file
         self.service = service
         self.job_id = job_id
         self.pid = pid
@@ -160,7 +220,7 @@ class TelemetryThreads:
         if self.loki is not None:
             for stream, path in logs.items():
                 self._start(self._forward, stream, path)
-        if self.gateway is not None:
+        if self.gateway is not None or samples_file is not None:
             self._start(self._monitor)
 
     def _start(self, target: Callable[..., None], *args: Any) -> None:
@@ -193,7 +253,6 @@ class TelemetryThreads:
             self._stop.wait(0.5)
 
     def _monitor(self) -> None:
-        assert self.gateway is not None
         registry = CollectorRegistry()
         gauges = {
             name: Gauge(name, text, labels, registry=registry) for name, (text, labels) in MONITOR_METRICS.items()
@@ -203,23 +262,30 @@ class TelemetryThreads:
         while not self._stop.wait(self.telemetry.interval_s):
             cpu, rss, count = sample_tree(self.pid)
             node = sample_node()
+            total = node["cpu_total"] - previous["cpu_total"]
+            busy = (node["cpu_busy"] - previous["cpu_busy"]) / total if total else 0.0
+            gpus = _gpu_samples()
+            previous = node
+            if self.samples_file is not None:
+                gpu_values = {gpu: [util, memory / 2**20, power] for gpu, util, memory, power in gpus}
+                sample = {"t": time.time(), "cpu_s": cpu, "rss": rss, "node_cpu": busy, "gpus": gpu_values}
+                with self.samples_file.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(sample) + "\n")
+            if self.gateway is None:
+                continue
             gauges["aifactory_service_cpu_seconds_total"].set(cpu)
             gauges["aifactory_service_memory_bytes"].set(rss)
             gauges["aifactory_service_processes"].set(count)
-            total = node["cpu_total"] - previous["cpu_total"]
-            gauges["aifactory_node_cpu_utilization_ratio"].set(
-                (node["cpu_busy"] - previous["cpu_busy"]) / total if total else 0.0
-            )
+            gauges["aifactory_node_cpu_utilization_ratio"].set(busy)
             gauges["aifactory_node_memory_used_bytes"].set(node["mem_used"])
             gauges["aifactory_node_network_bytes_total"].labels("rx").set(node["net_rx"])
             gauges["aifactory_node_network_bytes_total"].labels("tx").set(node["net_tx"])
             gauges["aifactory_node_disk_bytes_total"].labels("read").set(node["disk_read"])
             gauges["aifactory_node_disk_bytes_total"].labels("write").set(node["disk_written"])
-            for gpu, util, memory, power in _gpu_samples():
+            for gpu, util, memory, power in gpus:
                 gauges["aifactory_gpu_utilization_ratio"].labels(gpu).set(util)
                 gauges["aifactory_gpu_memory_used_bytes"].labels(gpu).set(memory)
                 gauges["aifactory_gpu_power_watts"].labels(gpu).set(power)
-            previous = node
             self.gateway.push(
                 group, registry, extra_labels={"service": self.service, "job_id": self.job_id, "node": self.node}
             )

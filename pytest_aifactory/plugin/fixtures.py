@@ -8,6 +8,7 @@ state and logs; a service another test started is not its concern.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
@@ -28,7 +29,7 @@ from pytest_aifactory.jobs.registry import JobRecord
 from pytest_aifactory.jobs.run import RunContext
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.plugin.options import setting
-from pytest_aifactory.plugin.outcomes import RESULTS_KEY, progress_printer
+from pytest_aifactory.plugin.outcomes import ENDED_KEY, RESULTS_KEY, progress_printer
 from pytest_aifactory.plugin.session import SESSION_KEY
 from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.services.spec import Resources, RunningService, ServiceSpec
@@ -235,6 +236,7 @@ def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_ru
 
     def record(result: LoadResult) -> None:
         item.stash.setdefault(RESULTS_KEY, []).append(result)
+        item.stash.setdefault(ENDED_KEY, []).append(time.time())
         assert session.histories is not None
         session.histories.add(item, result)
         pytestconfig.hook.pytest_aifactory_result(item=item, result=result)

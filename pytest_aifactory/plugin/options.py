@@ -112,6 +112,7 @@ OPTIONS: tuple[Option, ...] = (
         default=False,
     ),
     Option("report", "PATH", "JSON report of the run (default: RESULTS_DIR/RUN_ID/report.json)", ini=False),
+    Option("html", "PATH", "Write the run's HTML report (plots, findings) to PATH at the end of the run"),
     Option(
         "pushgateway", "URL", "Push live and final metrics to this Prometheus Pushgateway", _url("--aif-pushgateway")
     ),

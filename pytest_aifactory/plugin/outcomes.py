@@ -26,6 +26,7 @@ import pytest
 
 from pytest_aifactory.core.metric_table import TABLE, Metric, min_samples
 from pytest_aifactory.core.metrics import LoadResult
+from pytest_aifactory.core.series import compact_series
 from pytest_aifactory.core.slo import (
     SLO,
     SLOError,
@@ -39,9 +40,10 @@ from pytest_aifactory.export.compare import families_of
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.plugin.options import setting
 
-__all__ = ["RESULTS_KEY", "Outcomes", "format_results", "progress_printer", "result_rows"]
+__all__ = ["ENDED_KEY", "RESULTS_KEY", "Outcomes", "format_results", "progress_printer", "result_rows"]
 
 RESULTS_KEY = pytest.StashKey[list[LoadResult]]()
+ENDED_KEY = pytest.StashKey[list[float]]()  # wall-clock time each result was recorded (its load's end)
 _VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
 _ROWS_ATTRIBUTE = "aifactory_results"
 
@@ -157,6 +159,12 @@ def _slo_cell(verdicts: int, failed: int, unjudged: int) -> str:
     return f"INCONCLUSIVE({unjudged})" if unjudged else "PASS"
 
 
+def _zero(result: LoadResult, ends: Sequence[float], index: int) -> float | None:
+    """Wall-clock time of the load's time zero: when it was recorded minus its last record's time."""
+    times = [r.end or r.sent or r.scheduled for r in result.records]
+    return ends[index] - max(times) if index < len(ends) and times else None
+
+
 class Outcomes:
     """SLO checks, progress display and the results table."""
 
@@ -239,11 +247,13 @@ class Outcomes:
             rows = []
             verdicts = item.stash.get(_VERDICTS_KEY, [])
             markers = [mark.name for mark in item.iter_markers()]
-            for result in item.stash.get(RESULTS_KEY, []):
+            ends = item.stash.get(ENDED_KEY, [])
+            results = item.stash[RESULTS_KEY]
+            for index, result in enumerate(results):
                 mine = [v for v in verdicts if v.label in ("", result.label)]
                 failed = sum(v.breached for v in mine)
                 unjudged = sum(v.inconclusive for v in mine)
-                data = result.to_json()
+                data = {**result.to_json(), "series": compact_series(result.records, _zero(result, ends, index))}
                 row = {
                     "test": item.nodeid,
                     "label": result.label,

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 
+from pytest_aifactory.core.errors import AifError
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.delivery.loki import LokiPusher
 from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
+from pytest_aifactory.export.html import write_html
 from pytest_aifactory.export.prometheus import final_registry, live_registry
-from pytest_aifactory.export.report import RunReport
+from pytest_aifactory.export.report import RunReport, read_report
 from pytest_aifactory.jobs.run import RunContext
 from pytest_aifactory.jobs.telemetry import Telemetry
 from pytest_aifactory.load.engine import Progress
@@ -134,6 +136,8 @@ class Recorder:
         run.services.on_event = self.service_event
         self.pushed_tests: list[str] = []
         self.report: RunReport | None = None
+        self.html: Path | None = None
+        self.html_error = ""
         if not is_worker:
             path = setting(config, "aif_report")
             self.report = RunReport(
@@ -229,12 +233,22 @@ class Recorder:
             self.gateway.resend()
         if self.report is not None:
             self.report.write(status=status, exit_status=int(exitstatus))
+            html = setting(self.config, "aif_html")
+            if html:
+                try:
+                    self.html = write_html([read_report(self.report.path)], Path(html))
+                except AifError as exc:
+                    self.html_error = f"--aif-html {html}: {exc}"
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         """Say where the report is and what was not delivered."""
         if self.report is not None:
             terminalreporter.write_line(f"aifactory report: {self.report.path}")
+        if self.html is not None:
+            terminalreporter.write_line(f"aifactory HTML report: {self.html}")
+        if self.html_error:
+            terminalreporter.write_line(f"aifactory: no HTML report: {self.html_error}", red=True)
         delivered = []
         if self.gateway is not None:
             delivered.append(f"{self.gateway.delivered} Pushgateway push(es)")

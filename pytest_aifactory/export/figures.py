@@ -1,0 +1,278 @@
+"""The HTML report's plots as Plotly figures (plain dicts: ``data`` traces and ``layout``).
+
+Only what was measured is drawn: a figure whose traces would all be empty is not made. SLO
+thresholds are drawn as dashed red lines on the plots of their metric's distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pytest_aifactory.core.metric_table import METRICS, Metric
+from pytest_aifactory.export.views import TestView, figure_id, knee_index, value
+
+__all__ = ["Figure", "comparison_figure", "resource_figures", "test_figures"]
+
+Figure = dict[str, Any]
+_DISTRIBUTIONS = {"ttft": "time to first token", "itl": "inter-token latency", "tpot": "time per output token"}
+
+
+def latency_name(test: TestView) -> str:
+    """What the ``latency`` distribution is for this test."""
+    return "end-to-end latency" if test.inference else "operation latency"
+
+
+def _figure(fid: str, title: str, data: list[dict[str, Any]], **layout: Any) -> Figure | None:
+    if not any(v is not None for trace in data for v in trace.get("y") or ()):
+        return None
+    base = {"title": {"text": title}, "margin": {"t": 50, "b": 50}, "height": 360, "legend": {"orientation": "h"}}
+    return {"id": fid, "title": title, "data": data, "layout": {**base, **layout}}
+
+
+def _thresholds(test: TestView, distribution: str, vertical: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Lines (and their labels) at the thresholds of the SLOs on ``distribution``'s statistics."""
+    shapes, notes, seen = [], [], set()
+    for verdict in test.verdicts:
+        metric = METRICS.get(verdict["metric"])
+        if metric is None or metric.distribution != distribution or verdict["threshold"] in seen:
+            continue
+        seen.add(verdict["threshold"])
+        at = verdict["threshold"]
+        line = {"dash": "dash", "color": "#d62728", "width": 2}
+        if vertical:
+            shapes.append({"type": "line", "yref": "paper", "y0": 0, "y1": 1, "x0": at, "x1": at, "line": line})
+            notes.append({"x": at, "y": 1, "yref": "paper", "text": f"SLO {verdict['slo']}", "showarrow": False})
+        else:
+            shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": at, "y1": at, "line": line})
+            notes.append({"x": 0, "xref": "paper", "y": at, "text": f"SLO {verdict['slo']}", "showarrow": False})
+    return {"shapes": shapes, "annotations": notes}
+
+
+def _sweep(test: TestView) -> Figure | None:
+    xs = [value(r, "request_s") for r in test.results]
+    labels = [r["label"] for r in test.results]
+    distributions = ["latency", "ttft"] if test.inference else ["latency"]
+    data = []
+    for distribution in distributions:
+        for stat in ("p50", "p90", "p99") if distribution == "latency" else ("p50", "p99"):
+            ys = [value(r, f"{stat}_{distribution}_ms") for r in test.results]
+            name = f"{stat} {'TTFT' if distribution == 'ttft' else latency_name(test)}"
+            data.append({"type": "scatter", "mode": "lines+markers", "name": name, "x": xs, "y": ys, "text": labels})
+    p99 = [value(r, "p99_latency_ms") for r in test.results]
+    knee = knee_index(xs, p99)
+    if knee is not None:
+        data.append(_marker("knee", xs[knee], p99[knee], labels[knee], "diamond"))
+    best = test.capacity()
+    if best is not None:
+        data.append(
+            _marker(
+                "best point meeting the SLOs",
+                value(best, "request_s"),
+                value(best, "p99_latency_ms"),
+                best["label"],
+                "star",
+            )
+        )
+    lines = _thresholds(test, "latency")
+    extra = _thresholds(test, "ttft") if test.inference else {"shapes": [], "annotations": []}
+    return _figure(
+        figure_id("sweep", test.index),
+        f"{test.name}: latency vs achieved throughput",
+        data,
+        xaxis={"title": {"text": "achieved throughput (completed req/s)"}},
+        yaxis={"title": {"text": "ms"}, "rangemode": "tozero"},
+        shapes=lines["shapes"] + extra["shapes"],
+        annotations=lines["annotations"] + extra["annotations"],
+    )
+
+
+def _marker(name: str, x: float | None, y: float | None, label: str, symbol: str) -> dict[str, Any]:
+    return {
+        "type": "scatter",
+        "mode": "markers",
+        "name": name,
+        "x": [x],
+        "y": [y],
+        "text": [label],
+        "marker": {"size": 16, "symbol": symbol, "color": "#d62728" if symbol == "diamond" else "#2ca02c"},
+    }
+
+
+def _cdf(test: TestView, distribution: str) -> Figure | None:
+    data = []
+    for result in test.results:
+        cdf = (result.get("series") or {}).get("cdf") or {}
+        if cdf.get(distribution):
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": result["label"] or test.name,
+                    "x": cdf[distribution],
+                    "y": cdf["levels"],
+                }
+            )
+    text = _DISTRIBUTIONS.get(distribution, latency_name(test))
+    return _figure(
+        figure_id(f"cdf-{distribution}", test.index),
+        f"{test.name}: distribution of the {text} (CDF)",
+        data,
+        xaxis={"title": {"text": f"{text} (ms)"}},
+        yaxis={"title": {"text": "fraction of requests"}, "range": [0, 1.02]},
+        **_thresholds(test, distribution, vertical=True),
+    )
+
+
+def _offsets(test: TestView) -> list[float]:
+    """Where each point's timeline starts, in seconds from the test's first load."""
+    starts = [(r.get("series") or {}).get("started_at") for r in test.results]
+    if all(s is not None for s in starts) and starts:
+        first = min(s for s in starts if s is not None)
+        return [float(s) - first for s in starts if s is not None]
+    offsets, at = [], 0.0
+    for result in test.results:
+        offsets.append(at)
+        timeline = (result.get("series") or {}).get("timeline") or {"t": [0.0]}
+        at += (timeline["t"][-1] or 0.0) + (result.get("series") or {}).get("window_s", 1.0)
+    return offsets
+
+
+def _timelines(test: TestView) -> list[Figure | None]:
+    rates, latency = [], []
+    for result, offset in zip(test.results, _offsets(test), strict=True):
+        timeline = (result.get("series") or {}).get("timeline")
+        if not timeline:
+            continue
+        xs = [t + offset for t in timeline["t"]]
+        point = f" [{result['label']}]" if len(test.results) > 1 else ""
+        for key, name in (
+            ("offered", "offered"),
+            ("achieved", "achieved (sent)"),
+            ("completed", "completed"),
+            ("errors", "errors"),
+        ):
+            rates.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": f"{name}{point}",
+                    "x": xs,
+                    "y": timeline[key],
+                    "legendgroup": key,
+                }
+            )
+        for key, name in (("p99_ms", f"p99 {latency_name(test)}"), ("p99_ttft_ms", "p99 TTFT")):
+            if timeline.get(key):
+                latency.append(
+                    {
+                        "type": "scatter",
+                        "mode": "lines",
+                        "name": f"{name}{point}",
+                        "x": xs,
+                        "y": timeline[key],
+                        "legendgroup": key,
+                    }
+                )
+        latency.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": f"in flight{point}",
+                "x": xs,
+                "y": timeline["in_flight"],
+                "yaxis": "y2",
+                "line": {"dash": "dot"},
+                "legendgroup": "flight",
+            }
+        )
+    seconds = {"title": {"text": "seconds since the test's first load"}}
+    lines = _thresholds(test, "latency")
+    return [
+        _figure(
+            figure_id("rates", test.index),
+            f"{test.name}: offered vs achieved rate, errors (per second)",
+            rates,
+            xaxis=seconds,
+            yaxis={"title": {"text": "requests/s"}, "rangemode": "tozero"},
+        ),
+        _figure(
+            figure_id("latency-time", test.index),
+            f"{test.name}: p99 latency per window and requests in flight",
+            latency,
+            xaxis=seconds,
+            yaxis={"title": {"text": "p99 (ms)"}, "rangemode": "tozero"},
+            yaxis2={"title": {"text": "in flight"}, "overlaying": "y", "side": "right", "rangemode": "tozero"},
+            **lines,
+        ),
+    ]
+
+
+def test_figures(test: TestView) -> list[Figure]:
+    """Every figure of one test: sweep curve, CDFs, timelines (those with data)."""
+    made: list[Figure | None] = [_sweep(test)] if len(test.results) > 1 else []
+    for distribution in ("ttft", "itl", "latency") if test.inference else ("latency",):
+        made.append(_cdf(test, distribution))
+    made += _timelines(test)
+    return [f for f in made if f is not None]
+
+
+def resource_figures(jobs: Sequence[Mapping[str, Any]], started_at: float) -> list[Figure]:
+    """The services' CPU and memory (and GPUs when seen) from the monitor, seconds from the run's start."""
+    cpu, gpu = [], []
+    for job in jobs:
+        samples = job.get("resources")
+        if not samples:
+            continue
+        xs = [t - started_at for t in samples["t"]]
+        name = f"{job['service']} ({job['job_id']})"
+        cpu.append(
+            {"type": "scatter", "mode": "lines", "name": f"{name} CPU cores", "x": xs, "y": samples["cpu_cores"]}
+        )
+        cpu.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": f"{name} memory MiB",
+                "x": xs,
+                "y": samples["rss_mib"],
+                "yaxis": "y2",
+                "line": {"dash": "dot"},
+            }
+        )
+        for index, values in samples.get("gpus", {}).items():
+            gpu.append(
+                {"type": "scatter", "mode": "lines", "name": f"{name} GPU {index} busy", "x": xs, "y": values["util"]}
+            )
+    seconds = {"title": {"text": "seconds since the run's start"}}
+    made = [
+        _figure(
+            figure_id("resources", "run"),
+            "services: CPU (cores) and resident memory (MiB), from the monitor",
+            cpu,
+            xaxis=seconds,
+            yaxis={"title": {"text": "CPU cores"}, "rangemode": "tozero"},
+            yaxis2={"title": {"text": "MiB"}, "overlaying": "y", "side": "right", "rangemode": "tozero"},
+        ),
+        _figure(
+            figure_id("gpus", "run"),
+            "services: GPU busy share (NVML)",
+            gpu,
+            xaxis=seconds,
+            yaxis={"title": {"text": "busy share"}, "range": [0, 1]},
+        ),
+    ]
+    return [f for f in made if f is not None]
+
+
+def comparison_figure(
+    fid: str, title: str, metric: Metric, sides: Mapping[str, Mapping[str, float | None]]
+) -> Figure | None:
+    """Grouped bars of one metric: one bar group per point, one bar per run or service (``sides``)."""
+    points = sorted({point for side in sides.values() for point in side})
+    data = [
+        {"type": "bar", "name": name, "x": points, "y": [values.get(p) for p in points]}
+        for name, values in sides.items()
+    ]
+    unit = f" ({metric.unit})" if metric.unit else ""
+    return _figure(fid, title, data, barmode="group", yaxis={"title": {"text": f"{metric.name}{unit}"}})

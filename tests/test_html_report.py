@@ -1,0 +1,177 @@
+"""The HTML report: a real local run (inference + vectors) drawn in headless Chromium, findings, old reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import jsonschema
+import pytest
+from browser import chromium, render
+from helpers import aifactory, run_pytest
+
+from pytest_aifactory.core.errors import AifError
+from pytest_aifactory.export.html import render_html
+from pytest_aifactory.export.report import load_schema, read_report
+
+pytestmark = pytest.mark.timeout(300)
+
+README_SCREENSHOT = Path(__file__).parents[1] / "docs" / "report.png"
+
+# Two synthetic LLM servers, one planted 2x slower (first token and every token after it), each
+# swept over three rates, and a FAISS search: a real run of an inference and a data family.
+SUITE = """
+import pytest
+from pytest_aifactory.workloads.vectors.datasets import VectorDataset
+from pytest_aifactory.workloads.vectors.stores.faiss import FaissStore
+
+SPEED = {"fast": {"ttft_ms": 40, "itl_ms": 10}, "slow": {"ttft_ms": 80, "itl_ms": 20}}
+
+@pytest.mark.inference
+@pytest.mark.slo("p99_ttft_ms <= 300", "error_rate <= 0.01")
+@pytest.mark.parametrize("speed", ["fast", "slow"])
+def test_llm(aif_service, aif_load, speed):
+    server = aif_service("synthetic-llm", **SPEED[speed])
+    aif_load.sweep("rate", [10, 20, 40], aif_load.openai, server, prompts="synthetic:in=16,out=16", count=20)
+
+@pytest.mark.vectordb
+@pytest.mark.slo("p99_latency_ms <= 100", "recall_at_10 >= 0.9")
+def test_vectors(aif_load, tmp_path):
+    data = VectorDataset("random", count=2000, dim=16, queries=50)
+    aif_load.vector_search(FaissStore(index_type="Flat"), data, k=10, rate=50, count=60, cache_dir=tmp_path)
+"""
+
+
+def _findings(page: str) -> list[str]:
+    top = page[page.index("<h2>Findings</h2>") : page.index("</ul>", page.index("<h2>Findings</h2>"))]
+    return [re.sub(r"<[^>]+>", "", item) for item in re.findall(r"<li>(.*?)</li>", top)]
+
+
+def _plant_empty(page: str, figure: str) -> str:
+    """The page with one figure's traces emptied, as a rendering bug would leave it."""
+    start = page.index("<script type='application/json' id='aif-figures'>")
+    head, rest = page[:start], page[start:]
+    opening, tail = rest.split(">", 1)
+    data, after = tail.split("</script>", 1)
+    figures = json.loads(data)
+    for entry in figures:
+        if entry["id"] == figure:
+            for trace in entry["data"]:
+                trace["x"], trace["y"] = [], []
+    return f"{head}{opening}>{json.dumps(figures)}</script>{after}"
+
+
+def test_report_of_a_real_run_draws_every_plot_in_chromium(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SUITE)
+    done = run_pytest(
+        pytester.path,
+        "--aif-run-id=html",
+        "--aif-results-dir=res",
+        "--aif-html=res/html/report.html",
+        "--aif-pushgateway-interval=0.25",  # the monitor's sampling interval
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    run_dir = pytester.path / "res" / "html"
+    report = read_report(run_dir / "report.json")
+    jsonschema.validate(report, load_schema())
+    assert report["schema_version"] == 2
+    assert all(job["resources"] for job in report["jobs"]), "the monitor's samples are missing from the report"
+    page_file = run_dir / "report.html"
+    page = page_file.read_text(encoding="utf-8")
+    assert "https://" not in page.split("<script>", 1)[0], "the page must not load anything from the network"
+
+    rebuilt = run_dir / "rebuilt.html"  # from the JSON alone
+    made = aifactory("report", "html", "--results-dir", str(pytester.path / "res"), "-o", str(rebuilt))
+    assert made.returncode == 0, made.stderr
+    planted = run_dir / "planted.html"
+    planted.write_text(_plant_empty(page, "fig-0-cdf-ttft"), encoding="utf-8")
+
+    with chromium() as browser:
+        drawn = render(browser, page_file, screenshot=run_dir / "report.png")
+        again = render(browser, rebuilt)
+        broken = render(browser, planted)
+    assert drawn.errors == []
+    kinds = {"sweep", "cdf-ttft", "cdf-itl", "cdf-latency", "rates", "latency-time", "resources", "p50_latency_ms"}
+    assert {k for k in kinds if any(f.endswith(k) for f in drawn.points)} == kinds, sorted(drawn.points)
+    assert sorted(drawn.points) == sorted(drawn.declared)
+    assert [f for f, n in drawn.points.items() if n == 0] == []
+    assert again.points == drawn.points
+    assert [f for f, n in broken.points.items() if n == 0] == ["fig-0-cdf-ttft"]
+    assert (run_dir / "report.png").stat().st_size > 10_000
+    if os.environ.get("AIF_UPDATE_SCREENSHOT"):
+        shutil.copyfile(run_dir / "report.png", README_SCREENSHOT)
+
+    findings = _findings(page)
+    planted_2x = [f for f in findings if f.startswith("slow against fast: p50_latency_ms")]
+    assert len(planted_2x) == 1, findings
+    factors = [float(x) for x in re.findall(r"(\d+\.\d)x slower", planted_2x[0])]
+    assert factors, planted_2x
+    assert all(1.8 <= x <= 2.2 for x in factors), planted_2x
+    vectors = [f for f in findings if f.startswith("test_vectors")]
+    assert vectors
+    assert not [f for f in vectors if re.search("ttft|itl|tok", f, re.IGNORECASE)], vectors
+    assert not [f for f in findings if "recall" in f and f.startswith(("test_llm", "slow"))], findings
+
+
+def test_version_1_reports_still_render_and_unknown_versions_are_refused(tmp_path: Path) -> None:
+    old = {
+        "schema_version": 1,
+        "run_id": "old",
+        "started_at": 1.0e9,
+        "ended_at": 1.0e9 + 60,
+        "status": "passed",
+        "exit_status": 0,
+        "provenance": {
+            "git": {"commit": None, "dirty": None},
+            "command_line": ["pytest"],
+            "cwd": "/",
+            "host": "h",
+            "python": "3.11",
+            "platform": "linux",
+            "cpu_model": "cpu",
+            "cpu_count": 2,
+            "gpus": [],
+            "packages": {},
+            "profile": {
+                "name": "local",
+                "source": "x",
+                "executor": "local",
+                "partition": None,
+                "account": None,
+                "qos": None,
+                "container_runtime": None,
+                "images": {},
+            },
+        },
+        "jobs": [{"service": "s", "backend": "local", "job_id": "1", "node": None, "folder": "/", "stopped": True}],
+        "nodes": [],
+        "seeds": [],
+        "tests": [
+            {
+                "nodeid": "t.py::test_x",
+                "markers": ["database"],
+                "outcome": "passed",
+                "duration_s": 1.0,
+                "error": None,
+                "results": [
+                    {"label": f"rate={r}", "mode": "open", "config": {"rate": r}, "error_samples": [],
+                     "metrics": {"request_s": r, "p50_latency_ms": 1.0, "p99_latency_ms": p99}}
+                    for r, p99 in ((10, 2.0), (20, 2.2), (40, 2.5), (80, 30.0))
+                ],
+                "slo": [],
+            }
+        ],
+    }
+    jsonschema.validate(old, load_schema())
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    page = render_html([read_report(path)])
+    assert "fig-0-sweep" in page
+    assert "cdf" not in page.split("id='aif-figures'>", 1)[1]  # no series in version 1: no CDF drawn
+    assert any("turns upward at 40 req/s" in f for f in _findings(page)), _findings(page)
+    path.write_text(json.dumps({**old, "schema_version": 99}))
+    with pytest.raises(AifError, match=r"schema_version 99; this version reads \[1, 2\]"):
+        read_report(path)
