@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=$([[ $(id -u) == 0 ]] || echo sudo)
-PACKAGES=(python3-venv postgresql postgresql-contrib fio prometheus prometheus-pushgateway procps curl)
+PACKAGES=(python3-venv postgresql postgresql-contrib fio prometheus prometheus-pushgateway procps curl chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
