@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import sys
@@ -145,8 +146,8 @@ def _report_path(value: str, results_dir: str) -> Path:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    old = read_report(_report_path(args.baseline, args.results_dir))
-    new = read_report(_report_path(args.candidate, args.results_dir))
+    old = json.loads(_report_path(args.baseline, args.results_dir).read_text(encoding="utf-8"))
+    new = json.loads(_report_path(args.candidate, args.results_dir).read_text(encoding="utf-8"))
     rows = compare_reports(old, new, args.margin / 100)
     print(format_comparison(rows, old["run_id"], new["run_id"], *unmatched(old, new)))
     if not rows:
