@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_aifactory.core.composite import summarize_sessions
+from pytest_aifactory.core.composite import RAG_MARKS, stage_durations_ms, summarize_pipeline, summarize_sessions
 from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.workloads.conversations import conversations_from_spec
 from pytest_aifactory.workloads.openai import OpenAIClient
@@ -223,3 +223,29 @@ def test_conversations_against_a_server(fast_server) -> None:  # type: ignore[no
             assert turn.scheduled - previous.end == pytest.approx(0.05, abs=0.01)  # type: ignore[operator]
     assert 5 <= result["p50_ttft_turn2_ms"] < 50
     assert result["p50_session_ms"] > 2 * 50
+
+
+def test_pipeline_stages_from_hand_made_records() -> None:
+    records = []
+    for i in range(4):
+        t = 10.0 * i
+        record = RequestRecord(i, t, sent=t + 0.002, first_token=t + 0.5, end=t + 0.9, output_tokens=8)
+        record.marks = {
+            "embed_end": t + 0.052,
+            "search_start": t + 0.053,
+            "search_end": t + 0.063,
+            "llm_start": t + 0.065,
+        }
+        records.append(record)
+    records.append(RequestRecord(9, 50.0, sent=50.0, end=50.1, error="HTTP 500", marks={"embed_end": 50.1}))
+    result = summarize_pipeline(records)
+    assert result["p50_embed_ms"] == pytest.approx(50)
+    assert result["p50_search_ms"] == pytest.approx(10)
+    assert result["p50_prefill_ms"] == pytest.approx(435)
+    assert result["p50_decode_ms"] == pytest.approx(400)
+    assert result["p50_overhead_ms"] == pytest.approx(3)  # 1 ms before the search, 2 ms before the LLM request
+    assert result["p50_ttft_ms"] == pytest.approx(500)  # the pipeline's: from the question's due time
+    assert result["p50_lag_ms"] == pytest.approx(2)
+    assert result.distributions["embed"].count == 4  # the failed question is not attributed
+    stages = stage_durations_ms(records[0], RAG_MARKS)
+    assert sum(stages.values()) + 2 == pytest.approx(900)  # stages + overhead + lag = end-to-end

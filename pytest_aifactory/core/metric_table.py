@@ -212,6 +212,7 @@ TABLE: tuple[Metric, ...] = (
     Metric("sessions", "", "higher", "conversation sessions measured (warm-up excluded)", _LLM),
     Metric("sessions_completed", "", "higher", "conversation sessions whose every turn completed", _LLM),
     Metric("mean_turns", "", "higher", "mean turns per completed session", _LLM),
+    Metric("p50_ttft_vs_unique", "", "lower", "p50 TTFT with shared prefixes over that with unique ones", _LLM),
     Metric("inputs_s", "inputs/s", "higher", "embedding inputs per second", _LLM),
     Metric("input_tok_s", "tok/s", "higher", "embedding input tokens per second (server usage)", _LLM),
     Metric("mean_output_tokens", "tok", "higher", "mean output tokens per request", _LLM),

@@ -1,4 +1,4 @@
-"""Loads shaped like production traffic, as ``aif_load`` methods: trace replay, conversations, embeddings.
+"""Loads shaped like production traffic, as ``aif_load`` methods: trace replay, conversations, embeddings, RAG.
 
 ``LoadRunner`` inherits these; each builds its client and workload and hands them to
 ``LoadRunner.run`` like the other helpers.
@@ -11,14 +11,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pytest_aifactory.core.composite import summarize_sessions
+from pytest_aifactory.core.composite import summarize_pipeline, summarize_sessions
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.load.engine import LoadPlan
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.conversations import ConversationClient, conversations_from_spec
 from pytest_aifactory.workloads.embeddings import EmbeddingBatches, EmbeddingsClient, documents
 from pytest_aifactory.workloads.openai import OpenAIClient
+from pytest_aifactory.workloads.rag import RagClient, RagQuestions, index_documents
 from pytest_aifactory.workloads.traces import Trace, TracePrompts
+from pytest_aifactory.workloads.vectors.stores.base import VectorStore
 
 __all__ = ["ProductionLoads", "openai_client"]
 
@@ -145,13 +147,55 @@ class ProductionLoads:
 
         A batch-size sweep: ``aif_load.sweep("batch", [1, 8, 32], aif_load.embeddings, service, count=50)``.
         """
-        meta = service.spec.meta if isinstance(service, RunningService) else {}
-        url = service.url() if isinstance(service, RunningService) else service
         texts = tuple(doc.text for doc in documents())
         return self.run(
-            EmbeddingsClient(url.rstrip("/"), model or meta.get("model", "default")),
+            _embeddings_client(service, model),
             EmbeddingBatches(texts, int(batch), int(plan.get("seed", 0))),
             _make_plan(**plan),
             label=label,
             workers=workers,
         )
+
+    def rag(
+        self: _Runner,
+        llm: RunningService | str,
+        embeddings: RunningService | str,
+        store: VectorStore,
+        *,
+        k: int = 3,
+        max_tokens: int = 32,
+        api: Literal["completions", "chat"] = "completions",
+        label: str | None = None,
+        goodput: Mapping[str, float] | None = None,
+        **plan: Any,
+    ) -> LoadResult:
+        """Questions through embed, search (``store``, top ``k``) and the LLM's streamed answer.
+
+        The corpus is embedded and loaded into ``store`` first (not timed; the store is
+        dropped after). TTFT is the pipeline's (question due to the answer's first token);
+        ``p50_embed_ms``, ``p99_search_ms``, ``p50_prefill_ms``, ``p99_decode_ms`` and
+        ``p99_overhead_ms`` attribute the latency to stages.
+        """
+        docs = documents()
+        embedder = _embeddings_client(embeddings)
+        try:
+            loaded = index_documents(embedder, store, docs)
+            client = RagClient(embedder, store, openai_client(llm, api), {d.id: d for d in docs}, k, max_tokens)
+            return self.run(
+                client,
+                RagQuestions(tuple(docs), int(plan.get("seed", 0))),
+                _make_plan(**plan),
+                label=label,
+                workers=1,  # the store client stays in this process
+                goodput=goodput,
+                config=loaded,
+                summarizer=summarize_pipeline,
+            )
+        finally:
+            store.drop()
+
+
+def _embeddings_client(service: RunningService | str, model: str | None = None) -> EmbeddingsClient:
+    meta = service.spec.meta if isinstance(service, RunningService) else {}
+    url = service.url() if isinstance(service, RunningService) else service
+    return EmbeddingsClient(url.rstrip("/"), model or meta.get("model", "default"))

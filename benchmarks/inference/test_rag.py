@@ -1,0 +1,46 @@
+"""A RAG pipeline measured end to end: embedding server, vector store and LLM server, all three as services.
+
+One open-loop schedule of questions; each embeds its question, searches the store's top-k
+corpus documents and streams the LLM's answer from a prompt built of them. The SLO is on the
+pipeline's time to first token (question due to the answer's first token); the stages
+(embed, search, prefill, decode) must account for the end-to-end latency up to the client's
+own overhead between them, which must stay small and is never negative.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_aifactory.core.composite import RAG_MARKS, stage_durations_ms
+
+
+@pytest.mark.slo(
+    "error_rate == 0",
+    "p99_ttft_ms <= {rag_p99_ttft_ms}",
+    "min_overhead_ms >= 0",
+    "p99_overhead_ms <= {rag_p99_overhead_ms}",
+)
+def test_rag_pipeline(llm_service, embedding_service, aif_vector_store, aif_load, aif_vars):
+    """Questions at a set rate through embed, search and the streamed answer; latency by stage."""
+    store = aif_vector_store(aif_vars("rag_store", "milvus"), collection="aif_rag")
+    result = aif_load.rag(
+        llm_service,
+        embedding_service,
+        store,
+        k=aif_vars("rag_k", 2),
+        max_tokens=aif_vars("rag_max_tokens", 16),
+        rate=aif_vars("rag_rate", 0.5),
+        count=aif_vars("rag_questions", 8),
+        warmup=1,
+    )
+    limit = aif_vars("rag_p99_overhead_ms", 50)
+    for record in (r for r in result.records if not r.warmup):
+        marks = record.marks
+        order = [record.sent, marks["embed_end"], marks["search_start"], marks["search_end"], marks["llm_start"]]
+        assert order == sorted(order), f"question {record.index}: stages out of order {order}"
+        assert marks["llm_start"] <= record.first_token <= record.end
+        stages = stage_durations_ms(record, RAG_MARKS)
+        e2e_after_lag = (record.end - record.sent) * 1000
+        unaccounted = e2e_after_lag - sum(stages[name] for name in RAG_MARKS)
+        assert 0 <= unaccounted <= limit, f"question {record.index}: stages leave {unaccounted:.2f} ms unaccounted"
+    assert result["p50_ttft_ms"] > result["p50_prefill_ms"]  # the pipeline's TTFT includes embed and search
