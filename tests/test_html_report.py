@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -18,6 +19,7 @@ from pytest_aifactory.core.records import Chunk, RequestRecord
 from pytest_aifactory.core.series import MAX_WINDOWS, compact_series
 from pytest_aifactory.export.html import render_html
 from pytest_aifactory.export.report import load_schema, read_report
+from pytest_aifactory.jobs.telemetry import resource_series
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -117,10 +119,20 @@ def test_report_of_a_real_run_draws_every_plot_in_chromium(pytester: pytest.Pyte
     assert not [f for f in findings if "recall" in f and f.startswith(("test_llm", "slow"))], findings
 
 
-def test_version_1_reports_still_render_and_unknown_versions_are_refused(tmp_path: Path) -> None:
-    old = {
-        "schema_version": 1,
-        "run_id": "old",
+def _report(run_id: str, tests: list[dict[str, Any]], version: int = 1, vllm: str = "0.6.0") -> dict[str, Any]:
+    profile = {
+        "name": "local",
+        "source": "x",
+        "executor": "local",
+        "partition": None,
+        "account": None,
+        "qos": None,
+        "container_runtime": None,
+        "images": {},
+    }
+    return {
+        "schema_version": version,
+        "run_id": run_id,
         "started_at": 1.0e9,
         "ended_at": 1.0e9 + 60,
         "status": "passed",
@@ -135,42 +147,44 @@ def test_version_1_reports_still_render_and_unknown_versions_are_refused(tmp_pat
             "cpu_model": "cpu",
             "cpu_count": 2,
             "gpus": [],
-            "packages": {},
-            "profile": {
-                "name": "local",
-                "source": "x",
-                "executor": "local",
-                "partition": None,
-                "account": None,
-                "qos": None,
-                "container_runtime": None,
-                "images": {},
-            },
+            "packages": {"vllm": vllm},
+            "profile": profile,
         },
         "jobs": [{"service": "s", "backend": "local", "job_id": "1", "node": None, "folder": "/", "stopped": True}],
         "nodes": [],
         "seeds": [],
-        "tests": [
-            {
-                "nodeid": "t.py::test_x",
-                "markers": ["database"],
-                "outcome": "passed",
-                "duration_s": 1.0,
-                "error": None,
-                "results": [
-                    {
-                        "label": f"rate={r}",
-                        "mode": "open",
-                        "config": {"rate": r},
-                        "error_samples": [],
-                        "metrics": {"request_s": r, "p50_latency_ms": 1.0, "p99_latency_ms": p99},
-                    }
-                    for r, p99 in ((10, 2.0), (20, 2.2), (40, 2.5), (80, 30.0))
-                ],
-                "slo": [],
-            }
-        ],
+        "tests": tests,
     }
+
+
+def _test(nodeid: str, markers: list[str], points: list[dict[str, Any]]) -> dict[str, Any]:
+    results = [
+        {
+            "label": f"rate={p['rate']}",
+            "mode": "open",
+            "config": {"rate": p["rate"]},
+            "error_samples": [],
+            "metrics": {k: v for k, v in p.items() if k != "rate"},
+        }
+        for p in points
+    ]
+    return {
+        "nodeid": nodeid,
+        "markers": markers,
+        "outcome": "passed",
+        "duration_s": 1.0,
+        "error": None,
+        "results": results,
+        "slo": [],
+    }
+
+
+def test_version_1_reports_still_render_and_unknown_versions_are_refused(tmp_path: Path) -> None:
+    points = [
+        {"rate": r, "request_s": r, "p50_latency_ms": 1.0, "p99_latency_ms": p99}
+        for r, p99 in ((10, 2.0), (20, 2.2), (40, 2.5), (80, 30.0))
+    ]
+    old = _report("old", [_test("t.py::test_x", ["database"], points)])
     jsonschema.validate(old, load_schema())
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old))
@@ -181,6 +195,64 @@ def test_version_1_reports_still_render_and_unknown_versions_are_refused(tmp_pat
     path.write_text(json.dumps({**old, "schema_version": 99}))
     with pytest.raises(AifError, match=r"schema_version 99; this version reads \[1, 2\]"):
         read_report(path)
+
+
+def _llm_points(slower: float) -> list[dict[str, Any]]:
+    return [
+        {
+            "rate": rate,
+            "request_s": rate * 0.99,
+            "offered_rate": rate,
+            "achieved_rate": achieved,
+            "p99_lag_ms": lag,
+            "p50_ttft_ms": ttft * slower,
+            "p99_ttft_ms": ttft * 1.5 * slower,
+            "p50_itl_ms": 10.0 * slower,
+            "p50_latency_ms": (ttft + 300) * slower,
+            "p99_latency_ms": (ttft + 400) * slower,
+        }
+        for rate, achieved, lag, ttft in ((8, 8.0, 1.0, 50.0), (16, 16.0, 1.5, 90.0), (32, 24.0, 40.0, 200.0))
+    ]
+
+
+def test_findings_of_a_sweep_and_of_two_runs_say_what_the_data_shows(tmp_path: Path) -> None:
+    vectors = _test(
+        "t.py::test_search",
+        ["vectordb"],
+        [{"rate": 50, "request_s": 49.0, "p99_latency_ms": 3.0, "recall_at_10": 0.97}],
+    )
+    before = _report("before", [_test("t.py::test_llm", ["inference"], _llm_points(1.0)), vectors])
+    after = _report("after", [_test("t.py::test_llm", ["inference"], _llm_points(2.0)), vectors], vllm="0.7.0")
+    monitor = tmp_path / "monitor.jsonl"
+    monitor.write_text(
+        "".join(
+            json.dumps(
+                {"t": 1.0e9 + t, "cpu_s": t * 0.5, "rss": 2**30, "node_cpu": 0.4, "gpus": {"0": [0.8, 1024.0, 250.0]}}
+            )
+            + "\n"
+            for t in range(5)
+        )
+    )
+    before["jobs"][0]["resources"] = resource_series(monitor)
+    page = render_html([before, after])
+    findings = _findings(page)
+    assert any("TTFT p50 grows 4.0x from rate=8 to rate=32 while ITL p50 stays flat (1.00x)" in f for f in findings), (
+        findings
+    )
+    assert any(
+        "rate=32]: the achieved rate fell short of the offered one (24 req/s of 32 req/s, schedule lag p99 40 ms)" in f
+        for f in findings
+    ), findings
+    (latency,) = [f for f in findings if f.startswith("after against before: p50_latency_ms")]
+    assert "2.0x slower" in latency
+    assert any("not the same in: vllm version: 0.6.0 vs 0.7.0" in f for f in findings), findings
+    assert not [f for f in findings if "test_search" in f and re.search("ttft|itl|tok", f, re.IGNORECASE)]
+    assert not [f for f in findings if "test_llm" in f and "recall" in f]
+    declared = json.loads(page.split("id='aif-figures'>", 1)[1].split("</script>", 1)[0])
+    ids = [f["id"] for f in declared]
+    assert len(ids) == len(set(ids))
+    assert {"r0-fig-run-resources", "r0-fig-run-gpus"} <= set(ids)
+    assert "fig-runs-p50_latency_ms" in ids
 
 
 def _stream(index: int, at: float, tokens: int = 4) -> RequestRecord:

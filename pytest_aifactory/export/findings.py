@@ -8,8 +8,9 @@ are present, and a rule whose inputs are missing says nothing. The rules:
 - knee: where p99 latency turns upward over a sweep (``views.knee_index``);
 - TTFT against ITL over a sweep: TTFT growing while ITL stays flat puts the time before the
   first token (queueing, prefill), not in decoding;
-- client limit: an open-loop point whose achieved rate fell short of the offered rate by
-  more than 5 % was limited by the client (its schedule lag says by how much);
+- client limit: the result's own ``client_limit`` verdict when it has one; in older reports,
+  an open-loop point whose achieved rate fell short of the offered rate by more than 5 % was
+  limited by the client (its schedule lag says by how much);
 - errors and SLO breaches, per point;
 - side by side: per key metric, the ratio (``2.0x slower``) when it is 1.5x or more, else
   the relative change beyond the margin.
@@ -109,18 +110,28 @@ def _ttft_itl(test: TestView) -> list[Finding]:
 
 
 def _client_limit(test: TestView) -> list[Finding]:
+    """The points where the client set the pace: as the result says (``client_limit``), else by the rates."""
     found = []
     for result in test.results:
+        where = f"{test.name} [{result['label']}]" if result["label"] else test.name
+        figures = (figure_id("rates", test.index),)
+        if result.get("client_limit"):
+            found.append(
+                Finding(f"{where}: the client, not the server, was the limit: {result['client_limit']}.", figures)
+            )
+            continue
         offered, achieved = value(result, "offered_rate"), value(result, "achieved_rate")
-        if result.get("mode") != "open" or offered is None or achieved is None or achieved >= _SHORTFALL * offered:
+        if "client_limit" in result or result.get("mode") != "open" or offered is None or achieved is None:
+            continue  # a result that carries the client's own verdict has said it was not the limit
+        if achieved >= _SHORTFALL * offered:
             continue
         lag = value(result, "p99_lag_ms")
         lagging = f", schedule lag p99 {_ms(lag)}" if lag is not None else ""
         found.append(
             Finding(
-                f"{test.name} [{result['label']}]: the achieved rate fell short of the offered one "
-                f"({_rate(achieved)} of {_rate(offered)}{lagging}): the client, not the server, set the pace there.",
-                (figure_id("rates", test.index),),
+                f"{where}: the achieved rate fell short of the offered one ({_rate(achieved)} of "
+                f"{_rate(offered)}{lagging}): the client, not the server, set the pace there.",
+                figures,
             )
         )
     return found
