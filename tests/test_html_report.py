@@ -12,8 +12,9 @@ from typing import Any
 import jsonschema
 import pytest
 from browser import chromium, render
-from helpers import aifactory, run_pytest
+from helpers import run_pytest
 
+from pytest_aifactory.apps import cli
 from pytest_aifactory.core.errors import AifError
 from pytest_aifactory.core.records import Chunk, RequestRecord
 from pytest_aifactory.core.series import MAX_WINDOWS, compact_series
@@ -88,8 +89,7 @@ def test_report_of_a_real_run_draws_every_plot_in_chromium(pytester: pytest.Pyte
     assert "https://" not in page.split("<script>", 1)[0], "the page must not load anything from the network"
 
     rebuilt = run_dir / "rebuilt.html"  # from the JSON alone
-    made = aifactory("report", "html", "--results-dir", str(pytester.path / "res"), "-o", str(rebuilt))
-    assert made.returncode == 0, made.stderr
+    assert cli.main(["report", "html", "--results-dir", str(pytester.path / "res"), "-o", str(rebuilt)]) == 0
     assert rebuilt.read_text(encoding="utf-8") == page
     planted = run_dir / "planted.html"
     planted.write_text(_plant_empty(page, "fig-0-cdf-ttft"), encoding="utf-8")

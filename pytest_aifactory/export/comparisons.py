@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_aifactory.export.compare import Change, compare_reports
-from pytest_aifactory.export.views import TestView
+from pytest_aifactory.export.views import ReportTest
 
 __all__ = ["Side", "SideBySide", "across_runs", "within_run"]
 
@@ -107,9 +107,9 @@ def across_runs(
     return _grouped(sides, "runs", title, margin, _provenance_differences(reports))
 
 
-def within_run(tests: Sequence[TestView], margin: float) -> list[SideBySide]:
+def within_run(tests: Sequence[ReportTest], margin: float) -> list[SideBySide]:
     """The variants of each parametrised test of one family, against the first variant."""
-    groups: dict[tuple[str, tuple[str, ...]], list[TestView]] = {}
+    groups: dict[tuple[str, tuple[str, ...]], list[ReportTest]] = {}
     for test in tests:
         groups.setdefault((test.base, test.families), []).append(test)
     found: list[SideBySide] = []

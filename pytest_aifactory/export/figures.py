@@ -10,15 +10,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_aifactory.core.metric_table import METRICS, Metric
-from pytest_aifactory.export.views import TestView, figure_id, knee_index, value
+from pytest_aifactory.export.views import ReportTest, figure_id, knee_index, value
 
-__all__ = ["Figure", "comparison_figure", "resource_figures", "test_figures"]
+__all__ = ["Figure", "comparison_figure", "figures_of", "resource_figures"]
 
 Figure = dict[str, Any]
 _DISTRIBUTIONS = {"ttft": "time to first token", "itl": "inter-token latency", "tpot": "time per output token"}
 
 
-def latency_name(test: TestView) -> str:
+def latency_name(test: ReportTest) -> str:
     """What the ``latency`` distribution is for this test."""
     return "end-to-end latency" if test.inference else "operation latency"
 
@@ -30,7 +30,7 @@ def _figure(fid: str, title: str, data: list[dict[str, Any]], **layout: Any) -> 
     return {"id": fid, "title": title, "data": data, "layout": {**base, **layout}}
 
 
-def _thresholds(test: TestView, distribution: str, vertical: bool = False) -> dict[str, list[dict[str, Any]]]:
+def _thresholds(test: ReportTest, distribution: str, vertical: bool = False) -> dict[str, list[dict[str, Any]]]:
     """Lines (and their labels) at the thresholds of the SLOs on ``distribution``'s statistics."""
     shapes, notes, seen = [], [], set()
     for verdict in test.verdicts:
@@ -49,7 +49,7 @@ def _thresholds(test: TestView, distribution: str, vertical: bool = False) -> di
     return {"shapes": shapes, "annotations": notes}
 
 
-def _sweep(test: TestView) -> Figure | None:
+def _sweep(test: ReportTest) -> Figure | None:
     xs = [value(r, "request_s") for r in test.results]
     labels = [r["label"] for r in test.results]
     distributions = ["latency", "ttft"] if test.inference else ["latency"]
@@ -99,7 +99,7 @@ def _marker(name: str, x: float | None, y: float | None, label: str, symbol: str
     }
 
 
-def _cdf(test: TestView, distribution: str) -> Figure | None:
+def _cdf(test: ReportTest, distribution: str) -> Figure | None:
     data = []
     for result in test.results:
         cdf = (result.get("series") or {}).get("cdf") or {}
@@ -124,7 +124,7 @@ def _cdf(test: TestView, distribution: str) -> Figure | None:
     )
 
 
-def _offsets(test: TestView) -> list[float]:
+def _offsets(test: ReportTest) -> list[float]:
     """Where each point's timeline starts, in seconds from the test's first load."""
     starts = [(r.get("series") or {}).get("started_at") for r in test.results]
     if all(s is not None for s in starts) and starts:
@@ -138,7 +138,7 @@ def _offsets(test: TestView) -> list[float]:
     return offsets
 
 
-def _timelines(test: TestView) -> list[Figure | None]:
+def _timelines(test: ReportTest) -> list[Figure | None]:
     rates, latency = [], []
     for result, offset in zip(test.results, _offsets(test), strict=True):
         timeline = (result.get("series") or {}).get("timeline")
@@ -208,7 +208,7 @@ def _timelines(test: TestView) -> list[Figure | None]:
     ]
 
 
-def test_figures(test: TestView) -> list[Figure]:
+def figures_of(test: ReportTest) -> list[Figure]:
     """Every figure of one test: sweep curve, CDFs, timelines (those with data)."""
     made: list[Figure | None] = [_sweep(test)] if len(test.results) > 1 else []
     for distribution in ("ttft", "itl", "latency") if test.inference else ("latency",):

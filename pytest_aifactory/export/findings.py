@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pytest_aifactory.core.metric_table import METRICS
 from pytest_aifactory.export.compare import Change
 from pytest_aifactory.export.comparisons import SideBySide
-from pytest_aifactory.export.views import TestView, figure_id, knee_index, value
+from pytest_aifactory.export.views import ReportTest, figure_id, knee_index, value
 
-__all__ = ["Finding", "comparison_findings", "test_findings"]
+__all__ = ["Finding", "comparison_findings", "findings_of"]
 
 _FACTOR = 1.5
 _SHORTFALL = 0.95
@@ -48,7 +48,7 @@ def _rate(number: float) -> str:
     return f"{number:.3g} req/s"
 
 
-def _capacity(test: TestView) -> list[Finding]:
+def _capacity(test: ReportTest) -> list[Finding]:
     found = []
     sweep = (figure_id("sweep", test.index),) if len(test.results) > 1 else ()
     for result in test.results:
@@ -70,7 +70,7 @@ def _capacity(test: TestView) -> list[Finding]:
     return found
 
 
-def _knee(test: TestView) -> list[Finding]:
+def _knee(test: ReportTest) -> list[Finding]:
     xs = [value(r, "request_s") for r in test.results]
     p99 = [value(r, "p99_latency_ms") for r in test.results]
     knee = knee_index(xs, p99)
@@ -88,7 +88,7 @@ def _knee(test: TestView) -> list[Finding]:
     ]
 
 
-def _ttft_itl(test: TestView) -> list[Finding]:
+def _ttft_itl(test: ReportTest) -> list[Finding]:
     points = [r for r in test.results if value(r, "p50_ttft_ms") and value(r, "p50_itl_ms")]
     if not test.inference or len(points) < 2:
         return []
@@ -109,7 +109,7 @@ def _ttft_itl(test: TestView) -> list[Finding]:
     return [Finding(text, figures)]
 
 
-def _client_limit(test: TestView) -> list[Finding]:
+def _client_limit(test: ReportTest) -> list[Finding]:
     """The points where the client set the pace: as the result says (``client_limit``), else by the rates."""
     found = []
     for result in test.results:
@@ -137,7 +137,7 @@ def _client_limit(test: TestView) -> list[Finding]:
     return found
 
 
-def _problems(test: TestView) -> list[Finding]:
+def _problems(test: ReportTest) -> list[Finding]:
     found = []
     for result in test.results:
         errors, requests = value(result, "errors"), value(result, "requests")
@@ -156,7 +156,7 @@ def _problems(test: TestView) -> list[Finding]:
     return found
 
 
-def test_findings(test: TestView) -> list[Finding]:
+def findings_of(test: ReportTest) -> list[Finding]:
     """What one test's numbers show."""
     return [*_capacity(test), *_knee(test), *_ttft_itl(test), *_client_limit(test), *_problems(test)]
 

@@ -22,9 +22,9 @@ from typing import Any
 from pytest_aifactory.core.errors import AifError
 from pytest_aifactory.core.metric_table import METRICS, TABLE
 from pytest_aifactory.export.comparisons import SideBySide, across_runs, within_run
-from pytest_aifactory.export.figures import Figure, comparison_figure, resource_figures, test_figures
-from pytest_aifactory.export.findings import Finding, comparison_findings, test_findings
-from pytest_aifactory.export.views import TestView, figure_id, test_views, value
+from pytest_aifactory.export.figures import Figure, comparison_figure, figures_of, resource_figures
+from pytest_aifactory.export.findings import Finding, comparison_findings, findings_of
+from pytest_aifactory.export.views import ReportTest, figure_id, report_tests, value
 
 __all__ = ["render_html", "write_html"]
 
@@ -98,7 +98,7 @@ def _plots(figures: Sequence[Figure]) -> str:
     return "".join(f'<div class="aif-plot" id="{_e(f["id"])}" title="{_e(f["title"])}"></div>' for f in figures)
 
 
-def _points_table(test: TestView) -> str:
+def _points_table(test: ReportTest) -> str:
     columns = [c for c in _COLUMNS if any(value(r, c) is not None for r in test.results)]
     head = "".join(f"<th title='{_e(METRICS[c].description)}'>{_e(c)}</th>" for c in columns)
     rows = []
@@ -168,7 +168,7 @@ def render_html(reports: Sequence[Mapping[str, Any]], margin: float = 0.05) -> s
     sections: list[str] = []
     capacities = []
     for position, report in enumerate(reports):
-        views = test_views(report)
+        views = report_tests(report)
         capacities.append({t.nodeid: value(best, "request_s") or 0.0 for t in views if (best := t.capacity())})
         prefix = f"r{position}-" if len(reports) > 1 else ""
         for group in within_run(views, margin):
@@ -177,8 +177,8 @@ def render_html(reports: Sequence[Mapping[str, Any]], margin: float = 0.05) -> s
             figures += made
             findings += said
         for test in views:
-            made = [{**f, "id": prefix + f["id"]} for f in test_figures(test)]
-            said = [Finding(f.text, tuple(prefix + i for i in f.figures)) for f in test_findings(test)]
+            made = [{**f, "id": prefix + f["id"]} for f in figures_of(test)]
+            said = [Finding(f.text, tuple(prefix + i for i in f.figures)) for f in findings_of(test)]
             figures += made
             findings += said
             sections.append(

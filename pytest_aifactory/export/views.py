@@ -14,7 +14,7 @@ from typing import Any
 from pytest_aifactory.core.metric_table import Family
 from pytest_aifactory.export.compare import families_of
 
-__all__ = ["TestView", "figure_id", "knee_index", "test_views", "value"]
+__all__ = ["ReportTest", "figure_id", "knee_index", "report_tests", "value"]
 
 Result = Mapping[str, Any]
 
@@ -33,7 +33,7 @@ def figure_id(kind: str, index: int | str) -> str:
 
 
 @dataclass(frozen=True)
-class TestView:
+class ReportTest:
     """One test of a report: its points in knob order, their SLO verdicts and its families."""
 
     index: int
@@ -87,13 +87,13 @@ def _knob(result: Result) -> float:
     return math.nan
 
 
-def test_views(report: Mapping[str, Any]) -> list[TestView]:
+def report_tests(report: Mapping[str, Any]) -> list[ReportTest]:
     """The tests that produced results, their points ordered by offered rate (or concurrency)."""
     views = []
     for index, test in enumerate(t for t in report["tests"] if t["results"]):
         ordered = sorted(test["results"], key=lambda r: (math.isnan(_knob(r)), _knob(r)))
         views.append(
-            TestView(index, test["nodeid"], test["outcome"], tuple(ordered), tuple(test["slo"]), families_of(test))
+            ReportTest(index, test["nodeid"], test["outcome"], tuple(ordered), tuple(test["slo"]), families_of(test))
         )
     return views
 
