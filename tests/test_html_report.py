@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -52,7 +53,7 @@ def test_vectors(aif_load, tmp_path):
 
 def _findings(page: str) -> list[str]:
     top = page[page.index("<h2>Findings</h2>") : page.index("</ul>", page.index("<h2>Findings</h2>"))]
-    return [re.sub(r"<[^>]+>", "", item) for item in re.findall(r"<li>(.*?)</li>", top)]
+    return [html.unescape(re.sub(r"<[^>]+>", "", item)) for item in re.findall(r"<li>(.*?)</li>", top)]
 
 
 def _plant_empty(page: str, figure: str) -> str:
@@ -234,6 +235,16 @@ def test_findings_of_a_sweep_and_of_two_runs_say_what_the_data_shows(tmp_path: P
         )
     )
     before["jobs"][0]["resources"] = resource_series(monitor)
+    answer = {
+        "label": "capacity",
+        "mode": "open",
+        "config": {},
+        "error_samples": [],
+        "role": "capacity",
+        "notes": ["capacity 16 req/s"],
+        "metrics": {"capacity_rate": 16.0, "request_s": 15.8},
+    }
+    before["tests"][0]["results"].append(answer)
     page = render_html([before, after])
     findings = _findings(page)
     assert any("TTFT p50 grows 4.0x from rate=8 to rate=32 while ITL p50 stays flat (1.00x)" in f for f in findings), (
@@ -243,6 +254,10 @@ def test_findings_of_a_sweep_and_of_two_runs_say_what_the_data_shows(tmp_path: P
         "rate=32]: the achieved rate fell short of the offered one (24 req/s of 32 req/s, schedule lag p99 40 ms)" in f
         for f in findings
     ), findings
+    assert any(
+        f.startswith("test_llm: capacity search found capacity_rate = 16 (capacity 16 req/s).") for f in findings
+    )
+    assert not [f for f in findings if "[capacity]" in f]  # the answer is not one more point
     (latency,) = [f for f in findings if f.startswith("after against before: p50_latency_ms")]
     assert "2.0x slower" in latency
     assert any("not the same in: vllm version: 0.6.0 vs 0.7.0" in f for f in findings), findings

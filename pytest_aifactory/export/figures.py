@@ -64,16 +64,11 @@ def _sweep(test: ReportTest) -> Figure | None:
     if knee is not None:
         data.append(_marker("knee", xs[knee], p99[knee], labels[knee], "diamond"))
     best = test.capacity()
-    if best is not None:
-        data.append(
-            _marker(
-                "best point meeting the SLOs",
-                value(best, "request_s"),
-                value(best, "p99_latency_ms"),
-                best["label"],
-                "star",
+    for name, point in (("best point meeting the SLOs", best), *(("capacity search", a) for a in test.answers)):
+        if point is not None:
+            data.append(
+                _marker(name, value(point, "request_s"), value(point, "p99_latency_ms"), point["label"], "star")
             )
-        )
     lines = _thresholds(test, "latency")
     extra = _thresholds(test, "ttft") if test.inference else {"shapes": [], "annotations": []}
     return _figure(

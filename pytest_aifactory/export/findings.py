@@ -3,8 +3,8 @@
 Nothing is said of a metric that was not measured: every sentence is built from values that
 are present, and a rule whose inputs are missing says nothing. The rules:
 
-- capacity: the highest throughput at which every SLO held (issue-12 style ``capacity_*``
-  results are quoted as they are);
+- capacity: a capacity search's answer (its ``capacity_<knob>`` and note) when the test ran
+  one, and the highest throughput at which every SLO held;
 - knee: where p99 latency turns upward over a sweep (``views.knee_index``);
 - TTFT against ITL over a sweep: TTFT growing while ITL stays flat puts the time before the
   first token (queueing, prefill), not in decoding;
@@ -51,10 +51,11 @@ def _rate(number: float) -> str:
 def _capacity(test: ReportTest) -> list[Finding]:
     found = []
     sweep = (figure_id("sweep", test.index),) if len(test.results) > 1 else ()
-    for result in test.results:
-        for name, number in sorted(result.get("metrics", {}).items()):
+    for answer in test.answers:
+        for name, number in sorted(answer.get("metrics", {}).items()):
             if name.startswith("capacity_") and number is not None:
-                found.append(Finding(f"{test.name}: capacity search found {name} = {number:.4g}.", sweep))
+                said = f" ({'; '.join(answer['notes'])})" if answer.get("notes") else ""
+                found.append(Finding(f"{test.name}: capacity search found {name} = {number:.4g}{said}.", sweep))
     best = test.capacity()
     if best is not None:
         held = "; ".join(

@@ -34,7 +34,11 @@ def figure_id(kind: str, index: int | str) -> str:
 
 @dataclass(frozen=True)
 class ReportTest:
-    """One test of a report: its points in knob order, their SLO verdicts and its families."""
+    """One test of a report: its points in knob order, their SLO verdicts and its families.
+
+    ``answers`` are the results of a capacity search (``"role": "capacity"``: the answer,
+    carrying ``capacity_<knob>``), kept out of the points, which include the search's probes.
+    """
 
     index: int
     nodeid: str
@@ -42,6 +46,7 @@ class ReportTest:
     results: tuple[Result, ...]
     verdicts: tuple[Mapping[str, Any], ...]
     families: tuple[Family, ...]
+    answers: tuple[Result, ...] = ()
 
     @property
     def name(self) -> str:
@@ -91,9 +96,13 @@ def report_tests(report: Mapping[str, Any]) -> list[ReportTest]:
     """The tests that produced results, their points ordered by offered rate (or concurrency)."""
     views = []
     for index, test in enumerate(t for t in report["tests"] if t["results"]):
-        ordered = sorted(test["results"], key=lambda r: (math.isnan(_knob(r)), _knob(r)))
+        points = [r for r in test["results"] if r.get("role") != "capacity"]
+        ordered = sorted(points, key=lambda r: (math.isnan(_knob(r)), _knob(r)))
+        answers = tuple(r for r in test["results"] if r.get("role") == "capacity")
         views.append(
-            ReportTest(index, test["nodeid"], test["outcome"], tuple(ordered), tuple(test["slo"]), families_of(test))
+            ReportTest(
+                index, test["nodeid"], test["outcome"], tuple(ordered), tuple(test["slo"]), families_of(test), answers
+            )
         )
     return views
 
