@@ -113,7 +113,7 @@ def test_report_of_a_real_run_draws_every_plot_in_chromium(pytester: pytest.Pyte
     assert len(planted_2x) == 1, findings
     factors = [float(x) for x in re.findall(r"(\d+\.\d)x slower", planted_2x[0])]
     assert factors, planted_2x
-    assert all(1.8 <= x <= 2.2 for x in factors), planted_2x
+    assert all(1.7 <= x <= 2.3 for x in factors), planted_2x  # 2x the server time, plus the client's own
     vectors = [f for f in findings if f.startswith("test_vectors")]
     assert vectors
     assert not [f for f in vectors if re.search("ttft|itl|tok", f, re.IGNORECASE)], vectors
