@@ -1,33 +1,26 @@
 #!/usr/bin/env bash
-# Install and start a single-node Slurm cluster with accounting (munge, MariaDB, slurmdbd,
-# slurmctld, slurmd) on this machine, idempotently, and wait until a job really runs.
-# Everything runs as root, binds locally, and keeps its state under $AIF_SLURM_DIR.
+# Install and start a Slurm cluster with accounting on this machine, idempotently, and wait until
+# a job really runs on every node. One slurmctld and slurmdbd (munge, MariaDB) serve two partitions:
+# - debug (default, profile ci-slurm): the node of this machine itself, every address 127.0.0.1;
+# - cluster (profile ci-cluster): three compute nodes aif-n1..3, each a slurmd in its own network
+#   namespace (and hostname) with its own address on a bridge, 10.207.0.1-3; this machine is the
+#   login node at 10.207.0.254. The file system is shared (munge's socket, job folders, the venv).
+# The addresses are private to this machine's namespaces. Everything runs as root and keeps its
+# state under $AIF_SLURM_DIR; .ci/slurm-down.sh stops it all and removes the namespaces.
 set -euo pipefail
 
 AIF_SLURM_DIR=${AIF_SLURM_DIR:-/var/lib/aif-slurm}
 CLUSTER=${AIF_SLURM_CLUSTER:-aifci}
-log() { printf '[slurm-up] %s\n' "$*"; }
+# shellcheck source=.ci/slurm-common.sh
+source "$(dirname "$0")/slurm-common.sh"
 
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
-  local deadline=$((SECONDS + $1)) what=$2; shift 2
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then log "timed out waiting for $what"; return 1; fi
-    sleep 0.2
-  done
-}
-
-alive() { # alive PIDFILE: the daemon in PIDFILE runs and is not a zombie
-  [[ -s $1 ]] || return 1
-  local pid; pid=$(cat "$1")
-  [[ -r /proc/$pid/status ]] && ! grep -q '^State:.*Z' "/proc/$pid/status"
-}
-
-if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null; then
+if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null \
+  || ! command -v ip >/dev/null; then
   log "installing packages"
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    munge slurm-wlm slurmdbd mariadb-server >/dev/null
+    munge slurm-wlm slurmdbd mariadb-server iproute2 >/dev/null
   rm -f /usr/sbin/policy-rc.d
 fi
 
@@ -57,6 +50,9 @@ mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
   CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
   GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
 
+log "network: bridge $BRIDGE $LOGIN_ADDR, nodes ${NODES[*]}"
+network_up
+
 HOST=$(hostname -s)
 NODE_LINE=$(slurmd -C | head -1)
 TOTAL_MB=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)
@@ -65,7 +61,7 @@ CONF_DIR=/etc/slurm
 mkdir -p "$CONF_DIR"
 cat > "$CONF_DIR/slurm.conf.new" <<CONF
 ClusterName=$CLUSTER
-SlurmctldHost=$HOST
+SlurmctldHost=$HOST($LOGIN_ADDR)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -76,19 +72,23 @@ SelectTypeParameters=CR_Core
 SchedulerParameters=batch_sched_delay=0
 SlurmdParameters=config_overrides
 ReturnToService=2
+SlurmdTimeout=20
+JobRequeue=0
 KillWait=5
 MailProg=/bin/true
 JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 StateSaveLocation=$AIF_SLURM_DIR/state
-SlurmdSpoolDir=$AIF_SLURM_DIR/spool
+SlurmdSpoolDir=$AIF_SLURM_DIR/spool/%n
 SlurmctldPidFile=$AIF_SLURM_DIR/run/slurmctld.pid
-SlurmdPidFile=$AIF_SLURM_DIR/run/slurmd.pid
+SlurmdPidFile=$AIF_SLURM_DIR/run/slurmd-%n.pid
 SlurmctldLogFile=$AIF_SLURM_DIR/log/slurmctld.log
-SlurmdLogFile=$AIF_SLURM_DIR/log/slurmd.log
+SlurmdLogFile=$AIF_SLURM_DIR/log/slurmd-%n.log
 $NODE_LINE State=UNKNOWN
+NodeName=$NODE_RANGE NodeAddr=$ADDR_RANGE CPUs=2 RealMemory=4096 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+PartitionName=cluster Nodes=$NODE_RANGE MaxTime=60 State=UP
 CONF
 cat > "$CONF_DIR/slurmdbd.conf.new" <<CONF
 AuthType=auth/munge
@@ -109,12 +109,7 @@ done
 chmod 600 "$CONF_DIR/slurmdbd.conf"
 if ((changed)); then
   log "configuration changed: restarting daemons"
-  for d in slurmd slurmctld slurmdbd; do
-    if alive "$AIF_SLURM_DIR/run/$d.pid"; then kill "$(cat "$AIF_SLURM_DIR/run/$d.pid")" || true; fi
-  done
-  for d in slurmd slurmctld slurmdbd; do
-    wait_for 30 "$d to stop" bash -c "! grep -qs . /proc/\$(cat $AIF_SLURM_DIR/run/$d.pid 2>/dev/null || echo 0)/status || grep -q '^State:.*Z' /proc/\$(cat $AIF_SLURM_DIR/run/$d.pid)/status"
-  done
+  stop_daemons "$AIF_SLURM_DIR"/run/slurmd*.pid "$AIF_SLURM_DIR/run/slurmctld.pid" "$AIF_SLURM_DIR/run/slurmdbd.pid"
 fi
 
 if ! alive "$AIF_SLURM_DIR/run/slurmdbd.pid"; then
@@ -130,13 +125,28 @@ if ! alive "$AIF_SLURM_DIR/run/slurmctld.pid"; then
   slurmctld
 fi
 wait_for 30 slurmctld scontrol ping
-if ! alive "$AIF_SLURM_DIR/run/slurmd.pid"; then
-  log "starting slurmd"
+mkdir -p "$AIF_SLURM_DIR/spool/$HOST"
+if ! alive "$AIF_SLURM_DIR/run/slurmd-$HOST.pid"; then
+  log "starting slurmd ($HOST)"
   slurmd
 fi
-wait_for 60 "an idle node" bash -c 'sinfo -h -o %T | grep -Eq "^(idle|mixed|allocated)"'
-scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
+for node in "${NODES[@]}"; do
+  mkdir -p "$AIF_SLURM_DIR/spool/$node"
+  if ! alive "$AIF_SLURM_DIR/run/slurmd-$node.pid"; then
+    log "starting slurmd ($node, ${ADDRS[$node]}, namespace $node)"
+    # Only the network namespace is the node's (ip netns exec would remount /sys without cgroups);
+    # its own hostname and /etc/hosts come from private UTS and mount namespaces.
+    nsenter --net="/run/netns/$node" unshare --uts --mount \
+      sh -c "mount --bind /etc/netns/$node/hosts /etc/hosts && hostname $node && exec slurmd -N $node"
+  fi
+done
+up_nodes() { # every node of the cluster responds
+  [[ $(sinfo -h -N -r -o %N | sort -u | wc -l) -eq $((${#NODES[@]} + 1)) ]]
+}
+wait_for 60 "every node to respond" up_nodes
+scontrol update nodename="$HOST,$NODE_RANGE" state=resume >/dev/null 2>&1 || true
 # sinfo can report idle before slurmd has registered: only a job that runs proves the cluster works.
 wait_for 60 "a smoke job" srun -t 1 true
+wait_for 60 "a smoke job on every compute node" srun -t 1 -p cluster -N "${#NODES[@]}" true
 wait_for 30 "sacct" sacct -n -X
-log "Slurm is up: $(sinfo -h -o '%P %D %T %c')"
+log "Slurm is up: $(sinfo -h -o '%P %D %T %c' | tr '\n' ';')"

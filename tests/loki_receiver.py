@@ -13,9 +13,9 @@ MAX_LABELS = 15  # Loki's default max_label_names_per_series
 
 
 class LokiReceiver:
-    """``POST /loki/api/v1/push`` on 127.0.0.1; ``up = False`` answers 503 like a sick Loki."""
+    """``POST /loki/api/v1/push`` on ``host``; ``up = False`` answers 503 like a sick Loki."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.lines: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.up = True
@@ -40,8 +40,8 @@ class LokiReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

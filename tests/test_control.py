@@ -97,7 +97,7 @@ def test_unknown_suite_or_profile_names_the_valid_ones(api: str) -> None:
     assert response.json()["detail"] == "unknown suite 'nope'; valid suites: mini"
     response = httpx.post(f"{api}/v1/runs", json={"suite": "mini", "profile": "moon"}, headers=headers())
     assert response.status_code == 404
-    assert "unknown profile 'moon'; valid profiles: ci-slurm, local" in response.json()["detail"]
+    assert "unknown profile 'moon'; valid profiles: ci-cluster, ci-slurm, local" in response.json()["detail"]
     response = httpx.post(f"{api}/v1/services", json={"name": "mainframe"}, headers=headers())
     assert response.status_code == 404
     assert "valid services: chroma, http" in response.json()["detail"]

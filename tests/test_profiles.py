@@ -18,7 +18,7 @@ from pytest_aifactory.jobs.runner import LaunchPlan, command_argv
 from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.services.spec import render_context
 
-SHIPPED = ["ci-slurm", "local", "meluxina-cpu", "meluxina-gpu", "meluxina-largemem"]
+SHIPPED = ["ci-cluster", "ci-slurm", "local", "meluxina-cpu", "meluxina-gpu", "meluxina-largemem"]
 
 
 def test_shipped_profiles_are_found_and_valid() -> None:
@@ -335,7 +335,7 @@ def test_copy_a_packaged_profile_to_start_ones_own(tmp_path: Path) -> None:
     [
         (["--copy", "meluxina-gpu", "slurm_profiles"], "--copy: slurm_profiles/meluxina-gpu.yaml is the profile "),
         (["--copy", "meluxina-gpu", "afile"], "--copy: destination afile is not a folder"),
-        (["--copy", "nope", "x"], "unknown profile 'nope': give a profile name (ci-slurm, "),
+        (["--copy", "nope", "x"], "unknown profile 'nope': give a profile name (ci-cluster, ci-slurm, "),
         (["--force"], "--force only applies with --copy NAME DEST_DIR"),
     ],
 )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -26,29 +25,10 @@ from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.jobs.processes import pid_alive, process_start, same_process, signal_process
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, PROCESS_FILE, LaunchPlan, read_json, serve, write_json_atomic
 from pytest_aifactory.jobs.sealed import exported, seal
+from pytest_aifactory.jobs.slurm_queue import JobStatus, SlurmQueue, run_command
 from pytest_aifactory.services.spec import Resources
 
 __all__ = ["Backend", "JobStatus", "LocalBackend", "SlurmBackend", "check_partitions", "make_backend"]
-
-ACTIVE_SLURM_STATES = frozenset(
-    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "STOPPED"}
-)
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """A job's scheduler state; ``active`` while it is queued or running; ``skipped``: what was left alone."""
-
-    state: str
-    active: bool
-    exit_code: str | None = None
-    skipped: str = ""
-
-    def describe(self) -> str:
-        """``state FAILED, exit code 1:0`` for messages."""
-        code = f", exit code {self.exit_code}" if self.exit_code is not None else ""
-        skipped = f" ({self.skipped})" if self.skipped else ""
-        return f"job state {self.state}{code}{skipped}"
 
 
 class Backend(ABC):
@@ -91,6 +71,14 @@ class Backend(ABC):
             time.sleep(0.1)
         return status
 
+    def node_state(self, node: str) -> str:
+        """What the scheduler says of ``node`` when it is not well (``""``: nothing to say)."""
+        return ""
+
+    def commands_run(self) -> dict[str, int]:
+        """How many times each scheduler command was run by this process (none for local jobs)."""
+        return {}
+
     @abstractmethod
     def _executor(self, folder: Path) -> submitit.Executor:
         """The submitit executor writing into ``folder``."""
@@ -101,7 +89,7 @@ class Backend(ABC):
 
     @abstractmethod
     def status(self, job_id: str, folder: Path) -> JobStatus:
-        """Ask the scheduler (never a cache) for the job's state."""
+        """The job's state as the scheduler last said (Slurm: at most one poll interval old)."""
 
     @abstractmethod
     def _request_cancel(self, job_id: str, folder: Path) -> None:
@@ -202,20 +190,26 @@ class LocalBackend(Backend):
             return super().cancel(job_id, folder, 5.0)
 
 
-def _run(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise JobError(f"{argv[0]} failed: {exc}") from exc
-    if done.returncode != 0:
-        raise JobError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.strip()}")
-    return done.stdout
-
-
 class SlurmBackend(Backend):
-    """Services as Slurm batch jobs (sbatch through submitit; squeue/sacct/scancel by id)."""
+    """Services as Slurm batch jobs (sbatch through submitit; scancel by id).
+
+    States come from the backend's ``SlurmQueue``: one squeue/sacct per poll for all its jobs.
+    """
 
     name = "slurm"
+
+    def __init__(self, profile: Profile) -> None:
+        super().__init__(profile)
+        self.queue = SlurmQueue()
+
+    def submit_function(
+        self, folder: Path, name: str, resources: Resources, fn: Callable[..., Any], *args: Any
+    ) -> submitit.Job[Any]:
+        """Submit (one sbatch, counted), and watch the job from now on."""
+        self.queue.calls["sbatch"] += 1
+        job = super().submit_function(folder, name, resources, fn, *args)
+        self.queue.watch(str(job.job_id))
+        return job
 
     def _executor(self, folder: Path) -> submitit.Executor:
         return submitit.SlurmExecutor(folder=folder, python=sys.executable)
@@ -252,19 +246,30 @@ class SlurmBackend(Backend):
         )
         return text
 
+    def node_state(self, node: str) -> str:
+        """``Slurm says node aif-n1 is idle* (not responding)`` unless it is up (``""``)."""
+        try:
+            text = self.queue.command(["sinfo", "-h", "-N", "-n", node, "-o", "%T|%E"]).strip()
+        except JobError as exc:
+            return f"Slurm cannot say how node {node} is: {exc}"
+        state, _, why = text.partition("|")
+        flags = [word for flag, word in (("*", "not responding"), ("~", "powered off")) if state.endswith(flag)]
+        if not state or (not flags and state.upper().startswith(("IDLE", "MIXED", "ALLOCATED", "COMPLETING"))):
+            return ""
+        details = [*flags, *([why] if why and why != "none" else [])]
+        return f"Slurm says node {node} is {state}" + (f" ({', '.join(details)})" if details else "")
+
+    def commands_run(self) -> dict[str, int]:
+        """sbatch, squeue, sacct and scancel calls of this process, retries included."""
+        return dict(sorted(self.queue.calls.items()))
+
     def status(self, job_id: str, folder: Path) -> JobStatus:
-        """Ask squeue while the controller knows the job, else sacct."""
-        queued = _run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"]).split()
-        if queued and queued[0] in ACTIVE_SLURM_STATES:
-            return JobStatus(queued[0], active=True)
-        rows = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode"]).splitlines()
-        if not rows:
-            return JobStatus(queued[0] if queued else "UNKNOWN", active=False)
-        state, _, code = rows[0].partition("|")
-        return JobStatus(state.split()[0], active=state.split()[0] in ACTIVE_SLURM_STATES, exit_code=code)
+        """The job's state from the queue's last poll of all jobs (polled again when that is too old)."""
+        return self.queue.status(job_id)
 
     def _request_cancel(self, job_id: str, folder: Path) -> None:
-        _run(["scancel", job_id])
+        self.queue.command(["scancel", job_id])
+        self.queue.watch(job_id)
 
 
 BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "slurm": SlurmBackend}
@@ -289,7 +294,7 @@ def check_partitions(profile: Profile) -> None:
     if not wanted:
         return
     try:
-        known = set(_run(["sinfo", "-h", "-o", "%R"]).split())
+        known = set(run_command(["sinfo", "-h", "-o", "%R"]).split())
     except JobError:
         return
     bad = [f"{key} {value!r}" for key, value in wanted.items() if value not in known]

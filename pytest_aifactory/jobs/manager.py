@@ -17,6 +17,7 @@ from pytest_aifactory.core.errors import JobError, ServiceDiedError, ServiceStar
 from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.jobs.backends import Backend, JobStatus
+from pytest_aifactory.jobs.listening import LISTENING_FILE, loopback_only
 from pytest_aifactory.jobs.registry import JobRecord, JobRegistry
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, EXIT_FILE, LaunchPlan, Owner, read_json, tail
 from pytest_aifactory.jobs.telemetry import Telemetry
@@ -26,6 +27,7 @@ from pytest_aifactory.services.spec import RunningService, ServiceSpec
 __all__ = ["ServiceManager", "failure_report"]
 
 _LOG_LINES = 20
+_WAIT_LINE_S = 30.0  # a waiting service's progress line, at most this often unless its reason changes
 
 
 def failure_report(
@@ -64,6 +66,7 @@ class ServiceManager:
     keep: bool = False
     telemetry: Telemetry | None = None
     on_event: Callable[[str, str, str], None] | None = None
+    on_progress: Callable[[str], None] | None = None
     started: list[RunningService] = field(default_factory=list)
 
     def _event(self, service: str, message: str, level: str = "info") -> None:
@@ -141,19 +144,29 @@ class ServiceManager:
     def _wait_ready(self, spec: ServiceSpec, record: JobRecord) -> RunningService:
         started = time.monotonic()
         deadline = started + spec.readiness_timeout_s
-        interval, reason = 0.05, "job not started yet"
+        interval, reason, shown = 0.05, "job not started yet", ("", -_WAIT_LINE_S)
         while True:
             status = self.backend.status(record.job_id, record.folder)
             endpoint = read_json(record.folder / ENDPOINT_FILE)
             if not status.active:
                 raise ServiceStartupError(self._failure(spec, "exited before it was ready", status, record))
+            if status.hopeless:
+                headline = (
+                    f"cannot start: its job is {status.waiting()}, which will not resolve ({status.hopeless});"
+                    " the job is cancelled"
+                )
+                raise ServiceStartupError(self._failure(spec, headline, status, record))
             if endpoint is not None:
                 service = self._running(spec, record, endpoint)
                 reason = check_ready(spec.probe, service) or ""
                 if not reason:
                     return service
+                self._refuse_loopback_only(service, reason, status, record)
             elif status.state == "PENDING":
-                reason = "job still pending in the queue"
+                reason = f"job {status.waiting()}"
+                if status.reason != shown[0] or time.monotonic() - shown[1] >= _WAIT_LINE_S:
+                    shown = (status.reason, time.monotonic())
+                    self._progress(spec.name, f"service {spec.name} waiting in the queue: {status.waiting()}")
             if time.monotonic() > deadline:
                 headline = f"was not ready within {spec.readiness_timeout_s:g} s (last probe: {reason})"
                 raise ServiceStartupError(self._failure(spec, headline, status, record))
@@ -170,14 +183,47 @@ class ServiceManager:
         """True while the service's job is active and its process has not exited."""
         return self.backend.status(service.job_id, service.folder).active and not (service.folder / EXIT_FILE).exists()
 
-    def check_alive(self, service: RunningService) -> None:
-        """Raise ``ServiceDiedError`` (with state, exit code and logs) if ``service`` is gone."""
+    def _refuse_loopback_only(self, service: RunningService, reason: str, status: JobStatus, record: JobRecord) -> None:
+        """A service on a node's address that listens on 127.0.0.1 only can never be reached from elsewhere."""
+        seen = read_json(record.folder / LISTENING_FILE)
+        if service.host == "127.0.0.1" or seen is None:
+            return
+        sockets = [(str(address), int(port)) for address, port in seen["sockets"]]
+        for name, port in service.ports.items():
+            if local := loopback_only(sockets, port):
+                headline = (
+                    f"listens on {', '.join(local)} only, on node {service.node}: it cannot be reached from other"
+                    f" nodes (the login node, client jobs) at {service.host}:{port} (port {name!r});"
+                    f" bind it to {{host}} in the spec (last probe: {reason})"
+                )
+                raise ServiceStartupError(self._failure(service.spec, headline, status, record))
+
+    def _progress(self, service: str, line: str) -> None:
+        """A line for the terminal while a service waits, also sent as an event."""
+        self._event(service, line)
+        if self.on_progress is not None:
+            self.on_progress(f"[aifactory] {line}")
+
+    def check_alive(self, service: RunningService, probe: bool = False) -> None:
+        """Raise ``ServiceDiedError`` (with state, exit code and logs) if ``service`` is gone.
+
+        With ``probe`` (a test failed), a service whose job still runs must also pass its probe:
+        one that no longer answers is reported with its node and what the scheduler says of it.
+        """
         status = self.backend.status(service.job_id, service.folder)
         exit_info = read_json(service.folder / EXIT_FILE)
         if status.active and exit_info is None:
-            return
-        self._event(service.name, f"service {service.name} died while in use: {status.describe()}", "error")
-        raise ServiceDiedError(self._failure(service.spec, "died while it was in use", status, self._record(service)))
+            reason = check_ready(service.spec.probe, service) if probe else None
+            if reason is None:
+                return
+            node = self.backend.node_state(service.node)
+            headline = f"on node {service.node} ({service.host}) stopped answering ({reason})" + (
+                f"; {node}" if node else ""
+            )
+        else:
+            headline = "died while it was in use"
+        self._event(service.name, f"service {service.name} {headline}: {status.describe()}", "error")
+        raise ServiceDiedError(self._failure(service.spec, headline, status, self._record(service)))
 
     @staticmethod
     def _record(service: RunningService) -> JobRecord:

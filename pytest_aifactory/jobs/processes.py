@@ -12,7 +12,7 @@ import os
 import signal
 from pathlib import Path
 
-__all__ = ["pid_alive", "process_start", "same_process", "signal_process"]
+__all__ = ["pid_alive", "process_start", "process_tree", "same_process", "signal_process"]
 
 
 def pid_alive(pid: int) -> bool:
@@ -56,3 +56,21 @@ def signal_process(pid: int, start: int | None, signum: int) -> bool:
     finally:
         os.close(handle)
     return True
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process descended from it (read from ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found

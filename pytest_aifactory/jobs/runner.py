@@ -30,6 +30,7 @@ from typing import Any
 from pytest_aifactory.core.errors import JobError
 from pytest_aifactory.core.profiles import ContainerSettings
 from pytest_aifactory.core.secrets import Redactor
+from pytest_aifactory.jobs.listening import LISTENING_FILE, listening
 from pytest_aifactory.jobs.processes import pid_alive, process_start
 from pytest_aifactory.jobs.sealed import unseal
 from pytest_aifactory.jobs.telemetry import MONITOR_FILE, Telemetry, TelemetryThreads
@@ -305,8 +306,13 @@ def serve(plan: LaunchPlan) -> int:
         )
         if threads is not None:
             threads.event(f"service {spec.name} started on {node}: pid {child.pid}, ports {ports}")
-        reason = "exited"
+        reason, sockets, next_look = "exited", None, 0.0
         while (code := child.poll()) is None:
+            if host != "127.0.0.1" and time.monotonic() >= next_look:  # what it listens on, for the login node
+                next_look = time.monotonic() + 1.0
+                if (found := listening(child.pid)) != sockets:
+                    sockets = found
+                    write_json_atomic(plan.folder / LISTENING_FILE, {"node": node, "sockets": sockets})
             if stop.signum is not None:
                 reason = f"stopped by signal {signal.Signals(stop.signum).name}"
             elif plan.owner is not None and plan.owner.gone():

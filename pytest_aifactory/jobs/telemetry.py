@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.delivery.loki import LokiPusher
 from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
+from pytest_aifactory.jobs.processes import process_tree
 
 __all__ = [
     "MONITOR_FILE",
@@ -67,24 +68,10 @@ class Telemetry:
     interval_s: float = 5.0
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            tree.setdefault(parent, []).append(int(entry.name))
-    return tree
-
-
 def sample_tree(root: int) -> tuple[float, int, int]:
     """(CPU seconds, resident bytes, process count) of ``root`` and its descendants."""
-    tree, todo, cpu, rss, count = _children(), [root], 0.0, 0, 0
-    while todo:
-        pid = todo.pop()
+    cpu, rss, count = 0.0, 0, 0
+    for pid in process_tree(root):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -92,7 +79,6 @@ def sample_tree(root: int) -> tuple[float, int, int]:
         cpu += (int(fields[11]) + int(fields[12])) / _CLK
         rss += int(fields[21]) * _PAGE
         count += 1
-        todo += tree.get(pid, [])
     return cpu, rss, count
 
 

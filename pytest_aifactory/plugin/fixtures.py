@@ -83,14 +83,17 @@ def _requested(item: pytest.Item) -> list[RunningService]:
     return found + [s for s in item.stash.get(_REQUESTED_KEY, []) if s not in found]
 
 
-def _death(item: pytest.Item) -> str | None:
-    """Why a service ``item`` requested is gone (its state and logs), or None while all live."""
+def _death(item: pytest.Item, failed: bool = False) -> str | None:
+    """Why a service ``item`` requested is gone (its state and logs), or None while all live.
+
+    After a failure (``failed``), a service that stopped answering its probe is gone too.
+    """
     session = item.config.stash[SESSION_KEY]
     if not session.active:
         return None
     for service in _requested(item):
         try:
-            session.run.services.check_alive(service)
+            session.run.services.check_alive(service, probe=failed)
         except ServiceDiedError as exc:
             return str(exc)
     return None
@@ -140,7 +143,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     try:
         yield
     except BaseException as exc:
-        failure = None if isinstance(exc, KeyboardInterrupt | SystemExit) else _death(item) or _plainly(exc)
+        failure = (
+            None if isinstance(exc, KeyboardInterrupt | SystemExit) else _death(item, failed=True) or _plainly(exc)
+        )
         if failure is None:
             raise
     else:

@@ -134,6 +134,9 @@ class Recorder:
         self.loki = LokiPusher(url, run.run_id, run.run_dir / "spool" / "loki", self.redactor, source) if url else None
         run.services.telemetry = telemetry(config, run.run_id, run.run_dir)
         run.services.on_event = self.service_event
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and config.get_verbosity() >= 0:
+            run.services.on_progress = reporter.write_line
         self.pushed_tests: list[str] = []
         self.report: RunReport | None = None
         self.html: Path | None = None

@@ -127,6 +127,10 @@ class RunSession:
         if self._run is None:
             return
         run, write = self._run, terminalreporter.write_line
+        commands = run.backend.commands_run()
+        if commands:
+            counts = ", ".join(f"{name} {count}" for name, count in commands.items())
+            write(f"aifactory: {run.backend.name} commands run by this process: {counts}")
         if self.errors:
             terminalreporter.section("aifactory: jobs that could not be cancelled", red=True)
             for line in self.errors:
