@@ -7,11 +7,18 @@ generated S3 keys) stay out of the terminal, the job folders (pickles included) 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
+import jsonschema
 import pytest
-from helpers import run_pytest
+from helpers import aifactory, default_sigint, run_pytest, wait_for
+
+from pytest_aifactory.export.report import load_schema
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -178,3 +185,99 @@ def test_unknown_partition_is_a_usage_error_before_any_job(pytester: pytest.Pyte
     assert done.returncode == 4, done.stdout[-3000:]
     assert "--aif-profile: profile 'faulty': slurm.partition 'nope': no such partition on this cluster" in done.stderr
     assert not (pytester.path / "res").exists()
+
+
+TWO_LOADS = """
+def test_two_loads(synthetic_llm_service, aif_load):
+    aif_load.openai(synthetic_llm_service, rate=20, duration_s=1, prompts="synthetic:in=4,out=8", label="short")
+    aif_load.openai(synthetic_llm_service, rate=20, duration_s=60, prompts="synthetic:in=4,out=8", label="long")
+"""
+
+
+def _start(pytester: pytest.Pytester, run_id: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            f"--aif-run-id={run_id}",
+            "--aif-results-dir=res",
+            *list(args),
+        ],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=default_sigint,
+    )
+
+
+def _report(pytester: pytest.Pytester, run_id: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads((pytester.path / "res" / run_id / "report.json").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _valid_report(pytester: pytest.Pytester, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's report, valid against the schema, and its one test."""
+    report = _report(pytester, run_id)
+    assert report is not None
+    jsonschema.validate(report, load_schema())
+    (test,) = report["tests"]
+    return report, test
+
+
+def test_sigkill_leaves_a_report_with_the_results_so_far(pytester: pytest.Pytester) -> None:
+    """The report is written at the start and as each result arrives: a SIGKILL loses only the load under way."""
+    pytester.makepyfile(TWO_LOADS)
+    process = _start(pytester, "killed")
+    try:
+        wait_for("the report at the start", lambda: _report(pytester, "killed"), timeout_s=60)
+        first = wait_for(
+            "the first result in the report",
+            lambda: (r := _report(pytester, "killed")) and r["tests"] and r["tests"][0]["results"] and r,
+            timeout_s=90,
+        )
+        process.kill()
+        process.communicate(timeout=30)
+    finally:
+        process.kill()
+        aifactory("cleanup", "killed", "--results-dir", str(pytester.path / "res"))
+    report, test = _valid_report(pytester, "killed")
+    assert report["status"] == "running"
+    assert test["outcome"] == "running"
+    assert [r["label"] for r in test["results"]] == ["short"] == [r["label"] for r in first["tests"][0]["results"]]
+    assert test["results"][0]["metrics"]["completed"] > 0
+
+
+@pytest.fixture
+def gateway(aif_service: Any) -> Any:
+    return aif_service("pushgateway")
+
+
+def test_sigint_keeps_the_partial_result_and_deletes_the_live_gauges(pytester: pytest.Pytester, gateway: Any) -> None:
+    """Interrupted mid-load: the test is marked interrupted with what it measured; its live group is gone."""
+    pytester.makepyfile(TWO_LOADS)
+    process = _start(pytester, "intr", f"--aif-pushgateway={gateway.url()}", "--aif-pushgateway-interval=0.3")
+
+    def live() -> bool:
+        text = httpx.get(gateway.url("/metrics"), timeout=5).text
+        return "aifactory_live_requests_sent_total{" in text and 'point="long"' in text
+
+    try:
+        wait_for("the long load's live figures", live, timeout_s=90)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    report, test = _valid_report(pytester, "intr")
+    assert report["status"] == "interrupted"
+    assert test["outcome"] == "interrupted"
+    assert [r["label"] for r in test["results"]] == ["short", "long"]
+    assert test["results"][1]["config"]["interrupted"] is True
+    assert test["results"][1]["metrics"]["completed"] > 0
+    assert "aifactory_live_" not in httpx.get(gateway.url("/metrics"), timeout=5).text
+    assert all(job["stopped"] for job in report["jobs"])

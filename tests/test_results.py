@@ -4,7 +4,6 @@ by a real Prometheus, spooling when the gateway is down, and the compare command
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
-from helpers import aifactory, default_sigint, free_port, http_ready, run_pytest, wait_for
+from helpers import aifactory, free_port, http_ready, run_pytest, wait_for
 
 from pytest_aifactory.export.report import load_schema
 
@@ -68,32 +67,6 @@ def test_report_validates_and_keeps_secrets_out(pytester: pytest.Pytester) -> No
     assert spooled, "the unreachable gateway's pushes were not spooled"
     assert all(SECRET not in f.read_text() for f in spooled)
     assert "Pushgateway deliveries that failed" in done.stdout
-
-
-def test_interrupted_run_still_writes_its_report(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(LOAD_TEST.format(duration=60))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--aif-run-id=intr", "--aif-results-dir=res"],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=default_sigint,
-    )
-    jobs = pytester.path / "res" / "intr" / "jobs.jsonl"
-    try:
-        wait_for("the service to start", jobs.exists, timeout_s=60)
-        time.sleep(2)  # let the load run a little: the interruption must land mid-load
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=60)
-    finally:
-        process.kill()
-    report = json.loads((pytester.path / "res" / "intr" / "report.json").read_text())
-    jsonschema.validate(report, load_schema())
-    assert report["status"] == "interrupted"
-    assert report["ended_at"] is not None
-    assert report["tests"][0]["nodeid"].endswith("test_stream")
-    assert all(job["stopped"] for job in report["jobs"])
 
 
 def test_compare_command(tmp_path: Path) -> None:

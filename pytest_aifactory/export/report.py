@@ -186,12 +186,17 @@ class RunReport:
         if error and not entry["error"]:
             entry["error"] = error[-4000:]
 
-    def add_result(self, nodeid: str, result: dict[str, Any], verdicts: list[dict[str, Any]]) -> None:
-        """A load result of a test, with its SLO verdicts."""
+    def add_result(self, nodeid: str, result: dict[str, Any]) -> None:
+        """A load result of a test as soon as it is measured (its verdicts come with ``set_results``)."""
+        self.test_started(nodeid, [])
+        self.tests[nodeid]["results"].append(result)
+
+    def set_results(self, nodeid: str, rows: list[dict[str, Any]]) -> None:
+        """Every result of a finished test with its SLO verdicts (replacing those added as they came)."""
         self.test_started(nodeid, [])
         entry = self.tests[nodeid]
-        entry["results"].append(result)
-        entry["slo"].extend(verdicts)
+        entry["results"] = [row["result"] for row in rows]
+        entry["slo"] = [verdict for row in rows for verdict in row["verdicts"]]
 
     def _jobs(self) -> list[dict[str, Any]]:
         jobs = []
@@ -212,8 +217,14 @@ class RunReport:
         return jobs
 
     def write(self, status: str | None = None, exit_status: int | None = None) -> Path:
-        """Write the report now (atomically); ``status`` ends it (passed, failed, interrupted...)."""
+        """Write the report now (atomically); ``status`` ends it (passed, failed, interrupted...).
+
+        At the end, a test still running was interrupted: it says so, and keeps the results it had.
+        """
         if status is not None:
+            for entry in self.tests.values():
+                if entry["outcome"] == "running":
+                    entry["outcome"] = "interrupted"
             self.data["status"] = status
             self.data["exit_status"] = exit_status
             self.data["ended_at"] = time.time()

@@ -13,6 +13,7 @@ rendezvous through files in a shared folder; their clocks must agree (NTP, as on
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import multiprocessing as mp
@@ -27,7 +28,7 @@ from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.load.engine import Engine, LoadPlan, Progress, RequestClient, StopSignal, Workload
 from pytest_aifactory.load.pacing import new_event_loop
 
-__all__ = ["LoadRun", "Shard", "drive", "run_load", "run_on_jobs", "split_plan"]
+__all__ = ["LoadInterrupted", "LoadRun", "Shard", "drive", "run_load", "run_on_jobs", "split_plan"]
 
 _START_MARGIN_S = 0.25
 
@@ -68,12 +69,30 @@ class LoadRun:
         return cls(records, [h for run in runs for h in run.health])
 
 
+class LoadInterrupted(KeyboardInterrupt):
+    """The run was interrupted (Ctrl-C, SIGTERM) during a load: ``run`` holds what was measured so far."""
+
+    def __init__(self, run: LoadRun) -> None:
+        super().__init__(f"interrupted during a load, after {len(run.records)} request(s)")
+        self.run = run
+
+
 def drive(engine: Engine, schedule: Sequence[tuple[int, float]] | None = None, **start: Any) -> LoadRun:
-    """Run ``engine`` in a new event loop (uvloop when installed); ``start``: ``start_at`` or ``ready``."""
+    """Run ``engine`` in a new event loop (uvloop when installed); ``start``: ``start_at`` or ``ready``.
+
+    An interruption is raised as ``LoadInterrupted``, carrying the requests completed so far.
+    """
     loop = new_event_loop()
     try:
         records = loop.run_until_complete(engine.run(schedule, **start))
         loop.run_until_complete(loop.shutdown_asyncgens())
+    except KeyboardInterrupt as interrupt:
+        done = sorted(engine.records, key=lambda r: r.index)  # before the requests in flight are cancelled
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))  # connections closed
+        raise LoadInterrupted(LoadRun(done, [engine.health] if engine.health is not None else [])) from interrupt
     finally:
         loop.close()
     return LoadRun(records, [engine.health] if engine.health is not None else [])

@@ -79,7 +79,8 @@ def _factories(item: pytest.Item) -> list[ServiceFactory]:
 
 def _requested(item: pytest.Item) -> list[RunningService]:
     """The services ``item`` asked for: fixture values, and what factory calls made for it returned."""
-    found = [value for value in getattr(item, "funcargs", {}).values() if isinstance(value, RunningService)]
+    funcargs = getattr(item, "funcargs", None) or {}  # None once the test is torn down
+    found = [value for value in funcargs.values() if isinstance(value, RunningService)]
     return found + [s for s in item.stash.get(_REQUESTED_KEY, []) if s not in found]
 
 
@@ -245,6 +246,8 @@ def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_ru
         assert session.histories is not None
         session.histories.add(item, result)
         pytestconfig.hook.pytest_aifactory_result(item=item, result=result)
+        if session.recorder is not None:
+            session.recorder.result_measured(item.nodeid, result)
 
     def submit(fn: Callable[..., Any], *args: Any) -> Any:
         folder = shard_dir / f"job-{len(shards)}"

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from pytest_aifactory.core.errors import AifError
+from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.delivery.loki import LokiPusher
 from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
@@ -108,10 +109,12 @@ class LivePusher:
             for test, snapshots in state.items():
                 self.gateway.push(test, live_registry(snapshots))
 
-    def close(self) -> None:
-        """Stop the thread."""
+    def close(self) -> list[str]:
+        """Stop the thread; returns the tests still live (interrupted: their live groups are stale)."""
         self._stop.set()
         self._thread.join(timeout=self.interval_s + 10)
+        with self._lock:
+            return list(self._state)
 
 
 class Recorder:
@@ -158,9 +161,17 @@ class Recorder:
             self.loki.log(message, service=service, level=level, source="aifactory")
 
     def run_started(self) -> None:
-        """The run's first event (the recorder is created when the run starts)."""
+        """The run's first event and report (the recorder is created when the run starts)."""
+        if self.report is not None:
+            self.report.write()
         if self.loki is not None and not self.is_worker:
             self.loki.log(f"run {self.run.run_id} started on profile {self.run.profile.name}", event="session_start")
+
+    def result_measured(self, nodeid: str, result: LoadResult) -> None:
+        """A result as soon as it is measured: into the report, written now (a killed run keeps it)."""
+        if self.report is not None:
+            self.report.add_result(nodeid, result.to_json())
+            self.report.write()
 
     def progress(self, test: str) -> Callable[[str], Callable[[Progress], None]] | None:
         """The live-push progress factory for a test (None without a Pushgateway)."""
@@ -171,6 +182,7 @@ class Recorder:
         """Note the test in the report before it runs, and in Loki where it runs."""
         if self.report is not None:
             self.report.test_started(nodeid, [])
+            self.report.write()
         if self.loki is not None and (self.is_worker or not self.distributed):
             self.loki.log(f"test started: {nodeid}", event="test_start", test=nodeid)
 
@@ -191,9 +203,8 @@ class Recorder:
             return
         error = str(report.longrepr) if report.failed and report.longrepr else None
         self.report.test_phase(report.nodeid, report.when, report.outcome, report.duration, error)
-        if report.when == "call":
-            for row in rows:
-                self.report.add_result(report.nodeid, row["result"], row["verdicts"])
+        if report.when == "call" and rows:
+            self.report.set_results(report.nodeid, rows)
         if report.when == "teardown":
             self.report.write()
 
@@ -227,9 +238,10 @@ class Recorder:
             self.loki.close()
             if not self.is_worker:
                 self.loki.resend()
-        if self.live is not None:
-            self.live.close()
+        stale = self.live.close() if self.live is not None else []
         if self.gateway is not None:
+            for test in stale:  # the live figures of an interrupted test would stay in the gateway forever
+                self.gateway.delete(test)
             if setting(self.config, "aif_pushgateway_delete"):
                 for test in self.pushed_tests:
                     self.gateway.delete(test)

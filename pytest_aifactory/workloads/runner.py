@@ -16,7 +16,7 @@ from pytest_aifactory.core.metrics import GoodputSLO, LoadResult, summarize
 from pytest_aifactory.load.engine import LoadPlan, Progress, RequestClient, StopSignal, Workload
 from pytest_aifactory.load.parameters import check_load_parameters
 from pytest_aifactory.load.schedule import Arrivals, Distribution
-from pytest_aifactory.load.workers import run_load, run_on_jobs
+from pytest_aifactory.load.workers import LoadInterrupted, LoadRun, run_load, run_on_jobs
 from pytest_aifactory.services.connect import dsn_of
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads import files, s3, sql
@@ -106,29 +106,40 @@ class LoadRunner(ProductionLoads):
         ``workers`` processes share the load on this node; ``nodes > 1`` runs it as that many
         jobs (client nodes on Slurm) with one common start and merged records. ``summarizer``
         turns the records into the result (``summarize``; sessions and pipelines have their own).
+        A load interrupted (Ctrl-C, SIGTERM) records what it measured so far (``interrupted``
+        in its configuration) before the interruption goes on.
         """
         label = label or _label(plan)
         workers = workers or self.workers
-        if nodes > 1:
-            if self.submit is None or self.shard_dir is None:
-                raise ValueError("nodes > 1 needs a job launcher (the aif_load fixture provides one)")
-            sync = self.shard_dir / f"{len(self.results):03d}-{uuid.uuid4().hex[:6]}"
-            run = run_on_jobs(self.submit, client, workload, plan, nodes, sync)
-        else:
-            callback = self.progress(label) if self.progress else None
-            run = run_load(client, workload, plan, workers=workers, progress=callback, stop=self.stop)
-        full_config = {
-            **plan.describe(),
-            **_describe(workload),
-            **_describe(client),
-            "workers": workers,
-            "client_nodes": nodes,
-            "event_loop": ", ".join(sorted({h.event_loop for h in run.health})) or "not available",
-            "goodput": dict(goodput or {}),
-            **dict(config or {}),
-        }
-        good = GoodputSLO(**goodput) if goodput else None
-        result = summarizer(run.records, label, plan.mode, full_config, good, health=run.health)
+
+        def result_of(run: LoadRun, **more: Any) -> LoadResult:
+            full_config = {
+                **plan.describe(),
+                **_describe(workload),
+                **_describe(client),
+                "workers": workers,
+                "client_nodes": nodes,
+                "event_loop": ", ".join(sorted({h.event_loop for h in run.health})) or "not available",
+                "goodput": dict(goodput or {}),
+                **dict(config or {}),
+                **more,
+            }
+            good = GoodputSLO(**goodput) if goodput else None
+            return summarizer(run.records, label, plan.mode, full_config, good, health=run.health)
+
+        try:
+            if nodes > 1:
+                if self.submit is None or self.shard_dir is None:
+                    raise ValueError("nodes > 1 needs a job launcher (the aif_load fixture provides one)")
+                sync = self.shard_dir / f"{len(self.results):03d}-{uuid.uuid4().hex[:6]}"
+                run = run_on_jobs(self.submit, client, workload, plan, nodes, sync)
+            else:
+                callback = self.progress(label) if self.progress else None
+                run = run_load(client, workload, plan, workers=workers, progress=callback, stop=self.stop)
+        except LoadInterrupted as interrupted:
+            self.record(result_of(interrupted.run, interrupted=True))
+            raise
+        result = result_of(run)
         result.scalars.update(scalars or {})
         self.record(result)
         if self.stop is not None and self.stop.is_set():
