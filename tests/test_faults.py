@@ -270,7 +270,7 @@ def test_sigint_keeps_the_partial_result_and_deletes_the_live_gauges(pytester: p
     try:
         wait_for("the long load's live figures", live, timeout_s=90)
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=60)
+        process.communicate(timeout=120)
     finally:
         process.kill()
     report, test = _valid_report(pytester, "intr")
