@@ -18,7 +18,13 @@ import jsonschema
 import pytest
 from helpers import aifactory, default_sigint, run_pytest, wait_for
 
+from pytest_aifactory.core.profiles import load_profile
 from pytest_aifactory.export.report import load_schema
+from pytest_aifactory.jobs.backends import make_backend
+from pytest_aifactory.jobs.manager import ServiceManager
+from pytest_aifactory.jobs.registry import JobRegistry
+from pytest_aifactory.jobs.runner import EXIT_FILE
+from pytest_aifactory.services.spec import ServiceSpec
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -281,3 +287,22 @@ def test_sigint_keeps_the_partial_result_and_deletes_the_live_gauges(pytester: p
     assert test["results"][1]["metrics"]["completed"] > 0
     assert "aifactory_live_" not in httpx.get(gateway.url("/metrics"), timeout=5).text
     assert all(job["stopped"] for job in report["jobs"])
+
+
+@pytest.mark.slurm
+def test_a_slow_stopping_service_gets_its_stop_time_under_slurm(tmp_path: Path) -> None:
+    """Slurm's KillWait (5 s here) is shorter than this service's stop (8 s): it still stops cleanly, with a record."""
+    profile = load_profile("ci-slurm")
+    manager = ServiceManager(profile, make_backend(profile), JobRegistry(tmp_path / "run"), owner=None)
+    slow = ServiceSpec(
+        name="slow-stop",
+        command=("sh", "-c", 'trap "sleep 8; echo stopped-cleanly; exit 0" TERM; while true; do sleep 0.2; done'),
+        ports=(),
+        stop_timeout_s=20,
+    )
+    service = manager.launch(slow)
+    manager.stop(service)
+    exit_record = json.loads((service.folder / EXIT_FILE).read_text())
+    assert exit_record["exit_code"] == 0
+    assert exit_record["reason"] == "stopped by signal SIGTERM"
+    assert "stopped-cleanly" in (service.folder / "service.out").read_text()

@@ -271,6 +271,27 @@ class SlurmBackend(Backend):
         self.queue.command(["scancel", job_id])
         self.queue.watch(job_id)
 
+    def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
+        """Stop the job in the time its service asks for, then make sure it has left the queue.
+
+        A plain ``scancel`` SIGKILLs a job Slurm's KillWait after its SIGTERM (5 s here, 30 s on
+        many clusters), too soon for a service that needs longer (SeaweedFS: up to 30 s), which
+        then leaves no exit record. A running job whose service has started gets SIGTERM on its
+        steps first (``scancel --signal=TERM``, the batch shell spared) and the service's own
+        ``stop_timeout_s`` (from its endpoint file) to stop and record its exit.
+        """
+        endpoint = read_json(folder / ENDPOINT_FILE) or {}
+        grace = float(endpoint.get("stop_timeout_s", 0))
+        if grace > 0 and self.status(job_id, folder).state == "RUNNING":
+            with contextlib.suppress(JobError):  # the plain scancel below still stops it
+                self.queue.command(["scancel", "--signal=TERM", job_id])
+                self.queue.watch(job_id)
+                deadline = time.monotonic() + grace + 10
+                while self.status(job_id, folder).active and time.monotonic() < deadline:
+                    time.sleep(0.2)
+        status = self.status(job_id, folder)
+        return super().cancel(job_id, folder, timeout_s) if status.active else status
+
 
 BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "slurm": SlurmBackend}
 

@@ -289,6 +289,7 @@ def serve(plan: LaunchPlan) -> int:
                 "stdout": str(stdout_path),
                 "stderr": str(stderr_path),
                 "started_at": time.time(),
+                "stop_timeout_s": spec.stop_timeout_s,  # how long its stop may take (cancel waits that long)
             },
         )
         threads = (
