@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import json
 import os
 import pwd
@@ -173,9 +174,19 @@ def command_argv(plan: LaunchPlan, argv: Sequence[str], context: Mapping[str, An
     if plan.container is not None and plan.spec.image:
         binds = [render(bind, context) if context else bind for bind in plan.spec.binds]
         words = container_argv(plan.container, plan.spec.image, plan.spec.resources.gpus, words, binds)
+    elif words and words[0] in plan.spec.host_commands:
+        words = [_host_command(words[0], plan.spec.host_commands[words[0]]), *words[1:]]
     if plan.spec.run_as and os.geteuid() == 0:
         words = ["runuser", "-u", plan.spec.run_as, "--", *words]
     return words
+
+
+def _host_command(word: str, target: str) -> str:
+    """What ``word`` is on this node: ``target``, or its newest match if a glob (none: ``word`` itself)."""
+    if not any(char in target for char in "*?["):
+        return target
+    found = sorted(glob.glob(target))
+    return found[-1] if found else word
 
 
 def _die_with_parent() -> None:
@@ -258,6 +269,8 @@ def serve(plan: LaunchPlan) -> int:
         context = render_context(host, ports, str(workdir), sys.executable, node, spec.resources.gpus)
         for secret_file in spec.secret_files:  # the credentials a setup step wrote go with the job
             on_exit.callback(Path(render(secret_file, context)).unlink, missing_ok=True)
+        for path, text in spec.files.items():
+            Path(render(path, context)).write_text(text, encoding="utf-8")
         for bind in spec.binds:  # a bind's source must exist before the container starts
             Path(render(bind, context).split(":", 1)[0]).mkdir(parents=True, exist_ok=True)
         _run_setup(plan, context, env, out, err)

@@ -1,15 +1,13 @@
-"""The monitoring stack as services: Prometheus Pushgateway and Prometheus (Debian packages).
+"""The monitoring stack as services: Prometheus Pushgateway and Prometheus (images, or Debian packages).
 
-``python -m pytest_aifactory.services.observability write-config FILE TARGET [INTERVAL]``
-writes a Prometheus configuration that scrapes the Pushgateway at TARGET with
-``honor_labels: true`` (so the pushed ``job``, ``run_id`` and ``test`` labels are kept).
+Prometheus scrapes the Pushgateway with ``honor_labels: true`` (so the pushed ``job``,
+``run_id`` and ``test`` labels are kept); its configuration is written by the job, outside the
+image (which has no Python).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 import yaml
 
@@ -22,17 +20,18 @@ PUSHGATEWAY: dict[str, SettingValue] = {}
 
 
 def pushgateway(settings: Mapping[str, SettingValue]) -> ServiceSpec:
-    """``prometheus-pushgateway`` with its state persisted in the scratch folder."""
+    """The Pushgateway (Debian names it ``prometheus-pushgateway``), its state in the scratch folder."""
     return ServiceSpec(
         name="pushgateway",
         command=(
-            "prometheus-pushgateway",
+            "pushgateway",
             "--web.listen-address={host}:{ports.http}",
             "--persistence.file={workdir}/pushgateway.state",
         ),
         probe=HttpProbe(path="/-/ready"),
         readiness_timeout_s=30,
         image="docker://prom/pushgateway:v1.11.0",
+        host_commands={"pushgateway": "prometheus-pushgateway"},  # Debian's name
     )
 
 
@@ -51,19 +50,10 @@ def prometheus_config(target: str, interval: str) -> dict[str, object]:
 
 def prometheus(settings: Mapping[str, SettingValue]) -> ServiceSpec:
     """Prometheus scraping ``settings.pushgateway`` (host:port) every ``scrape_interval``."""
+    config = prometheus_config(str(settings["pushgateway"]), str(settings["scrape_interval"]))
     return ServiceSpec(
         name="prometheus",
-        setup=(
-            (
-                "{python}",
-                "-m",
-                "pytest_aifactory.services.observability",
-                "write-config",
-                "{workdir}/prometheus.yml",
-                str(settings["pushgateway"]),
-                str(settings["scrape_interval"]),
-            ),
-        ),
+        files={"{workdir}/prometheus.yml": yaml.safe_dump(config, sort_keys=False)},
         command=(
             "prometheus",
             "--config.file={workdir}/prometheus.yml",
@@ -74,10 +64,3 @@ def prometheus(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         readiness_timeout_s=30,
         image="docker://prom/prometheus:v2.53.3",
     )
-
-
-if __name__ == "__main__":
-    if len(sys.argv) not in (4, 5) or sys.argv[1] != "write-config":
-        sys.exit("usage: python -m pytest_aifactory.services.observability write-config FILE TARGET [INTERVAL]")
-    config = prometheus_config(sys.argv[3], sys.argv[4] if len(sys.argv) == 5 else "15s")
-    Path(sys.argv[2]).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

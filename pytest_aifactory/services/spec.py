@@ -91,6 +91,10 @@ class ServiceSpec:
     asks that ``port + offset`` be free too (SeaweedFS binds its gRPC ports there).
     ``binds`` (``SRC:DST``, placeholders allowed) are added to the container's binds; their
     sources are created in the job (an image's data folder mapped into the scratch folder).
+    With an ``image``, ``command`` and ``setup`` name only what is in the image or under a bind:
+    run without a container, their first word is looked up in ``host_commands`` (a glob: the
+    newest match on the job's node; none: the word itself, from PATH). ``files`` (path: text,
+    placeholders in the path) are written by the job before setup, outside any container.
     ``secret_files`` (placeholders allowed) hold credentials a setup step wrote: the job
     removes them when it ends.
     """
@@ -111,6 +115,8 @@ class ServiceSpec:
     port_range: tuple[int, int] = (0, 0)
     port_offset_free: int = 0
     binds: tuple[str, ...] = ()
+    host_commands: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
     secret_files: tuple[str, ...] = ()
 
     def with_overrides(self, **changes: Any) -> ServiceSpec:

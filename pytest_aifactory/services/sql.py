@@ -1,21 +1,20 @@
-"""PostgreSQL: a server started from the installed binaries, or an existing one (``dsn``).
+"""PostgreSQL: a server started in its image or from the installed binaries, or an existing one (``dsn``).
 
 Its probe is a real client call (``SELECT 1``), not an open port.
 """
 
 from __future__ import annotations
 
-import glob
-import shutil
 from collections.abc import Mapping
 
-from pytest_aifactory.core.errors import ServiceConfigError
 from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.services.spec import CallProbe, Resources, ServiceSpec
 
 __all__ = ["POSTGRES", "postgres"]
 
 # ``dsn``: use an existing server instead of starting one (or AIF_POSTGRES_DSN, for passwords).
+# ``bindir``: where initdb and postgres are when run without a container (default: Debian's
+# /usr/lib/postgresql/VERSION/bin, the newest on the job's node, else PATH); in the image, its own.
 POSTGRES: dict[str, SettingValue] = {
     "dsn": "",
     "bindir": "",
@@ -26,28 +25,15 @@ POSTGRES: dict[str, SettingValue] = {
 }
 
 
-def _pg_bindir(configured: str) -> str:
-    """Where ``initdb`` and ``postgres`` live (Debian keeps them off PATH)."""
-    if configured:
-        return configured
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
-    if found:
-        return found[-1].rsplit("/", 1)[0]
-    on_path = shutil.which("postgres")
-    if on_path:
-        return on_path.rsplit("/", 1)[0]
-    raise ServiceConfigError("service 'postgres': no PostgreSQL server found; install it or set settings.bindir")
-
-
 def postgres(settings: Mapping[str, SettingValue]) -> ServiceSpec:
     """``initdb`` into the job's scratch folder, then ``postgres`` on a free port (as an unprivileged user)."""
-    bindir = _pg_bindir(str(settings["bindir"]))
+    bindir = str(settings["bindir"]) or "/usr/lib/postgresql/*/bin"
     data = "{workdir}/pgdata"
     return ServiceSpec(
         name="postgres",
-        setup=((f"{bindir}/initdb", "-D", data, "--auth=trust", "--no-sync", "-U", "aif", "-E", "UTF8"),),
+        setup=(("initdb", "-D", data, "--auth=trust", "--no-sync", "-U", "aif", "-E", "UTF8"),),
         command=(
-            f"{bindir}/postgres",
+            "postgres",
             "-D",
             data,
             "-c",
@@ -68,6 +54,7 @@ def postgres(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         probe=CallProbe("pytest_aifactory.services.readiness:postgres_ready"),
         resources=Resources(cpus=2, mem_gb=4),
         image="docker://postgres:16",
+        host_commands={name: f"{bindir}/{name}" for name in ("initdb", "postgres")},
         readiness_timeout_s=60,
         stop_timeout_s=30,
         meta={"protocol": "postgresql", "user": "aif", "dbname": "postgres"},
