@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from helpers import aifactory, default_sigint, run_pytest, wait_for
+from helpers import aifactory, default_sigint, registry_entries, run_pytest, wait_for
 
 from pytest_aifactory.core.profiles import load_profile
 from pytest_aifactory.export.report import load_schema
@@ -306,3 +306,30 @@ def test_a_slow_stopping_service_gets_its_stop_time_under_slurm(tmp_path: Path) 
     assert exit_record["exit_code"] == 0
     assert exit_record["reason"] == "stopped by signal SIGTERM"
     assert "stopped-cleanly" in (service.folder / "service.out").read_text()
+
+
+@pytest.mark.slurm
+def test_the_pending_job_of_a_sigkilled_run_is_cancelled(pytester: pytest.Pytester) -> None:
+    """The owner watchdog cancels what a SIGKILLed run left in the queue, pending jobs included."""
+    profile = pytester.path / "p.yaml"
+    profile.write_text(_PROFILES["ci-slurm"] + "  additional:\n    begin: now+3600\n")  # pending for an hour
+    pytester.makepyfile("def test_x(http_service):\n    pass\n")
+    process = _start(pytester, "orphan", f"--aif-profile={profile}")
+    run_dir = pytester.path / "res" / "orphan"
+    try:
+        (entry,) = wait_for("the submit", lambda: [e for e in registry_entries(run_dir) if e["event"] == "submitted"])
+        process.kill()
+        process.communicate(timeout=30)
+    finally:
+        process.kill()
+
+    def queued() -> list[str]:
+        listing = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True)
+        return listing.stdout.split()
+
+    log = run_dir / "watchdog.log"
+    try:
+        wait_for("the watchdog's cancel", lambda: f"cancelled http: slurm job {entry['job_id']}" in log.read_text())
+    finally:
+        subprocess.run(["scancel", entry["job_id"]], check=False)
+    assert entry["job_id"] not in queued()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from pytest_aifactory.core.errors import AifError
 from pytest_aifactory.core.profiles import (
-    Profile,
     describe_search_path,
     find_profile,
     find_profiles,
@@ -24,9 +23,9 @@ from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
 from pytest_aifactory.export.compare import compare_reports, format_comparison, unmatched
 from pytest_aifactory.export.html import write_html
 from pytest_aifactory.export.report import read_report
-from pytest_aifactory.jobs.backends import BACKENDS, Backend, SlurmBackend
+from pytest_aifactory.jobs.backends import BACKENDS, SlurmBackend
 from pytest_aifactory.jobs.registry import JobRegistry
-from pytest_aifactory.jobs.run import cleanup_run
+from pytest_aifactory.jobs.run import cleanup_run, every_backend
 from pytest_aifactory.jobs.runner import LaunchPlan, command_argv
 from pytest_aifactory.services.catalog import build_spec
 
@@ -39,11 +38,7 @@ def _cleanup(args: argparse.Namespace) -> int:
     if not registry.path.exists():
         print(f"aifactory cleanup: no job registry at {registry.path}", file=sys.stderr)
         return 2
-    backends: dict[str, Backend] = {
-        name: cls(Profile(name=f"cleanup-{name}", executor=name))  # type: ignore[arg-type]
-        for name, cls in BACKENDS.items()
-    }
-    done, errors = cleanup_run(registry, backends)
+    done, errors = cleanup_run(registry, every_backend())
     for line in done:
         print(line)
     for line in errors:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_aifactory.core.profiles import Profile
-from pytest_aifactory.jobs.backends import Backend, make_backend
+from pytest_aifactory.jobs.backends import BACKENDS, Backend, make_backend
 from pytest_aifactory.jobs.manager import ServiceManager
 from pytest_aifactory.jobs.registry import JobRecord, JobRegistry
 from pytest_aifactory.jobs.runner import Owner
@@ -56,6 +56,11 @@ class RunContext:
         owner = Owner(socket.gethostname(), owner_pid or os.getpid())
         manager = ServiceManager(profile=profile, backend=backend, registry=registry, owner=owner, keep=keep)
         return cls(run_id, run_dir, profile, backend, registry, manager)
+
+
+def every_backend() -> dict[str, Backend]:
+    """One backend of each kind: cleanup knows a job by its backend, id and folder, no profile needed."""
+    return {name: cls(Profile(name=f"cleanup-{name}", executor=name)) for name, cls in BACKENDS.items()}  # type: ignore[arg-type]
 
 
 def cleanup_run(registry: JobRegistry, backends: dict[str, Backend]) -> tuple[list[str], list[str]]:

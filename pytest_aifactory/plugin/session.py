@@ -14,6 +14,7 @@ import atexit
 import os
 import secrets
 import signal
+import subprocess
 import threading
 from types import FrameType
 from typing import Any
@@ -25,6 +26,7 @@ from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.core.profiles import Profile, load_profile
 from pytest_aifactory.jobs.backends import check_partitions
 from pytest_aifactory.jobs.run import RunContext, cancel_run_jobs, new_run_id
+from pytest_aifactory.jobs.watchdog import start_watchdog
 from pytest_aifactory.plugin.histories import Histories
 from pytest_aifactory.plugin.options import check_settings, project_root, results_dir, setting
 from pytest_aifactory.plugin.recording import Recorder
@@ -69,6 +71,7 @@ class RunSession:
         self._run: RunContext | None = None
         self.recorder: Recorder | None = None
         self.histories: Histories | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None
 
     @property
     def active(self) -> bool:
@@ -112,6 +115,8 @@ class RunSession:
             # SIGTERM (a CI timeout, scancel of a batch run) takes the Ctrl-C path: teardown runs.
             signal.signal(signal.SIGTERM, _raise_interrupt)
         atexit.register(self.cancel_leftovers)
+        if not run.services.keep:  # pending jobs of a SIGKILLed run are cancelled too
+            self.watchdog = start_watchdog(run.run_dir, self.owner_pid)
 
     def regressions(self, item: pytest.Item, results: list[LoadResult]) -> list[str]:
         """What got worse against ``--aif-baseline`` (nothing before the run started)."""
