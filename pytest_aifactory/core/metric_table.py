@@ -21,6 +21,8 @@ __all__ = [
     "QUANTILES",
     "RAG_STAGES",
     "RESULT_GAUGE",
+    "SERVER_LATENCIES",
+    "SERVER_STATS",
     "STATS",
     "TABLE",
     "TURN_METRICS",
@@ -181,6 +183,19 @@ LATENCIES = (
     *(Latency(stage, f"RAG stage: {text}", _LLM) for stage, text in RAG_STAGES.items()),
 )
 
+# The server's own latency histograms (its /metrics: vLLM), as ``server_{stat}_{stem}_ms``.
+SERVER_LATENCIES = {
+    "ttft": "time to first token",
+    "queue": "time waiting in its queue",
+    "prefill": "prefill time",
+    "decode": "decode time",
+    "itl": "inter-token latency",
+    "e2e": "end-to-end request latency",
+}
+SERVER_STATS = ("mean", "p50", "p90", "p99")
+_SERVER_HEADINGS = {"server_p99_ttft_ms": "srv ttft p99", "server_mean_queue_ms": "srv queue"}
+_SERVER = "the server's own count (its /metrics), warm-up included"
+
 TABLE: tuple[Metric, ...] = (
     Metric("requests", "", "higher", "measured requests (warm-up excluded)", heading="req", column=True,
            fmt="{:.0f}", extra_info=True, gauge="aifactory_requests_total", labels=()),
@@ -216,6 +231,23 @@ TABLE: tuple[Metric, ...] = (
     Metric("inputs_s", "inputs/s", "higher", "embedding inputs per second", _LLM),
     Metric("input_tok_s", "tok/s", "higher", "embedding input tokens per second (server usage)", _LLM),
     Metric("mean_output_tokens", "tok", "higher", "mean output tokens per request", _LLM),
+    *(
+        Metric(f"server_{stat}_{stem}_ms", "ms", "lower", f"server-side {stat} of the {text} (its /metrics histogram)",
+               _LLM, heading=_SERVER_HEADINGS.get(f"server_{stat}_{stem}_ms", ""),
+               compare=f"server_{stat}_{stem}_ms" in _SERVER_HEADINGS,
+               extra_info=f"server_{stat}_{stem}_ms" in _SERVER_HEADINGS)
+        for stem, text in SERVER_LATENCIES.items() for stat in SERVER_STATS
+    ),
+    Metric("ttft_client_overhead_ms", "ms", "lower", "mean client TTFT minus mean server TTFT: network, HTTP, client",
+           _LLM, extra_info=True),
+    Metric("server_requests", "", "higher", f"requests the server finished: {_SERVER}", _LLM),
+    Metric("server_preemptions", "", "lower", f"requests the server preempted: {_SERVER}", _LLM),
+    Metric("prefix_cache_hit_rate", "", "higher", "prefix-cache hits / queries (tokens) during the point", _LLM,
+           heading="prefix hit", fmt="{:.1%}", extra_info=True),
+    Metric("kv_cache_usage", "", "lower", "peak KV-cache usage (fraction of its blocks) during the point", _LLM,
+           fmt="{:.1%}", extra_info=True),
+    Metric("server_max_running", "", "higher", "most requests the server ran at once (sampled)", _LLM),
+    Metric("server_max_waiting", "", "lower", "most requests waiting in the server's queue (sampled)", _LLM),
     Metric("recall_at_1", "", "higher", "mean recall@1 over the queries", _VECTOR),
     Metric("recall_at_10", "", "higher", "mean recall@10 over the queries", _VECTOR, heading="recall@10",
            fmt="{:.3f}", compare=True, extra_info=True, dashboard=True),

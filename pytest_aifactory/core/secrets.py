@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = ["RUN_SECRET_VARIABLES", "Redactor", "is_secret_name", "redact_url"]
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS|CREDENTIAL", re.IGNORECASE)
-RUN_SECRET_VARIABLES = ("AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY")  # generated for each run
+RUN_SECRET_VARIABLES = ("AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY", "AIF_VLLM_API_KEY")  # generated for each run
 MIN_SECRET_LENGTH = 6
 MASK = "***"
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^@\s/]+@")

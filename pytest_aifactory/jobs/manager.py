@@ -103,6 +103,7 @@ class ServiceManager:
             env=tuple(self.profile.env.items()),
             owner=None if self.keep else self.owner,
             telemetry=self.telemetry,
+            cache_dir=(Path(self.profile.job_dir) if self.profile.job_dir else self.run_dir.parent) / "cache",
         )
         with self.registry.submitting(self.backend.name, spec.name, folder) as note:
             record = note(self.backend.submit(plan))

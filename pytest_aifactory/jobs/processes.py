@@ -12,7 +12,7 @@ import os
 import signal
 from pathlib import Path
 
-__all__ = ["pid_alive", "process_start", "process_tree", "same_process", "signal_process"]
+__all__ = ["group_members", "pid_alive", "process_start", "process_tree", "same_process", "signal_process"]
 
 
 def pid_alive(pid: int) -> bool:
@@ -23,6 +23,19 @@ def pid_alive(pid: int) -> bool:
         return False
     state = next((line for line in status.splitlines() if line.startswith("State:")), "")
     return "Z" not in state.split()[1:2]
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and fields[0] != "Z":  # fields 3 (state) and 5 (pgrp) of /proc/PID/stat
+            members.append(int(stat.parent.name))
+    return members
 
 
 def process_start(pid: int) -> int | None:

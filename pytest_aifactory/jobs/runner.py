@@ -32,7 +32,7 @@ from pytest_aifactory.core.errors import JobError
 from pytest_aifactory.core.profiles import ContainerSettings
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.jobs.listening import LISTENING_FILE, listening
-from pytest_aifactory.jobs.processes import pid_alive, process_start
+from pytest_aifactory.jobs.processes import group_members, pid_alive, process_start
 from pytest_aifactory.jobs.sealed import unseal
 from pytest_aifactory.jobs.telemetry import MONITOR_FILE, Telemetry, TelemetryThreads
 from pytest_aifactory.services.spec import ServiceSpec, render, render_context
@@ -80,6 +80,7 @@ class LaunchPlan:
     env: tuple[tuple[str, str], ...] = ()
     owner: Owner | None = None
     telemetry: Telemetry | None = None
+    cache_dir: Path | None = None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -189,10 +190,31 @@ def _host_command(word: str, target: str) -> str:
     return found[-1] if found else word
 
 
+def _executable(argv: Sequence[str]) -> str:
+    """The program a command runs: after ``env VAR=value ...``, the first word that is no assignment."""
+    if argv[0] != "env":
+        return argv[0]
+    return next((word for word in argv[1:] if "=" not in word), argv[0])
+
+
 def _die_with_parent() -> None:
     """In the service process: get SIGTERM when the job process dies (Linux prctl)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def _node_tmp(prefix: str, run_as: str | None) -> Iterator[Path]:
+    """A private folder in the node's tmp (owned by ``run_as`` when root starts the job), removed at the end."""
+    base = os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    if run_as and os.geteuid() == 0:
+        user = pwd.getpwnam(run_as)
+        os.chown(path, user.pw_uid, user.pw_gid)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -203,14 +225,21 @@ def _workdir(plan: LaunchPlan) -> Iterator[Path]:
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
-    base = os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()
-    path = Path(tempfile.mkdtemp(prefix=f"aif-{plan.spec.name}-", dir=base))
-    user = pwd.getpwnam(plan.spec.run_as)
-    os.chown(path, user.pw_uid, user.pw_gid)
-    try:
+    with _node_tmp(f"aif-{plan.spec.name}-", plan.spec.run_as) as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+
+
+def _wait_group(child: subprocess.Popen[bytes], deadline: float) -> None:
+    """Wait until the service and every process of its group are gone, or the deadline passed.
+
+    A server's helpers may outlive its main process by a moment (vLLM's engine core and
+    its resource tracker, which removes its ``/dev/shm`` segments): the SIGKILL that follows
+    must not catch them half-way.
+    """
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(max(deadline - time.monotonic(), 0))
+    while group_members(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class _StopRequest:
@@ -262,11 +291,14 @@ def serve(plan: LaunchPlan) -> int:
     stdout_path, stderr_path = plan.folder / STDOUT_FILE, plan.folder / STDERR_FILE
     with (
         _workdir(plan) as workdir,
+        _node_tmp("aif-", plan.spec.run_as) as tmp,  # {tmp}: short, for Unix sockets
         stdout_path.open("a") as out,
         stderr_path.open("a") as err,
         contextlib.ExitStack() as on_exit,
     ):
-        context = render_context(host, ports, str(workdir), sys.executable, node, spec.resources.gpus)
+        cache = str(plan.cache_dir or "")
+        gpus = spec.resources.gpus
+        context = render_context(host, ports, str(workdir), sys.executable, node, gpus, cache, str(tmp))
         for secret_file in spec.secret_files:  # the credentials a setup step wrote go with the job
             on_exit.callback(Path(render(secret_file, context)).unlink, missing_ok=True)
         for path, text in spec.files.items():
@@ -275,10 +307,11 @@ def serve(plan: LaunchPlan) -> int:
             Path(render(bind, context).split(":", 1)[0]).mkdir(parents=True, exist_ok=True)
         _run_setup(plan, context, env, out, err)
         argv = command_argv(plan, spec.command, context)
-        if shutil.which(argv[0], path=env["PATH"]) is None:
+        executable = _executable(argv)
+        if shutil.which(executable, path=env["PATH"]) is None:
             provider = spec.meta.get("provided_by")
             hint = f"; it is provided by {provider}" if provider else ""
-            raise JobError(f"service {spec.name!r}: executable {argv[0]!r} not found on PATH ({env['PATH']}){hint}")
+            raise JobError(f"service {spec.name!r}: executable {executable!r} not found on PATH ({env['PATH']}){hint}")
         out.write(f"[aifactory] start: {' '.join(argv)}\n")
         out.flush()
         child = subprocess.Popen(
@@ -336,8 +369,7 @@ def serve(plan: LaunchPlan) -> int:
                 continue
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(spec.stop_timeout_s)
+            _wait_group(child, time.monotonic() + spec.stop_timeout_s)
             break
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)  # whatever the service left in its group

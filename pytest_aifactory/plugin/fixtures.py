@@ -65,6 +65,15 @@ class ServiceFactory:
             self.requester.stash.setdefault(_REQUESTED_KEY, []).append(running)
         return running
 
+    def stop(self, service: RunningService) -> None:
+        """Stop a private service now (a test of a restart or of a clean stop); it is no longer checked."""
+        if self._shared:
+            raise ValueError("a shared service stops with the run; start a private one with aif_service")
+        self._run.services.stop(service)
+        self.services.remove(service)
+        if self.requester is not None and service in self.requester.stash.get(_REQUESTED_KEY, []):
+            self.requester.stash[_REQUESTED_KEY].remove(service)
+
     def close(self) -> None:
         """Stop the private services this factory started."""
         if self._shared:

@@ -128,6 +128,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("pushgateway-delete", None, "Delete the run's groups from the Pushgateway at the end", default=False),
     Option("loki", "URL", "Ship the run's events and the services' logs to this Grafana Loki", _url("--aif-loki")),
+    Option("llm", "SERVICE", "Server of the llm_service fixture: llamacpp, vllm... (default: the profile's llm)"),
     Option("baseline", "REPORT|RUN_ID", "Fail tests whose results regressed against this earlier run's report"),
     Option(
         "regression-margin",

@@ -11,6 +11,7 @@ report of such a test arrives from a worker.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import secrets
 import signal
@@ -24,6 +25,7 @@ import pytest
 from pytest_aifactory.core.errors import AifError
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.core.profiles import Profile, load_profile
+from pytest_aifactory.core.secrets import RUN_SECRET_VARIABLES
 from pytest_aifactory.jobs.backends import check_partitions
 from pytest_aifactory.jobs.run import RunContext, cancel_run_jobs, new_run_id
 from pytest_aifactory.jobs.watchdog import start_watchdog
@@ -35,7 +37,6 @@ from pytest_aifactory.services.catalog import check_profile
 __all__ = ["SESSION_KEY", "USED_ATTRIBUTE", "RunSession"]
 
 SESSION_KEY = pytest.StashKey["RunSession"]()
-S3_KEY_VARIABLES = ("AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY")
 USED_ATTRIBUTE = "aifactory_used"  # set on the reports of tests that use the plugin (read by the xdist controller)
 
 
@@ -44,13 +45,23 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def load_profile_setting(config: pytest.Config) -> Profile:
-    """The profile ``--aif-profile`` (or ini ``aif_profile``) names; a usage error naming the flag if bad."""
+    """The profile ``--aif-profile`` (or ini ``aif_profile``) names; a usage error naming the flag if bad.
+
+    ``--aif-llm`` replaces the profile's ``llm`` (the ``llm_service`` fixture's server).
+    """
     try:
         profile = load_profile(str(setting(config, "aif_profile")), project_root=project_root(config))
         check_profile(profile)
         check_partitions(profile)
     except AifError as exc:
         raise pytest.UsageError(f"--aif-profile: {exc}") from None
+    llm = setting(config, "aif_llm")
+    if llm:
+        profile = dataclasses.replace(profile, llm=str(llm))
+        try:
+            check_profile(profile)
+        except AifError as exc:
+            raise pytest.UsageError(f"--aif-llm: {exc}") from None
     return profile
 
 
@@ -63,9 +74,11 @@ class RunSession:
         handed: dict[str, Any] = getattr(config, "workerinput", {})  # what the xdist controller passed
         self.run_id = str(handed.get("aif_run_id") or setting(config, "aif_run_id") or new_run_id())
         self.owner_pid = int(handed.get("aif_owner_pid") or os.getpid())
-        # The run's local S3 credentials: chosen now, put into the environment only when the run starts
-        # (workers get the controller's, as they may start before the controller's run does).
-        self.s3_keys: dict[str, str] = handed.get("aif_s3_keys") or {v: secrets.token_hex(16) for v in S3_KEY_VARIABLES}
+        # The run's local S3 credentials and vLLM API key: chosen now, put into the environment (unless
+        # set) only when the run starts (workers get the controller's, as they may start before it does).
+        self.s3_keys: dict[str, str] = handed.get("aif_s3_keys") or {
+            v: secrets.token_hex(16) for v in RUN_SECRET_VARIABLES
+        }
         self.errors: list[str] = []
         self._profile: Profile | None = None
         self._run: RunContext | None = None

