@@ -7,7 +7,7 @@ import math
 import pytest
 
 from pytest_aifactory.core.metric_table import METRICS
-from pytest_aifactory.workloads.server_metrics import Histogram, Snapshot, ttft_overhead, vllm_figures
+from pytest_aifactory.workloads.server_metrics import Histogram, Snapshot, triton_figures, ttft_overhead, vllm_figures
 
 
 def _vllm_text(requests: int, ttft: tuple[int, int, int], hits: int, queries: int, running: int, kv: float) -> str:
@@ -71,3 +71,26 @@ def test_histogram_quantile_and_share() -> None:
 def test_client_overhead() -> None:
     assert ttft_overhead({"mean_ttft_ms": 12.0}, {"server_mean_ttft_ms": 9.5}) == {"ttft_client_overhead_ms": 2.5}
     assert ttft_overhead({"mean_ttft_ms": 12.0}, {}) == {}
+
+
+def _triton_text(success: int, queue_us: int, request_us: int) -> str:
+    """Triton's counters (per model and version; a point's traffic goes to one of them)."""
+    return f"""# HELP nv_inference_request_success Number of successful inference requests, all batch sizes
+# TYPE nv_inference_request_success counter
+nv_inference_request_success{{model="mlp",version="1"}} {success}
+nv_inference_request_success{{model="tiny_generate",version="1"}} 3
+# TYPE nv_inference_request_failure counter
+nv_inference_request_failure{{model="mlp",version="1"}} 0
+# TYPE nv_inference_queue_duration_us counter
+nv_inference_queue_duration_us{{model="mlp",version="1"}} {queue_us}
+# TYPE nv_inference_request_duration_us counter
+nv_inference_request_duration_us{{model="mlp",version="1"}} {request_us}
+"""
+
+
+def test_triton_figures_from_its_counters() -> None:
+    start = Snapshot.parse(_triton_text(10, 1000, 50_000), 0.0)
+    end = Snapshot.parse(_triton_text(110, 51_000, 1_050_000), 1.0)
+    figures = triton_figures(start, end, [start, end])
+    assert figures == {"server_requests": 100, "server_mean_queue_ms": 0.5, "server_mean_e2e_ms": 10.0}
+    assert triton_figures(start, Snapshot.parse("", 1.0), []) == {}  # no counters: nothing

@@ -16,9 +16,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from pytest_aifactory.jobs.processes import group_members
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, read_json
 from pytest_aifactory.services.vllm import DEFAULT_PYTHON
+
+pytestmark = pytest.mark.timeout(900)  # a start on a busy 2-core machine can take minutes
 
 
 def _rss_mib(pids: list[int]) -> float:

@@ -115,6 +115,8 @@ def triton(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             "infer_model": "mlp",
             "generate_model": "tiny_generate",
             "dim": str(settings["dim"]),
+            "metrics": "triton",
+            "metrics_port": "metrics",
         },
     )
 

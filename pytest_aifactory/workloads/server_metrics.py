@@ -11,7 +11,8 @@ vLLM's families give server-side TTFT, queue, prefill, decode, inter-token and e
 latency (histograms: percentiles interpolated inside buckets as Prometheus'
 ``histogram_quantile`` does, so they are as coarse as the buckets), requests running and
 waiting, KV-cache usage, prefix-cache hit rate and preemptions. A figure the server did not
-expose, or that has no samples, is left out (not available), never 0.
+expose, or that has no samples, is left out (not available), never 0. Triton's counters
+give its requests and mean queue and request time.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest_aifactory.core.metric_table import PERCENTILES, SERVER_STATS
 from pytest_aifactory.services.spec import RunningService
 
-__all__ = ["VLLM_HISTOGRAMS", "Histogram", "ServerScraper", "Snapshot", "scraper_for", "ttft_overhead", "vllm_figures"]
+__all__ = [
+    "VLLM_HISTOGRAMS",
+    "Histogram",
+    "ServerScraper",
+    "Snapshot",
+    "scraper_for",
+    "triton_figures",
+    "ttft_overhead",
+    "vllm_figures",
+]
 
 
 @dataclass(frozen=True)
@@ -104,10 +114,15 @@ class Snapshot:
         return cls(at, values, histograms)
 
     def increase(self, earlier: Snapshot, name: str) -> float | None:
-        """How much counter ``name`` grew since ``earlier`` (None: not exposed)."""
-        if name not in self.values:
+        """How much counter ``name`` grew since ``earlier`` (None: not exposed).
+
+        The parser names a counter's samples ``NAME_total`` even where the server wrote
+        ``NAME`` (Triton's): either spelling finds it.
+        """
+        key = name if name in self.values else f"{name}_total"
+        if key not in self.values:
             return None
-        return self.values[name] - earlier.values.get(name, 0.0)
+        return self.values[key] - earlier.values.get(key, 0.0)
 
     def histogram(self, earlier: Snapshot, name: str) -> Histogram | None:
         """Histogram ``name``'s observations since ``earlier`` (None: not exposed)."""
@@ -208,7 +223,26 @@ def vllm_figures(start: Snapshot, end: Snapshot, samples: list[Snapshot]) -> dic
     return figures
 
 
-FIGURES: dict[str, Callable[[Snapshot, Snapshot, list[Snapshot]], dict[str, float]]] = {"vllm": vllm_figures}
+def triton_figures(start: Snapshot, end: Snapshot, samples: list[Snapshot]) -> dict[str, float]:
+    """The point as Triton saw it: requests, mean queue and request time (its counters, in µs)."""
+    figures: dict[str, float] = {}
+    succeeded = end.increase(start, "nv_inference_request_success")
+    if succeeded is None:
+        return figures
+    figures["server_requests"] = succeeded
+    requests = succeeded + (end.increase(start, "nv_inference_request_failure") or 0.0)
+    durations = {"queue": "nv_inference_queue_duration_us", "e2e": "nv_inference_request_duration_us"}
+    for stem, family in durations.items():
+        spent = end.increase(start, family)
+        if spent is not None and requests:
+            figures[f"server_mean_{stem}_ms"] = spent / requests / 1000
+    return figures
+
+
+FIGURES: dict[str, Callable[[Snapshot, Snapshot, list[Snapshot]], dict[str, float]]] = {
+    "vllm": vllm_figures,
+    "triton": triton_figures,
+}
 
 
 def scraper_for(service: RunningService | str) -> ServerScraper | None:
@@ -218,7 +252,8 @@ def scraper_for(service: RunningService | str) -> ServerScraper | None:
     kind = service.spec.meta.get("metrics", "")
     if kind not in FIGURES:
         return None
-    return ServerScraper(service.url(service.spec.meta.get("metrics_path", "/metrics")), FIGURES[kind])
+    url = service.url(service.spec.meta.get("metrics_path", "/metrics"), port=service.spec.meta.get("metrics_port"))
+    return ServerScraper(url, FIGURES[kind])
 
 
 def ttft_overhead(client: Mapping[str, float], server: Mapping[str, float]) -> dict[str, float]:
