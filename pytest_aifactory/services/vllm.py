@@ -108,7 +108,7 @@ def vllm(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         probe=HttpProbe(path="/health"),
         resources=Resources(cpus=2, mem_gb=4),
         image="docker://vllm/vllm-openai:v0.8.5",
-        readiness_timeout_s=300,
+        readiness_timeout_s=900,  # 25-45 s on 2 idle cores; minutes when they are shared
         meta={
             "protocol": "openai",
             "model": name,
