@@ -23,7 +23,7 @@ from pytest_aifactory.export.report import load_schema
 from pytest_aifactory.jobs.backends import make_backend
 from pytest_aifactory.jobs.manager import ServiceManager
 from pytest_aifactory.jobs.registry import JobRegistry
-from pytest_aifactory.jobs.runner import EXIT_FILE
+from pytest_aifactory.jobs.runner import EXIT_FILE, LaunchPlan
 from pytest_aifactory.services.spec import ServiceSpec
 
 pytestmark = pytest.mark.timeout(240)
@@ -333,3 +333,21 @@ def test_the_pending_job_of_a_sigkilled_run_is_cancelled(pytester: pytest.Pytest
     finally:
         subprocess.run(["scancel", entry["job_id"]], check=False)
     assert entry["job_id"] not in queued()
+
+
+@pytest.mark.slurm
+def test_cleanup_leaves_alone_a_slurm_job_that_is_not_the_recorded_one(tmp_path: Path) -> None:
+    """A stale registry names a job id that the queue now gives to another job: it is skipped, not cancelled."""
+    backend = make_backend(load_profile("ci-slurm"))
+    other = tmp_path / "other-job"
+    job_id = backend.submit(LaunchPlan(ServiceSpec(name="other", command=("sleep", "120"), ports=()), other))
+    run_dir = tmp_path / "stale"
+    try:
+        with JobRegistry(run_dir).submitting("slurm", "http", run_dir / "jobs" / "http-1") as note:
+            note(job_id)
+        done = aifactory("cleanup", "stale", "--results-dir", str(tmp_path))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"skipped http: slurm job {job_id}: slurm job {job_id} is now another job")
+        assert backend.status(job_id, other).active
+    finally:
+        backend.cancel(job_id, other)

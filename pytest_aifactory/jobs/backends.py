@@ -271,6 +271,16 @@ class SlurmBackend(Backend):
         self.queue.command(["scancel", job_id])
         self.queue.watch(job_id)
 
+    def _stranger(self, job_id: str, folder: Path) -> str:
+        """Why the queued job ``job_id`` is not the one submitted from ``folder`` ('' when it is, or is gone)."""
+        try:
+            script = self.queue.command(["squeue", "-h", "-j", job_id, "-o", "%o"]).strip()
+        except JobError:  # no longer known to the controller: nothing to signal
+            return ""
+        if not script or script == "(null)" or Path(script).parent.resolve() == folder.resolve():
+            return ""
+        return f"slurm job {job_id} is now another job (its script {script} is not in {folder}): not cancelled"
+
     def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
         """Stop the job in the time its service asks for, then make sure it has left the queue.
 
@@ -279,7 +289,13 @@ class SlurmBackend(Backend):
         then leaves no exit record. A running job whose service has started gets SIGTERM on its
         steps first (``scancel --signal=TERM``, the batch shell spared) and the service's own
         ``stop_timeout_s`` (from its endpoint file) to stop and record its exit.
+
+        A job id the queue now gives to another job (its script is not in ``folder``: a stale
+        registry, a cluster whose ids started over) is left alone and said to be skipped.
         """
+        stranger = self._stranger(job_id, folder)
+        if stranger:
+            return JobStatus("SKIPPED", active=False, skipped=stranger)
         endpoint = read_json(folder / ENDPOINT_FILE) or {}
         grace = float(endpoint.get("stop_timeout_s", 0))
         if grace > 0 and self.status(job_id, folder).state == "RUNNING":
