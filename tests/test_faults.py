@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import httpx
 import jsonschema
 import pytest
 from helpers import aifactory, default_sigint, registry_entries, run_pytest, wait_for
+from loki_receiver import LokiReceiver
 
 from pytest_aifactory.core.profiles import load_profile
 from pytest_aifactory.export.report import load_schema
@@ -79,10 +81,19 @@ def test_leaky(aif_service):
 """
 
 
-def test_secrets_stay_out_of_the_terminal_job_folders_and_report(pytester: pytest.Pytester, profile: Path) -> None:
+@pytest.fixture
+def loki() -> Iterator[LokiReceiver]:
+    receiver = LokiReceiver()
+    yield receiver
+    receiver.close()
+
+
+def test_secrets_stay_out_of_the_terminal_job_folders_loki_and_report(
+    pytester: pytest.Pytester, profile: Path, loki: LokiReceiver
+) -> None:
     """A failing service prints its secrets: its log tail is shown masked, and no file of ours holds one."""
     pytester.makepyfile(LEAKY_SERVICE)
-    done = _run(pytester, profile, "leaky")
+    done = _run(pytester, profile, "leaky", f"--aif-loki={loki.url}")
     assert done.returncode == 1, done.stdout[-3000:]
     s3_secret = (pytester.path / "s3-secret.txt").read_text()
     secrets = [PROFILE_SECRET, ENV_SECRET, URL_SECRET, SERVICE_SECRET, s3_secret]
@@ -96,6 +107,9 @@ def test_secrets_stay_out_of_the_terminal_job_folders_and_report(pytester: pytes
     ours = [p for p in run_dir.rglob("*") if p.is_file() and p.name not in ("service.err", "service.out")]
     leaks = [(p.name, s) for p in ours for s in secrets if s.encode() in p.read_bytes()]
     assert leaks == []
+    assert loki.errors == []
+    assert "key=*** tok=*** s3=*** svc=***" in [line["line"] for line in loki.lines]  # from the job's forwarder
+    assert [s for s in secrets if s in json.dumps(loki.lines)] == []
 
 
 DYING_SERVICE = """
