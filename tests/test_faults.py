@@ -10,7 +10,9 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,16 @@ import pytest
 from helpers import aifactory, default_sigint, registry_entries, run_pytest, wait_for
 from loki_receiver import LokiReceiver
 
+from pytest_aifactory.core.errors import LoadStoppedError
 from pytest_aifactory.core.profiles import load_profile
 from pytest_aifactory.export.report import load_schema
 from pytest_aifactory.jobs.backends import make_backend
 from pytest_aifactory.jobs.manager import ServiceManager
 from pytest_aifactory.jobs.registry import JobRegistry
 from pytest_aifactory.jobs.runner import EXIT_FILE, LaunchPlan
+from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.services.spec import ServiceSpec
+from pytest_aifactory.workloads.runner import LoadRunner
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -365,3 +370,23 @@ def test_cleanup_leaves_alone_a_slurm_job_that_is_not_the_recorded_one(tmp_path:
         assert backend.status(job_id, other).active
     finally:
         backend.cancel(job_id, other)
+
+
+def test_a_stop_signal_ends_a_load_spread_over_worker_processes(synthetic_llm_service: Any) -> None:
+    """The stop event reaches worker processes too: a 60 s load ends soon after it is set, its records kept."""
+    stop, stopped_at = threading.Event(), []
+
+    def progress(label: str) -> Callable[[Progress], None]:
+        def update(snapshot: Progress) -> None:
+            if snapshot.done >= 10 and not stop.is_set():  # the fault: the service is known dead now
+                stopped_at.append(time.monotonic())
+                stop.set()
+
+        return update
+
+    runner = LoadRunner(stop=stop, progress=progress)
+    with pytest.raises(LoadStoppedError):
+        runner.openai(synthetic_llm_service, rate=20, duration_s=60, prompts="synthetic:in=4,out=8", workers=2)
+    assert time.monotonic() - stopped_at[0] < 5
+    (result,) = runner.results
+    assert result.metrics()["completed"] > 0
