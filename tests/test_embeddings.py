@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pytest_aifactory.core.records import RequestRecord
-from pytest_aifactory.workloads.embeddings import DOCS, EmbeddingsClient, documents
+from pytest_aifactory.workloads.embeddings import DOCS, EmbeddingsClient, corpus_vectors, documents
 from pytest_aifactory.workloads.runner import LoadRunner
+from pytest_aifactory.workloads.vectors.datasets import VectorDataset
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -68,3 +70,20 @@ def test_a_bad_request_is_a_failed_request(embedding_service) -> None:  # type: 
     record = asyncio.run(send())
     assert record.status == 400
     assert "non-empty list" in str(record.error)
+
+
+def test_corpus_vectors_feed_a_vector_dataset(embedding_service, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = corpus_vectors(embedding_service, tmp_path)
+    stamp = path.stat().st_mtime_ns
+    assert corpus_vectors(embedding_service, tmp_path) == path
+    assert path.stat().st_mtime_ns == stamp  # cached, not embedded again
+    rows = np.load(path)
+    assert rows.shape == (431, 384)
+    dataset = VectorDataset("embedded", count=331, dim=384, queries=100, source=str(path))
+    assert np.array_equal(dataset.base(), rows[:331])
+    assert np.array_equal(dataset.query_vectors(), rows[331:])
+    assert dataset.describe()["source"] == str(path)
+    with pytest.raises(ValueError, match=r"count \+ queries = 500 rows of dim 384 in source=.*found \(431, 384\)"):
+        VectorDataset("embedded", count=400, dim=384, queries=100, source=str(path))
+    with pytest.raises(ValueError, match="found no such file"):
+        VectorDataset("embedded", count=10, dim=384, queries=1, source=str(tmp_path / "none.npy"))

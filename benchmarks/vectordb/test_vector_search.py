@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_aifactory.workloads.embeddings import corpus_vectors
 from pytest_aifactory.workloads.vectors.datasets import DATASETS, VectorDataset
 from pytest_aifactory.workloads.vectors.stores.faiss import GPU_FILTER_UNSUPPORTED
 
@@ -80,4 +81,21 @@ def test_search_real_data(aif_vector_store, aif_load, aif_run, store_name):
         concurrency=2,
         count=200,
         cache_dir=aif_run.run_dir.parent / "cache",
+    )
+
+
+@pytest.mark.parametrize("store_name", STORES)
+@pytest.mark.slo("error_rate == 0", "recall_at_10 >= {vec_min_recall}")
+def test_search_real_embeddings(aif_vector_store, aif_load, aif_run, embedding_service, store_name):
+    """Real embeddings (all-MiniLM-L6-v2, 384 wide) of a real text corpus: 331 documents, 100 as queries."""
+    cache = aif_run.run_dir.parent / "cache"
+    aif_load.vector_search(
+        aif_vector_store(store_name),
+        VectorDataset(
+            "embedded", count=331, dim=384, queries=100, source=str(corpus_vectors(embedding_service, cache))
+        ),
+        k=10,
+        concurrency=2,
+        count=200,
+        cache_dir=cache,
     )

@@ -12,18 +12,32 @@ documents; it feeds the batches here, the vector suites' real embeddings and the
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.engine import Clock
+from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.sse import PooledClient
 
-__all__ = ["DOCS", "Document", "EmbeddingBatches", "EmbeddingsClient", "documents"]
+__all__ = [
+    "DOCS",
+    "Document",
+    "EmbeddingBatches",
+    "EmbeddingsClient",
+    "corpus_vectors",
+    "documents",
+    "embed_texts",
+    "embeddings_client",
+]
 
 DOCS = Path(__file__).with_name("data") / "stdlib-docs.jsonl"
 
@@ -98,3 +112,40 @@ class EmbeddingsClient(PooledClient):
         record.end = clock.now()
         if "input_tok" in record.extra:
             record.input_tokens = int(record.extra["input_tok"])
+
+
+def embeddings_client(service: RunningService | str, model: str | None = None) -> EmbeddingsClient:
+    """A client of an embedding service (or base URL); the model from its spec unless given."""
+    meta = service.spec.meta if isinstance(service, RunningService) else {}
+    url = service.url() if isinstance(service, RunningService) else service
+    return EmbeddingsClient(url.rstrip("/"), model or meta.get("model", "default"))
+
+
+def embed_texts(client: EmbeddingsClient, texts: Sequence[str], batch: int = 32) -> npt.NDArray[np.float32]:
+    """The vectors of ``texts`` (one row each), embedded ``batch`` at a time outside any load."""
+
+    async def embed_all() -> list[list[float]]:
+        await client.open()
+        try:
+            vectors: list[list[float]] = []
+            for begin in range(0, len(texts), batch):
+                record = RequestRecord(0, 0.0)
+                vectors += await client.embed(list(texts[begin : begin + batch]), record)
+                if record.error is not None:
+                    raise RuntimeError(f"embedding {len(texts)} texts at {client.base_url} failed: {record.error}")
+            return vectors
+        finally:
+            await client.close()
+
+    return np.asarray(asyncio.run(embed_all()), dtype=np.float32)
+
+
+def corpus_vectors(service: RunningService | str, cache_dir: Path, path: Path = DOCS) -> Path:
+    """A ``.npy`` of the corpus's embeddings by ``service`` (one row per document), computed once and cached."""
+    client = embeddings_client(service)
+    key = hashlib.sha256(path.read_bytes() + client.model.encode()).hexdigest()[:16]
+    target = cache_dir / f"corpus-{key}.npy"
+    if not target.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(target, embed_texts(client, [d.text for d in documents(path)]))
+    return target

@@ -16,7 +16,7 @@ from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.load.engine import LoadPlan
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.conversations import ConversationClient, conversations_from_spec
-from pytest_aifactory.workloads.embeddings import EmbeddingBatches, EmbeddingsClient, documents
+from pytest_aifactory.workloads.embeddings import EmbeddingBatches, documents, embeddings_client
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.rag import RagClient, RagQuestions, index_documents
 from pytest_aifactory.workloads.traces import Trace, TracePrompts
@@ -149,7 +149,7 @@ class ProductionLoads:
         """
         texts = tuple(doc.text for doc in documents())
         return self.run(
-            _embeddings_client(service, model),
+            embeddings_client(service, model),
             EmbeddingBatches(texts, int(batch), int(plan.get("seed", 0))),
             _make_plan(**plan),
             label=label,
@@ -177,7 +177,7 @@ class ProductionLoads:
         ``p99_overhead_ms`` attribute the latency to stages.
         """
         docs = documents()
-        embedder = _embeddings_client(embeddings)
+        embedder = embeddings_client(embeddings)
         try:
             loaded = index_documents(embedder, store, docs)
             client = RagClient(embedder, store, openai_client(llm, api), {d.id: d for d in docs}, k, max_tokens)
@@ -193,9 +193,3 @@ class ProductionLoads:
             )
         finally:
             store.drop()
-
-
-def _embeddings_client(service: RunningService | str, model: str | None = None) -> EmbeddingsClient:
-    meta = service.spec.meta if isinstance(service, RunningService) else {}
-    url = service.url() if isinstance(service, RunningService) else service
-    return EmbeddingsClient(url.rstrip("/"), model or meta.get("model", "default"))

@@ -22,7 +22,7 @@ import numpy as np
 
 from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.load.engine import Clock
-from pytest_aifactory.workloads.embeddings import Document, EmbeddingsClient
+from pytest_aifactory.workloads.embeddings import Document, EmbeddingsClient, embed_texts
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.prompts import LLMRequest
 from pytest_aifactory.workloads.vectors.stores.base import VectorStore
@@ -34,22 +34,7 @@ def index_documents(
     embedder: EmbeddingsClient, store: VectorStore, docs: Sequence[Document], batch: int = 32
 ) -> dict[str, int]:
     """Embed every document through the embedding service and load the store (id = document id)."""
-
-    async def embed_all() -> list[list[float]]:
-        await embedder.open()
-        try:
-            vectors: list[list[float]] = []
-            for begin in range(0, len(docs), batch):
-                record = RequestRecord(0, 0.0)
-                found = await embedder.embed([d.text for d in docs[begin : begin + batch]], record)
-                if record.error is not None:
-                    raise RuntimeError(f"embedding the RAG corpus failed: {record.error}")
-                vectors += found
-            return vectors
-        finally:
-            await embedder.close()
-
-    matrix = np.asarray(asyncio.run(embed_all()), dtype=np.float32)
+    matrix = embed_texts(embedder, [d.text for d in docs], batch)
     store.create(matrix.shape[1], "l2")  # the vectors are normalised: L2 ranks as cosine does
     ids = np.asarray([d.id for d in docs], dtype=np.int64)
     store.insert(ids, matrix, np.zeros(len(docs), dtype=np.int64))

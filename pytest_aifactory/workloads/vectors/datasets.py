@@ -13,7 +13,7 @@ import numpy.typing as npt
 __all__ = ["CATEGORIES", "DATASETS", "DIGITS_DIM", "DIGITS_ROWS", "Metric", "VectorDataset", "Vectors"]
 
 
-DATASETS = ("random", "clustered", "digits")
+DATASETS = ("random", "clustered", "digits", "embedded")
 DIGITS_ROWS, DIGITS_DIM = 1797, 64  # scikit-learn's bundled copy of the UCI handwritten digits
 CATEGORIES = 10
 Metric = Literal["l2", "ip", "cosine"]
@@ -27,6 +27,9 @@ class VectorDataset:
     ``random``: standard normal. ``clustered``: points around 32 centres (harder for
     approximate indexes, closer to embeddings). ``digits``: a small real dataset, the
     1,797 8x8 handwritten digits scikit-learn ships (dim 64; ``count + queries <= 1797``).
+    ``embedded``: real embeddings, the rows of the ``.npy`` file ``source`` (e.g. the text
+    corpus embedded by the embedding service: ``workloads.embeddings.corpus_vectors``); base
+    rows first, queries after them.
     """
 
     name: str
@@ -35,6 +38,7 @@ class VectorDataset:
     queries: int = 200
     metric: Metric = "l2"
     seed: int = 0
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -46,10 +50,20 @@ class VectorDataset:
                 f"dataset 'digits' has {DIGITS_ROWS} vectors of dim {DIGITS_DIM}: asked for dim {self.dim} and "
                 f"count + queries = {self.count + self.queries}"
             )
+        if self.name == "embedded":
+            shape = np.load(self.source, mmap_mode="r").shape if Path(self.source).is_file() else None
+            if shape is None or shape[1] != self.dim or self.count + self.queries > shape[0]:
+                raise ValueError(
+                    f"dataset 'embedded' needs a .npy of at least count + queries = {self.count + self.queries} "
+                    f"rows of dim {self.dim} in source={self.source!r}; found {shape or 'no such file'}"
+                )
 
     def _draw(self, n: int, stream: int) -> Vectors:
         rng = np.random.default_rng([self.seed, stream])
-        if self.name == "digits":  # real data: base rows first, queries after them (disjoint)
+        if self.name == "embedded":
+            rows = np.load(self.source)
+            data = rows[: self.count] if stream == 0 else rows[self.count : self.count + n]
+        elif self.name == "digits":  # real data: base rows first, queries after them (disjoint)
             from sklearn.datasets import load_digits
 
             rows = load_digits().data
@@ -75,6 +89,7 @@ class VectorDataset:
     def key(self) -> str:
         """A stable name for caches."""
         text = f"{self.name}-{self.count}-{self.dim}-{self.queries}-{self.metric}-{self.seed}"
+        text += f"-{self.source}" if self.source else ""
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def categories(self) -> npt.NDArray[np.int64]:
@@ -118,4 +133,5 @@ class VectorDataset:
             "dim": self.dim,
             "queries": self.queries,
             "metric": self.metric,
+            **({"source": self.source} if self.source else {}),
         }
