@@ -19,6 +19,7 @@ from pytest_aifactory.workloads.conversations import ConversationClient, convers
 from pytest_aifactory.workloads.embeddings import EmbeddingBatches, documents, embeddings_client
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.rag import RagClient, RagQuestions, index_documents
+from pytest_aifactory.workloads.server_metrics import scraper_for
 from pytest_aifactory.workloads.traces import Trace, TracePrompts
 from pytest_aifactory.workloads.vectors.stores.base import VectorStore
 
@@ -99,6 +100,7 @@ class ProductionLoads:
             workers=workers,
             goodput=goodput,
             config={"time_scale": time_scale, "window_s": list(window)},
+            server=scraper_for(service),
         )
 
     def conversations(
@@ -131,6 +133,7 @@ class ProductionLoads:
             workers=workers,
             goodput=goodput,
             summarizer=summarize_sessions,
+            server=scraper_for(service),
         )
 
     def embeddings(
