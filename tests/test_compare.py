@@ -123,4 +123,5 @@ def test_unmarked_tests_get_the_family_their_figures_show(
 
 
 def test_unmarked_generic_test_is_compared_on_the_common_metrics() -> None:
-    assert {m.name for m in key_metrics(())} == {"error_rate", "request_s", "p50_latency_ms", "p99_latency_ms"}
+    common = {"error_rate", "request_s", "p50_latency_ms", "p99_latency_ms", "capacity_rate", "capacity_concurrency"}
+    assert {m.name for m in key_metrics(())} == common

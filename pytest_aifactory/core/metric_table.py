@@ -267,6 +267,11 @@ TABLE: tuple[Metric, ...] = (
                compare=True)
         for op in ("create", "stat", "remove")
     ),
+    Metric("capacity_rate", "req/s", "higher", "highest offered rate at which every SLO held (capacity search)",
+           heading="capacity req/s", compare=True, extra_info=True),
+    Metric("capacity_concurrency", "", "higher", "highest concurrency at which every SLO held (capacity search)",
+           heading="capacity conc", compare=True, extra_info=True),
+    Metric("transient_requests", "", "lower", "leading requests cut as warm-up transient (MSER-5)"),
 )
 
 # fmt: on

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from pytest_aifactory.core.confidence import Interval, request_intervals, request_method
 from pytest_aifactory.core.metric_table import PERCENTILES, STATS
 from pytest_aifactory.core.records import ClientHealth, RequestRecord
 
@@ -129,7 +130,15 @@ CLIENT_BOUND = ClientBound()
 
 @dataclass
 class LoadResult:
-    """What one load run (or one point of a sweep) measured."""
+    """What one load run (or one point of a sweep) measured.
+
+    ``role`` is ``point`` for a run, ``probe`` for a point of a capacity search (its SLOs
+    are the search's business, not the test's), ``repeat`` for one of ``repeats=N`` runs
+    (their combination is the result judged) and ``capacity`` for a search's answer.
+    ``intervals`` holds confidence intervals by metric name, made as ``interval_method``
+    says; ``notes`` are sentences shown with the result (the capacity answer, a run that
+    never got steady).
+    """
 
     label: str
     mode: str
@@ -139,6 +148,10 @@ class LoadResult:
     error_samples: list[str] = field(default_factory=list)
     records: list[RequestRecord] = field(default_factory=list, repr=False)
     client_limit: str = ""  # why the load generator was the limit (empty: it was not)
+    role: str = "point"
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    interval_method: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         """Every metric by its flat name (``p99_ttft_ms``, ``output_tok_s``...)."""
@@ -165,6 +178,10 @@ class LoadResult:
             "metrics": {k: _finite(v) for k, v in self.metrics().items()},
             "error_samples": self.error_samples,
             "client_limit": self.client_limit,
+            "role": self.role,
+            "intervals": {k: [lo, hi] for k, (lo, hi) in self.intervals.items() if math.isfinite(lo + hi)},
+            "interval_method": self.interval_method,
+            "notes": self.notes,
         }
         if with_records:
             data["records"] = [r.to_json() for r in self.records]
@@ -257,14 +274,15 @@ def summarize(
     in_tokens = [r.input_tokens or 0 for r in ok]
     itl = [value for r in ok for value in itl_per_token(r)]
     e2e = [v for r in ok if (v := _e2e_ms(r)) is not None]
-    distributions = {
-        "ttft": Distribution.of([v for r in ok if (v := _ttft_ms(r)) is not None]),
-        "itl": Distribution.of(itl),
-        "tpot": Distribution.of([v for r in ok if (v := _tpot_ms(r)) is not None]),
-        "e2e": Distribution.of(e2e),
-        "latency": Distribution.of(e2e),
-        "lag": Distribution.of([(r.sent - r.scheduled) * 1000 for r in measured if r.sent is not None]),
+    samples = {
+        "ttft": [v for r in ok if (v := _ttft_ms(r)) is not None],
+        "itl": itl,
+        "tpot": [v for r in ok if (v := _tpot_ms(r)) is not None],
+        "e2e": e2e,
+        "latency": e2e,
+        "lag": [(r.sent - r.scheduled) * 1000 for r in measured if r.sent is not None],
     }
+    distributions = {name: Distribution.of(values) for name, values in samples.items()}
     good = sum(1 for r in ok if goodput is None or goodput.good(r))
     count = len(measured)
     scalars = {
@@ -301,4 +319,6 @@ def summarize(
         error_samples=_error_samples(measured),
         records=list(records),
         client_limit=limit,
+        intervals=request_intervals(samples),
+        interval_method=request_method(),
     )

@@ -21,6 +21,7 @@ from typing import Protocol
 from pytest_aifactory.core.metric_table import METRICS
 
 __all__ = [
+    "PESSIMISTIC",
     "SLO",
     "SLOBreach",
     "SLOError",
@@ -110,6 +111,7 @@ class Verdict:
     passed: bool
     label: str = ""
     client_limit: str = ""
+    rule: str = "value"
 
     @property
     def inconclusive(self) -> bool:
@@ -132,6 +134,7 @@ class Verdict:
             "passed": self.passed,
             "inconclusive": self.inconclusive,
             "label": self.label,
+            "rule": self.rule,
             "message": self.message(),
         }
 
@@ -140,7 +143,8 @@ class Verdict:
         name, unit = self.slo.display()
         suffix = f" {unit}" if unit else ""
         where = f"[{self.label}] " if self.label else ""
-        text = f"{where}{name}={_fmt(self.value)}{suffix}, expected {self.slo.op} {self.slo.threshold:g}{suffix}"
+        rule = f" ({self.rule})" if self.rule != "value" else ""
+        text = f"{where}{name}={_fmt(self.value)}{suffix}{rule}, expected {self.slo.op} {self.slo.threshold:g}{suffix}"
         if self.inconclusive:
             text += f": inconclusive: the load generator was the limit ({self.client_limit}); use workers=N or nodes=N"
         return text
@@ -152,16 +156,33 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
 
 
-def check(slos: Sequence[SLO], metrics: Mapping[str, float], label: str = "", client_limit: str = "") -> list[Verdict]:
+PESSIMISTIC = "pessimistic end of the 95 % interval"
+
+
+def check(
+    slos: Sequence[SLO],
+    metrics: Mapping[str, float],
+    label: str = "",
+    client_limit: str = "",
+    intervals: Mapping[str, tuple[float, float]] | None = None,
+) -> list[Verdict]:
     """Evaluate every objective; a missing or NaN metric is a breach, never a pass.
 
     ``client_limit`` (why the load generator was the limit) makes every verdict inconclusive.
+    With ``intervals``, a metric that has one is judged by the interval's pessimistic end
+    (the upper end for ``<=``/``<``, the lower for ``>=``/``>``), and the verdict says so.
     """
     verdicts = []
     for slo in slos:
-        value = float(metrics.get(slo.metric, math.nan))
+        value, rule = float(metrics.get(slo.metric, math.nan)), "value"
+        if intervals is not None:
+            interval = intervals.get(slo.metric)
+            if interval is None:
+                rule = "value (no interval)"
+            elif slo.op in ("<=", "<", ">=", ">"):
+                value, rule = (interval[1] if slo.op in ("<=", "<") else interval[0]), PESSIMISTIC
         passed = not client_limit and not math.isnan(value) and _OPS[slo.op](value, slo.threshold)
-        verdicts.append(Verdict(slo, value, passed, label, client_limit))
+        verdicts.append(Verdict(slo, value, passed, label, client_limit, rule))
     return verdicts
 
 
@@ -186,14 +207,16 @@ class _HasMetrics(Protocol):
     def metrics(self) -> dict[str, float]: ...
 
 
-def assert_slo(result: _HasMetrics, *expressions: str) -> list[Verdict]:
+def assert_slo(result: _HasMetrics, *expressions: str, pessimistic: bool = False) -> list[Verdict]:
     """Check ``expressions`` against a result; raise ``SLOBreach`` listing every breach.
 
     On a client-bound result (a ``LoadResult`` with a ``client_limit``), raise ``SLOInconclusive`` instead.
+    ``pessimistic``: judge each metric by its confidence interval's pessimistic end.
     """
     metrics = result.metrics()
     slos = [parse_slo(e, extra_metrics=metrics) for e in expressions]
-    verdicts = check(slos, metrics, result.label, str(getattr(result, "client_limit", "")))
+    intervals = getattr(result, "intervals", {}) if pessimistic else None
+    verdicts = check(slos, metrics, result.label, str(getattr(result, "client_limit", "")), intervals)
     if any(v.breached for v in verdicts):
         raise SLOBreach(verdicts)
     if any(v.inconclusive for v in verdicts):

@@ -82,8 +82,10 @@ class LoadPlan:
     Open loop: ``arrivals`` (rate and distribution), optionally capped at ``concurrency``
     requests in flight (time waiting for a slot counts as latency). Closed loop: exactly
     ``concurrency`` requests in flight. Stop after ``count`` requests or ``duration_s``
-    seconds. The first ``warmup`` requests run but are excluded from the results. ``times``
-    replaces the arrivals with a fixed schedule (trace replay: due times in seconds).
+    seconds. The first ``warmup`` requests run but are excluded from the results;
+    ``steady_state`` excludes instead the transient found in the latencies (``core.steady``).
+    ``times`` replaces the arrivals with a fixed schedule (trace replay: due times in seconds).
+    ``repeats`` runs the plan that many times (arrival seeds ``seed``, ``seed + 1``...).
     """
 
     mode: Literal["open", "closed"]
@@ -94,8 +96,12 @@ class LoadPlan:
     warmup: int = 0
     timeout_s: float = 300.0
     times: tuple[float, ...] | None = None
+    steady_state: bool = False
+    repeats: int = 1
 
     def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.mode == "open" and self.arrivals is None and self.times is None:
             raise ValueError("an open-loop plan needs arrivals (a rate) or fixed times")
         if self.mode == "closed" and not (self.concurrency and self.concurrency > 0):
@@ -122,6 +128,8 @@ class LoadPlan:
             "duration_s": self.duration_s,
             "warmup": self.warmup,
             "timeout_s": self.timeout_s,
+            "steady_state": self.steady_state,
+            "repeats": self.repeats,
         }
         if self.times is not None:
             data["schedule"] = "fixed times"

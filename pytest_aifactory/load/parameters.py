@@ -33,6 +33,7 @@ def check_load_parameters(
     distribution: Any,
     burstiness: Any,
     timeout_s: Any,
+    repeats: Any = 1,
 ) -> None:
     """Raise ``LoadConfigError`` listing every parameter that is out of range or missing."""
     problems = []
@@ -48,13 +49,15 @@ def check_load_parameters(
         problems.append(f"duration_s={duration_s!r}: expected a number of seconds > 0")
     if (count is None) == (duration_s is None):
         problems.append("give exactly one of count and duration_s")
-    if not (_whole(warmup) and warmup >= 0):
-        problems.append(f"warmup={warmup!r}: expected a whole number of requests >= 0")
+    if warmup != "auto" and not (_whole(warmup) and warmup >= 0):
+        problems.append(f"warmup={warmup!r}: expected a whole number of requests >= 0, or 'auto' (MSER-5)")
     if distribution not in DISTRIBUTIONS:
         problems.append(f"distribution={distribution!r}: expected one of {', '.join(DISTRIBUTIONS)}")
     if not (_number(burstiness) and burstiness > 0):
         problems.append(f"burstiness={burstiness!r}: expected a number > 0")
     if not (_number(timeout_s) and timeout_s > 0):
         problems.append(f"timeout_s={timeout_s!r}: expected a number of seconds > 0")
+    if not (_whole(repeats) and repeats >= 1):
+        problems.append(f"repeats={repeats!r}: expected a whole number of runs >= 1")
     if problems:
         raise LoadConfigError(f"bad load parameters: {'; '.join(problems)}")

@@ -12,6 +12,12 @@ latency its p50/p99 are (end-to-end for inference, one operation for data tests)
 samples each is drawn from, and warns when they are too few for the percentile or when the load
 generator was the limit (``client_bound``). SLOs on such a result are inconclusive: the test is
 skipped saying so, or fails under ``--aif-fail-inconclusive``.
+
+A capacity search's probes are results too (in the table and the report) but the test's
+objectives are not checked against them: they are checked against the search's answer
+(role ``capacity``), and objectives on ``capacity_*`` metrics only against answers.
+``@pytest.mark.slo(..., pessimistic=True)`` judges each metric that has a confidence
+interval by the interval's pessimistic end.
 """
 
 from __future__ import annotations
@@ -63,6 +69,27 @@ _LEGEND = (
     "n: latency samples behind p50/p99; ! = too few samples to support that percentile "
     f"(p99 needs >= {min_samples('p99')}, p999 >= {min_samples('p999')})",
 )
+
+
+_UNJUDGED = ("probe", "repeat")  # roles of results the test's objectives are not checked against
+
+
+def _applies(slo: SLO, result: LoadResult) -> bool:
+    """Whether the test's objective ``slo`` is checked against ``result``."""
+    if result.role in _UNJUDGED:
+        return False
+    return result.role == "capacity" or not slo.metric.startswith("capacity_")
+
+
+def _verdicts(item: pytest.Item, slos: Sequence[SLO], results: Sequence[LoadResult]) -> list[Verdict]:
+    pessimistic = any(mark.kwargs.get("pessimistic") for mark in item.iter_markers("slo"))
+    label = len(results) > 1
+    verdicts = []
+    for result in results:
+        mine = [slo for slo in slos if _applies(slo, result)]
+        intervals = result.intervals if pessimistic else None
+        verdicts += check(mine, result.metrics(), result.label if label else "", result.client_limit, intervals)
+    return verdicts
 
 
 def slos_of(item: pytest.Item, variables: Mapping[str, object]) -> list[SLO]:
@@ -132,6 +159,7 @@ def format_results(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             warnings.append(_warning(row, flagged))
         if row["result"].get("client_limit"):
             warnings.append(_client_warning(row))
+        warnings += [f"note {_test_name(row)} [{row['label']}]: {note}" for note in row["result"].get("notes", [])]
         table.append(
             [
                 _test_name(row),
@@ -215,7 +243,12 @@ class Outcomes:
         problems = []
         if any(v.breached for v in verdicts):
             errors = [f"  [{r.label}] {sample}" for r in results for sample in r.error_samples]
-            problems.append(format_breaches(verdicts) + ("\nerrors seen:\n" + "\n".join(errors) if errors else ""))
+            notes = [f"  [{r.label}] {note}" for r in results if r.role not in _UNJUDGED for note in r.notes]
+            problems.append(
+                format_breaches(verdicts)
+                + ("\nerrors seen:\n" + "\n".join(errors) if errors else "")
+                + ("\nnotes:\n" + "\n".join(notes) if notes else "")
+            )
         regressed = self.regressions(item, results)
         if regressed:
             lines = "\n".join(f"  {r}" for r in regressed)
@@ -230,12 +263,7 @@ class Outcomes:
     def _judge(self, item: pytest.Item) -> list[Verdict]:
         """The verdicts of the test's objectives on each of its results (kept for its report)."""
         results = item.stash.get(RESULTS_KEY, [])
-        slos, label = slos_of(item, self.variables()), len(results) > 1
-        verdicts = [
-            v
-            for result in results
-            for v in check(slos, result.metrics(), result.label if label else "", result.client_limit)
-        ]
+        verdicts = _verdicts(item, slos_of(item, self.variables()), results)
         item.stash[_VERDICTS_KEY] = verdicts
         return verdicts
 
@@ -250,7 +278,7 @@ class Outcomes:
             ends = item.stash.get(ENDED_KEY, [])
             results = item.stash[RESULTS_KEY]
             for index, result in enumerate(results):
-                mine = [v for v in verdicts if v.label in ("", result.label)]
+                mine = [v for v in verdicts if v.label in ("", result.label)] if result.role not in _UNJUDGED else []
                 failed = sum(v.breached for v in mine)
                 unjudged = sum(v.inconclusive for v in mine)
                 data = {**result.to_json(), "series": compact_series(result.records, _zero(result, ends, index))}
@@ -259,7 +287,7 @@ class Outcomes:
                     "label": result.label,
                     "result": data,
                     "verdicts": [v.to_json() for v in mine],
-                    "slo": _slo_cell(len(mine), failed, unjudged),
+                    "slo": result.role if result.role in _UNJUDGED else _slo_cell(len(mine), failed, unjudged),
                     "families": families_of({"markers": markers, "results": [data]}),
                     "samples": {name: dist.count for name, dist in result.distributions.items()},
                 }

@@ -14,6 +14,7 @@ from pytest_aifactory.services import (
     inference,
     objectstore,
     observability,
+    slotted_llm,
     sql,
     synthetic_llm,
     vectordb,
@@ -35,6 +36,7 @@ class CatalogEntry:
 CATALOG: dict[str, CatalogEntry] = {
     "http": CatalogEntry(http.DEFAULTS, http.build),
     "synthetic-llm": CatalogEntry(synthetic_llm.DEFAULTS, synthetic_llm.build),
+    "slotted-llm": CatalogEntry(slotted_llm.DEFAULTS, slotted_llm.build),
     "llamacpp": CatalogEntry(inference.LLAMACPP, inference.llamacpp),
     "vllm": CatalogEntry(vllm.VLLM, vllm.vllm),
     "triton": CatalogEntry(inference.TRITON, inference.triton),

@@ -2,17 +2,23 @@
 
 result = load.openai(llm_server, rate=20, duration_s=60, prompts="synthetic:in=512,out=128")
 points = load.sweep("rate", [5, 10, 20], load.openai, llm_server, count=200)
+answer = load.capacity("rate", load.openai, llm_server, slo=["p99_ttft_ms <= 500"], low=2, duration_s=10)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_aifactory.core.errors import LoadStoppedError
+from pytest_aifactory.core.errors import LoadConfigError, LoadStoppedError
 from pytest_aifactory.core.metrics import GoodputSLO, LoadResult, summarize
+from pytest_aifactory.core.repeats import combine
+from pytest_aifactory.core.slo import parse_slo
+from pytest_aifactory.core.steady import cut_transient
+from pytest_aifactory.load.capacity import Capacity, CapacitySearch, Knob, search_capacity
 from pytest_aifactory.load.engine import LoadPlan, Progress, RequestClient, StopSignal, Workload
 from pytest_aifactory.load.parameters import check_load_parameters
 from pytest_aifactory.load.schedule import Arrivals, Distribution
@@ -38,23 +44,30 @@ def make_plan(
     concurrency: int | None = None,
     count: int | None = None,
     duration_s: float | None = None,
-    warmup: int = 0,
+    warmup: int | Literal["auto"] = 0,
     distribution: Distribution = "poisson",
     burstiness: float = 1.0,
     seed: int = 0,
     timeout_s: float = 300.0,
+    repeats: int = 1,
 ) -> LoadPlan:
     """Open loop when ``rate`` is given (``concurrency`` then caps requests in flight), else closed loop.
 
     Every parameter is checked first: ``LoadConfigError`` names the bad ones and what is accepted.
+    ``warmup="auto"``: no fixed warm-up count; the transient is found in the latencies (MSER-5).
     """
-    check_load_parameters(rate, concurrency, count, duration_s, warmup, distribution, burstiness, timeout_s)
+    check_load_parameters(rate, concurrency, count, duration_s, warmup, distribution, burstiness, timeout_s, repeats)
+    steady, fixed = warmup == "auto", 0 if warmup == "auto" else warmup
     if rate is not None:
         if distribution == "poisson" and burstiness != 1.0:
             distribution = "gamma"
         arrivals = Arrivals(rate, distribution, burstiness, seed)
-        return LoadPlan("open", arrivals, concurrency, count, duration_s, warmup, timeout_s)
-    return LoadPlan("closed", None, concurrency, count, duration_s, warmup, timeout_s)
+        return LoadPlan(
+            "open", arrivals, concurrency, count, duration_s, fixed, timeout_s, steady_state=steady, repeats=repeats
+        )
+    return LoadPlan(
+        "closed", None, concurrency, count, duration_s, fixed, timeout_s, steady_state=steady, repeats=repeats
+    )
 
 
 def _label(plan: LoadPlan) -> str:
@@ -87,6 +100,7 @@ class LoadRunner(ProductionLoads):
         self.shard_dir = shard_dir
         self.stop = stop
         self.results: list[LoadResult] = []
+        self._role = "point"  # "probe" while a capacity search runs, "repeat" while repeats run
 
     def run(
         self,
@@ -110,10 +124,15 @@ class LoadRunner(ProductionLoads):
         turns the records into the result (``summarize``; sessions and pipelines have their own).
         A load interrupted (Ctrl-C, SIGTERM) records what it measured so far (``interrupted``
         in its configuration) before the interruption goes on. ``server`` scrapes the server's
-        own metrics around the load into the result.
+        own metrics around the load into the result. A plan with ``repeats=N`` runs N times
+        (fresh arrival seeds), each recorded as a result of role ``repeat`` (labelled ``#1``...),
+        then one result with the means and Student t intervals (``core.repeats``).
         """
         label = label or _label(plan)
         workers = workers or self.workers
+        options = {"workers": workers, "goodput": goodput, "nodes": nodes, "scalars": scalars}
+        if plan.repeats > 1:
+            return self._repeated(client, workload, plan, label, config, summarizer, server, options)
 
         def result_of(run: LoadRun, **more: Any) -> LoadResult:
             full_config = {
@@ -128,7 +147,14 @@ class LoadRunner(ProductionLoads):
                 **more,
             }
             good = GoodputSLO(**goodput) if goodput else None
-            return summarizer(run.records, label, plan.mode, full_config, good, health=run.health)
+            records, steady = cut_transient(run.records) if plan.steady_state else (run.records, None)
+            result = summarizer(records, label, plan.mode, full_config, good, health=run.health)
+            if steady is not None:
+                result.config["steady_state"] = steady.describe()
+                result.scalars["transient_requests"] = float(steady.cut)
+                if not steady.steady:
+                    result.notes.append("never reached steady state: latency still trending half-way through (MSER-5)")
+            return result
 
         before = server.start() if server is not None else None
         try:
@@ -151,6 +177,43 @@ class LoadRunner(ProductionLoads):
             )
         return result
 
+    def _repeated(
+        self,
+        client: RequestClient,
+        workload: Workload,
+        plan: LoadPlan,
+        label: str,
+        config: Mapping[str, Any] | None,
+        summarizer: Callable[..., LoadResult],
+        server: ServerScraper | None,
+        options: dict[str, Any],
+    ) -> LoadResult:
+        """``plan.repeats`` runs, each recorded as a repeat, then their combination."""
+        runs = []
+        role, self._role = self._role, "repeat"
+        try:
+            for i in range(plan.repeats):
+                arrivals = dataclasses.replace(plan.arrivals, seed=plan.arrivals.seed + i) if plan.arrivals else None
+                seeded = {**(config or {}), "schedule_seed": arrivals.seed if arrivals else None}
+                once = dataclasses.replace(plan, arrivals=arrivals, repeats=1)
+                runs.append(
+                    self.run(
+                        client,
+                        workload,
+                        once,
+                        label=f"{label} #{i + 1}",
+                        config=seeded,
+                        summarizer=summarizer,
+                        server=server,
+                        **options,
+                    )
+                )
+        finally:
+            self._role = role
+        combined = combine(runs)
+        combined.label = label
+        return self.record(combined)
+
     def _drive(
         self, client: RequestClient, workload: Workload, plan: LoadPlan, label: str, workers: int, nodes: int
     ) -> LoadRun:
@@ -164,6 +227,8 @@ class LoadRunner(ProductionLoads):
 
     def record(self, result: LoadResult) -> LoadResult:
         """Keep a result (also those measured outside the engine, such as fio's)."""
+        if result.role == "point":
+            result.role = self._role
         self.results.append(result)
         if self.on_result is not None:
             self.on_result(result)
@@ -174,6 +239,44 @@ class LoadRunner(ProductionLoads):
     ) -> list[LoadResult]:
         """One result per value of ``parameter`` (``rate``, ``concurrency``...): ``run(*args, parameter=value)``."""
         return [run(*args, **{**kwargs, parameter: value, "label": f"{parameter}={value:g}"}) for value in values]
+
+    def capacity(
+        self,
+        knob: Knob,
+        run: Callable[..., LoadResult],
+        *args: Any,
+        slo: Sequence[str],
+        low: float = 1.0,
+        high: float | None = None,
+        precision: float = 0.05,
+        budget_s: float = 600.0,
+        growth: float = 2.0,
+        label: str = "capacity",
+        **kwargs: Any,
+    ) -> Capacity:
+        """The highest ``knob`` (``rate`` or ``concurrency``) at which every ``slo`` holds.
+
+        ``run(*args, **kwargs, knob=value)`` is one probe (``aif_load.openai`` and the rest);
+        how the search brackets, bisects and stops is in ``load.capacity``. Every probe is
+        recorded as a result of role ``probe``, and the answer as a result of role
+        ``capacity`` holding ``capacity_<knob>`` and the figures at that point.
+        """
+        search = CapacitySearch(knob, low, high, precision, budget_s, growth)
+        slos = [parse_slo(expression) for expression in slo]
+        if not slos:
+            raise LoadConfigError("capacity search needs at least one SLO (slo=[...])")
+
+        def probe(value: float) -> LoadResult:
+            setting = int(value) if knob == "concurrency" else value
+            return run(*args, **{**kwargs, knob: setting, "label": f"{knob}={value:g}"})
+
+        self._role = "probe"
+        try:
+            answer = search_capacity(probe, slos, search)
+        finally:
+            self._role = "point"
+        self.record(answer.to_result(label))
+        return answer
 
     def openai(
         self,
@@ -201,6 +304,7 @@ class LoadRunner(ProductionLoads):
             goodput=goodput,
             nodes=nodes,
             server=scraper_for(service),
+            config=_about(service),
         )
 
     def openai_chat(self, service: RunningService | str, **kwargs: Any) -> LoadResult:
@@ -270,7 +374,9 @@ class LoadRunner(ProductionLoads):
         pool = connections or load.concurrency or 8
         client = sql.PostgresClient(dsn, pool, mode)
         workload = sql.TpcbWorkload(scale, mode, int(plan.get("seed", 0)))
-        return self.run(client, workload, load, label=label or f"{mode} {_label(load)}", workers=1)
+        return self.run(
+            client, workload, load, label=label or f"{mode} {_label(load)}", workers=1, config=_about(service)
+        )
 
     def s3(
         self,
@@ -291,7 +397,9 @@ class LoadRunner(ProductionLoads):
         if op in ("get", "mixed", "list"):
             client.prepare(objects)
         workload = s3.ObjectOps(op, nbytes, objects, seed=int(plan.get("seed", 0)))
-        return self.run(client, workload, load, label=label or f"{op} {size} {_label(load)}", workers=1)
+        return self.run(
+            client, workload, load, label=label or f"{op} {size} {_label(load)}", workers=1, config=_about(service)
+        )
 
     def vector_search(
         self,
@@ -344,6 +452,14 @@ class LoadRunner(ProductionLoads):
     def metadata(self, directory: Path, files_count: int = 2000, threads: int = 4) -> LoadResult:
         """Create, stat and remove files per second in ``directory`` (mdtest-style)."""
         return self.record(files.metadata_load(directory, files_count, threads))
+
+
+def _about(service: RunningService | str) -> dict[str, Any]:
+    """The service's name, version and image, which runs must share to be compared."""
+    if not isinstance(service, RunningService):
+        return {}
+    spec = service.spec
+    return {"service": spec.name, "service_version": spec.meta.get("version"), "service_image": spec.image}
 
 
 def _describe(thing: object) -> dict[str, Any]:

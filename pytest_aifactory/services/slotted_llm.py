@@ -1,0 +1,103 @@
+"""``slotted-llm``: the synthetic LLM server with a known capacity, for testing capacity search and gates.
+
+It has ``slots`` request slots and a fixed ``service_ms`` per request (times ``slowdown``,
+the knob that plants a regression: 1.3 is 30 % slower). A request waits in FIFO order for a
+free slot, holds it for the service time while its ``max_tokens`` tokens stream out evenly,
+then frees it. So the server completes at most ``slots / service time`` requests per second:
+under constant arrivals below that rate no request waits (a D/D/c queue), above it the queue
+and the latency grow for as long as the load lasts. Its capacity at any latency bound
+between one and a few service times is therefore ``capacity_rate(slots, service_ms)``,
+within a few percent for runs of a few seconds. ``version`` is reported as the service's
+version, so that runs of "different versions" can be told apart.
+
+Run: ``python -m pytest_aifactory.services.slotted_llm --port 8000 --slots 4 --service-ms 50``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Mapping
+
+from pytest_aifactory.core.profiles import SettingValue
+from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
+from pytest_aifactory.services.synthetic_llm import SyntheticTiming, _Server, _until
+
+__all__ = ["DEFAULTS", "build", "capacity_rate", "main"]
+
+DEFAULTS: dict[str, SettingValue] = {"slots": 4, "service_ms": 50.0, "slowdown": 1.0, "version": "1"}
+
+
+def capacity_rate(slots: int, service_ms: float, slowdown: float = 1.0) -> float:
+    """Requests per second the server completes at most: ``slots`` / service time."""
+    return slots * 1000.0 / (service_ms * slowdown)
+
+
+def build(settings: Mapping[str, SettingValue]) -> ServiceSpec:
+    """The slotted server as a service."""
+    return ServiceSpec(
+        name="slotted-llm",
+        command=(
+            "{python}",
+            "-m",
+            "pytest_aifactory.services.slotted_llm",
+            "--host={host}",
+            "--port={ports.http}",
+            f"--slots={settings['slots']}",
+            f"--service-ms={settings['service_ms']}",
+            f"--slowdown={settings['slowdown']}",
+        ),
+        probe=HttpProbe(path="/health"),
+        readiness_timeout_s=30,
+        meta={"model": "synthetic", "version": str(settings["version"])},
+    )
+
+
+class _SlottedServer(_Server):
+    """Streams like the synthetic server, but only ``slots`` requests at a time, each for a fixed time."""
+
+    def __init__(self, slots: int, service_s: float) -> None:
+        super().__init__(SyntheticTiming(ttft_ms=0.0, itl_ms=0.0))
+        self.slots = asyncio.Semaphore(slots)
+        self.service_s = service_s
+
+    async def stream(
+        self, writer: asyncio.StreamWriter, request: dict[str, object], chat: bool, received: float
+    ) -> None:
+        total = max(int(str(request.get("max_tokens", 16))), 1)
+        async with self.slots:
+            start = time.perf_counter()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(total):
+                await _until(start + self.service_s * (i + 1) / total)
+                choice = {"index": 0, "delta": {"content": "tok "}} if chat else {"index": 0, "text": "tok "}
+                self.event(writer, {"choices": [choice]})
+                await writer.drain()
+        self.event(writer, {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": total}})
+        writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+        await writer.drain()
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    for flag, kind in (("--slots", int), ("--service-ms", float), ("--slowdown", float)):
+        parser.add_argument(flag, type=kind, default=DEFAULTS[flag[2:].replace("-", "_")])
+    args = parser.parse_args()
+    if args.slots < 1 or args.service_ms <= 0 or args.slowdown <= 0:
+        parser.error("--slots must be >= 1, --service-ms and --slowdown > 0")
+    asyncio.run(serve(args.host, args.port, args.slots, args.service_ms * args.slowdown / 1000))
+
+
+async def serve(host: str, port: int, slots: int, service_s: float) -> None:
+    """Serve until cancelled."""
+    server = await asyncio.start_server(_SlottedServer(slots, service_s).handle, host, port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Capacity search against a server whose capacity is known (``slotted-llm``: slots / service time)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+from pytest_aifactory.core.metrics import LoadResult, summarize
+from pytest_aifactory.core.records import RequestRecord
+from pytest_aifactory.core.slo import parse_slo
+from pytest_aifactory.load.capacity import CapacitySearch, search_capacity
+from pytest_aifactory.services.slotted_llm import capacity_rate
+from pytest_aifactory.workloads.runner import LoadRunner
+
+pytestmark = pytest.mark.timeout(120)
+
+SLOTS, SERVICE_MS = 4, 40.0  # capacity 100 req/s
+SLO = [f"p99_e2e_ms <= {2 * SERVICE_MS:g}", "error_rate == 0"]
+
+
+@pytest.fixture(scope="module")
+def slotted(aif_shared_service):  # type: ignore[no-untyped-def]
+    return aif_shared_service("slotted-llm", slots=SLOTS, service_ms=SERVICE_MS)
+
+
+def _probe(runner: LoadRunner, server, **kwargs):  # type: ignore[no-untyped-def]
+    prompts, load = "synthetic:in=4,out=2", {"distribution": "constant", "duration_s": 1.0}
+    return runner.capacity("rate", runner.openai, server, prompts=prompts, **load, **kwargs)
+
+
+def test_capacity_found_within_precision_in_bounded_time(slotted) -> None:  # type: ignore[no-untyped-def]
+    runner = LoadRunner()
+    began = time.monotonic()
+    answer = _probe(runner, slotted, slo=SLO, low=25, precision=0.1, budget_s=40)
+    took = time.monotonic() - began
+    truth = capacity_rate(SLOTS, SERVICE_MS)
+    lo, hi = answer.bracket
+    assert answer.status == "found", answer.message()
+    assert (hi - lo) <= 0.1 * lo
+    # Below capacity no request waits; a second above it the queue has grown past one service time
+    # only once the rate is 1 / (0.99 s) of a service time above it: the truth is [100, 104] req/s,
+    # less what a busy machine adds to the service time.
+    assert 0.85 * truth <= lo <= 1.05 * truth, answer.message()
+    assert took < 40
+    roles = [r.role for r in runner.results]
+    assert roles == ["probe"] * len(answer.probes) + ["capacity"]
+    result = runner.results[-1]
+    assert result["capacity_rate"] == lo
+    assert result["p99_e2e_ms"] <= 2 * SERVICE_MS  # the figures of the point at capacity
+    report = result.to_json()["config"]["capacity"]
+    assert [p["value"] for p in report["probes"]] == sorted(p.value for p in answer.probes)
+    assert report["status"] == "found"
+
+
+def test_unreachable_slo_says_so_and_stops(slotted) -> None:  # type: ignore[no-untyped-def]
+    runner = LoadRunner()
+    answer = _probe(runner, slotted, slo=[f"p99_e2e_ms <= {SERVICE_MS / 2:g}"], low=5, budget_s=30)
+    assert answer.status == "unreachable"
+    assert len(answer.probes) == 1
+    assert math.isnan(answer.value)
+    assert answer.message().startswith("SLO unreachable even at the lowest point rate=5: p99_e2e=")
+    assert math.isnan(runner.results[-1]["capacity_rate"])
+
+
+def _fake(value: float) -> LoadResult:
+    """A result whose p99 latency is 10 ms below a capacity of 37 and 1 s above it."""
+    record = RequestRecord(0, 0.0, sent=0.0, end=0.01 if value <= 37 else 1.0)
+    return summarize([record, RequestRecord(1, 0.0, sent=0.0, end=record.end)], f"rate={value:g}")
+
+
+@pytest.mark.parametrize(("knob", "low", "expected"), [("rate", 1.0, (36.0, 38.0)), ("concurrency", 1, (37, 38))])
+def test_search_brackets_then_bisects(knob, low, expected) -> None:  # type: ignore[no-untyped-def]
+    search = CapacitySearch(knob, low, precision=0.05)
+    answer = search_capacity(_fake, [parse_slo("p99_e2e_ms <= 100")], search)
+    lo, hi = answer.bracket
+    assert answer.status == "found"
+    assert expected[0] <= lo <= 37 < hi <= expected[1]
+    assert [p.value for p in answer.probes][:7] == [1, 2, 4, 8, 16, 32, 64]
+
+
+def test_search_stops_at_the_time_budget_and_at_the_highest_point() -> None:
+    ticks = iter(range(1000))
+    search = CapacitySearch("rate", 1.0, budget_s=3.5)
+    answer = search_capacity(_fake, [parse_slo("p99_e2e_ms <= 100")], search, clock=lambda: float(next(ticks)))
+    assert answer.status == "budget"
+    assert "time budget of 3.5 s spent" in answer.message()
+    capped = search_capacity(_fake, [parse_slo("p99_e2e_ms <= 100")], CapacitySearch("rate", 1.0, high=20))
+    assert capped.status == "above-highest"
+    assert capped.value == 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"knob": "tps"}, "capacity knob must be 'rate' or 'concurrency', got 'tps'"),
+        ({"low": 0}, "low must be > 0"),
+        ({"high": 0.5}, "high (0.5) must be above low (1"),
+        ({"precision": 5}, "precision is a fraction in (0, 1), got 5"),
+    ],
+)
+def test_search_rejects_bad_settings(kwargs, message) -> None:  # type: ignore[no-untyped-def]
+    settings = {"knob": "rate", "low": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        CapacitySearch(**settings)
+
+
+SUITE = """
+import pytest
+
+@pytest.fixture(scope="module")
+def slotted(aif_shared_service):
+    return aif_shared_service("slotted-llm", slots=4, service_ms=40.0)
+
+def search(aif_load, slotted):
+    return aif_load.capacity("rate", aif_load.openai, slotted, slo=["p99_e2e_ms <= 80"], low=40, precision=0.3,
+                             prompts="synthetic:in=4,out=2", distribution="constant", duration_s=0.5)
+
+@pytest.mark.slo("capacity_rate >= 50", "p99_e2e_ms <= 80")
+def test_meets(aif_load, slotted):
+    search(aif_load, slotted)
+
+@pytest.mark.slo("capacity_rate >= 500")
+def test_short(aif_load, slotted):
+    search(aif_load, slotted)
+"""
+
+
+def test_capacity_slo_marker_and_report(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_cap=SUITE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--aif-results-dir=out")
+    out = result.stdout.str()
+    result.assert_outcomes(passed=1, failed=1)
+    assert "SLO breached: capacity_rate >= 500" in out
+    assert "notes:" in out
+    assert "capacity within [" in out
+    report = json.loads(next((pytester.path / "out").glob("*/report.json")).read_text())
+    (meets,) = [t for t in report["tests"] if t["nodeid"].endswith("test_meets")]
+    roles = [r["role"] for r in meets["results"]]
+    assert roles[-1] == "capacity"
+    assert set(roles[:-1]) == {"probe"}
+    answer = meets["results"][-1]
+    assert answer["config"]["capacity"]["metric"] == "capacity_rate"
+    assert answer["metrics"]["capacity_rate"] == answer["config"]["capacity"]["value"] >= 50
+    # Only the answer is judged: the probes above capacity breach p99_e2e_ms <= 80 by design.
+    assert {v["label"] for v in meets["slo"]} == {"capacity"}
+    assert all(v["passed"] for v in meets["slo"])
+    assert "probe" in out  # the probes' SLO cell in the results table
