@@ -67,7 +67,10 @@ def test_baseline_gate_on_our_metrics(pytester: pytest.Pytester) -> None:
     worse = run(pytester, 80, "--aif-results-dir=res", "--aif-baseline=base", "--aif-regression-margin=50")
     assert worse.returncode == 1
     assert "regression(s) against the baseline" in worse.stdout
-    assert "p99_ttft_ms=" in worse.stdout
+    assert (
+        "] p50_ttft_ms " in worse.stdout
+    )  # [point] p50_ttft_ms OLD -> NEW (+x %, interval [...] %, beyond 50 % margin)
+    assert "beyond 50 % margin)" in worse.stdout
     bad = run(pytester, 5, "--aif-baseline=nope")
     assert bad.returncode == pytest.ExitCode.USAGE_ERROR
     assert "--aif-baseline: no report at 'nope'" in bad.stderr

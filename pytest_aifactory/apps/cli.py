@@ -20,7 +20,7 @@ from pytest_aifactory.core.profiles import (
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.delivery.loki import LokiPusher
 from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
-from pytest_aifactory.export.compare import compare_reports, format_comparison, unmatched
+from pytest_aifactory.export.compare import compare_reports, differences, format_comparison, unmatched
 from pytest_aifactory.export.html import write_html
 from pytest_aifactory.export.report import read_report
 from pytest_aifactory.jobs.backends import BACKENDS, SlurmBackend
@@ -145,13 +145,18 @@ def _report_path(value: str, results_dir: str) -> Path:
 def _compare(args: argparse.Namespace) -> int:
     old = json.loads(_report_path(args.baseline, args.results_dir).read_text(encoding="utf-8"))
     new = json.loads(_report_path(args.candidate, args.results_dir).read_text(encoding="utf-8"))
+    differing = differences(old, new)
+    if differing:
+        print(f"not comparable: {old['run_id']} and {new['run_id']}", *(f"  {d}" for d in differing), sep="\n")
+        return 2
     rows = compare_reports(old, new, args.margin / 100)
     print(format_comparison(rows, old["run_id"], new["run_id"], *unmatched(old, new)))
     if not rows:
         return 2
     regressions = [r for r in rows if r.regression]
     if regressions:
-        print(f"\n{len(regressions)} regression(s) beyond {args.margin:g}%")
+        print(f"\n{len(regressions)} regression(s) beyond the {args.margin:g} % margin and the noise:")
+        print("\n".join(f"  {r.test.split('::', 1)[-1]} {r.message()}" for r in regressions))
         return 1
     return 0
 
@@ -205,7 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     resend.add_argument("--ca", default=None, help="CA bundle for TLS")
     resend.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     resend.set_defaults(func=_resend)
-    compare = commands.add_parser("compare", help="compare two runs' reports; exit 1 on a regression")
+    compare = commands.add_parser(
+        "compare", help="compare two runs' reports; exit 1 on a regression, 2 when they are not comparable"
+    )
     compare.add_argument("baseline", metavar="RUN_A", help="report.json path or run id (the reference)")
     compare.add_argument("candidate", metavar="RUN_B", help="report.json path or run id (the new run)")
     compare.add_argument("--results-dir", default="aif-results", help="where run ids are looked up")

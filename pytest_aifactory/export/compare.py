@@ -1,7 +1,16 @@
-"""Compare two run reports point by point: relative changes, regressions and improvements beyond a margin.
+"""Compare two run reports point by point: relative changes, regressions and improvements beyond margin and noise.
 
 Each test is compared on the key metrics of its family (``Metric.compare`` in the metric
 table): the family markers it carries in the report, else the family its metrics reveal.
+
+A change is a regression (or an improvement) when it is worse (better) than the margin AND
+beyond the run-to-run noise: the interval of the relative change, made from both results'
+95 % confidence intervals (``core.confidence.change_interval``), lies wholly on that side of
+zero. A metric without intervals in either run (a single run's throughput, or reports made
+before intervals existed) is judged by the margin alone, and the message says so; but a
+latency statistic of runs that do carry intervals and has none (too few samples to bound a
+p99) is not judged at all: its change is noise as far as anyone can tell. ``differences`` names what makes two runs not
+comparable (service version or image, profile, partition, node type, model, dataset).
 """
 
 from __future__ import annotations
@@ -11,9 +20,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_aifactory.core.confidence import change_interval
 from pytest_aifactory.core.metric_table import FAMILIES, METRICS, TABLE, Family, Metric
 
-__all__ = ["Change", "compare_reports", "families_of", "format_comparison", "key_metrics", "unmatched"]
+__all__ = [
+    "Change",
+    "compare_reports",
+    "differences",
+    "families_of",
+    "format_comparison",
+    "key_metrics",
+    "unmatched",
+]
 
 Points = dict[tuple[str, str], Mapping[str, Any]]
 
@@ -23,7 +41,8 @@ class Change:
     """One metric of one test point in both runs.
 
     ``regression`` and ``improvement`` mean worse or better (in the metric's direction) by
-    more than the margin.
+    more than the margin and beyond the noise; ``interval`` is the relative change's
+    interval (None: no intervals, judged by the margin alone).
     """
 
     test: str
@@ -33,11 +52,30 @@ class Change:
     new: float
     regression: bool
     improvement: bool = False
+    interval: tuple[float, float] | None = None
+    margin: float = 0.0
+    unbounded: bool = False  # a latency statistic with too few samples for an interval: not judged
 
     @property
     def relative(self) -> float:
         """(new - old) / old, NaN when old is 0."""
         return (self.new - self.old) / self.old if self.old else math.nan
+
+    def message(self) -> str:
+        """``p99_ttft_ms 212 -> 251 (+18 %, interval [+11, +26] %, beyond 5 % margin)``."""
+        relative = "-" if math.isnan(self.relative) else f"{self.relative * 100:+.0f} %"
+        if self.unbounded:
+            noise = "too few samples for an interval: not judged"
+        elif self.interval is None:
+            noise = "no interval: margin only"
+        else:
+            noise = f"interval [{self.interval[0] * 100:+.0f}, {self.interval[1] * 100:+.0f}] %"
+        verdict = "beyond" if self.regression or self.improvement else "within"
+        where = f"[{self.point}] " if self.point else ""
+        return (
+            f"{where}{self.metric} {self.old:.4g} -> {self.new:.4g} "
+            f"({relative}, {noise}, {verdict} {self.margin * 100:g} % margin)"
+        )
 
 
 def families_of(test: Mapping[str, Any]) -> tuple[Family, ...]:
@@ -66,9 +104,8 @@ def _tests(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 
 def _points(report: Mapping[str, Any]) -> Points:
-    return {
-        (test["nodeid"], result["label"]): result["metrics"] for test in report["tests"] for result in test["results"]
-    }
+    """Every result of the report by (test, point)."""
+    return {(test["nodeid"], result["label"]): result for test in report["tests"] for result in test["results"]}
 
 
 def _direction(metric: Metric, a: float, b: float, margin: float) -> int:
@@ -76,6 +113,23 @@ def _direction(metric: Metric, a: float, b: float, margin: float) -> int:
     delta = (b - a) if metric.better == "higher" else (a - b)
     limit = margin * abs(a)
     return -1 if delta < -limit else 1 if delta > limit else 0
+
+
+def _noise(metric: Metric, interval: tuple[float, float] | None) -> int:
+    """-1 when the change's interval is wholly worse than no change, +1 wholly better, 0 when it spans it."""
+    if interval is None:
+        return 2  # no interval: the margin alone decides
+    worse, better = (
+        (interval[1] < 0, interval[0] > 0) if metric.better == "higher" else (interval[0] > 0, interval[1] < 0)
+    )
+    return -1 if worse else 1 if better else 0
+
+
+def _interval(a: Mapping[str, Any], b: Mapping[str, Any], name: str) -> tuple[float, float] | None:
+    old, new = (a.get("intervals") or {}).get(name), (b.get("intervals") or {}).get(name)
+    if old is None or new is None:
+        return None
+    return change_interval((float(old[0]), float(old[1])), (float(new[0]), float(new[1])))
 
 
 def compare_reports(old: Mapping[str, Any], new: Mapping[str, Any], margin: float) -> list[Change]:
@@ -86,11 +140,29 @@ def compare_reports(old: Mapping[str, Any], new: Mapping[str, Any], margin: floa
     for key in sorted(before.keys() & after.keys()):
         families = {*families_of(old_tests[key[0]]), *families_of(new_tests[key[0]])}
         for metric in key_metrics(families):
-            a, b = before[key].get(metric.name), after[key].get(metric.name)
+            a, b = before[key]["metrics"].get(metric.name), after[key]["metrics"].get(metric.name)
             if a is None or b is None:
                 continue
-            direction = _direction(metric, float(a), float(b), margin)
-            changes.append(Change(key[0], key[1], metric.name, float(a), float(b), direction < 0, direction > 0))
+            interval = _interval(before[key], after[key], metric.name)
+            with_intervals = all(point.get("interval_method") for point in (before[key], after[key]))
+            unbounded = interval is None and with_intervals and bool(metric.distribution)
+            direction, noise = _direction(metric, float(a), float(b), margin), _noise(metric, interval)
+            regression = direction < 0 and noise in (-1, 2) and not unbounded
+            improvement = direction > 0 and noise in (1, 2) and not unbounded
+            changes.append(
+                Change(
+                    key[0],
+                    key[1],
+                    metric.name,
+                    float(a),
+                    float(b),
+                    regression,
+                    improvement,
+                    interval,
+                    margin,
+                    unbounded,
+                )
+            )
     return changes
 
 
@@ -104,8 +176,60 @@ def unmatched(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str]
     return names(before.keys() - after.keys()), names(after.keys() - before.keys())
 
 
+_RUN_FIELDS = {
+    "profile": ("profile", "name"),
+    "partition": ("profile", "partition"),
+    "node type (CPU)": ("cpu_model",),
+    "node type (GPUs)": ("gpus",),
+}
+_POINT_FIELDS = {
+    "service": "service",
+    "service_version": "service version",
+    "service_image": "service image",
+    "model": "model",
+    "dataset": "dataset",
+    "prompts": "prompts",
+}
+
+
+def _field(data: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        data = data.get(key) if isinstance(data, Mapping) else None  # type: ignore[assignment]
+    return data
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What makes the runs not comparable, one line per differing field (known in both runs).
+
+    The run's profile, partition, node type (CPU model, GPUs) and service images, and at the
+    points both runs have: the service, its version and image, the model, dataset and prompts.
+    """
+    found: dict[str, str] = {}
+    old_run, new_run = old.get("provenance") or {}, new.get("provenance") or {}
+    for name, path in _RUN_FIELDS.items():
+        a, b = _field(old_run, path), _field(new_run, path)
+        if a is not None and b is not None and a != b:
+            found[name] = f"{name} differs: {a!r} in {old['run_id']}, {b!r} in {new['run_id']}"
+    old_images, new_images = _field(old_run, ("profile", "images")) or {}, _field(new_run, ("profile", "images")) or {}
+    for service in sorted(old_images.keys() & new_images.keys()):
+        if old_images[service] != new_images[service]:
+            found[f"image {service}"] = (
+                f"image of {service} differs: {old_images[service]!r} in {old['run_id']}, "
+                f"{new_images[service]!r} in {new['run_id']}"
+            )
+    before, after = _points(old), _points(new)
+    for key in sorted(before.keys() & after.keys()):
+        a_config, b_config = before[key].get("config") or {}, after[key].get("config") or {}
+        for field, name in _POINT_FIELDS.items():
+            a, b = a_config.get(field), b_config.get(field)
+            if a is not None and b is not None and a != b and field not in found:
+                where = f"{key[0].split('::', 1)[-1]} [{key[1]}]" if key[1] else key[0].split("::", 1)[-1]
+                found[field] = f"{name} differs: {a!r} in {old['run_id']}, {b!r} in {new['run_id']} (at {where})"
+    return list(found.values())
+
+
 def _table(changes: list[Change], old_id: str, new_id: str) -> list[str]:
-    header = ["test", "point", "metric", "better", old_id, new_id, "change", ""]
+    header = ["test", "point", "metric", "better", old_id, new_id, "interval", "change", ""]
     rows = [
         [
             c.test.split("::", 1)[-1],
@@ -114,6 +238,7 @@ def _table(changes: list[Change], old_id: str, new_id: str) -> list[str]:
             METRICS[c.metric].better,
             f"{c.old:.4g}",
             f"{c.new:.4g}",
+            "-" if c.interval is None else f"[{c.interval[0]:+.0%},{c.interval[1]:+.0%}]",
             "-" if math.isnan(c.relative) else f"{c.relative:+.1%}",
             "REGRESSION" if c.regression else "improved" if c.improvement else "",
         ]
@@ -126,7 +251,10 @@ def _table(changes: list[Change], old_id: str, new_id: str) -> list[str]:
 def format_comparison(
     changes: list[Change], old_id: str, new_id: str, only_old: Iterable[str] = (), only_new: Iterable[str] = ()
 ) -> str:
-    """A side-by-side table (metric, which way is better, both values, verdict), then the points one run lacks."""
+    """A side-by-side table (metric, which way is better, both values, the change and its interval, verdict).
+
+    Then the points one run lacks.
+    """
     lines = _table(changes, old_id, new_id) if changes else ["no test point appears in both reports"]
     for run_id, points in ((old_id, list(only_old)), (new_id, list(only_new))):
         if points:

@@ -7,7 +7,10 @@ least ``high``). Then it bisects the bracket [highest pass, lowest breach] until
 within ``precision`` of its lower end (for a concurrency: also until the two are adjacent
 integers). Before every probe after the first it checks the time budget: when the time
 spent plus the longest probe so far would exceed ``budget_s``, it stops and answers with
-what it has, saying so. The answer is always the highest value that passed (so it errs low,
+what it has, saying so. A probe where the load generator was the limit (its result's
+``client_limit``) ends the search too: beyond it the figures are the client's, and the
+answer (capacity at least the last pass) is inconclusive, as its SLO verdicts then are.
+The answer is always the highest value that passed (so it errs low,
 by at most the precision, when the service's SLOs hold below a single threshold), and every
 probe is kept as a normal result.
 """
@@ -20,13 +23,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pytest_aifactory.core.errors import LoadConfigError
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.core.slo import SLO, Verdict, check
 
 __all__ = ["Capacity", "CapacitySearch", "Probe", "search_capacity"]
 
 Knob = Literal["rate", "concurrency"]
-Status = Literal["found", "unreachable", "above-highest", "budget"]
+Status = Literal["found", "unreachable", "above-highest", "budget", "client-bound"]
 
 
 @dataclass(frozen=True)
@@ -42,19 +46,19 @@ class CapacitySearch:
 
     def __post_init__(self) -> None:
         if self.knob not in ("rate", "concurrency"):
-            raise ValueError(f"capacity knob must be 'rate' or 'concurrency', got {self.knob!r}")
+            raise LoadConfigError(f"capacity knob must be 'rate' or 'concurrency', got {self.knob!r}")
         if not self.low > 0:
-            raise ValueError(f"capacity search: low must be > 0, got {self.low}")
+            raise LoadConfigError(f"capacity search: low must be > 0, got {self.low}")
         if self.high is not None and not self.high > self.low:
-            raise ValueError(f"capacity search: high ({self.high}) must be above low ({self.low})")
+            raise LoadConfigError(f"capacity search: high ({self.high}) must be above low ({self.low})")
         if not 0 < self.precision < 1:
-            raise ValueError(f"capacity search: precision is a fraction in (0, 1), got {self.precision}")
+            raise LoadConfigError(f"capacity search: precision is a fraction in (0, 1), got {self.precision}")
         if not self.growth > 1:
-            raise ValueError(f"capacity search: growth must be > 1, got {self.growth}")
+            raise LoadConfigError(f"capacity search: growth must be > 1, got {self.growth}")
         if not self.budget_s > 0:
-            raise ValueError(f"capacity search: budget_s must be > 0, got {self.budget_s}")
+            raise LoadConfigError(f"capacity search: budget_s must be > 0, got {self.budget_s}")
         if self.knob == "concurrency" and self.low != int(self.low):
-            raise ValueError(f"capacity search: a concurrency is a whole number, got low={self.low}")
+            raise LoadConfigError(f"capacity search: a concurrency is a whole number, got low={self.low}")
 
     def grown(self, value: float) -> float:
         """The next bracketing value after ``value`` (capped at ``high``)."""
@@ -133,6 +137,13 @@ class Capacity:
         """The answer in one sentence."""
         knob, slos = self.search.knob, ", ".join(str(s) for s in self.slos)
         lowest = self.probes[0] if self.probes else None
+        last = self.probes[-1] if self.probes else None
+        if self.status == "client-bound" and last is not None:
+            held = f"capacity is at least {self.value:g}" if self.best() else "nothing is known of capacity"
+            return (
+                f"inconclusive: the load generator was the limit at {knob}={last.value:g} "
+                f"({last.result.client_limit}); {held}; use workers=N or nodes=N"
+            )
         if self.status == "unreachable" and lowest is not None:
             breaches = "; ".join(v.message() for v in lowest.verdicts if not v.passed)
             return f"SLO unreachable even at the lowest point {knob}={lowest.value:g}: {breaches}"
@@ -168,13 +179,14 @@ class Capacity:
         return LoadResult(
             label=label,
             mode=best.result.mode if best else (self.probes[0].result.mode if self.probes else ""),
-            config={"capacity": self.to_json()},
+            config={**(best.result.config if best else {}), "capacity": self.to_json()},
             distributions=dict(best.result.distributions) if best else {},
             scalars=scalars,
             role="capacity",
             intervals=dict(best.result.intervals) if best else {},
             interval_method=best.result.interval_method if best else "",
             notes=[self.message()],
+            client_limit=self.probes[-1].result.client_limit if self.status == "client-bound" else "",
         )
 
 
@@ -191,18 +203,26 @@ def search_capacity(
     def run(value: float) -> Probe:
         began = clock()
         result = probe(value)
-        point = Probe(value, result, tuple(check(slos, result.metrics())), clock() - began)
+        verdicts = check(slos, result.metrics(), client_limit=result.client_limit)
+        point = Probe(value, result, tuple(verdicts), clock() - began)
         answer.probes.append(point)
         answer.elapsed_s = clock() - start
         return point
+
+    def stop(point: Probe) -> bool:
+        """True when the search must stop at ``point`` (client-bound, or a breach at the lowest point)."""
+        if point.result.client_limit:
+            answer.status = "client-bound"
+        elif not point.passed and len(answer.probes) == 1:
+            answer.status = "unreachable"
+        return answer.status != "found"
 
     def affordable() -> bool:
         longest = max(p.seconds for p in answer.probes)
         return clock() - start + longest <= search.budget_s
 
     passed = search.low
-    if not run(passed).passed:
-        answer.status = "unreachable"
+    if stop(run(passed)):
         return answer
     breached: float | None = None
     while breached is None:
@@ -213,7 +233,10 @@ def search_capacity(
             answer.status = "budget"
             return answer
         value = search.grown(passed)
-        if run(value).passed:
+        point = run(value)
+        if stop(point):
+            return answer
+        if point.passed:
             passed = value
         else:
             breached = value
@@ -222,7 +245,10 @@ def search_capacity(
             answer.status = "budget"
             return answer
         value = search.middle(passed, breached)
-        if run(value).passed:
+        point = run(value)
+        if stop(point):
+            return answer
+        if point.passed:
             passed = value
         else:
             breached = value

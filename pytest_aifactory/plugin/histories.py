@@ -13,7 +13,10 @@ our results table shows the real figures. Its storage, JSON and ``--benchmark-co
 see every entry regardless.
 
 ``--aif-baseline REPORT|RUN_ID`` adds a gate on our own metrics: a test fails when a point's
-throughput dropped, or a latency rose, by more than ``--aif-regression-margin`` percent.
+throughput dropped, or a latency rose, by more than ``--aif-regression-margin`` percent and
+beyond the noise (``export.compare``); it refuses, failing the test, to compare with a
+baseline that is not comparable (another profile, partition, service version or image,
+model or dataset), naming what differs.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import pytest
 from pytest_aifactory.core.metric_table import TABLE
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.core.profiles import Profile
-from pytest_aifactory.export.compare import compare_reports
+from pytest_aifactory.export.compare import compare_reports, differences
 from pytest_aifactory.plugin.options import setting
 
 __all__ = ["Histories"]
@@ -98,13 +101,17 @@ class Histories:
             "markers": [mark.name for mark in item.iter_markers()],
             "results": [r.to_json() for r in results],
         }
-        current = {"run_id": self.run_id, "tests": [test]}
-        changes = compare_reports(self.baseline, current, self.margin)
-        return [
-            f"[{c.point}] {c.metric}={c.new:.4g}, baseline {c.old:.4g} ({c.relative:+.1%}, margin {self.margin:.0%})"
-            for c in changes
-            if c.regression
-        ]
+        profile = {
+            "name": self.profile.name,
+            "partition": self.profile.slurm.partition,
+            "images": {name: o.image for name, o in self.profile.services.items() if o.image},
+        }
+        current = {"run_id": self.run_id, "provenance": {"profile": profile}, "tests": [test]}
+        differing = differences(self.baseline, current)
+        if differing:
+            lines = "\n".join(f"  {d}" for d in differing)
+            pytest.fail(f"not comparable with the baseline {self.baseline['run_id']}:\n{lines}", pytrace=False)
+        return [c.message() for c in compare_reports(self.baseline, current, self.margin) if c.regression]
 
     @pytest.hookimpl(wrapper=True)
     def pytest_benchmark_group_stats(
