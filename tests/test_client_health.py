@@ -6,13 +6,16 @@ import asyncio
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.core.slo import SLOInconclusive, assert_slo, check, parse_slo
 from pytest_aifactory.load.engine import Clock, Engine, LoadPlan
 from pytest_aifactory.load.schedule import Arrivals
-from pytest_aifactory.workloads.runner import LoadRunner
+from pytest_aifactory.workloads.openai import OpenAIClient
+from pytest_aifactory.workloads.prompts import Lengths, SyntheticPrompts
+from pytest_aifactory.workloads.runner import LoadRunner, make_plan
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,6 +84,25 @@ def test_engine_past_its_limit_is_client_bound_and_slo_inconclusive(timed_server
     assert verdicts[0].message().endswith("use workers=N or nodes=N")
     with pytest.raises(SLOInconclusive, match="SLO inconclusive: p99_ttft_ms <= 1e"):
         assert_slo(result, "p99_ttft_ms <= 1e9")
+
+
+def test_server_truth_matches_the_engine_request_by_request(timed_server) -> None:  # type: ignore[no-untyped-def]
+    """The synthetic server's per-request truth (keyed by X-Request-Id) is on the engine's clock."""
+    url = timed_server.url().rstrip("/")
+    httpx.delete(f"{url}/truth", timeout=10).raise_for_status()
+    client = OpenAIClient(url, "synthetic", request_id_prefix="t-")
+    prompts = SyntheticPrompts(Lengths(4, 4), Lengths(2, 2))
+    result = LoadRunner().run(client, prompts, make_plan(rate=20, count=5))
+    truth = httpx.get(f"{url}/truth", timeout=10).json()
+    assert truth["clock"] == "monotonic"
+    assert sorted(truth["requests"]) == [f"t-{i}" for i in range(5)]
+    zero = result.config["clock_zero_monotonic_s"]
+    for record in result.records:
+        read, first_written = truth["requests"][f"t-{record.index}"]
+        assert record.sent is not None
+        assert record.first_token is not None
+        assert zero + record.scheduled <= zero + record.sent <= read  # the client's last byte, then the server's read
+        assert read + 0.001 <= first_written <= zero + record.first_token  # 1 ms TTFT, then the client's read
 
 
 @pytest.fixture(scope="module")

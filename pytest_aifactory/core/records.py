@@ -77,7 +77,8 @@ class ClientHealth:
     ``cpu_s`` is the CPU time of the whole process, ``loop_cpu_s`` that of the thread running
     the event loop (the one that paces and sends: when it is near one core, the client is the
     limit), ``stall_max_ms`` the longest the event loop was blocked beyond its watch tick,
-    ``event_loop`` which loop ran (``uvloop 0.21.0`` or ``asyncio``).
+    ``event_loop`` which loop ran (``uvloop 0.21.0`` or ``asyncio``), ``clock_zero`` the
+    ``time.monotonic()`` of the records' time zero (to match them with a server's own times).
     """
 
     worker: str
@@ -86,6 +87,7 @@ class ClientHealth:
     loop_cpu_s: float
     stall_max_ms: float
     event_loop: str
+    clock_zero: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

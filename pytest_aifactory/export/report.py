@@ -28,7 +28,16 @@ from pytest_aifactory.jobs.registry import JobRegistry
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, read_json
 from pytest_aifactory.jobs.telemetry import MONITOR_FILE, resource_series
 
-__all__ = ["READABLE_VERSIONS", "SCHEMA_PATH", "SCHEMA_VERSION", "RunReport", "git_state", "load_schema", "read_report"]
+__all__ = [
+    "READABLE_VERSIONS",
+    "SCHEMA_PATH",
+    "SCHEMA_VERSION",
+    "RunReport",
+    "cpu_model",
+    "git_state",
+    "load_schema",
+    "read_report",
+]
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -91,7 +100,8 @@ def git_state(root: Path) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model name (from /proc/cpuinfo, else what the platform says)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -140,7 +150,7 @@ class RunReport:
                 "host": socket.gethostname(),
                 "python": sys.version.split()[0],
                 "platform": platform.platform(),
-                "cpu_model": _cpu_model(),
+                "cpu_model": cpu_model(),
                 "cpu_count": os.cpu_count(),
                 "gpus": _gpus(),
                 "packages": _versions(),

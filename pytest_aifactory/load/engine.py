@@ -238,7 +238,7 @@ class Engine:
         reporter = watcher = None
         try:
             self.clock = Clock(ready() if ready is not None else start_at)
-            watch = LoopWatch(self.worker)
+            watch = LoopWatch(self.worker, self.clock.t0)
             watch.start()
             reporter = asyncio.create_task(self._report()) if self.progress else None
             work = asyncio.create_task(self._open_loop() if self.plan.mode == "open" else self._closed_loop())

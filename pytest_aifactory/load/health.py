@@ -24,8 +24,10 @@ class LoopWatch:
 
     tick_s = 0.01
 
-    def __init__(self, worker: str) -> None:
+    def __init__(self, worker: str, clock_zero: float) -> None:
+        """Watch for ``worker``, whose records count from ``clock_zero`` (monotonic seconds)."""
         self.worker = worker
+        self.clock_zero = clock_zero
         self.stall_max_s = 0.0
         self._task: asyncio.Task[None] | None = None
         self._started = (0.0, 0.0, 0.0)
@@ -51,6 +53,7 @@ class LoopWatch:
             loop_cpu_s=time.thread_time() - thread0,
             stall_max_ms=self.stall_max_s * 1000,
             event_loop=event_loop_name(asyncio.get_running_loop()),
+            clock_zero=self.clock_zero,
         )
         if self._task is not None:
             self._task.cancel()

@@ -6,8 +6,15 @@ first ``ttft_ms`` after the request arrived, then one chunk every ``itl_ms`` (ea
 Chat streams open as vLLM's do, with a role-only delta just before the first text; with
 ``stream_options.continuous_usage_stats`` every chunk carries the running usage.
 The load engine measured against it must find these delays: what it finds beyond them is
-the client's (and the server loop's) own error. Plain asyncio, no framework: one process,
-cheap per request. ``error_every=N`` answers every N-th request with HTTP 500.
+the client's (and the server loop's) own error. No framework: one process on uvloop (where
+installed) with orjson, cheap per request. ``error_every=N`` answers every N-th request with
+HTTP 500; ``cpu=N`` pins the server to core N (calibration keeps it off the client's core).
+
+It records its own truth for every request that carries an ``X-Request-Id`` header: when its
+head was read and when the first token was written to the socket (``time.monotonic()``,
+CLOCK_MONOTONIC, the clock of the load engine on the same machine). ``GET /truth`` returns
+``{"clock": "monotonic", "requests": {id: [read, first_token_written]}}``; ``DELETE /truth``
+forgets them.
 
 Run: ``python -m pytest_aifactory.services.synthetic_llm --host 127.0.0.1 --port 8000``.
 """
@@ -17,17 +24,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import orjson
 
 from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
 
 __all__ = ["DEFAULTS", "SyntheticTiming", "build", "main"]
 
-DEFAULTS: dict[str, SettingValue] = {"ttft_ms": 20.0, "itl_ms": 5.0, "tokens_per_chunk": 1, "error_every": 0}
+DEFAULTS: dict[str, SettingValue] = {"ttft_ms": 20.0, "itl_ms": 5.0, "tokens_per_chunk": 1, "error_every": 0, "cpu": -1}
 
 
 def build(settings: Mapping[str, SettingValue]) -> ServiceSpec:
@@ -44,6 +53,7 @@ def build(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             f"--itl-ms={settings['itl_ms']}",
             f"--tokens-per-chunk={settings['tokens_per_chunk']}",
             f"--error-every={settings['error_every']}",
+            f"--cpu={settings['cpu']}",
         ),
         probe=HttpProbe(path="/health"),
         readiness_timeout_s=30,
@@ -61,43 +71,58 @@ class SyntheticTiming:
 
 
 async def _until(due: float) -> None:
-    """Sleep to about 1 ms before ``due``, then yield until it (timer granularity is 1 ms)."""
-    delay = due - time.perf_counter() - 0.001
+    """Sleep until ``due`` (monotonic; the loop's timer wakes within about a millisecond, no spinning)."""
+    delay = due - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
-    while time.perf_counter() < due:
-        await asyncio.sleep(0)
 
 
 class _Server:
     def __init__(self, timing: SyntheticTiming) -> None:
         self.timing = timing
         self.counter = itertools.count(1)
+        self.truth: dict[str, list[float]] = {}  # request id -> [head read, first token written]
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                received = time.perf_counter()
+                received = time.monotonic()
                 lines = head.decode("latin-1").split("\r\n")
                 method, path, _ = lines[0].split(" ", 2)
                 headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                await self.respond(method, path, body, received, writer)
+                truth = None
+                if "x-request-id" in headers:
+                    truth = self.truth[headers["x-request-id"]] = [received, float("nan")]
+                await self.respond(method, path, body, received, writer, truth)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
 
-    async def respond(self, method: str, path: str, body: bytes, received: float, writer: asyncio.StreamWriter) -> None:
+    async def respond(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        received: float,
+        writer: asyncio.StreamWriter,
+        truth: list[float] | None = None,
+    ) -> None:
         if method == "GET" and path in ("/health", "/v1/models"):
             return self.plain(writer, 200, b'{"status":"ok","data":[{"id":"synthetic"}]}')
+        if path == "/truth" and method in ("GET", "DELETE"):
+            payload = orjson.dumps({"clock": "monotonic", "requests": self.truth})
+            if method == "DELETE":
+                self.truth.clear()
+            return self.plain(writer, 200, payload)
         if method != "POST" or path not in ("/v1/completions", "/v1/chat/completions"):
             return self.plain(writer, 404, b'{"error":"not found"}')
         if self.timing.error_every and next(self.counter) % self.timing.error_every == 0:
             return self.plain(writer, 500, b'{"error":"synthetic failure"}')
-        request = json.loads(body)
-        await self.stream(writer, request, chat=path.endswith("chat/completions"), received=received)
+        request = orjson.loads(body)
+        await self.stream(writer, request, chat=path.endswith("chat/completions"), received=received, truth=truth)
         return None
 
     @staticmethod
@@ -108,7 +133,12 @@ class _Server:
         )
 
     async def stream(
-        self, writer: asyncio.StreamWriter, request: dict[str, object], chat: bool, received: float
+        self,
+        writer: asyncio.StreamWriter,
+        request: dict[str, object],
+        chat: bool,
+        received: float,
+        truth: list[float] | None,
     ) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
         total = int(str(request.get("max_tokens", 16)))
@@ -129,6 +159,8 @@ class _Server:
             text = {"content" if chat else "text": "tok " * tokens}
             self.event(writer, _chunk(text, sent if continuous else None, chat))
             await writer.drain()
+            if truth is not None and i == 0:
+                truth[1] = time.monotonic()  # the first token is in the socket
         if options.get("include_usage"):
             self.event(writer, {"choices": [], "usage": _usage(total)})
         writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
@@ -136,7 +168,7 @@ class _Server:
 
     @staticmethod
     def event(writer: asyncio.StreamWriter, data: dict[str, object]) -> None:
-        payload = b"data: " + json.dumps(data).encode() + b"\n\n"
+        payload = b"data: " + orjson.dumps(data) + b"\n\n"
         writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
 
 
@@ -169,9 +201,17 @@ def main() -> None:
     parser.add_argument("--itl-ms", type=float, default=5.0)
     parser.add_argument("--tokens-per-chunk", type=int, default=1)
     parser.add_argument("--error-every", type=int, default=0)
+    parser.add_argument("--cpu", type=int, default=-1, help="pin the server to this core (-1: not pinned)")
     args = parser.parse_args()
+    if args.cpu >= 0:
+        os.sched_setaffinity(0, {args.cpu})
     timing = SyntheticTiming(args.ttft_ms, args.itl_ms, args.tokens_per_chunk, args.error_every)
-    asyncio.run(serve(args.host, args.port, timing))
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(args.host, args.port, timing))
+    else:
+        uvloop.run(serve(args.host, args.port, timing))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ vLLM, llama.cpp, Ollama and TGI all speak it. Asks for ``stream_options.include_
 (and vLLM's ``continuous_usage_stats``, which gives exact tokens per chunk); where the
 server gives no usage, each content chunk counts as one token. ``fixed_length`` asks for
 exactly ``max_tokens`` (``ignore_eos`` and ``min_tokens``), so tokens/s figures compare.
+``prepare`` encodes a request's body (orjson) before the load's clock starts; ``request_id_prefix``
+sends ``X-Request-Id: PREFIX<index>`` with every request (the synthetic server keys its
+per-request truth by it; vLLM takes it as its request id).
 
 Built on aiohttp rather than httpx: measured on 2 cores against the synthetic server at 500
 streamed requests/s, httpx fell behind its schedule (schedule lag p99 55 ms) where aiohttp
@@ -15,16 +18,25 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import aiohttp
+import orjson
 
 from pytest_aifactory.core.records import Chunk, RequestRecord, attribute_tokens
 from pytest_aifactory.load.engine import Clock
 from pytest_aifactory.workloads.prompts import LLMRequest
 from pytest_aifactory.workloads.sse import open_session, stream_events
 
-__all__ = ["OpenAIClient"]
+__all__ = ["OpenAIClient", "PreparedRequest"]
+
+
+class PreparedRequest(NamedTuple):
+    """A request ready to send: its path, its encoded JSON body and its estimated input tokens."""
+
+    path: str
+    body: bytes
+    input_tokens: int
 
 
 @dataclass
@@ -45,6 +57,7 @@ class OpenAIClient:
     temperature: float = 0.0
     extra_body: dict[str, Any] = field(default_factory=dict)
     max_connections: int = 0  # unlimited: the engine decides how many requests are in flight
+    request_id_prefix: str | None = None
     _http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
@@ -98,17 +111,26 @@ class OpenAIClient:
         body["prompt"] = request.prompt
         return "/v1/completions", body
 
-    async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
-        """Stream one completion, recording the arrival time of every content chunk."""
-        assert self._http is not None, "open() first"
-        request: LLMRequest = payload
-        record.input_tokens = request.input_tokens
+    def prepare(self, request: LLMRequest) -> PreparedRequest:
+        """The request as it will be sent (built before the clock starts)."""
         path, body = self.body(request)
+        return PreparedRequest(path, orjson.dumps(body), request.input_tokens)
+
+    async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
+        """Stream one completion (an ``LLMRequest`` or its ``PreparedRequest``), timing every content chunk."""
+        assert self._http is not None, "open() first"
+        request: PreparedRequest = payload if isinstance(payload, PreparedRequest) else self.prepare(payload)
+        record.input_tokens = request.input_tokens
+        headers = (
+            None if self.request_id_prefix is None else {"X-Request-Id": f"{self.request_id_prefix}{record.index}"}
+        )
         texts: list[str] = []
         times: list[float] = []
         running_usage: list[int] = []
         final_usage: int | None = None
-        async with contextlib.aclosing(stream_events(self._http, path, body, record, clock)) as events:
+        async with contextlib.aclosing(
+            stream_events(self._http, request.path, request.body, record, clock, headers)
+        ) as events:
             async for now, event in events:
                 usage = event.get("usage") or {}
                 content = self._content(event)

@@ -6,6 +6,7 @@ and client nodes that share a schedule send exactly the requests a single proces
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -60,21 +61,50 @@ class Lengths:
         """One length."""
         return int(rng.integers(self.low, self.high + 1))
 
+    def pick(self, bits: int) -> int:
+        """The length that random ``bits`` select (uniform when they are)."""
+        return self.low + bits % (self.high - self.low + 1)
+
+
+_MASK64 = (1 << 64) - 1
+_POOL_WORDS = 1 << 16
+
+
+def _mix(seed: int, index: int) -> int:
+    """SplitMix64's finalizer over (seed, index): 64 well-spread bits, without a generator per request."""
+    z = ((seed & _MASK64) * 0x9E3779B97F4A7C15 + index + 1) * 0x9E3779B97F4A7C15 & _MASK64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
+    return z ^ (z >> 31)
+
 
 @dataclass(frozen=True)
 class SyntheticPrompts:
-    """Random prompts of set input and output lengths (seeded, deterministic per index)."""
+    """Random prompts of set input and output lengths (seeded, deterministic per index).
+
+    One seeded pool of 65,536 random common words is drawn once; request ``index`` takes its
+    lengths and a window of the pool from a 64-bit hash of (seed, index), so building a prompt
+    costs a slice and a join, not a random generator.
+    """
 
     input_len: Lengths
     output_len: Lengths
     seed: int = 0
 
+    @functools.cached_property
+    def _pool(self) -> list[str]:
+        picks = np.random.default_rng(self.seed).integers(len(COMMON_WORDS), size=_POOL_WORDS)
+        words = [COMMON_WORDS[i] for i in picks]
+        return words + words  # any window of up to _POOL_WORDS words is one slice
+
     def request(self, index: int) -> LLMRequest:
         """Prompt ``index``: a unique prefix, then random common words."""
-        rng = np.random.default_rng([self.seed, index])
-        tokens = self.input_len.draw(rng)
-        words = rng.choice(COMMON_WORDS, size=max(tokens - 1, 0))
-        return LLMRequest(f"{index}: " + " ".join(words), self.output_len.draw(rng), tokens)
+        bits = _mix(self.seed, index)
+        tokens = self.input_len.pick(bits & 0xFFFFF)
+        count, start = max(tokens - 1, 0), (bits >> 40) % _POOL_WORDS
+        pool = self._pool if count <= _POOL_WORDS else self._pool * (count // _POOL_WORDS + 1)
+        prompt = f"{index}: " + " ".join(pool[start : start + count])
+        return LLMRequest(prompt, self.output_len.pick(bits >> 20 & 0xFFFFF), tokens)
 
     def describe(self) -> dict[str, Any]:
         """The workload as JSON-ready configuration."""

@@ -141,6 +141,7 @@ class LoadRunner(ProductionLoads):
                 **_describe(client),
                 "workers": workers,
                 "client_nodes": nodes,
+                "clock_zero_monotonic_s": min((h.clock_zero for h in run.health), default=None),
                 "event_loop": ", ".join(sorted({h.event_loop for h in run.health})) or "not available",
                 "goodput": dict(goodput or {}),
                 **dict(config or {}),
