@@ -76,7 +76,7 @@ def test_engine_past_its_limit_is_client_bound_and_slo_inconclusive(timed_server
     result = LoadRunner().openai(timed_server, **PAST_THE_LIMIT)
     m = result.metrics()
     assert m["client_bound"] == 1
-    assert m["p99_lag_ms"] > 20
+    assert m["p99_lag_ms"] > 50
     assert result.client_limit.startswith(f"lag p99 {m['p99_lag_ms']:.3g} ms, CPU ")
     verdicts = check([parse_slo("p99_ttft_ms <= 1e9")], m, result.label, result.client_limit)
     assert [(v.passed, v.inconclusive, v.breached) for v in verdicts] == [(False, True, False)]
@@ -101,8 +101,10 @@ def test_server_truth_matches_the_engine_request_by_request(timed_server) -> Non
         read, first_written = truth["requests"][f"t-{record.index}"]
         assert record.sent is not None
         assert record.first_token is not None
-        assert zero + record.scheduled <= zero + record.sent <= read  # the client's last byte, then the server's read
-        assert read + 0.001 <= first_written <= zero + record.first_token  # 1 ms TTFT, then the client's read
+        assert zero + record.scheduled <= read  # one clock: the server read it after it was due,
+        assert abs(read - (zero + record.sent)) < 0.05  # about when the client's last byte left
+        # 1 ms TTFT, then the client's read (the server notes the time just after its write: 1 ms slack)
+        assert read + 0.001 <= first_written <= zero + record.first_token + 0.001
 
 
 @pytest.fixture(scope="module")

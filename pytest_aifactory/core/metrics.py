@@ -113,7 +113,7 @@ class ClientBound:
     core or more (one thread paces and sends: at a core it can do no more).
     """
 
-    lag_p99_ms: float = 20.0
+    lag_p99_ms: float = 50.0
     loop_cpu_cores: float = 0.9
 
     def reason(self, scalars: dict[str, float], lag: Distribution) -> str:

@@ -6,8 +6,8 @@ first ``ttft_ms`` after the request arrived, then one chunk every ``itl_ms`` (ea
 Chat streams open as vLLM's do, with a role-only delta just before the first text; with
 ``stream_options.continuous_usage_stats`` every chunk carries the running usage.
 The load engine measured against it must find these delays: what it finds beyond them is
-the client's (and the server loop's) own error. No framework: one process on uvloop (where
-installed) with orjson, cheap per request. ``error_every=N`` answers every N-th request with
+the client's (and the server loop's) own error. No framework: one asyncio process with orjson,
+cheap per request. ``error_every=N`` answers every N-th request with
 HTTP 500; ``cpu=N`` pins the server to core N (calibration keeps it off the client's core).
 
 It records its own truth for every request that carries an ``X-Request-Id`` header: when its
@@ -71,7 +71,10 @@ class SyntheticTiming:
 
 
 async def _until(due: float) -> None:
-    """Sleep until ``due`` (monotonic; the loop's timer wakes within about a millisecond, no spinning)."""
+    """Sleep until ``due`` (monotonic): asyncio's timer wakes within about a millisecond after it.
+
+    Never before it: uvloop's timer rounds to the nearest millisecond of a cached clock and can.
+    """
     delay = due - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
@@ -158,9 +161,9 @@ class _Server:
             sent += tokens
             text = {"content" if chat else "text": "tok " * tokens}
             self.event(writer, _chunk(text, sent if continuous else None, chat))
-            await writer.drain()
             if truth is not None and i == 0:
-                truth[1] = time.monotonic()  # the first token is in the socket
+                truth[1] = time.monotonic()  # the first token went to the socket (before drain yields)
+            await writer.drain()
         if options.get("include_usage"):
             self.event(writer, {"choices": [], "usage": _usage(total)})
         writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
@@ -206,12 +209,7 @@ def main() -> None:
     if args.cpu >= 0:
         os.sched_setaffinity(0, {args.cpu})
     timing = SyntheticTiming(args.ttft_ms, args.itl_ms, args.tokens_per_chunk, args.error_every)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(args.host, args.port, timing))
-    else:
-        uvloop.run(serve(args.host, args.port, timing))
+    asyncio.run(serve(args.host, args.port, timing))
 
 
 if __name__ == "__main__":
