@@ -63,16 +63,23 @@ class _SlottedServer(_Server):
         self.service_s = service_s
 
     async def stream(
-        self, writer: asyncio.StreamWriter, request: dict[str, object], chat: bool, received: float
+        self,
+        writer: asyncio.StreamWriter,
+        request: dict[str, object],
+        chat: bool,
+        received: float,
+        truth: list[float] | None = None,
     ) -> None:
         total = max(int(str(request.get("max_tokens", 16))), 1)
         async with self.slots:
-            start = time.perf_counter()
+            start = time.monotonic()
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
             for i in range(total):
                 await _until(start + self.service_s * (i + 1) / total)
                 choice = {"index": 0, "delta": {"content": "tok "}} if chat else {"index": 0, "text": "tok "}
                 self.event(writer, {"choices": [choice]})
+                if truth is not None and i == 0:
+                    truth[1] = time.monotonic()
                 await writer.drain()
         self.event(writer, {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": total}})
         writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")

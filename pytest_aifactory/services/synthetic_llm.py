@@ -141,7 +141,7 @@ class _Server:
         request: dict[str, object],
         chat: bool,
         received: float,
-        truth: list[float] | None,
+        truth: list[float] | None = None,
     ) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
         total = int(str(request.get("max_tokens", 16)))
