@@ -163,6 +163,14 @@ def test_a_profile_naming_an_unknown_service_is_a_usage_error_before_any_test_ru
     result.stderr.fnmatch_lines([f"*--aif-profile: {profile}: unknown service 'vllmm'; known services: *vllm*"])
 
 
+def test_aif_llm_picks_the_llm_service_and_an_unknown_one_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_llm(aif_profile):\n    assert aif_profile.llm == 'synthetic-llm'\n")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--aif-llm=synthetic-llm").assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--aif-llm=vllmm")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--aif-llm: *unknown service 'vllmm'; known services: *vllm*"])
+
+
 def test_a_missing_service_executable_names_the_package_that_provides_it(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
