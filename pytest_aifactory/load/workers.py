@@ -18,6 +18,8 @@ import dataclasses
 import json
 import multiprocessing as mp
 import queue
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,22 +82,55 @@ class LoadInterrupted(KeyboardInterrupt):
 def drive(engine: Engine, schedule: Sequence[tuple[int, float]] | None = None, **start: Any) -> LoadRun:
     """Run ``engine`` in a new event loop (uvloop when installed); ``start``: ``start_at`` or ``ready``.
 
-    An interruption is raised as ``LoadInterrupted``, carrying the requests completed so far.
+    An interruption is raised as ``LoadInterrupted``, carrying the requests completed so far. In
+    the main thread the loop itself takes SIGINT and SIGTERM while it runs (a KeyboardInterrupt
+    raised inside uvloop's callbacks can be lost, and the load would run on): it cancels the load.
     """
     loop = new_event_loop()
+    main = loop.create_task(engine.run(schedule, **start))
+    completed: list[RequestRecord] = []
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if not signals:
+            completed.extend(engine.records)  # before the requests in flight are cancelled
+        signals.append(signum)
+        main.cancel()
+
+    previous = _take_interrupts(loop, on_signal)
     try:
-        records = loop.run_until_complete(engine.run(schedule, **start))
+        records = loop.run_until_complete(main)
         loop.run_until_complete(loop.shutdown_asyncgens())
-    except KeyboardInterrupt as interrupt:
-        done = sorted(engine.records, key=lambda r: r.index)  # before the requests in flight are cancelled
+    except (KeyboardInterrupt, asyncio.CancelledError) as interrupt:
+        if not (signals or isinstance(interrupt, KeyboardInterrupt)):
+            raise
+        done = sorted(completed if signals else engine.records, key=lambda r: r.index)
         pending = asyncio.all_tasks(loop)
         for task in pending:
             task.cancel()
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))  # connections closed
-        raise LoadInterrupted(LoadRun(done, [engine.health] if engine.health is not None else [])) from interrupt
+        raise LoadInterrupted(LoadRun(done, [engine.health] if engine.health is not None else [])) from None
     finally:
+        for signum, handler in previous.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, handler)  # the session's own handlers again
         loop.close()
     return LoadRun(records, [engine.health] if engine.health is not None else [])
+
+
+def _take_interrupts(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> dict[int, Any]:
+    """Let ``loop`` call ``handler`` on SIGINT and SIGTERM (main thread only); the handlers it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        before = signal.getsignal(signum)
+        try:
+            loop.add_signal_handler(signum, handler, signum)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        previous[signum] = before
+    return previous
 
 
 def _share(total: int, parts: int, i: int) -> int:

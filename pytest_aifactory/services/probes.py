@@ -44,7 +44,7 @@ def _http(probe: HttpProbe, service: RunningService) -> str | None:
     url = service.url(probe.path, port=probe.port)
     try:
         response = httpx.request(probe.method, url, json=probe.json, headers=dict(probe.headers), timeout=_TIMEOUT_S)
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # httpx's errors, and httpcore's when re-imported modules left them unmapped
         return f"{probe.method} {url}: {type(exc).__name__}: {exc}"
     if response.status_code not in probe.expect_status:
         return f"{probe.method} {url}: HTTP {response.status_code} {response.text[:200]!r}"
