@@ -44,3 +44,22 @@ def test_select_tps_beside_pgbench(postgres_service, aif_load, aif_vars):
     ours.config["pgbench_tps"] = theirs.tps
     print(f"\nselect-only tps: pytest-aifactory {ours['request_s']:.0f}, pgbench {theirs.tps:.0f} ({theirs.command})")
     assert ours["request_s"] > 0.05 * theirs.tps, "an order of magnitude below pgbench: the client is the bottleneck"
+
+
+@pytest.mark.slo("error_rate == 0", "capacity_rate >= {pg_min_capacity_tps}")
+def test_select_capacity_under_slo(postgres_service, aif_load, aif_vars):
+    """The highest open-loop point-select rate (tps) at which p99 latency holds."""
+    aif_load.capacity(
+        "rate",
+        aif_load.sql,
+        postgres_service,
+        slo=[f"p99_latency_ms <= {aif_vars('pg_select_p99_latency_ms', 100)}", "error_rate == 0"],
+        low=aif_vars("pg_capacity_low", 100),
+        precision=0.25,
+        budget_s=aif_vars("pg_capacity_budget_s", 15),
+        mode="select",
+        scale=aif_vars("pg_scale", 2),
+        connections=8,
+        duration_s=aif_vars("pg_capacity_probe_s", 1.5),
+        warmup=10,
+    )

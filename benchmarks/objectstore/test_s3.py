@@ -41,3 +41,23 @@ def test_large_objects(s3_service, aif_load):
     """256 MiB objects, one at a time."""
     aif_load.s3(s3_service, op="put", size="256MiB", concurrency=1, count=2)
     aif_load.s3(s3_service, op="get", size="256MiB", objects=2, concurrency=1, count=2)
+
+
+@pytest.mark.slo("error_rate == 0", "capacity_rate >= {s3_min_get_capacity}")
+def test_get_capacity_under_slo(s3_service, aif_load, aif_vars):
+    """The highest rate of 64 KiB GETs (ops/s) at which p99 time to first byte holds."""
+    aif_load.capacity(
+        "rate",
+        aif_load.s3,
+        s3_service,
+        slo=[f"p99_ttft_ms <= {aif_vars('s3_get_p99_ttfb_ms', 200)}", "error_rate == 0"],
+        low=aif_vars("s3_capacity_low", 20),
+        precision=0.25,
+        budget_s=aif_vars("s3_capacity_budget_s", 15),
+        op="get",
+        size="64KiB",
+        objects=32,
+        concurrency=aif_vars("s3_capacity_concurrency", 32),
+        duration_s=aif_vars("s3_capacity_probe_s", 1.5),
+        warmup=5,
+    )

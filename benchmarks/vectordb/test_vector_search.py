@@ -99,3 +99,28 @@ def test_search_real_embeddings(aif_vector_store, aif_load, aif_run, embedding_s
         count=200,
         cache_dir=cache,
     )
+
+
+@pytest.mark.parametrize("store_name", STORES)
+@pytest.mark.slo("error_rate == 0", "capacity_rate >= {vec_min_capacity_qps}")
+def test_search_capacity_under_slo(aif_vector_store, aif_load, aif_run, dataset, store_name, aif_vars):
+    """The highest search rate (QPS) at which p99 latency holds with recall@10 above its floor."""
+    if store_name not in aif_vars("vec_capacity_stores", ["faiss"]):
+        pytest.skip(f"{store_name} is not in the profile's vec_capacity_stores")
+    aif_load.capacity(
+        "rate",
+        aif_load.vector_search,
+        aif_vector_store(store_name),
+        dataset,
+        slo=[
+            f"p99_latency_ms <= {aif_vars('vec_p99_latency_ms', 200)}",
+            f"recall_at_10 >= {aif_vars('vec_min_recall', 0.9)}",
+        ],
+        low=aif_vars("vec_capacity_low", 50),
+        precision=0.25,
+        budget_s=aif_vars("vec_capacity_budget_s", 15),
+        k=10,
+        duration_s=aif_vars("vec_capacity_probe_s", 1.5),
+        warmup=5,
+        cache_dir=aif_run.run_dir.parent / "cache",
+    )
