@@ -396,7 +396,7 @@ class LoadRunner(ProductionLoads):
         load = make_plan(**plan)
         client = s3.S3Client(endpoint, bucket, nbytes, threads=load.concurrency or 16)
         if op in ("get", "mixed", "list"):
-            client.prepare(objects)
+            client.upload_objects(objects)  # not prepare(): that name is the engine's PreparingClient hook
         workload = s3.ObjectOps(op, nbytes, objects, seed=int(plan.get("seed", 0)))
         return self.run(
             client, workload, load, label=label or f"{op} {size} {_label(load)}", workers=1, config=_about(service)

@@ -111,7 +111,7 @@ class S3Client:
         """Configuration for reports (no credentials)."""
         return {"client": "boto3", "endpoint": self.endpoint, "bucket": self.bucket, "threads": self.threads}
 
-    def prepare(self, objects: int) -> None:
+    def upload_objects(self, objects: int) -> None:
         """Create the bucket and write the missing ones of ``objects`` objects for GETs (not measured)."""
         client = s3_client_for(self.endpoint, self.threads)
         buckets = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
