@@ -25,8 +25,9 @@ are declared once, in ``metric_table``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ __all__ = [
     "Distribution",
     "GoodputSLO",
     "LoadResult",
+    "Totals",
+    "assemble",
     "itl_per_token",
     "summarize",
 ]
@@ -226,21 +229,6 @@ def itl_per_token(r: RequestRecord) -> list[float]:
     return intervals
 
 
-def _rate(times: Iterable[float]) -> float:
-    ordered = sorted(times)
-    if len(ordered) < 2 or ordered[-1] <= ordered[0]:
-        return math.nan
-    return (len(ordered) - 1) / (ordered[-1] - ordered[0])
-
-
-def _error_samples(records: Sequence[RequestRecord], limit: int = 5) -> list[str]:
-    seen: dict[str, int] = {}
-    for r in records:
-        if r.error is not None:
-            seen[r.error] = seen.get(r.error, 0) + 1
-    return [f"{count}x {text}" for text, count in sorted(seen.items(), key=lambda kv: -kv[1])[:limit]]
-
-
 def _health_scalars(health: Sequence[ClientHealth]) -> dict[str, float]:
     """The client's CPU (all processes, and the busiest loop thread) and longest stall; NaN when unknown."""
     if not health:
@@ -251,6 +239,144 @@ def _health_scalars(health: Sequence[ClientHealth]) -> dict[str, float]:
         "loop_cpu_cores": max(h.loop_cpu_s / max(h.wall_s, 1e-9) for h in health),
         "loop_stall_max_ms": max(h.stall_max_ms for h in health),
     }
+
+
+@dataclass
+class Totals:
+    """The exact counts and sums of measured records that the throughput figures need; mergeable.
+
+    ``scheduled`` and ``sent`` are (count, first, last) of those instants; ``values`` holds
+    (sum, count, min) per per-request score; ``errors`` counts each error text.
+    """
+
+    requests: int = 0
+    completed: int = 0
+    good: int = 0
+    output_tokens: int = 0
+    input_tokens: int = 0
+    last_end: float = -math.inf
+    scheduled: tuple[int, float, float] = (0, math.inf, -math.inf)
+    sent: tuple[int, float, float] = (0, math.inf, -math.inf)
+    extra: dict[str, float] = field(default_factory=dict)
+    values: dict[str, tuple[float, int, float]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, measured: Sequence[RequestRecord], goodput: GoodputSLO | None = None) -> Totals:
+        """The totals of ``measured`` (warm-up already left out)."""
+        totals = cls()
+        for r in measured:
+            totals._add(r, goodput)
+        return totals
+
+    def _add(self, r: RequestRecord, goodput: GoodputSLO | None) -> None:
+        self.requests += 1
+        self.scheduled = _span(self.scheduled, r.scheduled)
+        if r.sent is not None:
+            self.sent = _span(self.sent, r.sent)
+        if r.end is not None:
+            self.last_end = max(self.last_end, r.end)
+        if r.error is not None:
+            self.errors[r.error] = self.errors.get(r.error, 0) + 1
+        if not r.ok:
+            return
+        self.completed += 1
+        self.good += 1 if goodput is None or goodput.good(r) else 0
+        self.output_tokens += output_tokens(r)
+        self.input_tokens += r.input_tokens or 0
+        for key, amount in r.extra.items():
+            self.extra[key] = self.extra.get(key, 0.0) + amount
+        for key, score in r.values.items():
+            total, count, low = self.values.get(key, (0.0, 0, math.inf))
+            self.values[key] = (total + score, count + 1, min(low, score))
+
+    def merge(self, other: Totals) -> Totals:
+        """These totals and ``other``'s together (a new object)."""
+        merged = Totals(
+            self.requests + other.requests,
+            self.completed + other.completed,
+            self.good + other.good,
+            self.output_tokens + other.output_tokens,
+            self.input_tokens + other.input_tokens,
+            max(self.last_end, other.last_end),
+            _join(self.scheduled, other.scheduled),
+            _join(self.sent, other.sent),
+            dict(self.extra),
+            dict(self.values),
+            dict(self.errors),
+        )
+        for key, amount in other.extra.items():
+            merged.extra[key] = merged.extra.get(key, 0.0) + amount
+        for key, (total, count, low) in other.values.items():
+            mine = merged.values.get(key, (0.0, 0, math.inf))
+            merged.values[key] = (mine[0] + total, mine[1] + count, min(mine[2], low))
+        for text, count in other.errors.items():
+            merged.errors[text] = merged.errors.get(text, 0) + count
+        return merged
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready (infinities as JSON's Infinity, which Python reads back)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Totals:
+        """Inverse of ``to_json``."""
+        counts = {key: int(data[key]) for key in ("requests", "completed", "good", "output_tokens", "input_tokens")}
+        return cls(
+            **counts,
+            last_end=float(data["last_end"]),
+            scheduled=(int(data["scheduled"][0]), float(data["scheduled"][1]), float(data["scheduled"][2])),
+            sent=(int(data["sent"][0]), float(data["sent"][1]), float(data["sent"][2])),
+            extra={key: float(value) for key, value in data["extra"].items()},
+            values={key: (float(a), int(b), float(c)) for key, (a, b, c) in data["values"].items()},
+            errors={key: int(value) for key, value in data["errors"].items()},
+        )
+
+    def scalars(self) -> dict[str, float]:
+        """Counts, throughputs, rates, goodput, token means, per-request amounts and scores."""
+        count, start = self.requests, self.scheduled[1] if self.requests else 0.0
+        duration = max(max(self.last_end, start) - start, 1e-9)
+        scalars = {
+            "requests": float(count),
+            "completed": float(self.completed),
+            "errors": float(count - self.completed),
+            "error_rate": (count - self.completed) / count if count else math.nan,
+            "duration_s": duration,
+            "request_s": self.completed / duration,
+            "output_tok_s": self.output_tokens / duration,
+            "total_tok_s": (self.output_tokens + self.input_tokens) / duration,
+            "offered_rate": _rate(self.scheduled),
+            "achieved_rate": _rate(self.sent),
+            "goodput_s": self.good / duration,
+            "goodput_fraction": self.good / count if count else math.nan,
+            "mean_input_tokens": self.input_tokens / self.completed if self.completed else math.nan,
+            "mean_output_tokens": self.output_tokens / self.completed if self.completed else math.nan,
+        }
+        for key in sorted(self.extra):  # per-request amounts (bytes...) as rates
+            scalars[f"{key}_s"] = self.extra[key] / duration
+        for key in sorted(self.values):  # per-request scores (recall...)
+            total, n, low = self.values[key]
+            scalars[key], scalars[f"min_{key}"] = total / n, low
+        return scalars
+
+    def error_samples(self, limit: int = 5) -> list[str]:
+        """The most frequent errors, ``3x HTTP 503``."""
+        ranked = sorted(self.errors.items(), key=lambda kv: -kv[1])[:limit]
+        return [f"{count}x {text}" for text, count in ranked]
+
+
+def _span(span: tuple[int, float, float], at: float) -> tuple[int, float, float]:
+    return span[0] + 1, min(span[1], at), max(span[2], at)
+
+
+def _join(a: tuple[int, float, float], b: tuple[int, float, float]) -> tuple[int, float, float]:
+    return a[0] + b[0], min(a[1], b[1]), max(a[2], b[2])
+
+
+def _rate(span: tuple[int, float, float]) -> float:
+    """Events per second over (count, first, last): NaN for fewer than two, or no time between."""
+    count, first, last = span
+    return (count - 1) / (last - first) if count >= 2 and last > first else math.nan
 
 
 def summarize(
@@ -267,58 +393,41 @@ def summarize(
     """
     measured = [r for r in records if not r.warmup]
     ok = [r for r in measured if r.ok]
-    ends = [r.end for r in measured if r.end is not None]
-    start = min((r.scheduled for r in measured), default=0.0)
-    duration = max(max(ends, default=start) - start, 1e-9)
-    out_tokens = [output_tokens(r) for r in ok]
-    in_tokens = [r.input_tokens or 0 for r in ok]
-    itl = [value for r in ok for value in itl_per_token(r)]
     e2e = [v for r in ok if (v := _e2e_ms(r)) is not None]
     samples = {
         "ttft": [v for r in ok if (v := _ttft_ms(r)) is not None],
-        "itl": itl,
+        "itl": [value for r in ok for value in itl_per_token(r)],
         "tpot": [v for r in ok if (v := _tpot_ms(r)) is not None],
         "e2e": e2e,
         "latency": e2e,
         "lag": [(r.sent - r.scheduled) * 1000 for r in measured if r.sent is not None],
     }
     distributions = {name: Distribution.of(values) for name, values in samples.items()}
-    good = sum(1 for r in ok if goodput is None or goodput.good(r))
-    count = len(measured)
-    scalars = {
-        "requests": float(count),
-        "completed": float(len(ok)),
-        "errors": float(count - len(ok)),
-        "error_rate": (count - len(ok)) / count if count else math.nan,
-        "duration_s": duration,
-        "request_s": len(ok) / duration,
-        "output_tok_s": sum(out_tokens) / duration,
-        "total_tok_s": (sum(out_tokens) + sum(in_tokens)) / duration,
-        "offered_rate": _rate(r.scheduled for r in measured),
-        "achieved_rate": _rate(r.sent for r in measured if r.sent is not None),
-        "goodput_s": good / duration,
-        "goodput_fraction": good / count if count else math.nan,
-        "mean_input_tokens": float(np.mean(in_tokens)) if in_tokens else math.nan,
-        "mean_output_tokens": float(np.mean(out_tokens)) if out_tokens else math.nan,
-        **_health_scalars(health),
-    }
+    result = assemble(records, distributions, Totals.of(measured, goodput), label, mode, config, health)
+    result.intervals, result.interval_method = request_intervals(samples), request_method()
+    return result
+
+
+def assemble(
+    records: Sequence[RequestRecord],
+    distributions: dict[str, Distribution],
+    totals: Totals,
+    label: str = "",
+    mode: str = "open",
+    config: dict[str, Any] | None = None,
+    health: Sequence[ClientHealth] = (),
+) -> LoadResult:
+    """A ``LoadResult`` from its distributions and totals (``records``: all of them, or a sample)."""
+    scalars = {**totals.scalars(), **_health_scalars(health)}
     limit = CLIENT_BOUND.reason(scalars, distributions["lag"])
     scalars["client_bound"] = 1.0 if limit else 0.0
-    for key in sorted({k for r in ok for k in r.extra}):  # per-request amounts (bytes...) as rates
-        scalars[f"{key}_s"] = sum(r.extra.get(key, 0.0) for r in ok) / duration
-    for key in sorted({k for r in ok for k in r.values}):  # per-request scores (recall...)
-        scores = [r.values[key] for r in ok if key in r.values]
-        scalars[key] = float(np.mean(scores))
-        scalars[f"min_{key}"] = float(np.min(scores))
     return LoadResult(
         label=label,
         mode=mode,
         config=dict(config or {}),
         distributions=distributions,
         scalars=scalars,
-        error_samples=_error_samples(measured),
+        error_samples=totals.error_samples(),
         records=list(records),
         client_limit=limit,
-        intervals=request_intervals(samples),
-        interval_method=request_method(),
     )

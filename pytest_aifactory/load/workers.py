@@ -9,6 +9,10 @@ time, and merges their records and their health (``LoadRun``). Every process run
 uvloop where it is installed.
 ``run_on_jobs`` does the same with submitit jobs on several client nodes (Slurm), which
 rendezvous through files in a shared folder; their clocks must agree (NTP, as on clusters).
+They can send back mergeable histograms and a sample (``core/digest.py``) instead of every
+record. The common start is a file rather than one heterogeneous or array job: the jobs of a
+load may wait in the queue for different times, and a Slurm job array still starts its tasks
+one by one, so only a rendezvous after they all run gives them one start.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_aifactory.core.digest import LatencyDigest
+from pytest_aifactory.core.metrics import GoodputSLO
 from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.load.engine import Engine, LoadPlan, Progress, RequestClient, StopSignal, Workload
 from pytest_aifactory.load.pacing import new_event_loop
@@ -50,10 +56,15 @@ class Shard:
 
 @dataclass
 class LoadRun:
-    """What a load produced: every record, and each load-generating process's health."""
+    """What a load produced: every record, and each load-generating process's health.
+
+    From client nodes (``run_on_jobs`` with a ``digest``), ``records`` is a bounded sample and
+    ``digest`` the merged histograms and totals of all of them.
+    """
 
     records: list[RequestRecord]
     health: list[ClientHealth]
+    digest: LatencyDigest | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (what a worker or a client-node job sends back)."""
@@ -255,9 +266,15 @@ def _collect(
     return LoadRun.merge(list(results.values()))
 
 
-def _shard_job(shard: Shard, sync_dir: str, timeout_s: float) -> dict[str, Any]:
-    """Inside a client-node job: prepare, announce readiness, wait for the common start, run."""
+def _shard_job(
+    shard: Shard, sync_dir: str, timeout_s: float, goodput: GoodputSLO | None = None, digest: bool = False
+) -> dict[str, Any]:
+    """Inside a client-node job: prepare, announce readiness, wait for the common start, run.
+
+    With ``digest``, it sends back histograms, totals and a sample instead of every record.
+    """
     folder = Path(sync_dir)
+    started: list[float] = []
 
     def ready() -> float:
         (folder / f"ready-{shard.worker}").write_text(str(time.time()))
@@ -267,9 +284,25 @@ def _shard_job(shard: Shard, sync_dir: str, timeout_s: float) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no start signal in {sync_dir} after {timeout_s:g} s")
             time.sleep(0.05)
-        return float(json.loads(go.read_text())["start_at"])
+        started.append(float(json.loads(go.read_text())["start_at"]))
+        return started[0]
 
-    return drive(_engine(shard, None), shard.schedule, ready=ready).to_json()
+    run = drive(_engine(shard, None), shard.schedule, ready=ready)
+    if not digest:
+        return run.to_json()
+    summary = LatencyDigest.of(run.records, started[0], goodput=goodput)
+    return {"digest": summary.to_json(), "health": [h.to_json() for h in run.health]}
+
+
+def _from_nodes(answers: list[dict[str, Any]]) -> LoadRun:
+    """The client nodes' answers merged: their records, or their digests."""
+    if not all("digest" in answer for answer in answers):
+        return LoadRun.merge([LoadRun.from_json(answer) for answer in answers])
+    digest = LatencyDigest.from_json(answers[0]["digest"])
+    for answer in answers[1:]:
+        digest.merge(LatencyDigest.from_json(answer["digest"]))
+    health = [ClientHealth(**h) for answer in answers for h in answer["health"]]
+    return LoadRun(sorted(digest.sample, key=lambda r: r.index), health, digest)
 
 
 def run_on_jobs(
@@ -280,16 +313,19 @@ def run_on_jobs(
     nodes: int,
     sync_dir: Path,
     ready_timeout_s: float = 600.0,
+    goodput: GoodputSLO | None = None,
+    digest: bool = False,
 ) -> LoadRun:
     """Run ``plan`` split over ``nodes`` jobs; ``submit(fn, *args)`` returns a submitit job.
 
     The jobs start whenever the scheduler runs them; each reports ready in ``sync_dir``
     (a folder every node sees) and waits; when all are ready a common start time is
-    written, and the merged records are returned.
+    written, and the merged records are returned (with ``digest``: the merged digests and
+    a sample of the records; ``goodput`` is what the jobs count as good).
     """
     sync_dir.mkdir(parents=True, exist_ok=True)
     shards = split_plan(client, workload, plan, nodes)
-    jobs = [submit(_shard_job, shard, str(sync_dir), ready_timeout_s) for shard in shards]
+    jobs = [submit(_shard_job, shard, str(sync_dir), ready_timeout_s, goodput, digest) for shard in shards]
     deadline = time.monotonic() + ready_timeout_s
     while len(list(sync_dir.glob("ready-*"))) < nodes:
         finished = [job for job in jobs if job.done()]
@@ -304,4 +340,4 @@ def run_on_jobs(
     tmp = sync_dir / "go.json.tmp"
     tmp.write_text(json.dumps({"start_at": time.time() + 1.0}))
     tmp.replace(sync_dir / "go.json")
-    return LoadRun.merge([LoadRun.from_json(job.result()) for job in jobs])
+    return _from_nodes([job.result() for job in jobs])

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from pytest_aifactory.core.digest import summarize_digest
 from pytest_aifactory.core.errors import LoadConfigError, LoadStoppedError
 from pytest_aifactory.core.metrics import GoodputSLO, LoadResult, summarize
 from pytest_aifactory.core.repeats import combine
@@ -134,6 +135,8 @@ class LoadRunner(ProductionLoads):
         if plan.repeats > 1:
             return self._repeated(client, workload, plan, label, config, summarizer, server, options)
 
+        good = GoodputSLO(**goodput) if goodput else None
+
         def result_of(run: LoadRun, **more: Any) -> LoadResult:
             full_config = {
                 **plan.describe(),
@@ -147,7 +150,9 @@ class LoadRunner(ProductionLoads):
                 **dict(config or {}),
                 **more,
             }
-            good = GoodputSLO(**goodput) if goodput else None
+            if run.digest is not None:  # merged histograms; the records kept are a sample
+                full_config["record_sample"] = f"{len(run.records)} of {run.digest.seen}"
+                return summarize_digest(run.digest, label, plan.mode, full_config, health=run.health)
             records, steady = cut_transient(run.records) if plan.steady_state else (run.records, None)
             result = summarizer(records, label, plan.mode, full_config, good, health=run.health)
             if steady is not None:
@@ -159,7 +164,9 @@ class LoadRunner(ProductionLoads):
 
         before = server.start() if server is not None else None
         try:
-            run = self._drive(client, workload, plan, label, workers, nodes)
+            # client nodes send histograms and a sample, not every record, when nothing needs more
+            digest = summarizer is summarize and not plan.steady_state
+            run = self._drive(client, workload, plan, label, workers, nodes, goodput=good, digest=digest)
         except LoadInterrupted as interrupted:
             self.record(result_of(interrupted.run, interrupted=True))
             raise
@@ -216,13 +223,21 @@ class LoadRunner(ProductionLoads):
         return self.record(combined)
 
     def _drive(
-        self, client: RequestClient, workload: Workload, plan: LoadPlan, label: str, workers: int, nodes: int
+        self,
+        client: RequestClient,
+        workload: Workload,
+        plan: LoadPlan,
+        label: str,
+        workers: int,
+        nodes: int,
+        goodput: GoodputSLO | None = None,
+        digest: bool = False,
     ) -> LoadRun:
         if nodes > 1:
             if self.submit is None or self.shard_dir is None:
                 raise ValueError("nodes > 1 needs a job launcher (the aif_load fixture provides one)")
             sync = self.shard_dir / f"{len(self.results):03d}-{uuid.uuid4().hex[:6]}"
-            return run_on_jobs(self.submit, client, workload, plan, nodes, sync)
+            return run_on_jobs(self.submit, client, workload, plan, nodes, sync, goodput=goodput, digest=digest)
         callback = self.progress(label) if self.progress else None
         return run_load(client, workload, plan, workers=workers, progress=callback, stop=self.stop)
 
