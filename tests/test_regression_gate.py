@@ -11,7 +11,7 @@ import pytest
 from pytest_aifactory.export.compare import compare_reports, differences
 from tests.helpers import aifactory, run_pytest
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(600)  # four pytest runs: about 40 s on a quiet machine
 
 
 def report(run_id: str, metrics: dict[str, float], intervals: dict[str, list[float]], **config: Any) -> dict[str, Any]:
