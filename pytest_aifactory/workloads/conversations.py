@@ -193,6 +193,14 @@ def conversations_from_spec(
     raise ValueError(f"unknown conversations {spec!r}; use synthetic:turns=N,user=N,out=N or sharegpt:PATH")
 
 
+async def _wait_until(clock: Clock, due: float) -> None:
+    """As the engine waits for a due time: sleep to a millisecond before it, then yield until it."""
+    if due - clock.now() > 0.001:
+        await asyncio.sleep(due - clock.now() - 0.001)
+    while clock.now() < due:
+        await asyncio.sleep(0)
+
+
 @dataclass
 class ConversationClient:
     """Runs one session per engine request through an OpenAI client, a record per turn."""
@@ -218,7 +226,7 @@ class ConversationClient:
         for k in range(len(session.turns)):
             if k:
                 due = clock.now() + session.think_s[k - 1]
-                await asyncio.sleep(max(0.0, due - clock.now()))
+                await _wait_until(clock, due)
             turn = RequestRecord(index=record.index, scheduled=due, warmup=record.warmup, worker=record.worker)
             turn.sent = clock.now()
             try:
