@@ -111,14 +111,16 @@ def truth_server(aif_shared_service, cores):  # type: ignore[no-untyped-def]
     return aif_shared_service("synthetic-llm", ttft_ms=TTFT_MS, itl_ms=ITL_MS, cpu=cores[0])
 
 
-def _machine(event_loop: str, cores: tuple[int, set[int]]) -> str:
+def _machine(event_loop: str, cores: tuple[int, set[int]], load_average: float) -> str:
     commit = git_state(ROOT)
     versions = ", ".join(
         f"{name} {metadata.version(name)}" for name in ("pytest-aifactory", "aiohttp", "orjson", "uvloop")
     )
     return (
-        f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `tox -e bench -- "
-        f"--calibration-readme` on {socket.gethostname()} ({cpu_model()}, {os.cpu_count()} cores; server on core "
+        f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `pytest "
+        f"benchmarks/calibration/test_calibration.py -m calibration -s --calibration-readme` on "
+        f"{socket.gethostname()} ({cpu_model()}, {os.cpu_count()} cores, load average {load_average:.1f} "
+        f"at the start; server on core "
         f"{cores[0]}, client on {sorted(cores[1])}), {platform.system()} {platform.release()}, Python "
         f"{sys.version.split()[0]}, {versions}, event loop {event_loop}, commit {(commit['commit'] or '?')[:10]}"
         f"{' (dirty)' if commit['dirty'] else ''}. Do not edit by hand."
@@ -217,23 +219,23 @@ def _missed(single: list[Point]) -> list[str]:
 
 @pytest.mark.timeout(3600)
 def test_engine_against_server_truth(truth_server, aif_load, aif_run, capsys, cores, request) -> None:  # type: ignore[no-untyped-def]
-    url = truth_server.url().rstrip("/")
+    url, load_average = truth_server.url().rstrip("/"), os.getloadavg()[0]
     single = [p for d in ("constant", "poisson") for p in _series(aif_load, url, d, 1, RATES)]
     two = _series(aif_load, url, "constant", 2, WORKER_RATES)
     one_best = _highest([p for p in single if p.distribution == "constant"])
     two_best = _highest(two)
-    ratio = f"{two_best / one_best:.2f}" if one_best else "not available"
+    ratio = f"{two_best / one_best:.2f}x one process" if one_best else "ratio to one process not available"
     missed = _missed(single)
     event_loop = aif_load.results[-1].config["event_loop"]
     lines = [
-        _machine(event_loop, cores),
+        _machine(event_loop, cores, load_average),
         "",
         HEADER,
         *(p.row() for p in [*single, *two]),
         "",
         f"Highest rate within targets, one process: constant {one_best} req/s, "
         f"Poisson {_highest([p for p in single if p.distribution == 'poisson'])} req/s.",
-        f"Two worker processes (constant): {two_best} req/s, {ratio}x one process, with "
+        f"Two worker processes (constant): {two_best} req/s, {ratio}, with "
         f"{len(cores[1])} core(s) free for the client processes (the server on core {cores[0]}).",
         "Targets: " + ("all met." if not missed else "missed: " + "; ".join(missed) + "."),
     ]
