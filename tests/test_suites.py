@@ -50,8 +50,9 @@ def test_llm_suite_on_vllm(tmp_path: Path) -> None:
         "--timeout=1200",  # the first test's setup starts vLLM: 25-45 s idle, minutes on a shared machine
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert "4 passed" in done.stdout
     table = done.stdout[done.stdout.index("aifactory results (latencies in ms)") :]
+    for test in ("rate_sweep_goodput", "concurrency_sweep", "long_prompt_prefill", "chat_completions"):
+        assert f"test_{test}" in table  # passed, or skipped as inconclusive when the machine starves the client
     assert "srv ttft mean" in table
     assert "srv queue" in table
     assert " FAIL(" not in done.stdout
