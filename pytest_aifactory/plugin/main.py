@@ -18,7 +18,7 @@ import pytest
 from pytest_aifactory.plugin import fixtures, hookspecs, service_fixtures
 from pytest_aifactory.plugin.options import add_options, explicit_options, project_root, results_dir
 from pytest_aifactory.plugin.outcomes import Outcomes
-from pytest_aifactory.plugin.session import SESSION_KEY, USED_ATTRIBUTE, RunSession
+from pytest_aifactory.plugin.session import SESSION_KEY, USED_ATTRIBUTE, RunSession, information_only
 
 MARKERS = {
     "inference": "benchmarks of inference servers (vLLM, Triton, llama.cpp, Ollama)",
@@ -133,18 +133,10 @@ def uses_plugin(item: pytest.Item) -> bool:
     return bool(set(getattr(item, "fixturenames", ())) & _FIXTURES)
 
 
-def _inert(config: pytest.Config) -> bool:
-    option = config.option
-    return any(
-        getattr(option, name, False)
-        for name in ("collectonly", "help", "version", "markers", "showfixtures", "show_fixtures_per_test")
-    )
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """After ``-m``/``-k``: start the run when a selected test (or an option) asks for aifactory."""
-    if _inert(config):
+    if information_only(config):
         return
     if explicit_options(config) or any(uses_plugin(item) for item in items):
         config.stash[SESSION_KEY].activate()
@@ -154,7 +146,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_sessionstart(session: pytest.Session) -> None:
     """An xdist controller given ``--aif-*`` options starts the run at once (it collects nothing)."""
     config = session.config
-    if config.pluginmanager.hasplugin("dsession") and explicit_options(config) and not _inert(config):
+    if config.pluginmanager.hasplugin("dsession") and explicit_options(config) and not information_only(config):
         config.stash[SESSION_KEY].activate()
 
 

@@ -44,6 +44,15 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def information_only(config: pytest.Config) -> bool:
+    """True for runs that only show something (``--collect-only``, ``--help``, ``--markers`` ...)."""
+    option = config.option
+    return any(
+        getattr(option, name, False)
+        for name in ("collectonly", "help", "version", "markers", "showfixtures", "show_fixtures_per_test")
+    )
+
+
 def load_profile_setting(config: pytest.Config) -> Profile:
     """The profile ``--aif-profile`` (or ini ``aif_profile``) names; a usage error naming the flag if bad.
 
@@ -52,7 +61,8 @@ def load_profile_setting(config: pytest.Config) -> Profile:
     try:
         profile = load_profile(str(setting(config, "aif_profile")), project_root=project_root(config))
         check_profile(profile)
-        check_partitions(profile)
+        if not information_only(config):  # collecting a cluster profile's suites needs no cluster
+            check_partitions(profile)
     except AifError as exc:
         raise pytest.UsageError(f"--aif-profile: {exc}") from None
     llm = setting(config, "aif_llm")
