@@ -56,6 +56,11 @@ def profile(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> Path:
     return path
 
 
+# Tests that count how often a failure is printed leave out the short summary, which repeats
+# each message in full where CI is set (pytest does not truncate it there).
+NO_SUMMARY = "-rN"
+
+
 def _run(pytester: pytest.Pytester, profile: Path, run_id: str, *args: str) -> subprocess.CompletedProcess[str]:
     return run_pytest(
         pytester.path,
@@ -149,7 +154,7 @@ def test_dies_mid_load(synthetic_llm_service, aif_load):
 def test_a_dead_service_stops_its_load_and_fails_once(pytester: pytest.Pytester, profile: Path) -> None:
     """Killed mid-load (60 s planned): the load ends within seconds, what it measured is judged and reported."""
     pytester.makepyfile(DYING_SERVICE)
-    done = _run(pytester, profile, "dying")
+    done = _run(pytester, profile, "dying", NO_SUMMARY)
     assert done.returncode == 1, done.stdout[-3000:]
     assert float((pytester.path / "elapsed.txt").read_text()) < 10
     assert done.stdout.count("service 'synthetic-llm' died while it was in use") == 1, done.stdout[-3000:]
@@ -186,7 +191,9 @@ def test_bad_load_parameters_are_one_paragraph_before_any_job(pytester: pytest.P
     pytester.makepyfile(BAD_LOADS)
     profile = pytester.path / "p.yaml"
     profile.write_text("name: p\nexecutor: local\nvars:\n  vec_dataset: nope\n  llm_rates: 4\n")
-    done = run_pytest(pytester.path, f"--aif-profile={profile}", "--aif-run-id=bad", "--aif-results-dir=res")
+    done = run_pytest(
+        pytester.path, f"--aif-profile={profile}", "--aif-run-id=bad", "--aif-results-dir=res", NO_SUMMARY
+    )
     assert done.returncode == 1, done.stdout[-3000:]
     for message in (
         "bad load parameters: rate=-5: expected a number of requests/s > 0",
