@@ -100,7 +100,7 @@ def test_unknown_suite_or_profile_names_the_valid_ones(api: str) -> None:
     assert "unknown profile 'moon'; valid profiles: ci-cluster, ci-slurm, local" in response.json()["detail"]
     response = httpx.post(f"{api}/v1/services", json={"name": "mainframe"}, headers=headers())
     assert response.status_code == 404
-    assert "valid services: chroma, http" in response.json()["detail"]
+    assert "valid services: chroma, embeddings, http" in response.json()["detail"]
 
 
 def stop_once_its_service_runs(api: str, run_id: str, timeout_s: float) -> None:

@@ -104,7 +104,7 @@ def test_compare_command(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert bad.stdout.count("REGRESSION") == 2
-    assert "2 regression(s) beyond 10%" in bad.stdout
+    assert "2 regression(s) beyond the 10 % margin and the noise:" in bad.stdout
 
 
 @pytest.fixture
