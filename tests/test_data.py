@@ -361,7 +361,7 @@ def test_vector_suite_on_existing_qdrant_and_weaviate(
         root,
         "benchmarks/vectordb",
         "-k",
-        "(qdrant or weaviate) and not real_embeddings",
+        "(qdrant or weaviate) and not real_embeddings and not capacity",
         f"--aif-results-dir={tmp_path}",
         env=env,
     )
