@@ -108,6 +108,7 @@ class RagClient:
         question = str(payload)
         vectors = await self.embedder.embed([question], record)
         record.marks["embed_end"] = clock.now()
+        sent = record.sent  # the question's send: the LLM stage's wire stamp must not move it
         if record.error is not None:
             return
         query = np.asarray(vectors[0], dtype=np.float32)
@@ -118,4 +119,7 @@ class RagClient:
         request = self.prompt(question, [i for i in ids if i in self.docs])
         record.marks["llm_start"] = clock.now()
         record.status = None
-        await self.llm.send(request, record, clock)
+        try:
+            await self.llm.send(request, record, clock)
+        finally:
+            record.sent = sent
