@@ -114,10 +114,14 @@ def timed_server(aif_shared_service):  # type: ignore[no-untyped-def]
 
 SUITE = f"""
 import pytest
+from pytest_aifactory.core.slo import assert_slo
 
 @pytest.mark.slo("p99_ttft_ms <= 1e9")
 def test_overdriven(synthetic_llm_service, aif_load):
     aif_load.openai(synthetic_llm_service, **{PAST_THE_LIMIT!r})
+
+def test_overdriven_judged_in_the_body(synthetic_llm_service, aif_load):
+    assert_slo(aif_load.openai(synthetic_llm_service, **{PAST_THE_LIMIT!r}), "p99_ttft_ms <= 1e9")
 """
 
 
@@ -126,7 +130,8 @@ def test_inconclusive_slo_skips_or_fails_when_strict(pytester: pytest.Pytester, 
     pytester.makepyfile(SUITE)
     args = ["-o", "aif_fail_inconclusive=true"] if strict else []
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", *args)
-    result.assert_outcomes(failed=1) if strict else result.assert_outcomes(skipped=1)
+    # assert_slo in a test's body is judged like the marker: a skip, or a failure when strict
+    result.assert_outcomes(failed=2) if strict else result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(
         [
             "*aifactory results (latencies in ms)*",

@@ -36,6 +36,7 @@ from pytest_aifactory.core.series import compact_series
 from pytest_aifactory.core.slo import (
     SLO,
     SLOError,
+    SLOInconclusive,
     Verdict,
     check,
     format_breaches,
@@ -230,6 +231,12 @@ class Outcomes:
         """
         try:
             yield
+        except SLOInconclusive as exc:  # assert_slo in the body, on a client-bound result
+            if item.stash.get(RESULTS_KEY, []):
+                self._judge(item)
+            if setting(self.config, "aif_fail_inconclusive"):
+                raise
+            pytest.skip(str(exc))
         except BaseException:
             if item.stash.get(RESULTS_KEY, []):
                 self._judge(item)
