@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
-from pytest_aifactory.services.synthetic_llm import SyntheticTiming, _Server, _until
+from pytest_aifactory.services.synthetic_llm import SyntheticTiming, _Server
 
 __all__ = ["DEFAULTS", "build", "capacity_rate", "main"]
 
@@ -62,6 +62,10 @@ class _SlottedServer(_Server):
         self.slots = asyncio.Semaphore(slots)
         self.service_s = service_s
 
+    def due(self, received: float, chunk: int, chunks: int) -> float:
+        """Chunks spread evenly over the service time, from when the request got its slot."""
+        return received + self.service_s * (chunk + 1) / chunks
+
     async def stream(
         self,
         writer: asyncio.StreamWriter,
@@ -70,20 +74,8 @@ class _SlottedServer(_Server):
         received: float,
         truth: list[float] | None = None,
     ) -> None:
-        total = max(int(str(request.get("max_tokens", 16))), 1)
         async with self.slots:
-            start = time.monotonic()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for i in range(total):
-                await _until(start + self.service_s * (i + 1) / total)
-                choice = {"index": 0, "delta": {"content": "tok "}} if chat else {"index": 0, "text": "tok "}
-                self.event(writer, {"choices": [choice]})
-                if truth is not None and i == 0:
-                    truth[1] = time.monotonic()
-                await writer.drain()
-        self.event(writer, {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": total}})
-        writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
-        await writer.drain()
+            await super().stream(writer, request, chat, time.monotonic(), truth)
 
 
 def main() -> None:

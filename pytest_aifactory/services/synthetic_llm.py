@@ -152,8 +152,7 @@ class _Server:
         continuous = bool(options.get("include_usage") and options.get("continuous_usage_stats"))
         sent = 0
         for i in range(chunks):
-            due = received + (self.timing.ttft_ms + i * self.timing.itl_ms) / 1000
-            await _until(due)
+            await _until(self.due(received, i, chunks))
             if chat and i == 0:  # as vLLM: a role-only delta with the first output, before its text
                 self.event(writer, _chunk({"role": "assistant", "content": ""}, 0 if continuous else None))
                 await writer.drain()
@@ -168,6 +167,10 @@ class _Server:
             self.event(writer, {"choices": [], "usage": _usage(total)})
         writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
         await writer.drain()
+
+    def due(self, received: float, chunk: int, chunks: int) -> float:
+        """When chunk ``chunk`` (of ``chunks``) is written: the TTFT, then one ITL per chunk."""
+        return received + (self.timing.ttft_ms + chunk * self.timing.itl_ms) / 1000
 
     @staticmethod
     def event(writer: asyncio.StreamWriter, data: dict[str, object]) -> None:
