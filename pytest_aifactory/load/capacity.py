@@ -224,27 +224,15 @@ def search_capacity(
     passed = search.low
     if stop(run(passed)):
         return answer
-    breached: float | None = None
-    while breached is None:
-        if search.high is not None and passed >= search.high:
+    breached: float | None = None  # None while bracketing (growing), then bisecting
+    while breached is None or not search.narrow(passed, breached):
+        if breached is None and search.high is not None and passed >= search.high:
             answer.status = "above-highest"
             return answer
         if not affordable():
             answer.status = "budget"
             return answer
-        value = search.grown(passed)
-        point = run(value)
-        if stop(point):
-            return answer
-        if point.passed:
-            passed = value
-        else:
-            breached = value
-    while not search.narrow(passed, breached):
-        if not affordable():
-            answer.status = "budget"
-            return answer
-        value = search.middle(passed, breached)
+        value = search.grown(passed) if breached is None else search.middle(passed, breached)
         point = run(value)
         if stop(point):
             return answer
