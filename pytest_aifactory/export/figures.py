@@ -94,20 +94,17 @@ def _marker(name: str, x: float | None, y: float | None, label: str, symbol: str
     }
 
 
+def _line(name: str, xs: Sequence[float], ys: Sequence[float], **style: Any) -> dict[str, Any]:
+    """A Plotly line trace (``style``: legendgroup, yaxis, line ...)."""
+    return {"type": "scatter", "mode": "lines", "name": name, "x": xs, "y": ys, **style}
+
+
 def _cdf(test: ReportTest, distribution: str) -> Figure | None:
     data = []
     for result in test.results:
         cdf = (result.get("series") or {}).get("cdf") or {}
         if cdf.get(distribution):
-            data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines",
-                    "name": result["label"] or test.name,
-                    "x": cdf[distribution],
-                    "y": cdf["levels"],
-                }
-            )
+            data.append(_line(result["label"] or test.name, cdf[distribution], cdf["levels"]))
     text = _DISTRIBUTIONS.get(distribution, latency_name(test))
     return _figure(
         figure_id(f"cdf-{distribution}", test.index),
@@ -147,40 +144,12 @@ def _timelines(test: ReportTest) -> list[Figure | None]:
             ("completed", "completed"),
             ("errors", "errors"),
         ):
-            rates.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines",
-                    "name": f"{name}{point}",
-                    "x": xs,
-                    "y": timeline[key],
-                    "legendgroup": key,
-                }
-            )
+            rates.append(_line(f"{name}{point}", xs, timeline[key], legendgroup=key))
         for key, name in (("p99_ms", f"p99 {latency_name(test)}"), ("p99_ttft_ms", "p99 TTFT")):
             if timeline.get(key):
-                latency.append(
-                    {
-                        "type": "scatter",
-                        "mode": "lines",
-                        "name": f"{name}{point}",
-                        "x": xs,
-                        "y": timeline[key],
-                        "legendgroup": key,
-                    }
-                )
-        latency.append(
-            {
-                "type": "scatter",
-                "mode": "lines",
-                "name": f"in flight{point}",
-                "x": xs,
-                "y": timeline["in_flight"],
-                "yaxis": "y2",
-                "line": {"dash": "dot"},
-                "legendgroup": "flight",
-            }
-        )
+                latency.append(_line(f"{name}{point}", xs, timeline[key], legendgroup=key))
+        flight = {"yaxis": "y2", "line": {"dash": "dot"}, "legendgroup": "flight"}
+        latency.append(_line(f"in flight{point}", xs, timeline["in_flight"], **flight))
     seconds = {"title": {"text": "seconds since the test's first load"}}
     lines = _thresholds(test, "latency")
     return [
@@ -221,24 +190,10 @@ def resource_figures(jobs: Sequence[Mapping[str, Any]], started_at: float) -> li
             continue
         xs = [t - started_at for t in samples["t"]]
         name = f"{job['service']} ({job['job_id']})"
-        cpu.append(
-            {"type": "scatter", "mode": "lines", "name": f"{name} CPU cores", "x": xs, "y": samples["cpu_cores"]}
-        )
-        cpu.append(
-            {
-                "type": "scatter",
-                "mode": "lines",
-                "name": f"{name} memory MiB",
-                "x": xs,
-                "y": samples["rss_mib"],
-                "yaxis": "y2",
-                "line": {"dash": "dot"},
-            }
-        )
+        cpu.append(_line(f"{name} CPU cores", xs, samples["cpu_cores"]))
+        cpu.append(_line(f"{name} memory MiB", xs, samples["rss_mib"], yaxis="y2", line={"dash": "dot"}))
         for index, values in samples.get("gpus", {}).items():
-            gpu.append(
-                {"type": "scatter", "mode": "lines", "name": f"{name} GPU {index} busy", "x": xs, "y": values["util"]}
-            )
+            gpu.append(_line(f"{name} GPU {index} busy", xs, values["util"]))
     seconds = {"title": {"text": "seconds since the run's start"}}
     made = [
         _figure(
