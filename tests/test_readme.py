@@ -39,3 +39,18 @@ def test_the_option_table_lists_every_option_and_its_ini_twin() -> None:
         assert option.flag in rows, f"README option table lacks {option.flag}"
         if option.ini:
             assert f"`{option.dest}`" in rows[option.flag], f"README: {option.flag} without its ini twin"
+
+
+_FIGURES = re.compile(r"<!-- figures: (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- end of figures: (?P=name) -->", re.S)
+
+
+def test_every_figure_block_was_written_by_the_benchmark_it_names() -> None:
+    """Each README figure block is filled, headed by its provenance, and a benchmark publishes it."""
+    blocks = {m["name"]: m["body"] for m in _FIGURES.finditer(README.read_text(encoding="utf-8"))}
+    assert blocks, "the README lost its figure blocks"
+    sources = "\n".join(p.read_text() for p in (README.parent / "benchmarks").rglob("test_*.py"))
+    for name, body in blocks.items():
+        assert body.startswith("Generated ") and "Do not edit by hand." in body, f"figure block {name!r} is not generated"
+        command = re.search(r"by `pytest (\S+)", body)
+        assert command and (README.parent / command[1]).exists(), f"figure block {name!r} names no benchmark file"
+        assert f'publish("{name}"' in sources, f"no benchmark publishes the figure block {name!r}"

@@ -6,14 +6,14 @@ server (fixed first-token delay and token interval) driven by the real engine, R
 runs; its true value is unknown, so the pooled estimate over all runs (RUNS times the data
 of one) stands for it. For each: the share of single-run intervals (over requests: order
 statistics for percentiles, t for the mean) that contain the truth, and the share of
-Student t intervals over REPEATS repeats. Run: ``pytest benchmarks/calibration -m calibration -s -k coverage``.
+Student t intervals over REPEATS repeats. Run: ``pytest benchmarks/calibration -m calibration -s -k coverage``
+(``--readme-figures`` writes the table into README.md).
 """
 
 from __future__ import annotations
 
 import math
-import platform
-import time
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import pytest
 from pytest_aifactory.core.confidence import quantile_interval, t_interval
 from pytest_aifactory.core.metrics import LoadResult
 
-RUNS, REPEATS, SIMULATED = 40, 5, 2000
+RUNS, REPEATS, SIMULATED = 80, 5, 2000
 STATS = {"p50": 0.5, "p99": 0.99, "mean": None}
 
 
@@ -65,7 +65,8 @@ def steady_server(aif_shared_service):
     return aif_shared_service("synthetic-llm", ttft_ms=20.0, itl_ms=5.0)
 
 
-def test_interval_coverage(steady_server, aif_load, aif_run, capsys):
+def test_interval_coverage(steady_server, aif_load, aif_run, readme_figures, capsys):
+    load_average = os.getloadavg()[0]
     rng = np.random.default_rng(12)
     simulated = [rng.exponential(10.0, 400) for _ in range(SIMULATED)]
     exact = {"p50": 10.0 * math.log(2), "p99": 10.0 * math.log(100), "mean": 10.0}
@@ -73,7 +74,7 @@ def test_interval_coverage(steady_server, aif_load, aif_run, capsys):
         aif_load.openai(
             steady_server,
             prompts="synthetic:in=16,out=4",
-            rate=50,
+            rate=100,
             distribution="poisson",
             count=200,
             warmup=10,
@@ -87,8 +88,10 @@ def test_interval_coverage(steady_server, aif_load, aif_run, capsys):
     truths = {stat: _estimate(pooled, stat) for stat in STATS}
     table = "\n".join(
         [
-            f"Interval coverage, nominal 95 % ({time.strftime('%Y-%m-%d')}, {platform.node()}, "
-            f"{platform.processor() or platform.machine()}, Python {platform.python_version()})",
+            readme_figures.provenance(
+                "pytest benchmarks/calibration/test_interval_coverage.py -m calibration -s --readme-figures",
+                load_average,
+            ),
             "",
             "| data | statistic | runs x requests | truth (ms) | single-run coverage | bounded | repeats coverage |",
             "|---|---|---|---|---|---|---|",
@@ -98,6 +101,7 @@ def test_interval_coverage(steady_server, aif_load, aif_run, capsys):
     )
     out = Path(aif_run.run_dir) / "interval-coverage.md"
     out.write_text(table + "\n")
+    readme_figures.publish("interval-coverage", table)
     with capsys.disabled():
         print(f"\n{table}\n(written to {out})")
     single, _, _ = _coverage(simulated, "p50", exact["p50"])

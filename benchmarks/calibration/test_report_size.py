@@ -4,17 +4,16 @@ A 10-minute open-loop load at 100 req/s of 32-token streams (60,000 synthetic re
 timestamp set) becomes one result of a JSON report; its HTML page is opened in headless
 Chromium until every plot is drawn. Prints the sizes and the seconds, with the date, machine
 and versions, and holds them to the bounds the README states.
-Run: ``pytest benchmarks/calibration/test_report_size.py -m calibration -s``.
+Run: ``pytest benchmarks/calibration/test_report_size.py -m calibration -s`` (``--readme-figures``
+writes the line into README.md).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 from pytest_aifactory.core.metrics import summarize
@@ -54,7 +53,8 @@ def _records() -> list[RequestRecord]:
     return records
 
 
-def test_report_of_a_ten_minute_run(tmp_path: Path) -> None:
+def test_report_of_a_ten_minute_run(tmp_path: Path, readme_figures) -> None:
+    load_average = os.getloadavg()[0]
     records = _records()
     result = summarize(records, "rate=100", "open", {"rate": RATE})
     started = time.perf_counter()
@@ -68,20 +68,22 @@ def test_report_of_a_ten_minute_run(tmp_path: Path) -> None:
         tmp_path,
         Redactor(),
     )
-    report.add_result("t.py::test_llm", data, [])
+    report.add_result("t.py::test_llm", data)
     path = report.write(status="passed", exit_status=0)
     page = write_html([json.loads(path.read_text())], tmp_path / "report.html")
     with chromium() as browser:
         rendered = render(browser, page)
     json_size, html_size = path.stat().st_size, page.stat().st_size
-    print(
-        f"\n{time.strftime('%Y-%m-%d')} {platform.node()} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}), "
-        f"pytest-aifactory {metadata.version('pytest-aifactory')}, plotly {metadata.version('plotly')}, "
-        f"chromium headless: {len(records)} records ({MINUTES} min at {RATE} req/s, {TOKENS} tokens each) -> "
+    command = "pytest benchmarks/calibration/test_report_size.py -m calibration -s --readme-figures"
+    figures = (
+        f"{readme_figures.provenance(command, load_average, ('plotly',))}\n\n"
+        f"Chromium headless: {len(records)} records ({MINUTES} min at {RATE} req/s, {TOKENS} tokens each) -> "
         f"JSON report {json_size / 1024:.0f} KiB, HTML {html_size / 2**20:.2f} MiB "
         f"({(html_size - json_size) / 2**20:.2f} MiB of it Plotly and page), series computed in {series_s:.2f} s, "
-        f"page drawn in {rendered.seconds:.2f} s with {len(rendered.points)} plots"
+        f"page drawn in {rendered.seconds:.2f} s with {len(rendered.points)} plots."
     )
+    print(f"\n{figures}")
+    readme_figures.publish("report-size", figures)
     assert rendered.errors == []
     assert json_size < JSON_BOUND
     assert html_size < HTML_BOUND

@@ -9,6 +9,8 @@ own overhead between them, which must stay small and is never negative.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pytest_aifactory.core.composite import RAG_MARKS, stage_durations_ms
@@ -20,8 +22,9 @@ from pytest_aifactory.core.composite import RAG_MARKS, stage_durations_ms
     "min_overhead_ms >= 0",
     "p99_overhead_ms <= {rag_p99_overhead_ms}",
 )
-def test_rag_pipeline(llm_service, embedding_service, aif_vector_store, aif_load, aif_vars):
+def test_rag_pipeline(llm_service, embedding_service, aif_vector_store, aif_load, aif_vars, readme_figures):
     """Questions at a set rate through embed, search and the streamed answer; latency by stage."""
+    load_average = os.getloadavg()[0]
     store = aif_vector_store(aif_vars("rag_store", "milvus"), collection="aif_rag")
     result = aif_load.rag(
         llm_service,
@@ -44,3 +47,13 @@ def test_rag_pipeline(llm_service, embedding_service, aif_vector_store, aif_load
         unaccounted = e2e_after_lag - sum(stages[name] for name in RAG_MARKS)
         assert 0 <= unaccounted <= limit, f"question {record.index}: stages leave {unaccounted:.2f} ms unaccounted"
     assert result["p50_ttft_ms"] > result["p50_prefill_ms"]  # the pipeline's TTFT includes embed and search
+    command = "pytest benchmarks/inference/test_rag.py -m inference --readme-figures"
+    readme_figures.publish(
+        "rag",
+        f"{readme_figures.provenance(command, load_average)}\n\n"
+        f"{llm_service.name} ({llm_service.backend}), store {store.name}, {result['requests']:.0f} questions at "
+        f"{result['offered_rate']:g}/s: p50 TTFT {result['p50_ttft_ms']:,.0f} ms; p50 stages embed "
+        f"{result['p50_embed_ms']:,.0f}, search {result['p50_search_ms']:,.1f}, prefill {result['p50_prefill_ms']:,.0f}, "
+        f"decode {result['p50_decode_ms']:,.0f} ms; overhead p50 {result['p50_overhead_ms']:.2f} ms "
+        f"(p99 {result['p99_overhead_ms']:.2f}).",
+    )
