@@ -25,6 +25,7 @@ from pytest_aifactory.core.composite import RAG_MARKS, stage_durations_ms
 def test_rag_pipeline(llm_service, embedding_service, aif_vector_store, aif_load, aif_vars, readme_figures):
     """Questions at a set rate through embed, search and the streamed answer; latency by stage."""
     load_average = os.getloadavg()[0]
+    rate = aif_vars("rag_rate", 0.5)
     store = aif_vector_store(aif_vars("rag_store", "milvus"), collection="aif_rag")
     result = aif_load.rag(
         llm_service,
@@ -32,7 +33,7 @@ def test_rag_pipeline(llm_service, embedding_service, aif_vector_store, aif_load
         store,
         k=aif_vars("rag_k", 2),
         max_tokens=aif_vars("rag_max_tokens", 16),
-        rate=aif_vars("rag_rate", 0.5),
+        rate=rate,
         count=aif_vars("rag_questions", 8),
         warmup=1,
     )
@@ -50,9 +51,9 @@ def test_rag_pipeline(llm_service, embedding_service, aif_vector_store, aif_load
     command = "pytest benchmarks/inference/test_rag.py -m inference --readme-figures"
     readme_figures.publish(
         "rag",
-        f"{readme_figures.provenance(command, load_average)}\n\n"
+        f"{readme_figures.provenance(command, load_average, ('llama_cpp_python', 'milvus-lite'))}\n\n"
         f"{llm_service.name} ({llm_service.backend}), store {store.name}, {result['requests']:.0f} questions at "
-        f"{result['offered_rate']:g}/s: p50 TTFT {result['p50_ttft_ms']:,.0f} ms; p50 stages embed "
+        f"{rate:g}/s (Poisson): p50 TTFT {result['p50_ttft_ms']:,.0f} ms; p50 stages embed "
         f"{result['p50_embed_ms']:,.0f}, search {result['p50_search_ms']:,.1f}, prefill {result['p50_prefill_ms']:,.0f}, "
         f"decode {result['p50_decode_ms']:,.0f} ms; overhead p50 {result['p50_overhead_ms']:.2f} ms "
         f"(p99 {result['p99_overhead_ms']:.2f}).",
