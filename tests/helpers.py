@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import pytest
 
 T = TypeVar("T")
 
@@ -92,4 +94,27 @@ def kill_and_wait(service):
     while not (service.folder / "exit.json").exists():
         assert time.monotonic() < deadline
         time.sleep(0.05)
+"""
+
+
+def log_slurm_calls(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Wrappers of sbatch, squeue, sacct and scancel first on PATH, each logging its call to the returned file."""
+    log, bin_dir = folder / "slurm-calls.log", folder / "slurm-bin"
+    bin_dir.mkdir()
+    for name in ("sbatch", "squeue", "sacct", "scancel"):
+        real = shutil.which(name)
+        assert real is not None, f"{name} is not installed: run .ci/slurm-up.sh"
+        wrapper = bin_dir / name
+        wrapper.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexec {real} "$@"\n')
+        wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+THREE_SERVICES = """
+import time
+
+def test_three_services(aif_service):
+    services = [aif_service("http", index_text=f"n{i}") for i in range(3)]
+    time.sleep(3)  # the services in use: the queue is polled meanwhile only by the checks after the test
 """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
@@ -11,7 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import run_pytest
+from helpers import THREE_SERVICES, log_slurm_calls, run_pytest
 
 from pytest_aifactory.core.errors import JobError
 from pytest_aifactory.jobs.slurm_queue import JobStatus, SlurmQueue
@@ -144,33 +143,16 @@ def test_pending_state_reads_with_its_reason_and_age() -> None:
     )
 
 
-COUNTED = """
-import time
-
-def test_three_services(aif_service):
-    services = [aif_service("http", index_text=f"n{i}") for i in range(3)]
-    time.sleep(3)  # the services in use: the queue is polled meanwhile only by the checks after the test
-"""
-
-
 @pytest.mark.slurm
 @pytest.mark.timeout(240)
 def test_a_run_polls_all_its_jobs_in_one_call(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every Slurm command of a run on the real cluster, through wrappers on PATH that log each call."""
-    log, bin_dir = pytester.path / "slurm-calls.log", pytester.mkdir("bin")
-    for name in ("sbatch", "squeue", "sacct", "scancel"):
-        real = shutil.which(name)
-        assert real is not None
-        wrapper = bin_dir / name
-        wrapper.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexec {real} "$@"\n')
-        wrapper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    pytester.makepyfile(COUNTED)
+    log = log_slurm_calls(pytester.path, monkeypatch)
+    pytester.makepyfile(THREE_SERVICES)
     done = run_pytest(pytester.path, "--aif-profile=ci-slurm", "--aif-results-dir=res")
     assert done.returncode == 0, done.stdout[-3000:]
     calls = [line.split(" ", 1) for line in log.read_text().splitlines()]
     counts = Counter(name for name, _ in calls)
-    print(f"Slurm commands of a run with three services: {dict(sorted(counts.items()))}")  # the README's figure
     assert f"sbatch {counts['sbatch']}" in done.stdout  # the run's own count agrees with the wrappers'
     assert f"squeue {counts['squeue']}" in done.stdout
     assert counts["sbatch"] == counts["scancel"] == 3
