@@ -50,7 +50,9 @@ def test_every_figure_block_was_written_by_the_benchmark_it_names() -> None:
     assert blocks, "the README lost its figure blocks"
     sources = "\n".join(p.read_text() for p in (README.parent / "benchmarks").rglob("test_*.py"))
     for name, body in blocks.items():
-        assert body.startswith("Generated ") and "Do not edit by hand." in body, f"figure block {name!r} is not generated"
+        assert body.startswith("Generated "), f"figure block {name!r} is not generated"
+        assert "Do not edit by hand." in body, f"figure block {name!r} is not generated"
         command = re.search(r"by `pytest (\S+)", body)
-        assert command and (README.parent / command[1]).exists(), f"figure block {name!r} names no benchmark file"
+        assert command, f"figure block {name!r} names no command"
+        assert (README.parent / command[1]).exists(), f"figure block {name!r} names no benchmark file"
         assert f'publish("{name}"' in sources, f"no benchmark publishes the figure block {name!r}"

@@ -54,7 +54,8 @@ def test_rag_pipeline(llm_service, embedding_service, aif_vector_store, aif_load
         f"{readme_figures.provenance(command, load_average, ('llama_cpp_python', 'milvus-lite'))}\n\n"
         f"{llm_service.name} ({llm_service.backend}), store {store.name}, {result['requests']:.0f} questions at "
         f"{rate:g}/s (Poisson): p50 TTFT {result['p50_ttft_ms']:,.0f} ms; p50 stages embed "
-        f"{result['p50_embed_ms']:,.0f}, search {result['p50_search_ms']:,.1f}, prefill {result['p50_prefill_ms']:,.0f}, "
+        f"{result['p50_embed_ms']:,.0f}, search {result['p50_search_ms']:,.1f}, "
+        f"prefill {result['p50_prefill_ms']:,.0f}, "
         f"decode {result['p50_decode_ms']:,.0f} ms; overhead p50 {result['p50_overhead_ms']:.2f} ms "
         f"(p99 {result['p99_overhead_ms']:.2f}).",
     )
