@@ -104,6 +104,8 @@ def test_search_stops_at_the_time_budget_and_at_the_highest_point() -> None:
     answer = search_capacity(_fake, [parse_slo("p99_e2e_ms <= 100")], search, clock=lambda: float(next(ticks)))
     assert answer.status == "budget"
     assert "time budget of 3.5 s spent" in answer.message()
+    assert "nan" not in answer.message()  # no breach yet: no upper end to state
+    assert answer.message().endswith("before any probe breached an SLO: capacity is at least 1")
     capped = search_capacity(_fake, [parse_slo("p99_e2e_ms <= 100")], CapacitySearch("rate", 1.0, high=20))
     assert capped.status == "above-highest"
     assert capped.value == 20

@@ -152,7 +152,10 @@ class Capacity:
         if self.status == "above-highest":
             return f"{where}: every SLO held up to the highest point {knob}={lo:g}, capacity is at least that"
         if self.status == "budget":
-            return f"{where}: time budget of {self.search.budget_s:g} s spent, capacity is within [{lo:g}, {hi:g})"
+            spent = f"{where}: time budget of {self.search.budget_s:g} s spent"
+            if math.isnan(hi):
+                return f"{spent} before any probe breached an SLO: capacity is at least {lo:g}"
+            return f"{spent}, capacity is within [{lo:g}, {hi:g})"
         return f"{where}: capacity within [{lo:g}, {hi:g}), precision {self.search.precision:.0%}"
 
     def to_json(self) -> dict[str, Any]:
