@@ -17,6 +17,7 @@ from pytest_aifactory.load.engine import LoadPlan
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.conversations import ConversationClient, conversations_from_spec
 from pytest_aifactory.workloads.embeddings import EmbeddingBatches, documents, embeddings_client
+from pytest_aifactory.workloads.energy import REQUESTS, TOKENS
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.rag import RagClient, RagQuestions, index_documents
 from pytest_aifactory.workloads.server_metrics import scraper_for
@@ -101,6 +102,7 @@ class ProductionLoads:
             goodput=goodput,
             config={"time_scale": time_scale, "window_s": list(window)},
             server=scraper_for(service),
+            energy=(service, TOKENS),
         )
 
     def conversations(
@@ -134,6 +136,7 @@ class ProductionLoads:
             goodput=goodput,
             summarizer=summarize_sessions,
             server=scraper_for(service),
+            energy=(service, TOKENS),
         )
 
     def embeddings(
@@ -157,6 +160,7 @@ class ProductionLoads:
             _make_plan(**plan),
             label=label,
             workers=workers,
+            energy=(service, REQUESTS),
         )
 
     def rag(
