@@ -168,32 +168,32 @@ class FakeNvml:
         if self.started <= 0:
             raise self.NVMLError("Uninitialized")
 
-    def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
+    def nvmlInit(self) -> None:
         if self.fail_init:
             raise self.NVMLError("Driver Not Loaded")
         self.started += 1
 
-    def nvmlShutdown(self) -> None:  # noqa: N802
+    def nvmlShutdown(self) -> None:
         self._check()
         self.started -= 1
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+    def nvmlDeviceGetCount(self) -> int:
         self._check()
         return len(self.millijoules)
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
         self._check()
         if not 0 <= index < len(self.millijoules):
             raise self.NVMLError("Invalid Argument")
         return index
 
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:  # noqa: N802
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:
         self._check()
         if uuid not in self.uuids:
             raise self.NVMLError("Not Found")
         return self.uuids.index(uuid)
 
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:  # noqa: N802
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:
         self._check()
         if not self.supported:
             raise self.NVMLError("Not Supported")
@@ -214,14 +214,14 @@ def test_nvml_sums_the_jobs_gpus_in_millijoules() -> None:
 
 def test_nvml_without_total_energy_is_not_available() -> None:
     old = FakeNvml([0, 0], supported=False)
-    with pytest.raises(EnergyUnavailableError, match="needs Volta or newer.*Not Supported"):
+    with pytest.raises(EnergyUnavailableError, match=r"needs Volta or newer.*Not Supported"):
         NvmlEnergy(old)
     assert old.started == 0  # shut down again
     with pytest.raises(EnergyUnavailableError, match="no GPU for this job"):
         NvmlEnergy(FakeNvml([5]), visible="")
     broken = FakeNvml([5])
     broken.fail_init = True
-    with pytest.raises(EnergyUnavailableError, match="NVML cannot start.*Driver Not Loaded"):
+    with pytest.raises(EnergyUnavailableError, match=r"NVML cannot start.*Driver Not Loaded"):
         NvmlEnergy(broken)
 
 
@@ -231,7 +231,8 @@ def test_meter_drops_a_source_that_fails_and_keeps_why(powercap: PowercapTree) -
     powercap.add("intel-rapl:0", 2.0)
     nvml.millijoules = [3000]
     first = meter.sample()
-    assert first["joules"] == {"rapl": pytest.approx(2.0), "nvml": pytest.approx(2.0)} and first["missing"] == {}
+    assert first["joules"] == {"rapl": pytest.approx(2.0), "nvml": pytest.approx(2.0)}
+    assert first["missing"] == {}
     nvml.supported = False
     second = meter.sample()
     assert set(second["joules"]) == {"rapl"}
@@ -266,7 +267,8 @@ def test_point_energy_per_unit_and_nothing_without_a_source() -> None:
     energy = PointEnergy(window_s=10.0, joules={"rapl": 300.0, "nvml": 700.0, "sacct": 1500.0})
     figures = energy.figures({"request_s": 20.0, "output_tok_s": 1000.0}, ("request", "output_token"))
     assert energy.source == "rapl+nvml"  # Slurm's node figure would count the packages again
-    assert figures["energy_j"] == 1000.0 and figures["energy_sacct_j"] == 1500.0
+    assert figures["energy_j"] == 1000.0
+    assert figures["energy_sacct_j"] == 1500.0
     assert figures["j_per_request"] == pytest.approx(100.0 / 20.0)  # 100 W over 20 req/s
     assert figures["j_per_output_token"] == pytest.approx(0.1)
     gib = PointEnergy(window_s=2.0, joules={"sacct": 400.0}).figures({"mib_s": 512.0}, ("gib",))
@@ -321,7 +323,8 @@ def test_parse_consumed_energy(text: str, joules: float | None) -> None:
     value, why = parse_consumed_energy(text, "7")
     assert value == joules
     if joules is None:
-        assert "sacct gives no ConsumedEnergy for job 7" in why and "AcctGatherEnergyType" in why
+        assert "sacct gives no ConsumedEnergy for job 7" in why
+        assert "AcctGatherEnergyType" in why
 
 
 @pytest.mark.slurm
