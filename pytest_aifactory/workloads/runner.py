@@ -412,15 +412,7 @@ class LoadRunner(ProductionLoads):
         pool = connections or load.concurrency or 8
         client = sql.PostgresClient(dsn, pool, mode)
         workload = sql.TpcbWorkload(scale, mode, int(plan.get("seed", 0)))
-        return self.run(
-            client,
-            workload,
-            load,
-            label=label or f"{mode} {_label(load)}",
-            workers=1,
-            config=_about(service),
-            energy=(service, ("transaction",)),
-        )
+        return self._data_load(service, client, workload, load, label or f"{mode} {_label(load)}", "transaction")
 
     def s3(
         self,
@@ -441,14 +433,20 @@ class LoadRunner(ProductionLoads):
         if op in ("get", "mixed", "list"):
             client.upload_objects(objects)  # not prepare(): that name is the engine's PreparingClient hook
         workload = s3.ObjectOps(op, nbytes, objects, seed=int(plan.get("seed", 0)))
+        return self._data_load(service, client, workload, load, label or f"{op} {size} {_label(load)}", "gib")
+
+    def _data_load(
+        self,
+        service: RunningService | str,
+        client: RequestClient,
+        workload: Workload,
+        load: LoadPlan,
+        label: str,
+        unit: str,
+    ) -> LoadResult:
+        """A load on a data service in this process: the service in its configuration, energy per ``unit``."""
         return self.run(
-            client,
-            workload,
-            load,
-            label=label or f"{op} {size} {_label(load)}",
-            workers=1,
-            config=_about(service),
-            energy=(service, ("gib",)),
+            client, workload, load, label=label, workers=1, config=_about(service), energy=(service, (unit,))
         )
 
     def vector_search(
