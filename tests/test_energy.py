@@ -9,6 +9,7 @@ missing source reported as 0 J.
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -313,8 +314,8 @@ def test_watch_waits_for_a_read_past_the_end_and_uses_sacct_only_when_it_grows(t
     assert "sacct" not in energy.joules
 
 
-# What this cluster's sacct prints for `-n -X -P -o ConsumedEnergyRaw` (acct_gather_energy/none: 0),
-# what a site with an energy plugin prints, and nothing (a job sacct has no record of yet).
+# What this cluster's sacct (acct_gather_energy/none) prints for `-n -X -P -o ConsumedEnergyRaw`: "0" for
+# an ended job, "" for a running one (its allocation line); a site with an energy plugin prints joules.
 @pytest.mark.parametrize(
     ("text", "joules"),
     [("0\n", None), ("\n", None), ("", None), ("183625\n", 183625.0), ("183625\n0\n", 183625.0)],
@@ -327,32 +328,36 @@ def test_parse_consumed_energy(text: str, joules: float | None) -> None:
         assert "AcctGatherEnergyType" in why
 
 
-@pytest.mark.slurm
-@pytest.mark.timeout(120)
-def test_this_clusters_sacct_gives_not_available_rather_than_0() -> None:
-    """A real job on the running cluster, whose AcctGatherEnergyType is none."""
-    submitted = subprocess.run(
-        ["sbatch", "--parsable", "--wait", "--time=1", "--output=/dev/null", "--wrap", "sleep 1"],
+def _sacct_line(job_id: str, state: str) -> str | None:
+    """sacct's line of the job once it shows ``state``."""
+    done = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobIDRaw,State,ConsumedEnergyRaw"],
         capture_output=True,
         text=True,
         check=True,
-        timeout=100,
+    )
+    return done.stdout.strip() if f"|{state}|" in done.stdout else None
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(120)
+def test_this_clusters_sacct_gives_not_available_rather_than_0() -> None:
+    """A real job on the running cluster (AcctGatherEnergyType none), while it runs and once it ended."""
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--time=1", "--output=/dev/null", "--wrap", "sleep 3"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
     job_id = submitted.stdout.strip().split(";")[0]
-    raw = wait_for(
-        "sacct to know the job",
-        lambda: subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobIDRaw,ConsumedEnergyRaw"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip(),
-    )
-    print(f"sacct -n -X -P -o JobIDRaw,ConsumedEnergyRaw: {raw!r}")  # the format the parser is tested on
-    assert raw.split("|")[0] == job_id
-    joules, why = SlurmQueue().consumed_energy(job_id)
-    assert joules is None
-    assert f"sacct gives no ConsumedEnergy for job {job_id}" in why
+    queue = SlurmQueue()
+    for state in ("RUNNING", "COMPLETED"):
+        raw = wait_for(f"sacct to show job {job_id} {state}", functools.partial(_sacct_line, job_id, state))
+        print(f"sacct -n -X -P -o JobIDRaw,State,ConsumedEnergyRaw: {raw!r}")  # the format the parser is tested on
+        joules, why = queue.consumed_energy(job_id)
+        assert joules is None, raw
+        assert f"sacct gives no ConsumedEnergy for job {job_id}" in why
 
 
 SUITE = """
