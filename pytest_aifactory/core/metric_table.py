@@ -286,7 +286,7 @@ TABLE: tuple[Metric, ...] = (
            heading="J/query", extra_info=True, gauge=_PER_UNIT, labels=("query",)),
     Metric("j_per_transaction", "J", "lower", "energy per transaction (mean power / request_s)", ("database",),
            heading="J/txn", extra_info=True, gauge=_PER_UNIT, labels=("transaction",)),
-    Metric("j_per_gib", "J", "lower", "energy per GiB moved (mean power / GiB/s)", ("objectstore", "filestorage"),
+    Metric("j_per_gib", "J", "lower", "energy per GiB moved (mean power / GiB/s)", ("objectstore",),
            heading="J/GiB", extra_info=True, gauge=_PER_UNIT, labels=("gib",)),
     Metric("capacity_rate", "req/s", "higher", "highest offered rate at which every SLO held (capacity search)",
            heading="capacity req/s", compare=True, extra_info=True),

@@ -28,7 +28,17 @@ from typing import Any
 from pytest_aifactory.jobs.energy import ENERGY_FILE
 from pytest_aifactory.services.spec import RunningService
 
-__all__ = ["REQUESTS", "TOKENS", "UNITS", "EnergyWatch", "PointEnergy", "SacctEnergy", "cumulative_at", "energy_watch"]
+__all__ = [
+    "NOT_AVAILABLE",
+    "REQUESTS",
+    "TOKENS",
+    "UNITS",
+    "EnergyWatch",
+    "PointEnergy",
+    "SacctEnergy",
+    "cumulative_at",
+    "energy_watch",
+]
 
 SacctEnergy = Callable[[str], tuple[float | None, str]]  # job id -> (ConsumedEnergyRaw J, or None and why)
 NOT_AVAILABLE = "not available"

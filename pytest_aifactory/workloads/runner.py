@@ -27,7 +27,14 @@ from pytest_aifactory.load.workers import LoadInterrupted, LoadRun, run_load, ru
 from pytest_aifactory.services.connect import dsn_of
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads import files, s3, sql
-from pytest_aifactory.workloads.energy import REQUESTS, TOKENS, EnergyWatch, SacctEnergy, energy_watch
+from pytest_aifactory.workloads.energy import (
+    NOT_AVAILABLE,
+    REQUESTS,
+    TOKENS,
+    EnergyWatch,
+    SacctEnergy,
+    energy_watch,
+)
 from pytest_aifactory.workloads.production_loads import ProductionLoads, openai_client
 from pytest_aifactory.workloads.prompts import prompts_from_spec
 from pytest_aifactory.workloads.server_metrics import ServerScraper, scraper_for, ttft_overhead
@@ -189,7 +196,7 @@ class LoadRunner(ProductionLoads):
             figures = server.finish(before)
             result.scalars.update({**figures, **ttft_overhead(result.metrics(), figures)})
         if energy is not None:
-            _add_energy(result, watch, energy[1])
+            _add_energy(result, energy[0], watch, energy[1])
         self.record(result)
         if self.stop is not None and self.stop.is_set():
             raise LoadStoppedError(
@@ -488,6 +495,7 @@ class LoadRunner(ProductionLoads):
                 workers=1,
                 config={**dataset.describe(), "store": store.name},
                 scalars=loading,
+                energy=(store.service or store.name, ("query",)),
             )
         finally:
             store.drop()
@@ -502,10 +510,13 @@ class LoadRunner(ProductionLoads):
         return self.record(files.metadata_load(directory, files_count, threads))
 
 
-def _add_energy(result: LoadResult, watch: EnergyWatch | None, units: tuple[str, ...]) -> None:
+def _add_energy(
+    result: LoadResult, target: RunningService | str, watch: EnergyWatch | None, units: tuple[str, ...]
+) -> None:
     """The point's energy figures, and where they come from (a note when there are any)."""
     if watch is None:
-        result.config.update(energy_source="not available", energy_not_available={"all": "service given by URL"})
+        unknown = f"{target} is not a service this run started: its node is not known"
+        result.config.update(energy_source=NOT_AVAILABLE, energy_not_available={"node": unknown})
         return
     energy = watch.finish()
     result.config.update(energy.describe())
