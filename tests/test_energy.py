@@ -468,3 +468,13 @@ def test_vector_search_reports_joules_per_query_of_the_stores_node(
         "node": "faiss is not a service this run started: its node is not known"
     }
     assert "j_per_query" not in faiss["metrics"]
+
+
+def test_watch_of_a_job_without_an_energy_reader_does_not_wait(tmp_path: Path) -> None:
+    watch = EnergyWatch(tmp_path / "energy.jsonl", wait_s=30.0)
+    watch.start()
+    began = time.monotonic()
+    energy = watch.finish()
+    assert time.monotonic() - began < 5.0  # not the 30 s deadline
+    assert energy.source == "not available"
+    assert energy.missing["rapl"].startswith("no read in ")

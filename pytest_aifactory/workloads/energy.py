@@ -143,7 +143,13 @@ class EnergyWatch:
         return energy
 
     def _samples_past(self, ended: float) -> list[dict[str, Any]]:
-        """The job's reads, once one is past ``ended`` or the job reads nothing (polled until ``wait_s``)."""
+        """The job's reads, once one is past ``ended`` or the job reads nothing (polled until ``wait_s``).
+
+        A job without the file (its reader writes it as the service starts, long before a load)
+        reads no energy: no wait.
+        """
+        if not self.samples.exists():
+            return []
         deadline = time.monotonic() + self.wait_s
         while True:
             samples = _read_samples(self.samples)
