@@ -362,7 +362,7 @@ def test_this_clusters_sacct_gives_not_available_rather_than_0() -> None:
 
 SUITE = """
 def test_llm(synthetic_llm_service, aif_load):
-    aif_load.openai(synthetic_llm_service, prompts="synthetic:in=4,out=8", rate=20, count=40)
+    aif_load.openai(synthetic_llm_service, prompts="synthetic:in=4,out=8", rate=20, count=30, repeats=2)
 """
 WATTS = 50.0
 STALL_S = 0.3
@@ -389,14 +389,16 @@ def driven_powercap(tmp_path: Path) -> Iterator[PowercapTree]:
 PROFILES = [pytest.param("local"), pytest.param("ci-slurm", marks=pytest.mark.slurm)]
 
 
-def _result(pytester: pytest.Pytester, profile: str, env: dict[str, str]) -> dict[str, Any]:
+def _results(pytester: pytest.Pytester, profile: str, env: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
+    """The two repeats' results and their combination, and the terminal output."""
     pytester.makepyfile(SUITE)
     options = (f"--aif-profile={profile}", "--aif-results-dir=res", "--aif-run-id=energy")
     done = run_pytest(pytester.path, *options, env=env)
     assert done.returncode == 0, done.stdout[-3000:]
     report = json.loads((pytester.path / "res" / "energy" / "report.json").read_text())
-    (result,) = report["tests"][0]["results"]
-    return {**result, "stdout": done.stdout}
+    results = report["tests"][0]["results"]
+    assert [r["role"] for r in results] == ["repeat", "repeat", "point"]
+    return results, done.stdout
 
 
 @pytest.mark.timeout(300)
@@ -405,20 +407,23 @@ def test_a_real_run_reports_joules_per_request_from_the_services_node(
     pytester: pytest.Pytester, driven_powercap: PowercapTree, profile: str
 ) -> None:
     """The service's job (a local process, or a Slurm job on this machine's node) reads the stand-in tree."""
-    result = _result(pytester, profile, {POWERCAP_ROOT_ENV: str(driven_powercap.root)})
-    config, metrics = result["config"], result["metrics"]
-    assert config["energy_source"] == "rapl", config
-    window = config["energy_window_s"]
-    # Reads 0.5 s apart, interpolated; the counter may lag its driver thread by a stall of a loaded machine.
-    # A wrong window (the job's life) or unit (uJ, mJ) is off by far more.
-    assert metrics["energy_j"] == pytest.approx(WATTS * window, abs=WATTS * STALL_S)
-    assert metrics["energy_rapl_j"] == metrics["energy_j"]
-    power = metrics["energy_j"] / window
-    assert metrics["j_per_request"] == pytest.approx(power / metrics["request_s"], rel=0.01)
-    assert metrics["j_per_output_token"] == pytest.approx(power / metrics["output_tok_s"], rel=0.01)
-    assert "nvml" in config["energy_not_available"]
-    assert any(note.startswith("energy ") and "from rapl" in note for note in result["notes"])
-    assert "J/req" in result["stdout"]  # the results table's column
+    results, stdout = _results(pytester, profile, {POWERCAP_ROOT_ENV: str(driven_powercap.root)})
+    for result in results[:2]:
+        config, metrics = result["config"], result["metrics"]
+        assert config["energy_source"] == "rapl", config
+        window = config["energy_window_s"]
+        # Reads 0.5 s apart, interpolated; the counter may lag its driver thread by a stall of a loaded
+        # machine. A wrong window (the job's life) or unit (uJ, mJ) is off by far more.
+        assert metrics["energy_j"] == pytest.approx(WATTS * window, abs=WATTS * STALL_S)
+        assert metrics["energy_rapl_j"] == metrics["energy_j"]
+        power = metrics["energy_j"] / window
+        assert metrics["j_per_request"] == pytest.approx(power / metrics["request_s"], rel=0.01)
+        assert metrics["j_per_output_token"] == pytest.approx(power / metrics["output_tok_s"], rel=0.01)
+        assert "nvml" in config["energy_not_available"]
+        assert any(note.startswith("energy ") and "from rapl" in note for note in result["notes"])
+    mean = (results[0]["metrics"]["j_per_request"] + results[1]["metrics"]["j_per_request"]) / 2
+    assert results[2]["metrics"]["j_per_request"] == pytest.approx(mean)  # the repeats' combination
+    assert "J/req" in stdout  # the results table's column
 
 
 @pytest.mark.timeout(300)
@@ -426,16 +431,17 @@ def test_a_real_run_reports_joules_per_request_from_the_services_node(
 def test_a_real_run_without_a_source_has_no_energy_figure(
     pytester: pytest.Pytester, tmp_path: Path, profile: str
 ) -> None:
-    result = _result(pytester, profile, {POWERCAP_ROOT_ENV: str(tmp_path / "no-powercap")})
-    config, metrics = result["config"], result["metrics"]
-    assert config["energy_source"] == "not available"
-    assert "no-powercap on this node (no powercap driver)" in config["energy_not_available"]["rapl"]
-    sacct = config["energy_not_available"]["sacct"]
-    if profile == "local":
-        assert sacct == "not a Slurm job"
-    else:  # this cluster's sacct answers '' for the running service job: no plugin, not 0 J
-        assert "sacct gives no ConsumedEnergy for job" in sacct, sacct
-    assert not {name for name in metrics if name.startswith(("energy_", "j_per_"))}, metrics
+    results, _ = _results(pytester, profile, {POWERCAP_ROOT_ENV: str(tmp_path / "no-powercap")})
+    for result in results:
+        config, metrics = result["config"], result["metrics"]
+        assert config["energy_source"] == "not available"
+        assert "no-powercap on this node (no powercap driver)" in config["energy_not_available"]["rapl"]
+        sacct = config["energy_not_available"]["sacct"]
+        if profile == "local":
+            assert sacct == "not a Slurm job"
+        else:  # this cluster's sacct answers '' for the running service job: no plugin, not 0 J
+            assert "sacct gives no ConsumedEnergy for job" in sacct, sacct
+        assert not {name for name in metrics if name.startswith(("energy_", "j_per_"))}, metrics
 
 
 VECTOR_SUITE = """

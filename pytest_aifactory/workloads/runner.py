@@ -145,7 +145,7 @@ class LoadRunner(ProductionLoads):
         """
         label = label or _label(plan)
         workers = workers or self.workers
-        options = {"workers": workers, "goodput": goodput, "nodes": nodes, "scalars": scalars}
+        options = {"workers": workers, "goodput": goodput, "nodes": nodes, "scalars": scalars, "energy": energy}
         if plan.repeats > 1:
             return self._repeated(client, workload, plan, label, config, summarizer, server, options)
 
