@@ -290,28 +290,48 @@ def test_energy_metrics_reach_the_pushgateway_families() -> None:
     assert none.get_sample_value("aifactory_energy_joules", {"point": "p", "source": "total"}) is None
 
 
-def test_watch_waits_for_a_read_past_the_end_and_uses_sacct_only_when_it_grows(tmp_path: Path) -> None:
-    samples = tmp_path / "energy.jsonl"
+def _append(path: Path, t: float, joules: dict[str, float], missing: dict[str, str]) -> None:
+    with path.open("a") as out:
+        out.write(json.dumps({"t": t, "joules": joules, "missing": missing}) + "\n")
+
+
+def test_watch_cuts_the_window_from_the_reads_around_its_ends(tmp_path: Path) -> None:
+    samples, no_gpu = tmp_path / "energy.jsonl", {"nvml": "no GPU"}
     answers = iter([(1000.0, ""), (1000.0, "")])
     watch = EnergyWatch(samples, "42", lambda job: next(answers), wait_s=10.0)
-    with samples.open("a") as out:
-        out.write(json.dumps({"t": time.time() - 1, "joules": {"rapl": 0.0}, "missing": {"nvml": "no GPU"}}) + "\n")
+    first = time.time() - 1
+    _append(samples, first, {"rapl": 0.0}, no_gpu)
     watch.start()
+    watch.end()  # the load is over; its records are summarized before finish()
+    last = time.time() + 0.2
 
-    def read_later() -> None:  # the job's reader, behind the point's end
+    def read_later() -> None:  # the job's reader, a little behind the point's end
         time.sleep(0.3)
-        with samples.open("a") as out:
-            out.write(json.dumps({"t": time.time() + 0.1, "joules": {"rapl": 40.0}, "missing": {"nvml": "no GPU"}}))
-            out.write("\n")
+        _append(samples, last, {"rapl": 40.0}, no_gpu)
 
     writer = threading.Thread(target=read_later)
     writer.start()
-    energy = watch.finish()
+    energy = watch.finish()  # waits for the read past the end
     writer.join()
-    assert 0 < energy.joules["rapl"] < 40.0
+    started, ended = watch.started, watch.ended  # the times the window was cut at
+    assert ended is not None
+    assert energy.window_s == pytest.approx(ended - started)
+    assert energy.joules["rapl"] == pytest.approx(40.0 * (ended - started) / (last - first))
     assert energy.missing["nvml"] == "no GPU"
-    assert "did not grow over the point" in energy.missing["sacct"]
-    assert "sacct" not in energy.joules
+    assert "ConsumedEnergyRaw of job 42 did not grow over the point" in energy.missing["sacct"]
+    assert energy.source == "rapl"
+
+
+def test_watch_falls_back_on_sacct_only_without_node_counters(tmp_path: Path) -> None:
+    samples = tmp_path / "energy.jsonl"
+    _append(samples, time.time(), {}, {"rapl": "no powercap", "nvml": "no GPU"})
+    answers = iter([(1000.0, ""), (1600.0, "")])
+    watch = EnergyWatch(samples, "42", lambda job: next(answers))
+    watch.start()
+    energy = watch.finish()
+    assert energy.joules == {"sacct": 600.0}
+    assert energy.source == "sacct"
+    assert energy.missing == {"rapl": "no powercap", "nvml": "no GPU"}
 
 
 # What this cluster's sacct (acct_gather_energy/none) prints for `-n -X -P -o ConsumedEnergyRaw`: "0" for

@@ -107,32 +107,43 @@ class PointEnergy:
 
 @dataclass
 class EnergyWatch:
-    """Energy of one service's node over load points (``start()`` then ``finish()``)."""
+    """Energy of one service's node over a load point: ``start()``, ``end()``, then ``finish()``."""
 
     samples: Path
     slurm_job: str | None = None
     sacct: SacctEnergy | None = None
     wait_s: float = 10.0
-    _started: float = 0.0
-    _sacct_start: tuple[float | None, str] = (None, "")
+    started: float = field(default=0.0, init=False)  # wall-clock time of the point's start
+    ended: float | None = field(default=None, init=False)  # and of its end
+    _sacct_reads: list[tuple[float | None, str]] = field(default_factory=list, init=False)
 
     def start(self) -> None:
         """Note the point's start (and Slurm's figure then)."""
+        self._sacct_read()
+        self.started, self.ended = time.time(), None
+
+    def end(self) -> None:
+        """Note the point's end (and Slurm's figure then), before its records are summarized."""
+        self.ended = time.time()
+        self._sacct_read()
+
+    def _sacct_read(self) -> None:
         if self.slurm_job is not None and self.sacct is not None:
-            self._sacct_start = self.sacct(self.slurm_job)
-        self._started = time.time()
+            self._sacct_reads.append(self.sacct(self.slurm_job))
 
     def finish(self) -> PointEnergy:
         """The point's energy, once the job has read its counters past the point's end."""
-        ended = time.time()
-        energy = PointEnergy(ended - self._started)
+        if self.ended is None:
+            self.end()
+        ended = self.ended if self.ended is not None else time.time()
+        energy = PointEnergy(ended - self.started)
         samples = self._samples_past(ended)
         last = samples[-1] if samples else {}
         energy.missing.update(last.get("missing", {}))
         for source in ("rapl", "nvml"):
             if source in energy.missing:
                 continue
-            start, end = cumulative_at(samples, source, self._started), cumulative_at(samples, source, ended)
+            start, end = cumulative_at(samples, source, self.started), cumulative_at(samples, source, ended)
             if start is None or end is None:
                 energy.missing[source] = f"the job's {self.samples.name} does not cover the point"
             else:
@@ -162,7 +173,7 @@ class EnergyWatch:
         if self.slurm_job is None or self.sacct is None:
             energy.missing["sacct"] = "not a Slurm job"
             return
-        (before, why), (after, why_after) = self._sacct_start, self.sacct(self.slurm_job)
+        (before, why), (after, why_after) = self._sacct_reads[-2:]
         if before is None or after is None:
             energy.missing["sacct"] = why or why_after
         elif after <= before:

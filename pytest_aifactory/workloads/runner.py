@@ -139,9 +139,9 @@ class LoadRunner(ProductionLoads):
         in its configuration) before the interruption goes on. ``server`` scrapes the server's
         own metrics around the load into the result. ``energy=(service, units)`` measures the
         energy of the service's node over the load, and per each unit (``workloads.energy.UNITS``).
-        A plan with ``repeats=N`` runs N times
-        (fresh arrival seeds), each recorded as a result of role ``repeat`` (labelled ``#1``...),
-        then one result with the means and Student t intervals (``core.repeats``).
+        A plan with ``repeats=N`` runs N times (fresh arrival seeds), each recorded as a result
+        of role ``repeat`` (labelled ``#1``...), then one result with the means and Student t
+        intervals (``core.repeats``).
         """
         label = label or _label(plan)
         workers = workers or self.workers
@@ -190,6 +190,8 @@ class LoadRunner(ProductionLoads):
         finally:
             if server is not None:
                 server.stop()
+            if watch is not None:
+                watch.end()
         result = result_of(run)
         result.scalars.update(scalars or {})
         if server is not None and before is not None:
