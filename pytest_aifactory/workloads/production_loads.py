@@ -47,6 +47,11 @@ def openai_client(
     )
 
 
+def watching(service: RunningService | str, units: tuple[str, ...]) -> dict[str, Any]:
+    """``run()``'s watchers of a service: its own metrics (when it exposes known ones), its node's energy."""
+    return {"server": scraper_for(service), "energy": (service, units)}
+
+
 class _Runner(Protocol):
     run: Callable[..., LoadResult]
 
@@ -101,8 +106,7 @@ class ProductionLoads:
             workers=workers,
             goodput=goodput,
             config={"time_scale": time_scale, "window_s": list(window)},
-            server=scraper_for(service),
-            energy=(service, TOKENS),
+            **watching(service, TOKENS),
         )
 
     def conversations(
@@ -135,8 +139,7 @@ class ProductionLoads:
             workers=workers,
             goodput=goodput,
             summarizer=summarize_sessions,
-            server=scraper_for(service),
-            energy=(service, TOKENS),
+            **watching(service, TOKENS),
         )
 
     def embeddings(

@@ -35,9 +35,9 @@ from pytest_aifactory.workloads.energy import (
     SacctEnergy,
     energy_watch,
 )
-from pytest_aifactory.workloads.production_loads import ProductionLoads, openai_client
+from pytest_aifactory.workloads.production_loads import ProductionLoads, openai_client, watching
 from pytest_aifactory.workloads.prompts import prompts_from_spec
-from pytest_aifactory.workloads.server_metrics import ServerScraper, scraper_for, ttft_overhead
+from pytest_aifactory.workloads.server_metrics import ServerScraper, ttft_overhead
 from pytest_aifactory.workloads.triton import RandomTensors, TritonGenerateClient, TritonInferClient
 from pytest_aifactory.workloads.vectors.datasets import VectorDataset
 from pytest_aifactory.workloads.vectors.search import QueryIndices, SearchClient, load_store
@@ -340,9 +340,8 @@ class LoadRunner(ProductionLoads):
             workers=workers,
             goodput=goodput,
             nodes=nodes,
-            server=scraper_for(service),
             config=_about(service),
-            energy=(service, TOKENS),
+            **watching(service, TOKENS),
         )
 
     def openai_chat(self, service: RunningService | str, **kwargs: Any) -> LoadResult:
@@ -364,16 +363,8 @@ class LoadRunner(ProductionLoads):
         meta = service.spec.meta
         address = f"{service.host}:{service.ports[protocol]}"
         client = TritonInferClient(address, model or meta["infer_model"], protocol)
-        workload = RandomTensors(int(meta.get("dim", "256")), batch, int(plan.get("seed", 0)))
-        return self.run(
-            client,
-            workload,
-            make_plan(**plan),
-            label=label,
-            workers=workers,
-            server=scraper_for(service),
-            energy=(service, REQUESTS),
-        )
+        tensors = RandomTensors(int(meta.get("dim", "256")), batch, int(plan.get("seed", 0)))
+        return self.run(client, tensors, make_plan(**plan), label=label, workers=workers, **watching(service, REQUESTS))
 
     def triton_generate(
         self,
@@ -396,8 +387,7 @@ class LoadRunner(ProductionLoads):
             label=label,
             workers=workers,
             goodput=goodput,
-            server=scraper_for(service),
-            energy=(service, TOKENS),
+            **watching(service, TOKENS),
         )
 
     def sql(
