@@ -504,3 +504,17 @@ def test_watch_of_a_job_without_an_energy_reader_does_not_wait(tmp_path: Path) -
     assert time.monotonic() - began < 5.0  # not the 30 s deadline
     assert energy.source == "not available"
     assert energy.missing["rapl"].startswith("no read in ")
+
+
+def test_sacct_energy_goes_through_the_queues_counted_commands() -> None:
+    """The run's count of Slurm commands includes the energy reads (two per point on a Slurm service)."""
+    asked: list[list[str]] = []
+
+    def sacct(argv: Any) -> str:
+        asked.append(list(argv))
+        return "183625\n"
+
+    queue = SlurmQueue(runner=sacct)
+    assert queue.consumed_energy("42") == (183625.0, "")
+    assert asked == [["sacct", "-n", "-X", "-P", "-j", "42", "-o", "ConsumedEnergyRaw"]]
+    assert queue.calls["sacct"] == 1
