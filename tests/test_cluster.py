@@ -164,6 +164,9 @@ def test_node_cut_off_mid_test_fails_naming_it(pytester: pytest.Pytester, login_
         node = cut.read_text() if cut.exists() else ""
         if node:
             subprocess.run(["ip", "link", "set", f"v-{node}", "up"], check=True)
+            # Back in service now rather than at slurmctld's next ping of a down node (up to 30 s later):
+            # resuming a down node makes slurmctld ping it at once. It fails harmlessly if it is up already.
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True, check=False)
     assert done.returncode == 1, done.stdout[-3000:]
     assert f"service 'http' on node {node} (" in done.stdout, done.stdout[-3000:]
     assert "stopped answering" in done.stdout

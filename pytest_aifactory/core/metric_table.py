@@ -151,6 +151,9 @@ _LLM: tuple[Family, ...] = ("inference",)
 _VECTOR: tuple[Family, ...] = ("vectordb",)
 _FILES: tuple[Family, ...] = ("filestorage",)
 _RATE = "aifactory_request_rate"
+_ENERGY = "aifactory_energy_joules"
+_PER_UNIT = "aifactory_energy_per_unit_joules"
+_NODE = "of the service's node over the point"
 _TOKENS = "aifactory_tokens_per_second"
 
 # fmt: off
@@ -267,6 +270,24 @@ TABLE: tuple[Metric, ...] = (
                compare=True)
         for op in ("create", "stat", "remove")
     ),
+    # energy (workloads.energy): absent where no source gives it, never 0
+    Metric("energy_j", "J", "lower", f"energy {_NODE}: RAPL + NVML, else Slurm's (energy_source)", extra_info=True,
+           gauge=_ENERGY, labels=("total",)),
+    Metric("energy_rapl_j", "J", "lower", f"CPU package energy (RAPL) {_NODE}", gauge=_ENERGY, labels=("rapl",)),
+    Metric("energy_nvml_j", "J", "lower", "energy of the service's GPUs over the point (NVML)", gauge=_ENERGY,
+           labels=("nvml",)),
+    Metric("energy_sacct_j", "J", "lower", "Slurm's ConsumedEnergy of the service's job over the point",
+           gauge=_ENERGY, labels=("sacct",)),
+    Metric("j_per_request", "J", "lower", "energy per completed request (mean power / request_s)", _LLM,
+           heading="J/req", extra_info=True, gauge=_PER_UNIT, labels=("request",)),
+    Metric("j_per_output_token", "J", "lower", "energy per output token (mean power / output_tok_s)", _LLM,
+           heading="J/tok", extra_info=True, gauge=_PER_UNIT, labels=("output_token",)),
+    Metric("j_per_query", "J", "lower", "energy per completed query (mean power / request_s)", _VECTOR,
+           heading="J/query", extra_info=True, gauge=_PER_UNIT, labels=("query",)),
+    Metric("j_per_transaction", "J", "lower", "energy per transaction (mean power / request_s)", ("database",),
+           heading="J/txn", extra_info=True, gauge=_PER_UNIT, labels=("transaction",)),
+    Metric("j_per_gib", "J", "lower", "energy per GiB moved (mean power / GiB/s)", ("objectstore",),
+           heading="J/GiB", extra_info=True, gauge=_PER_UNIT, labels=("gib",)),
     Metric("capacity_rate", "req/s", "higher", "highest offered rate at which every SLO held (capacity search)",
            heading="capacity req/s", compare=True, extra_info=True),
     Metric("capacity_concurrency", "", "higher", "highest concurrency at which every SLO held (capacity search)",

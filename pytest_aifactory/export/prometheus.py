@@ -49,6 +49,8 @@ FINAL_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "aifactory_request_rate": ("Requests per second: offered, achieved, completed, goodput", ("point", "kind")),
     "aifactory_tokens_per_second": ("Tokens per second: output, total", ("point", "kind")),
     "aifactory_goodput_ratio": ("Share of requests meeting every per-request SLO", ("point",)),
+    "aifactory_energy_joules": ("Energy over a finished load: total and by source", ("point", "source")),
+    "aifactory_energy_per_unit_joules": ("Energy per unit of work of a finished load", ("point", "unit")),
     "aifactory_slo_passed": ("1 when the SLO held for the point, else 0", ("point", "slo")),
     "aifactory_slo_value": ("The measured value an SLO was checked against", ("point", "slo")),
     "aifactory_result_value": ("Any other figure of a result (MiB/s, recall, IOPS...)", ("point", "name")),

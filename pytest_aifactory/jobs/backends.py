@@ -79,6 +79,10 @@ class Backend(ABC):
         """How many times each scheduler command was run by this process (none for local jobs)."""
         return {}
 
+    def consumed_energy(self, job_id: str) -> tuple[float | None, str]:
+        """The scheduler's energy count of the job so far (J), or None and why."""
+        return None, f"{self.name} jobs have no scheduler energy count"
+
     @abstractmethod
     def _executor(self, folder: Path) -> submitit.Executor:
         """The submitit executor writing into ``folder``."""
@@ -262,6 +266,10 @@ class SlurmBackend(Backend):
     def commands_run(self) -> dict[str, int]:
         """sbatch, squeue, sacct and scancel calls of this process, retries included."""
         return dict(sorted(self.queue.calls.items()))
+
+    def consumed_energy(self, job_id: str) -> tuple[float | None, str]:
+        """``sacct``'s ``ConsumedEnergyRaw`` of the job (counted with the queue's commands)."""
+        return self.queue.consumed_energy(job_id)
 
     def status(self, job_id: str, folder: Path) -> JobStatus:
         """The job's state from the queue's last poll of all jobs (polled again when that is too old)."""

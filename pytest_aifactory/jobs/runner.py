@@ -31,6 +31,7 @@ from typing import Any
 from pytest_aifactory.core.errors import JobError
 from pytest_aifactory.core.profiles import ContainerSettings
 from pytest_aifactory.core.secrets import Redactor
+from pytest_aifactory.jobs.energy import ENERGY_FILE
 from pytest_aifactory.jobs.listening import LISTENING_FILE, listening
 from pytest_aifactory.jobs.processes import group_members, pid_alive, process_start
 from pytest_aifactory.jobs.sealed import unseal
@@ -347,6 +348,7 @@ def serve(plan: LaunchPlan) -> int:
                 {"stdout": stdout_path, "stderr": stderr_path},
                 env,
                 samples_file=plan.folder / MONITOR_FILE,
+                energy_file=plan.folder / ENERGY_FILE,
             )
             if plan.telemetry is not None
             else None

@@ -26,6 +26,7 @@ __all__ = [
     "JobStatus",
     "SlurmQueue",
     "for_how_long",
+    "parse_consumed_energy",
     "run_command",
 ]
 
@@ -110,6 +111,25 @@ def run_command(argv: Sequence[str], timeout_s: float = 60.0) -> str:
     if done.returncode != 0:
         raise JobError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.strip()}")
     return done.stdout
+
+
+def parse_consumed_energy(text: str, job_id: str) -> tuple[float | None, str]:
+    """``sacct -n -X -P -o ConsumedEnergyRaw``'s answer as joules, or None and why.
+
+    Where the site's ``AcctGatherEnergyType`` is ``acct_gather_energy/none`` Slurm answers 0 or
+    nothing: that is no measurement, not 0 J.
+    """
+    value = text.strip().splitlines()[0].strip() if text.strip() else ""
+    try:
+        joules = float(value)
+    except ValueError:
+        joules = 0.0
+    if joules <= 0:
+        return None, (
+            f"sacct gives no ConsumedEnergy for job {job_id} ({value or 'empty'}): "
+            "the site's AcctGatherEnergyType measures none"
+        )
+    return joules, ""
 
 
 def _submitted_ago(text: str, now: float) -> float | None:
@@ -230,6 +250,14 @@ class SlurmQueue:
             state = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0"
             found[job_id] = JobStatus(state, state in ACTIVE_SLURM_STATES, exit_code=code or None)
         return found
+
+    def consumed_energy(self, job_id: str) -> tuple[float | None, str]:
+        """The job's ``ConsumedEnergyRaw`` (J) so far, or None and why (no energy plugin, sacct failing)."""
+        try:
+            text = self.command(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "ConsumedEnergyRaw"], True)
+        except JobError as exc:
+            return None, str(exc)
+        return parse_consumed_energy(text, job_id)
 
     @staticmethod
     def _merge(queued: JobStatus | None, finished: JobStatus | None) -> JobStatus:

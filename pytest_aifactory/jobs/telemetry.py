@@ -5,7 +5,9 @@ The monitor samples the service's process tree and the node from ``/proc`` (and 
 NVML when ``pynvml`` and a driver are there) and pushes to the Pushgateway with ``service``,
 ``job_id`` and ``node`` labels, and appends every sample to the job folder's
 ``monitor.jsonl`` (read back by ``resource_series`` for the reports); the forwarder tails the
-service's stdout and stderr.
+service's stdout and stderr. A third thread reads the node's energy counters (``jobs.energy``)
+every ``ENERGY_INTERVAL_S`` into ``energy.jsonl``, so that a load point's energy can be cut
+from them however short the point.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from prometheus_client import CollectorRegistry, Gauge
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.delivery.loki import LokiPusher
 from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
+from pytest_aifactory.jobs.energy import EnergyMeter
 from pytest_aifactory.jobs.processes import process_tree
 
 __all__ = [
+    "ENERGY_INTERVAL_S",
     "MONITOR_FILE",
     "MONITOR_METRICS",
     "Telemetry",
@@ -40,6 +44,7 @@ __all__ = [
 ]
 
 MONITOR_FILE = "monitor.jsonl"
+ENERGY_INTERVAL_S = 0.5  # energy counters are cheap to read; a point's ends fall at most this far from a read
 
 MONITOR_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "aifactory_service_cpu_seconds_total": ("CPU seconds used by the service's process tree", ()),
@@ -169,7 +174,9 @@ class TelemetryThreads:
 
     ``env`` is the service's environment (the profile's ``env``, the run's S3 keys...): its
     secrets are masked in what is forwarded, as well as those of the job's own environment.
-    The monitor runs when there is a Pushgateway or a ``samples_file`` to append to.
+    The monitor runs when there is a Pushgateway or a ``samples_file`` to append to; the
+    energy reader when there is an ``energy_file`` (with no working source it writes one
+    line saying why, and stops).
     """
 
     def __init__(
@@ -181,6 +188,7 @@ class TelemetryThreads:
         logs: dict[str, Path],
         env: Mapping[str, str],
         samples_file: Path | None = None,
+        energy_file: Path | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.samples_file = samples_file
@@ -208,6 +216,8 @@ class TelemetryThreads:
                 self._start(self._forward, stream, path)
         if self.gateway is not None or samples_file is not None:
             self._start(self._monitor)
+        if energy_file is not None:
+            self._start(self._read_energy, energy_file)
 
     def _start(self, target: Callable[..., None], *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True, name=f"aifactory-{target.__name__}")
@@ -275,6 +285,15 @@ class TelemetryThreads:
             self.gateway.push(
                 group, registry, extra_labels={"service": self.service, "job_id": self.job_id, "node": self.node}
             )
+
+    def _read_energy(self, path: Path) -> None:
+        meter = EnergyMeter()
+        with path.open("a", encoding="utf-8") as handle:
+            while True:
+                handle.write(json.dumps(meter.sample()) + "\n")
+                handle.flush()
+                if not meter.sources or self._stop.wait(ENERGY_INTERVAL_S):
+                    return
 
     def event(self, line: str, level: str = "info") -> None:
         """A lifecycle line of the service (started, stopped...) in its Loki stream."""

@@ -280,6 +280,7 @@ def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_ru
             submit=submit,
             shard_dir=shard_dir,
             stop=watcher.stop,
+            sacct_energy=aif_run.backend.consumed_energy,
         )
     finally:
         watcher.close()

@@ -115,12 +115,13 @@ def aif_vector_store(aif_shared_service: ServiceFactory, aif_profile: Profile) -
                         f"{name}: {spec.meta['local_reason']} (profile {aif_profile.name!r}); "
                         f"set AIF_{name.upper()}_URL to use a running server"
                     )
-                url = aif_shared_service(name).url()
+                started = aif_shared_service(name)
+                url, options = started.url(), {"service": started, **options}
             return QdrantStore(url=url, **options) if name == "qdrant" else WeaviateStore(url, **options)
         service = aif_shared_service(name)
         if name == "milvus":
-            return MilvusStore(milvus_uri(service), **options)
-        return ChromaStore(service.host, service.port, **options)
+            return MilvusStore(milvus_uri(service), service=service, **options)
+        return ChromaStore(service.host, service.port, service=service, **options)
 
     return make
 

@@ -17,6 +17,7 @@ from pytest_aifactory.load.engine import LoadPlan
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.conversations import ConversationClient, conversations_from_spec
 from pytest_aifactory.workloads.embeddings import EmbeddingBatches, documents, embeddings_client
+from pytest_aifactory.workloads.energy import REQUESTS, TOKENS
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.rag import RagClient, RagQuestions, index_documents
 from pytest_aifactory.workloads.server_metrics import scraper_for
@@ -44,6 +45,11 @@ def openai_client(
         fixed_length=meta.get("fixed_length") == "true",
         extra_body={**body, **dict(extra_body or {})},
     )
+
+
+def watching(service: RunningService | str, units: tuple[str, ...]) -> dict[str, Any]:
+    """``run()``'s watchers of a service: its own metrics (when it exposes known ones), its node's energy."""
+    return {"server": scraper_for(service), "energy": (service, units)}
 
 
 class _Runner(Protocol):
@@ -100,7 +106,7 @@ class ProductionLoads:
             workers=workers,
             goodput=goodput,
             config={"time_scale": time_scale, "window_s": list(window)},
-            server=scraper_for(service),
+            **watching(service, TOKENS),
         )
 
     def conversations(
@@ -133,7 +139,7 @@ class ProductionLoads:
             workers=workers,
             goodput=goodput,
             summarizer=summarize_sessions,
-            server=scraper_for(service),
+            **watching(service, TOKENS),
         )
 
     def embeddings(
@@ -157,6 +163,7 @@ class ProductionLoads:
             _make_plan(**plan),
             label=label,
             workers=workers,
+            energy=(service, REQUESTS),
         )
 
     def rag(

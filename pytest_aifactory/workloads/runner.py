@@ -27,9 +27,17 @@ from pytest_aifactory.load.workers import LoadInterrupted, LoadRun, run_load, ru
 from pytest_aifactory.services.connect import dsn_of
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads import files, s3, sql
-from pytest_aifactory.workloads.production_loads import ProductionLoads, openai_client
+from pytest_aifactory.workloads.energy import (
+    NOT_AVAILABLE,
+    REQUESTS,
+    TOKENS,
+    EnergyWatch,
+    SacctEnergy,
+    energy_watch,
+)
+from pytest_aifactory.workloads.production_loads import ProductionLoads, openai_client, watching
 from pytest_aifactory.workloads.prompts import prompts_from_spec
-from pytest_aifactory.workloads.server_metrics import ServerScraper, scraper_for, ttft_overhead
+from pytest_aifactory.workloads.server_metrics import ServerScraper, ttft_overhead
 from pytest_aifactory.workloads.triton import RandomTensors, TritonGenerateClient, TritonInferClient
 from pytest_aifactory.workloads.vectors.datasets import VectorDataset
 from pytest_aifactory.workloads.vectors.search import QueryIndices, SearchClient, load_store
@@ -88,11 +96,13 @@ class LoadRunner(ProductionLoads):
         submit: Callable[..., Any] | None = None,
         shard_dir: Path | None = None,
         stop: StopSignal | None = None,
+        sacct_energy: SacctEnergy | None = None,
     ) -> None:
         """``submit(fn, *args)`` -> submitit job and ``shard_dir`` (seen by every node) enable ``nodes=N``.
 
         ``stop``, once set (the service is known dead), ends the load under way: its result is
         kept and recorded, then ``LoadStoppedError`` is raised, and so for any later load.
+        ``sacct_energy(job_id)`` is Slurm's energy of a service's job (the backend's).
         """
         self.on_result = on_result
         self.progress = progress
@@ -100,6 +110,7 @@ class LoadRunner(ProductionLoads):
         self.submit = submit
         self.shard_dir = shard_dir
         self.stop = stop
+        self.sacct_energy = sacct_energy
         self.results: list[LoadResult] = []
         self._role = "point"  # "probe" while a capacity search runs, "repeat" while repeats run
 
@@ -117,6 +128,7 @@ class LoadRunner(ProductionLoads):
         scalars: Mapping[str, float] | None = None,
         summarizer: Callable[..., LoadResult] = summarize,
         server: ServerScraper | None = None,
+        energy: tuple[RunningService | str, tuple[str, ...]] | None = None,
     ) -> LoadResult:
         """Run any client and workload under ``plan``; the general form of every helper.
 
@@ -125,13 +137,15 @@ class LoadRunner(ProductionLoads):
         turns the records into the result (``summarize``; sessions and pipelines have their own).
         A load interrupted (Ctrl-C, SIGTERM) records what it measured so far (``interrupted``
         in its configuration) before the interruption goes on. ``server`` scrapes the server's
-        own metrics around the load into the result. A plan with ``repeats=N`` runs N times
-        (fresh arrival seeds), each recorded as a result of role ``repeat`` (labelled ``#1``...),
-        then one result with the means and Student t intervals (``core.repeats``).
+        own metrics around the load into the result. ``energy=(service, units)`` measures the
+        energy of the service's node over the load, and per each unit (``workloads.energy.UNITS``).
+        A plan with ``repeats=N`` runs N times (fresh arrival seeds), each recorded as a result
+        of role ``repeat`` (labelled ``#1``...), then one result with the means and Student t
+        intervals (``core.repeats``).
         """
         label = label or _label(plan)
         workers = workers or self.workers
-        options = {"workers": workers, "goodput": goodput, "nodes": nodes, "scalars": scalars}
+        options = {"workers": workers, "goodput": goodput, "nodes": nodes, "scalars": scalars, "energy": energy}
         if plan.repeats > 1:
             return self._repeated(client, workload, plan, label, config, summarizer, server, options)
 
@@ -163,6 +177,9 @@ class LoadRunner(ProductionLoads):
             return result
 
         before = server.start() if server is not None else None
+        watch = energy_watch(energy[0], self.sacct_energy) if energy is not None else None
+        if watch is not None:
+            watch.start()
         try:
             # client nodes send histograms and a sample, not every record, when nothing needs more
             digest = summarizer is summarize and not plan.steady_state
@@ -173,11 +190,15 @@ class LoadRunner(ProductionLoads):
         finally:
             if server is not None:
                 server.stop()
+            if watch is not None:
+                watch.end()
         result = result_of(run)
         result.scalars.update(scalars or {})
         if server is not None and before is not None:
             figures = server.finish(before)
             result.scalars.update({**figures, **ttft_overhead(result.metrics(), figures)})
+        if energy is not None:
+            _add_energy(result, energy[0], watch, energy[1])
         self.record(result)
         if self.stop is not None and self.stop.is_set():
             raise LoadStoppedError(
@@ -319,8 +340,8 @@ class LoadRunner(ProductionLoads):
             workers=workers,
             goodput=goodput,
             nodes=nodes,
-            server=scraper_for(service),
             config=_about(service),
+            **watching(service, TOKENS),
         )
 
     def openai_chat(self, service: RunningService | str, **kwargs: Any) -> LoadResult:
@@ -342,8 +363,8 @@ class LoadRunner(ProductionLoads):
         meta = service.spec.meta
         address = f"{service.host}:{service.ports[protocol]}"
         client = TritonInferClient(address, model or meta["infer_model"], protocol)
-        workload = RandomTensors(int(meta.get("dim", "256")), batch, int(plan.get("seed", 0)))
-        return self.run(client, workload, make_plan(**plan), label=label, workers=workers, server=scraper_for(service))
+        tensors = RandomTensors(int(meta.get("dim", "256")), batch, int(plan.get("seed", 0)))
+        return self.run(client, tensors, make_plan(**plan), label=label, workers=workers, **watching(service, REQUESTS))
 
     def triton_generate(
         self,
@@ -366,7 +387,7 @@ class LoadRunner(ProductionLoads):
             label=label,
             workers=workers,
             goodput=goodput,
-            server=scraper_for(service),
+            **watching(service, TOKENS),
         )
 
     def sql(
@@ -390,9 +411,7 @@ class LoadRunner(ProductionLoads):
         pool = connections or load.concurrency or 8
         client = sql.PostgresClient(dsn, pool, mode)
         workload = sql.TpcbWorkload(scale, mode, int(plan.get("seed", 0)))
-        return self.run(
-            client, workload, load, label=label or f"{mode} {_label(load)}", workers=1, config=_about(service)
-        )
+        return self._data_load(service, client, workload, load, label or f"{mode} {_label(load)}", "transaction")
 
     def s3(
         self,
@@ -413,8 +432,20 @@ class LoadRunner(ProductionLoads):
         if op in ("get", "mixed", "list"):
             client.upload_objects(objects)  # not prepare(): that name is the engine's PreparingClient hook
         workload = s3.ObjectOps(op, nbytes, objects, seed=int(plan.get("seed", 0)))
+        return self._data_load(service, client, workload, load, label or f"{op} {size} {_label(load)}", "gib")
+
+    def _data_load(
+        self,
+        service: RunningService | str,
+        client: RequestClient,
+        workload: Workload,
+        load: LoadPlan,
+        label: str,
+        unit: str,
+    ) -> LoadResult:
+        """A load on a data service in this process: the service in its configuration, energy per ``unit``."""
         return self.run(
-            client, workload, load, label=label or f"{op} {size} {_label(load)}", workers=1, config=_about(service)
+            client, workload, load, label=label, workers=1, config=_about(service), energy=(service, (unit,))
         )
 
     def vector_search(
@@ -456,6 +487,7 @@ class LoadRunner(ProductionLoads):
                 workers=1,
                 config={**dataset.describe(), "store": store.name},
                 scalars=loading,
+                energy=(store.service or store.name, ("query",)),
             )
         finally:
             store.drop()
@@ -468,6 +500,25 @@ class LoadRunner(ProductionLoads):
     def metadata(self, directory: Path, files_count: int = 2000, threads: int = 4) -> LoadResult:
         """Create, stat and remove files per second in ``directory`` (mdtest-style)."""
         return self.record(files.metadata_load(directory, files_count, threads))
+
+
+def _add_energy(
+    result: LoadResult, target: RunningService | str, watch: EnergyWatch | None, units: tuple[str, ...]
+) -> None:
+    """The point's energy figures, and where they come from (a note when there are any)."""
+    if watch is None:
+        unknown = f"{target} is not a service this run started: its node is not known"
+        result.config.update(energy_source=NOT_AVAILABLE, energy_not_available={"node": unknown})
+        return
+    energy = watch.finish()
+    result.config.update(energy.describe())
+    figures = energy.figures(result.metrics(), units)
+    result.scalars.update(figures)
+    if figures:
+        result.notes.append(
+            f"energy {figures['energy_j']:.4g} J over {energy.window_s:.3g} s from {energy.source} "
+            "(the whole node of the service, other jobs on it included)"
+        )
 
 
 def _about(service: RunningService | str) -> dict[str, Any]:

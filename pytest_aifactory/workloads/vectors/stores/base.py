@@ -7,6 +7,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.vectors.datasets import Metric, Vectors
 
 __all__ = ["VECTOR_STORES", "VectorStore"]
@@ -19,6 +20,7 @@ class VectorStore(Protocol):
     """What a vector database must do for the benchmark."""
 
     name: str
+    service: RunningService | None  # the run's service it is a client of (None: in-process or external)
 
     def create(self, dim: int, metric: Metric) -> None:
         """Create an empty collection."""

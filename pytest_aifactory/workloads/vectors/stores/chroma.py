@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.vectors.datasets import Metric, Vectors
 
 __all__ = ["ChromaStore"]
@@ -21,6 +22,7 @@ class ChromaStore:
     port: int
     collection: str = "aif_bench"
     name: str = "chroma"
+    service: RunningService | None = field(default=None, repr=False)  # where it runs (energy)
     _client: Any = field(default=None, init=False, repr=False)
     _collection: Any = field(default=None, init=False, repr=False)
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.vectors.datasets import Metric, Vectors
 
 __all__ = ["GPU_FILTER_UNSUPPORTED", "FaissStore", "faiss_gpus"]
@@ -37,6 +38,7 @@ class FaissStore:
     nprobe: int = 16
     device: Literal["cpu", "gpu"] = "cpu"
     name: str = "faiss"
+    service: RunningService | None = field(default=None, repr=False)  # in-process: none (no energy figure)
     _index: Any = field(default=None, init=False, repr=False)
     _pending: list[Vectors] = field(default_factory=list, init=False, repr=False)
     _categories: list[npt.NDArray[np.int64]] = field(default_factory=list, init=False, repr=False)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.vectors.datasets import Metric, Vectors
 
 __all__ = ["MilvusStore"]
@@ -29,6 +30,7 @@ class MilvusStore:
     index_params: dict[str, Any] = field(default_factory=lambda: {"M": 32, "efConstruction": 200})
     search_params: dict[str, Any] = field(default_factory=lambda: {"ef": 128})
     name: str = "milvus"
+    service: RunningService | None = field(default=None, repr=False)  # where it runs (energy)
     _client: Any = field(default=None, init=False, repr=False)
 
     def create(self, dim: int, metric: Metric) -> None:

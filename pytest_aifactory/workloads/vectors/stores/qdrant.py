@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.vectors.datasets import Metric, Vectors
 
 __all__ = ["QdrantStore"]
@@ -25,6 +26,7 @@ class QdrantStore:
     location: str | None = None
     collection: str = "aif_bench"
     name: str = "qdrant"
+    service: RunningService | None = field(default=None, repr=False)  # where it runs (energy)
     _client: Any = field(default=None, init=False, repr=False)
 
     def create(self, dim: int, metric: Metric) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.vectors.datasets import Metric, Vectors
 
 __all__ = ["WEAVIATE_DISTANCES", "WeaviateStore", "row_uuid"]
@@ -39,6 +40,7 @@ class WeaviateStore:
     ef_search: int = 128
     timeout_s: float = 30.0
     name: str = "weaviate"
+    service: RunningService | None = field(default=None, repr=False)  # where it runs (energy)
     _client: Any = field(default=None, init=False, repr=False)
     _inserted: int = field(default=0, init=False, repr=False)
 
