@@ -39,6 +39,7 @@ PROFILE_SECRET = "profile-api-key-7c1e0a"
 ENV_SECRET = "env-token-4d2b9f61"
 URL_SECRET = "url-password-8a3c5e"
 SERVICE_SECRET = "service-password-2f9d"
+DIGIT_SECRET = "8675309421"  # an all-digit password: a secret all the same
 
 _PROFILES = {
     "local": "name: faulty\nexecutor: local\n",
@@ -69,7 +70,7 @@ def _run(pytester: pytest.Pytester, profile: Path, run_id: str, *args: str) -> s
         f"--aif-run-id={run_id}",
         f"--aif-pushgateway=http://user:{URL_SECRET}@127.0.0.1:1",
         *args,
-        env={"AIF_PLANTED_TOKEN": ENV_SECRET},
+        env={"AIF_PLANTED_TOKEN": ENV_SECRET, "DB_PASSWORD": DIGIT_SECRET},
     )
 
 
@@ -83,7 +84,8 @@ def test_leaky(aif_service):
         name="leaky",
         setup=(("sh", "-c", "echo $AIF_S3_SECRET_KEY > {{workdir}}/creds.json"),),
         command=("sh", "-c",
-                 'echo "key=$MY_API_KEY tok=$AIF_PLANTED_TOKEN s3=$AIF_S3_SECRET_KEY svc=$SVC_PASSWORD" >&2; exit 3'),
+                 'echo "key=$MY_API_KEY tok=$AIF_PLANTED_TOKEN s3=$AIF_S3_SECRET_KEY svc=$SVC_PASSWORD"'
+                 ' "pin=$DB_PASSWORD" >&2; exit 3'),
         env={{"SVC_PASSWORD": "{SERVICE_SECRET}"}},
         probe=HttpProbe(),
         secret_files=("{{workdir}}/creds.json",),
@@ -106,8 +108,8 @@ def test_secrets_stay_out_of_the_terminal_job_folders_loki_and_report(
     done = _run(pytester, profile, "leaky", f"--aif-loki={loki.url}")
     assert done.returncode == 1, done.stdout[-3000:]
     s3_secret = (pytester.path / "s3-secret.txt").read_text()
-    secrets = [PROFILE_SECRET, ENV_SECRET, URL_SECRET, SERVICE_SECRET, s3_secret]
-    assert "key=*** tok=*** s3=*** svc=***" in done.stdout
+    secrets = [PROFILE_SECRET, ENV_SECRET, URL_SECRET, SERVICE_SECRET, DIGIT_SECRET, s3_secret]
+    assert "key=*** tok=*** s3=*** svc=*** pin=***" in done.stdout
     assert [s for s in secrets if s in done.stdout + done.stderr] == []
     run_dir = pytester.path / "res" / "leaky"
     (job_folder,) = (run_dir / "jobs").iterdir()
@@ -118,7 +120,7 @@ def test_secrets_stay_out_of_the_terminal_job_folders_loki_and_report(
     leaks = [(p.name, s) for p in ours for s in secrets if s.encode() in p.read_bytes()]
     assert leaks == []
     assert loki.errors == []
-    assert "key=*** tok=*** s3=*** svc=***" in [line["line"] for line in loki.lines]  # from the job's forwarder
+    assert "key=*** tok=*** s3=*** svc=*** pin=***" in [line["line"] for line in loki.lines]  # from the job's forwarder
     assert [s for s in secrets if s in json.dumps(loki.lines)] == []
 
 
