@@ -173,12 +173,14 @@ def test_a_dead_service_stops_its_load_and_fails_once(pytester: pytest.Pytester,
 BAD_LOADS = """
 import pytest
 
-@pytest.mark.parametrize("plan", [
-    dict(rate=-5, count=10), dict(concurrency=2, count=-5), dict(rate=5, count=5, warmup=-3),
-    dict(rate=5, count=5, duration_s=3), dict(rate=float("nan"), duration_s=1),
-])
-def test_bad_plan(aif_load, plan):
-    aif_load.openai("http://127.0.0.1:1", nodes=2, **plan)
+PLANS = {
+    "rate": dict(rate=-5, count=10), "count": dict(concurrency=2, count=-5), "warmup": dict(rate=5, count=5, warmup=-3),
+    "both": dict(rate=5, count=5, duration_s=3), "nan": dict(rate=float("nan"), duration_s=1),
+}
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_bad_plan(aif_load, name):
+    aif_load.openai("http://127.0.0.1:1", nodes=2, **PLANS[name])  # known when the body runs
 
 def test_bad_var(aif_vars):
     aif_vars("vec_dataset", "clustered", choices=("random", "clustered"))
@@ -210,6 +212,61 @@ def test_bad_load_parameters_are_one_paragraph_before_any_job(pytester: pytest.P
     assert "Traceback" not in done.stdout
     assert "Error" not in done.stdout  # no exception type: a message, not a traceback
     assert not (pytester.path / "res" / "bad" / "jobs.jsonl").exists()
+
+
+# A test of a real service with a bad argument written in its body (line 6), one module each.
+LITERAL_MISTAKE = """import pytest
+
+
+@pytest.mark.parametrize("clients", [2, 0])
+def test_it(synthetic_llm_service, aif_load, clients):
+    aif_load.openai(synthetic_llm_service, {})
+"""
+LITERAL_ARGUMENTS = {
+    "test_rate": ("rate=-5, count=10", "rate=-5: expected a number of requests/s > 0"),
+    "test_count": ("concurrency=1, count=-5", "count=-5: expected a whole number of requests >= 1"),
+    "test_warmup": ("rate=5, count=5, warmup=-3", "warmup=-3: expected a whole number of requests >= 0, or 'auto'"),
+    "test_concurrency": ("concurrency=clients, count=5", "concurrency=0: expected a whole number >= 1"),
+    "test_prompts": ("rate=5, count=5, prompts='bogus:x'", "unknown prompt source 'bogus:x'; use synthetic:in=N"),
+}
+
+
+def test_a_bad_literal_load_argument_is_a_usage_error_before_any_service_starts(pytester: pytest.Pytester) -> None:
+    """Found when the test is collected: file, line, argument and what is accepted; no job, no results folder.
+
+    The same values given as variables are found when the load runs (after the service
+    started), in the same words.
+    """
+    for module, (arguments, _) in LITERAL_ARGUMENTS.items():
+        (pytester.path / f"{module}.py").write_text(LITERAL_MISTAKE.format(arguments))
+    done = run_pytest(pytester.path, "--aif-profile=local", "--aif-results-dir=res", NO_SUMMARY)
+    assert done.returncode == 2, done.stdout[-3000:]  # interrupted: errors during collection
+    for module, (_, message) in LITERAL_ARGUMENTS.items():
+        assert done.stdout.count(f"{module}.py:6: aif_load.openai: {message}") == 1, (message, done.stdout[-3000:])
+    assert "Traceback" not in done.stdout
+    assert not (pytester.path / "res").exists()  # no run, so no job: nothing was started
+
+    for module in LITERAL_ARGUMENTS:
+        (pytester.path / f"{module}.py").unlink()
+    pytester.makepyfile(
+        test_later="""
+def test_rate(synthetic_llm_service, aif_load):
+    rate = -5
+    aif_load.openai(synthetic_llm_service, rate=rate, count=10)
+
+def test_count(synthetic_llm_service, aif_load):
+    plan = dict(concurrency=1, count=-5)
+    aif_load.openai(synthetic_llm_service, **plan)
+"""
+    )
+    done = run_pytest(pytester.path, "--aif-profile=local", "--aif-results-dir=res", "--aif-run-id=later", NO_SUMMARY)
+    assert done.returncode == 1, done.stdout[-3000:]
+    for module in ("test_rate", "test_count"):
+        message = LITERAL_ARGUMENTS[module][1]
+        assert done.stdout.count(f"bad load parameters: {message}") == 1, message
+    assert [e["service"] for e in registry_entries(pytester.path / "res" / "later") if e["event"] == "submitted"] == [
+        "synthetic-llm"
+    ]
 
 
 def test_bad_setting_in_the_ini_leaves_no_results_folder(pytester: pytest.Pytester) -> None:
