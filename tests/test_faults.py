@@ -6,7 +6,9 @@ generated S3 keys) stay out of the terminal, the job folders (pickles included) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from pytest_aifactory.jobs.backends import make_backend
 from pytest_aifactory.jobs.manager import ServiceManager
 from pytest_aifactory.jobs.registry import JobRegistry
 from pytest_aifactory.jobs.runner import EXIT_FILE, LaunchPlan
+from pytest_aifactory.jobs.sealed import SECRETS_VARIABLE, exported, exporting
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.services.spec import ServiceSpec
 from pytest_aifactory.workloads.runner import LoadRunner
@@ -405,6 +408,53 @@ def test_a_slow_stopping_service_gets_its_stop_time_under_slurm(tmp_path: Path) 
     assert exit_record["exit_code"] == 0
     assert exit_record["reason"] == "stopped by signal SIGTERM"
     assert "stopped-cleanly" in (service.folder / "service.out").read_text()
+
+
+@pytest.mark.parametrize(
+    ("export", "passed"),
+    [
+        ("ALL", "ALL"),
+        ("ALL,FOO", "ALL,FOO"),
+        ("NONE", SECRETS_VARIABLE),
+        ("HOME,PATH", f"HOME,PATH,{SECRETS_VARIABLE}"),
+    ],
+)
+def test_every_export_of_a_profile_passes_the_job_secrets(
+    export: str, passed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sbatch's ``--export`` (from the profile or ``SBATCH_EXPORT``) names the secrets variable, never its value."""
+    assert exporting(export) == passed
+    monkeypatch.setenv("SBATCH_EXPORT", export)
+    with exported({"env": {"X_TOKEN": SERVICE_SECRET}}):
+        assert os.environ["SBATCH_EXPORT"] == passed
+    assert os.environ["SBATCH_EXPORT"] == export
+    assert SECRETS_VARIABLE not in os.environ
+
+
+@pytest.mark.slurm
+def test_a_profile_exporting_nothing_still_gives_the_job_its_secrets(tmp_path: Path) -> None:
+    """``export: NONE`` (sbatch --export=NONE) kept AIF_JOB_SECRETS from the job: its service had no password."""
+    base = load_profile("ci-slurm")
+    profile = dataclasses.replace(base, slurm=dataclasses.replace(base.slurm, additional={"export": "NONE"}))
+    manager = ServiceManager(profile, make_backend(profile), JobRegistry(tmp_path / "run"), owner=None)
+    told = tmp_path / "told.txt"
+    spec = ServiceSpec(
+        name="told",
+        command=("sh", "-c", f'echo "password=$SVC_PASSWORD" > {told}.part; mv {told}.part {told}; sleep 600'),
+        env={"SVC_PASSWORD": SERVICE_SECRET},
+        ports=(),
+    )
+    service = manager.launch(spec)
+    try:
+        wait_for("the service's note", told.exists)
+    finally:
+        manager.stop(service)
+    assert told.read_text() == f"password={SERVICE_SECRET}\n"
+    (script,) = service.folder.glob("*_submission.sh")
+    assert f"#SBATCH --export={SECRETS_VARIABLE}\n" in script.read_text()
+    files = [p for p in service.folder.rglob("*") if p.is_file() and p.name not in ("service.out", "service.err")]
+    assert any(p.name.endswith("_submitted.pkl") for p in files)
+    assert [p.name for p in files if SERVICE_SECRET.encode() in p.read_bytes()] == []
 
 
 @pytest.mark.slurm
