@@ -225,6 +225,13 @@ LITERAL_MISTAKE = """import pytest
 def test_it(synthetic_llm_service, aif_load, clients):
     aif_load.openai(synthetic_llm_service, {})
 """
+UNKNOWN_DATASET = """from pytest_aifactory.workloads.vectors.datasets import VectorDataset
+
+
+def test_it(aif_vector_store, aif_load, tmp_path):
+    dataset = VectorDataset("sift1m", count=100, dim=8)
+    aif_load.vector_search(aif_vector_store("chroma"), dataset, cache_dir=tmp_path, concurrency=1, count=10)
+"""
 LITERAL_ARGUMENTS = {
     "test_rate": ("rate=-5, count=10", "rate=-5: expected a number of requests/s > 0"),
     "test_count": ("concurrency=1, count=-5", "count=-5: expected a whole number of requests >= 1"),
@@ -242,17 +249,22 @@ def test_a_bad_literal_load_argument_is_a_usage_error_before_any_service_starts(
     """
     for module, (arguments, _) in LITERAL_ARGUMENTS.items():
         (pytester.path / f"{module}.py").write_text(LITERAL_MISTAKE.format(arguments))
+    pytester.makepyfile(test_dataset=UNKNOWN_DATASET)
     done = run_pytest(pytester.path, "--aif-profile=local", "--aif-results-dir=res", NO_SUMMARY)
     assert done.returncode == 2, done.stdout[-3000:]  # interrupted: errors during collection
     for module, (_, message) in LITERAL_ARGUMENTS.items():
         assert done.stdout.count(f"{module}.py:6: aif_load.openai: {message}") == 1, (message, done.stdout[-3000:])
+    unknown = "VectorDataset: unknown dataset 'sift1m'; valid datasets: random, clustered, digits, embedded"
+    assert done.stdout.count(f"test_dataset.py:5: {unknown}") == 1
     assert "Traceback" not in done.stdout
     assert not (pytester.path / "res").exists()  # no run, so no job: nothing was started
 
-    for module in LITERAL_ARGUMENTS:
+    for module in [*LITERAL_ARGUMENTS, "test_dataset"]:
         (pytester.path / f"{module}.py").unlink()
     pytester.makepyfile(
         test_later="""
+from pytest_aifactory.workloads.vectors.datasets import VectorDataset
+
 def test_rate(synthetic_llm_service, aif_load):
     rate = -5
     aif_load.openai(synthetic_llm_service, rate=rate, count=10)
@@ -260,6 +272,10 @@ def test_rate(synthetic_llm_service, aif_load):
 def test_count(synthetic_llm_service, aif_load):
     plan = dict(concurrency=1, count=-5)
     aif_load.openai(synthetic_llm_service, **plan)
+
+def test_dataset(aif_load):
+    name = "sift1m"
+    VectorDataset(name, count=100, dim=8)
 """
     )
     done = run_pytest(pytester.path, "--aif-profile=local", "--aif-results-dir=res", "--aif-run-id=later", NO_SUMMARY)
@@ -267,6 +283,8 @@ def test_count(synthetic_llm_service, aif_load):
     for module in ("test_rate", "test_count"):
         message = LITERAL_ARGUMENTS[module][1]
         assert done.stdout.count(f"bad load parameters: {message}") == 1, message
+    assert done.stdout.count(unknown.removeprefix("VectorDataset: ")) == 1
+    assert "Traceback" not in done.stdout
     assert [e["service"] for e in registry_entries(pytester.path / "res" / "later") if e["event"] == "submitted"] == [
         "synthetic-llm"
     ]

@@ -6,7 +6,8 @@ calls of a test function are read from its source (``ast``), and every argument 
 running the test is checked by the very checks the load applies when it runs
 (``load.parameters.ACCEPTED``, ``workloads.prompts.prompt_problem``): a literal keyword
 (``rate=-5``, ``prompts="bogus:x"``), a keyword naming a ``parametrize`` argument (``rate=r``,
-``**plan``: each of its values), and the values of ``aif_load.sweep("rate", [5, -1], ...)``.
+``**plan``: each of its values), and the values of ``aif_load.sweep("rate", [5, -1], ...)``;
+and a ``VectorDataset("sift1m", ...)`` of literal arguments, by its own checks.
 A bad one makes the test's module a collection error naming the file, line, argument and what
 is accepted; pytest then runs nothing, so no job is submitted. Anything else (a variable, a
 call, a value from a fixture) is checked when the load runs, with the same words.
@@ -25,6 +26,7 @@ import pytest
 
 from pytest_aifactory.load.parameters import parameter_problems
 from pytest_aifactory.workloads.prompts import prompt_problem
+from pytest_aifactory.workloads.vectors.datasets import VectorDataset
 
 __all__ = ["literal_problems"]
 
@@ -86,15 +88,28 @@ def _cases(call: ast.Call, parametrized: Mapping[str, list[Any]]) -> Iterator[tu
                 yield {parameter: value}, " (a value of the sweep)"
 
 
-def _load_calls(tree: ast.AST) -> Iterator[ast.Call]:
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == FIXTURE
-        ):
-            yield node
+def _load_call(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == FIXTURE
+    )
+
+
+def _dataset_problem(call: ast.Call) -> str | None:
+    """What ``VectorDataset(...)`` says of its literal arguments (an ``embedded`` one reads its file later)."""
+    args = [_literal(arg) for arg in call.args]
+    kwargs = {keyword.arg: _literal(keyword.value) for keyword in call.keywords if keyword.arg is not None}
+    if _UNKNOWN in (*args, *kwargs.values()) or len(kwargs) < len(call.keywords):  # **options: known later
+        return None
+    if (args[:1] or [kwargs.get("name")])[0] == "embedded":
+        return None
+    try:
+        VectorDataset(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
 
 
 def literal_problems(function: Callable[..., Any], root: Path) -> list[str]:
@@ -111,10 +126,15 @@ def literal_problems(function: Callable[..., Any], root: Path) -> list[str]:
         return []  # no source to read: the load checks its arguments when it runs
     parametrized = _parametrized(function)
     found = []
-    for call in _load_calls(tree):
-        where = f"{path}:{call.lineno + first - 1}: {FIXTURE}.{getattr(call.func, 'attr', '')}"
-        for given, origin in _cases(call, parametrized):
-            found += [f"{where}: {problem}{origin}" for problem in _problems(given)]
+    for call in (node for node in ast.walk(tree) if isinstance(node, ast.Call)):
+        line = f"{path}:{call.lineno + first - 1}"
+        if _load_call(call):
+            where = f"{line}: {FIXTURE}.{getattr(call.func, 'attr', '')}"
+            for given, origin in _cases(call, parametrized):
+                found += [f"{where}: {problem}{origin}" for problem in _problems(given)]
+        elif isinstance(call.func, ast.Name) and call.func.id == VectorDataset.__name__:
+            problem = _dataset_problem(call)
+            found += [f"{line}: {VectorDataset.__name__}: {problem}"] if problem else []
     return list(dict.fromkeys(found))
 
 
