@@ -5,12 +5,13 @@ then has cost a service job (minutes of a GPU node on a cluster). So the ``aif_l
 calls of a test function are read from its source (``ast``), and every argument known without
 running the test is checked by the very checks the load applies when it runs
 (``load.parameters.ACCEPTED``, ``workloads.prompts.prompt_problem``): a literal keyword
-(``rate=-5``, ``prompts="bogus:x"``), a keyword naming a ``parametrize`` argument (``rate=r``,
-``**plan``: each of its values), and the values of ``aif_load.sweep("rate", [5, -1], ...)``;
-and a ``VectorDataset("sift1m", ...)`` of literal arguments, by its own checks.
-A bad one makes the test's module a collection error naming the file, line, argument and what
-is accepted; pytest then runs nothing, so no job is submitted. Anything else (a variable, a
-call, a value from a fixture) is checked when the load runs, with the same words.
+(``rate=-5``, ``prompts="bogus:x"``), a keyword naming a ``parametrize`` argument that the
+body does not assign (``rate=r``, ``**plan``: each of its values), and the values of
+``aif_load.sweep("rate", [5, -1], ...)``; and a ``VectorDataset("sift1m", ...)`` of literal
+arguments, by its own checks. A bad one makes the test's module a collection error naming
+the file, line, argument and what is accepted; pytest then runs nothing, so no job is
+submitted. Anything else (a variable, a call, a value from a fixture) is checked when the
+load runs, with the same words.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def literal_problems(function: Callable[..., Any], root: Path) -> list[str]:
         tree = ast.parse(textwrap.dedent("".join(lines)))
     except (OSError, TypeError, SyntaxError):
         return []  # no source to read: the load checks its arguments when it runs
-    parametrized = _parametrized(function)
+    assigned = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+    parametrized = {name: values for name, values in _parametrized(function).items() if name not in assigned}
     found = []
     for call in (node for node in ast.walk(tree) if isinstance(node, ast.Call)):
         line = f"{path}:{call.lineno + first - 1}"
