@@ -6,7 +6,9 @@ generated S3 keys) stay out of the terminal, the job folders (pickles included) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from pytest_aifactory.jobs.backends import make_backend
 from pytest_aifactory.jobs.manager import ServiceManager
 from pytest_aifactory.jobs.registry import JobRegistry
 from pytest_aifactory.jobs.runner import EXIT_FILE, LaunchPlan
+from pytest_aifactory.jobs.sealed import SECRETS_VARIABLE, exported, exporting
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.services.spec import ServiceSpec
 from pytest_aifactory.workloads.runner import LoadRunner
@@ -39,6 +42,7 @@ PROFILE_SECRET = "profile-api-key-7c1e0a"
 ENV_SECRET = "env-token-4d2b9f61"
 URL_SECRET = "url-password-8a3c5e"
 SERVICE_SECRET = "service-password-2f9d"
+DIGIT_SECRET = "8675309421"  # an all-digit password: a secret all the same
 
 _PROFILES = {
     "local": "name: faulty\nexecutor: local\n",
@@ -69,7 +73,7 @@ def _run(pytester: pytest.Pytester, profile: Path, run_id: str, *args: str) -> s
         f"--aif-run-id={run_id}",
         f"--aif-pushgateway=http://user:{URL_SECRET}@127.0.0.1:1",
         *args,
-        env={"AIF_PLANTED_TOKEN": ENV_SECRET},
+        env={"AIF_PLANTED_TOKEN": ENV_SECRET, "DB_PASSWORD": DIGIT_SECRET},
     )
 
 
@@ -83,7 +87,8 @@ def test_leaky(aif_service):
         name="leaky",
         setup=(("sh", "-c", "echo $AIF_S3_SECRET_KEY > {{workdir}}/creds.json"),),
         command=("sh", "-c",
-                 'echo "key=$MY_API_KEY tok=$AIF_PLANTED_TOKEN s3=$AIF_S3_SECRET_KEY svc=$SVC_PASSWORD" >&2; exit 3'),
+                 'echo "key=$MY_API_KEY tok=$AIF_PLANTED_TOKEN s3=$AIF_S3_SECRET_KEY svc=$SVC_PASSWORD"'
+                 ' "pin=$DB_PASSWORD" >&2; exit 3'),
         env={{"SVC_PASSWORD": "{SERVICE_SECRET}"}},
         probe=HttpProbe(),
         secret_files=("{{workdir}}/creds.json",),
@@ -106,8 +111,8 @@ def test_secrets_stay_out_of_the_terminal_job_folders_loki_and_report(
     done = _run(pytester, profile, "leaky", f"--aif-loki={loki.url}")
     assert done.returncode == 1, done.stdout[-3000:]
     s3_secret = (pytester.path / "s3-secret.txt").read_text()
-    secrets = [PROFILE_SECRET, ENV_SECRET, URL_SECRET, SERVICE_SECRET, s3_secret]
-    assert "key=*** tok=*** s3=*** svc=***" in done.stdout
+    secrets = [PROFILE_SECRET, ENV_SECRET, URL_SECRET, SERVICE_SECRET, DIGIT_SECRET, s3_secret]
+    assert "key=*** tok=*** s3=*** svc=*** pin=***" in done.stdout
     assert [s for s in secrets if s in done.stdout + done.stderr] == []
     run_dir = pytester.path / "res" / "leaky"
     (job_folder,) = (run_dir / "jobs").iterdir()
@@ -118,7 +123,7 @@ def test_secrets_stay_out_of_the_terminal_job_folders_loki_and_report(
     leaks = [(p.name, s) for p in ours for s in secrets if s.encode() in p.read_bytes()]
     assert leaks == []
     assert loki.errors == []
-    assert "key=*** tok=*** s3=*** svc=***" in [line["line"] for line in loki.lines]  # from the job's forwarder
+    assert "key=*** tok=*** s3=*** svc=*** pin=***" in [line["line"] for line in loki.lines]  # from the job's forwarder
     assert [s for s in secrets if s in json.dumps(loki.lines)] == []
 
 
@@ -171,12 +176,14 @@ def test_a_dead_service_stops_its_load_and_fails_once(pytester: pytest.Pytester,
 BAD_LOADS = """
 import pytest
 
-@pytest.mark.parametrize("plan", [
-    dict(rate=-5, count=10), dict(concurrency=2, count=-5), dict(rate=5, count=5, warmup=-3),
-    dict(rate=5, count=5, duration_s=3), dict(rate=float("nan"), duration_s=1),
-])
-def test_bad_plan(aif_load, plan):
-    aif_load.openai("http://127.0.0.1:1", nodes=2, **plan)
+PLANS = {
+    "rate": dict(rate=-5, count=10), "count": dict(concurrency=2, count=-5), "warmup": dict(rate=5, count=5, warmup=-3),
+    "both": dict(rate=5, count=5, duration_s=3), "nan": dict(rate=float("nan"), duration_s=1),
+}
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_bad_plan(aif_load, name):
+    aif_load.openai("http://127.0.0.1:1", nodes=2, **PLANS[name])  # known when the body runs
 
 def test_bad_var(aif_vars):
     aif_vars("vec_dataset", "clustered", choices=("random", "clustered"))
@@ -208,6 +215,79 @@ def test_bad_load_parameters_are_one_paragraph_before_any_job(pytester: pytest.P
     assert "Traceback" not in done.stdout
     assert "Error" not in done.stdout  # no exception type: a message, not a traceback
     assert not (pytester.path / "res" / "bad" / "jobs.jsonl").exists()
+
+
+# A test of a real service with a bad argument written in its body (line 6), one module each.
+LITERAL_MISTAKE = """import pytest
+
+
+@pytest.mark.parametrize("clients", [2, 0])
+def test_it(synthetic_llm_service, aif_load, clients):
+    aif_load.openai(synthetic_llm_service, {})
+"""
+UNKNOWN_DATASET = """from pytest_aifactory.workloads.vectors.datasets import VectorDataset
+
+
+def test_it(aif_vector_store, aif_load, tmp_path):
+    dataset = VectorDataset("sift1m", count=100, dim=8)
+    aif_load.vector_search(aif_vector_store("chroma"), dataset, cache_dir=tmp_path, concurrency=1, count=10)
+"""
+LITERAL_ARGUMENTS = {
+    "test_rate": ("rate=-5, count=10", "rate=-5: expected a number of requests/s > 0"),
+    "test_count": ("concurrency=1, count=-5", "count=-5: expected a whole number of requests >= 1"),
+    "test_warmup": ("rate=5, count=5, warmup=-3", "warmup=-3: expected a whole number of requests >= 0, or 'auto'"),
+    "test_concurrency": ("concurrency=clients, count=5", "concurrency=0: expected a whole number >= 1"),
+    "test_prompts": ("rate=5, count=5, prompts='bogus:x'", "unknown prompt source 'bogus:x'; use synthetic:in=N"),
+}
+
+
+def test_a_bad_literal_load_argument_is_a_usage_error_before_any_service_starts(pytester: pytest.Pytester) -> None:
+    """Found when the test is collected: file, line, argument and what is accepted; no job, no results folder.
+
+    The same values given as variables are found when the load runs (after the service
+    started), in the same words.
+    """
+    for module, (arguments, _) in LITERAL_ARGUMENTS.items():
+        (pytester.path / f"{module}.py").write_text(LITERAL_MISTAKE.format(arguments))
+    pytester.makepyfile(test_dataset=UNKNOWN_DATASET)
+    done = run_pytest(pytester.path, "--aif-profile=local", "--aif-results-dir=res", NO_SUMMARY)
+    assert done.returncode == 2, done.stdout[-3000:]  # interrupted: errors during collection
+    for module, (_, message) in LITERAL_ARGUMENTS.items():
+        assert done.stdout.count(f"{module}.py:6: aif_load.openai: {message}") == 1, (message, done.stdout[-3000:])
+    unknown = "VectorDataset: unknown dataset 'sift1m'; valid datasets: random, clustered, digits, embedded"
+    assert done.stdout.count(f"test_dataset.py:5: {unknown}") == 1
+    assert "Traceback" not in done.stdout
+    assert not (pytester.path / "res").exists()  # no run, so no job: nothing was started
+
+    for module in [*LITERAL_ARGUMENTS, "test_dataset"]:
+        (pytester.path / f"{module}.py").unlink()
+    pytester.makepyfile(
+        test_later="""
+from pytest_aifactory.workloads.vectors.datasets import VectorDataset
+
+def test_rate(synthetic_llm_service, aif_load):
+    rate = -5
+    aif_load.openai(synthetic_llm_service, rate=rate, count=10)
+
+def test_count(synthetic_llm_service, aif_load):
+    plan = dict(concurrency=1, count=-5)
+    aif_load.openai(synthetic_llm_service, **plan)
+
+def test_dataset(aif_load):
+    name = "sift1m"
+    VectorDataset(name, count=100, dim=8)
+"""
+    )
+    done = run_pytest(pytester.path, "--aif-profile=local", "--aif-results-dir=res", "--aif-run-id=later", NO_SUMMARY)
+    assert done.returncode == 1, done.stdout[-3000:]
+    for module in ("test_rate", "test_count"):
+        message = LITERAL_ARGUMENTS[module][1]
+        assert done.stdout.count(f"bad load parameters: {message}") == 1, message
+    assert done.stdout.count(unknown.removeprefix("VectorDataset: ")) == 1
+    assert "Traceback" not in done.stdout
+    assert [e["service"] for e in registry_entries(pytester.path / "res" / "later") if e["event"] == "submitted"] == [
+        "synthetic-llm"
+    ]
 
 
 def test_bad_setting_in_the_ini_leaves_no_results_folder(pytester: pytest.Pytester) -> None:
@@ -346,6 +426,53 @@ def test_a_slow_stopping_service_gets_its_stop_time_under_slurm(tmp_path: Path) 
     assert exit_record["exit_code"] == 0
     assert exit_record["reason"] == "stopped by signal SIGTERM"
     assert "stopped-cleanly" in (service.folder / "service.out").read_text()
+
+
+@pytest.mark.parametrize(
+    ("export", "passed"),
+    [
+        ("ALL", "ALL"),
+        ("ALL,FOO", "ALL,FOO"),
+        ("NONE", SECRETS_VARIABLE),
+        ("HOME,PATH", f"HOME,PATH,{SECRETS_VARIABLE}"),
+    ],
+)
+def test_every_export_of_a_profile_passes_the_job_secrets(
+    export: str, passed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sbatch's ``--export`` (from the profile or ``SBATCH_EXPORT``) names the secrets variable, never its value."""
+    assert exporting(export) == passed
+    monkeypatch.setenv("SBATCH_EXPORT", export)
+    with exported({"env": {"X_TOKEN": SERVICE_SECRET}}):
+        assert os.environ["SBATCH_EXPORT"] == passed
+    assert os.environ["SBATCH_EXPORT"] == export
+    assert SECRETS_VARIABLE not in os.environ
+
+
+@pytest.mark.slurm
+def test_a_profile_exporting_nothing_still_gives_the_job_its_secrets(tmp_path: Path) -> None:
+    """``export: NONE`` (sbatch --export=NONE) kept AIF_JOB_SECRETS from the job: its service had no password."""
+    base = load_profile("ci-slurm")
+    profile = dataclasses.replace(base, slurm=dataclasses.replace(base.slurm, additional={"export": "NONE"}))
+    manager = ServiceManager(profile, make_backend(profile), JobRegistry(tmp_path / "run"), owner=None)
+    told = tmp_path / "told.txt"
+    spec = ServiceSpec(
+        name="told",
+        command=("sh", "-c", f'echo "password=$SVC_PASSWORD" > {told}.part; mv {told}.part {told}; sleep 600'),
+        env={"SVC_PASSWORD": SERVICE_SECRET},
+        ports=(),
+    )
+    service = manager.launch(spec)
+    try:
+        wait_for("the service's note", told.exists)
+    finally:
+        manager.stop(service)
+    assert told.read_text() == f"password={SERVICE_SECRET}\n"
+    (script,) = service.folder.glob("*_submission.sh")
+    assert f"#SBATCH --export={SECRETS_VARIABLE}\n" in script.read_text()
+    files = [p for p in service.folder.rglob("*") if p.is_file() and p.name not in ("service.out", "service.err")]
+    assert any(p.name.endswith("_submitted.pkl") for p in files)
+    assert [p.name for p in files if SERVICE_SECRET.encode() in p.read_bytes()] == []
 
 
 @pytest.mark.slurm

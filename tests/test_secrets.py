@@ -12,7 +12,7 @@ import pytest
 from helpers import aifactory, free_port, http_ready, wait_for
 from prometheus_client import CollectorRegistry, Gauge
 
-from pytest_aifactory.core.secrets import Redactor
+from pytest_aifactory.core.secrets import Redactor, is_secret_name
 from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,9 +38,47 @@ def gateway_url() -> Iterator[str]:
         process.wait()
 
 
+SECRET_NAMES = [
+    "AWS_SECRET_ACCESS_KEY",
+    "AIF_S3_SECRET_KEY",
+    "AIF_S3_ACCESS_KEY",
+    "HF_TOKEN",
+    "PGPASSWORD",
+    "API_KEY",
+    "x-api-key",
+    "apiKey",
+    "HFToken",
+    "OPENAIAPIKEY",
+    "DB_PASS",
+    "MYSQL_PWD",
+    "GOOGLE_CREDENTIALS",
+    "db.password",
+]
+INNOCENT_NAMES = ["MAX_TOKENS", "KEYCLOAK_URL", "BATCH_TOKENS", "PASSAGES", "TOKENIZER", "HOTKEY", "PWD", "OLDPWD"]
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_a_secret_name_is_found_by_its_whole_parts(name: str) -> None:
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", INNOCENT_NAMES)
+def test_a_name_that_only_contains_a_secret_word_is_not_secret(name: str) -> None:
+    assert not is_secret_name(name)
+
+
+def test_a_secret_named_value_is_masked_whatever_it_looks_like() -> None:
+    """An all-digit password is a secret; the same digits as a number are never touched."""
+    redactor = Redactor(environ={"DB_PASSWORD": "12345678", "KEYCLOAK_URL": "https://keycloak.example:8443"})
+    assert redactor.secrets == ["12345678"]
+    data = {"line": "login with 12345678 to https://keycloak.example:8443", "bytes": 12345678}
+    assert redactor.clean(data) == {"line": "login with *** to https://keycloak.example:8443", "bytes": 12345678}
+
+
 def test_numbers_short_values_and_settings_are_never_masked() -> None:
     env = {"MAX_TOKENS": "4096", "PGPASSWORD": "pw", "HF_TOKEN": SECRET, "RATE": "2.5e3", "MODEL": "llama-7b-chat"}
-    redactor = Redactor(environ=env, named={"API_KEY": "profile-key-123", "BATCH_TOKENS": "1e6"}, extra=["given-x1"])
+    named = {"API_KEY": "profile-key-123", "BATCH_TOKENS": "1e6", "MAX_NEW_TOKENS": "8192000"}
+    redactor = Redactor(environ=env, named=named, extra=["given-x1"])
     assert redactor.secrets == [SECRET, "profile-key-123", "given-x1"]
     data = {"max_tokens": 4096, "text": "4096 tokens of llama-7b-chat", "auth": f"Bearer {SECRET}", "n": [2.5e3]}
     assert redactor.clean(data) == {
@@ -57,10 +95,11 @@ def test_push_with_a_numeric_setting_is_accepted_and_carries_no_secret(
 ) -> None:
     monkeypatch.setenv("MAX_TOKENS", "4096")
     monkeypatch.setenv("AIF_PLANTED_API_KEY", SECRET)
+    monkeypatch.setenv("AIF_PLANTED_PASSWORD", "24632324")  # digits of the pushed memory value
     registry = CollectorRegistry()
-    Gauge("aifactory_service_memory_bytes", "memory", ["model"], registry=registry).labels(f"m-{SECRET}").set(
-        24632324096
-    )
+    Gauge("aifactory_service_memory_bytes", "memory", ["model", "db"], registry=registry).labels(
+        f"m-{SECRET}", "pw-24632324"
+    ).set(24632324096)
     Gauge("aifactory_max_tokens", "the setting", registry=registry).set(4096)
     gateway = Pushgateway(GatewayTarget(url=gateway_url), "run-4096", tmp_path / "spool", Redactor())
     assert gateway.push(f"test_{SECRET}", registry), gateway.failures
@@ -68,6 +107,7 @@ def test_push_with_a_numeric_setting_is_accepted_and_carries_no_secret(
     metrics = httpx.get(f"{gateway_url}/metrics", timeout=5).text
     memory = next(line for line in metrics.splitlines() if line.startswith("aifactory_service_memory_bytes{"))
     assert 'model="m-***"' in memory
+    assert 'db="pw-***"' in memory
     assert 'test="test_***"' in memory
     assert memory.endswith(" 2.4632324096e+10")
     max_tokens = next(line for line in metrics.splitlines() if line.startswith("aifactory_max_tokens{"))

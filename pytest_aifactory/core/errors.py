@@ -31,5 +31,5 @@ class LoadStoppedError(AifError):
     """A load was stopped early (a service it used is known dead); what it measured is kept."""
 
 
-class LoadConfigError(AifError):
-    """A load was asked for with parameters out of range (named, with what is accepted)."""
+class LoadConfigError(AifError, ValueError):
+    """A load was asked for with parameters out of range (named, with what is accepted): a bad value."""

@@ -1,9 +1,11 @@
 """Keep secrets out of reports, metric labels and log lines.
 
-A value is secret when it comes from a variable whose name says so (KEY, TOKEN, SECRET,
-PASS..., CREDENTIAL) in the environment or in a profile's ``env``, when it is one of the run's
-generated S3 keys, when it is given explicitly, or when it is the password of a URL. Short
-values and numbers are never secrets: ``MAX_TOKENS=4096`` must not mask every 4096.
+A value is secret when it comes from a variable whose name says so in the environment or in
+a profile's ``env`` (``is_secret_name``: by whole parts of the name, so ``HF_TOKEN`` is and
+``MAX_TOKENS`` is not), when it is one of the run's generated S3 keys, when it is given
+explicitly, or when it is the password of a URL. A secret-named value is a secret whatever it
+looks like, digits included (``DB_PASSWORD=12345678``); only values under 6 characters are
+not masked (they would mask every short word and number of every line).
 
 Masking is done field by field, on values, before anything is serialized: a label value, a
 log line, a string of a report. Numbers are never touched, so a serialized body stays valid.
@@ -19,7 +21,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["RUN_SECRET_VARIABLES", "Redactor", "is_secret_name", "redact_url"]
 
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS|CREDENTIAL", re.IGNORECASE)
+# A name's parts: split at "_", "-", "." and case changes (``x-api-key``, ``apiKey``, ``HFToken``).
+_NAME_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# A part that is one of these words makes the name secret (``AWS_SECRET_ACCESS_KEY``, ``DB_PASS``).
+SECRET_WORDS = frozenset(
+    {"KEY", "TOKEN", "SECRET", "PASS", "PASSWORD", "PASSWD", "PASSPHRASE", "PWD", "CREDENTIAL", "CREDENTIALS"}
+)
+# A part ending in one of these is a glued name (``PGPASSWORD``, ``HFTOKEN``, ``OPENAIAPIKEY``); a
+# bare KEY ending is not enough (``HOTKEY``, ``MONKEY``).
+GLUED_ENDINGS = ("PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "TOKEN", "APIKEY", "SECRETKEY", "ACCESSKEY")
+SHELL_DIRECTORIES = frozenset({"PWD", "OLDPWD"})  # the shell's working directories, not passwords
 RUN_SECRET_VARIABLES = ("AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY", "AIF_VLLM_API_KEY")  # generated for each run
 MIN_SECRET_LENGTH = 6
 MASK = "***"
@@ -35,19 +46,21 @@ def redact_url(url: str) -> str:
 
 
 def is_secret_name(name: str) -> bool:
-    """True for a variable that holds a secret by its name (``HF_TOKEN``, ``PGPASSWORD``...)."""
-    return name in RUN_SECRET_VARIABLES or bool(SECRET_NAME.search(name))
+    """True for a variable that holds a secret by its name (``HF_TOKEN``, ``PGPASSWORD``, ``x-api-key``...).
+
+    Whole parts of the name count, never a substring: ``MAX_TOKENS`` and ``KEYCLOAK_URL`` are not secret.
+    """
+    if name in RUN_SECRET_VARIABLES:
+        return True
+    if name.upper() in SHELL_DIRECTORIES:
+        return False
+    parts = [part.upper() for part in _NAME_PART.findall(name)]
+    return any(part in SECRET_WORDS or part.endswith(GLUED_ENDINGS) for part in parts)
 
 
 def _maskable(value: str) -> bool:
-    """Long enough to be a secret, and not a number (a number is a setting, never a secret)."""
-    if len(value.strip()) < MIN_SECRET_LENGTH:
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return True
-    return False
+    """Long enough to be masked without masking every short word and number (digits count: a PIN is a secret)."""
+    return len(value.strip()) >= MIN_SECRET_LENGTH
 
 
 class Redactor:
@@ -65,7 +78,7 @@ class Redactor:
         self.add(*(v for k, v in {**env, **(named or {})}.items() if is_secret_name(k)), *extra)
 
     def add(self, *values: str) -> None:
-        """Treat ``values`` as secrets from now on (short ones and numbers are ignored)."""
+        """Treat ``values`` as secrets from now on (those under 6 characters are ignored)."""
         self.secrets = sorted({*self.secrets, *(v for v in values if _maskable(v))}, key=len, reverse=True)
 
     def text(self, value: str) -> str:

@@ -24,7 +24,7 @@ from pytest_aifactory.core.errors import JobError, ProfileError
 from pytest_aifactory.core.profiles import Profile
 from pytest_aifactory.jobs.processes import pid_alive, process_start, same_process, signal_process
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, PROCESS_FILE, LaunchPlan, read_json, serve, write_json_atomic
-from pytest_aifactory.jobs.sealed import exported, seal
+from pytest_aifactory.jobs.sealed import exported, exporting, seal
 from pytest_aifactory.jobs.slurm_queue import JobStatus, SlurmQueue, run_command
 from pytest_aifactory.services.spec import Resources
 
@@ -194,6 +194,9 @@ class LocalBackend(Backend):
             return super().cancel(job_id, folder, 5.0)
 
 
+STEP_ENVIRONMENT = "export SLURM_EXPORT_ENV=ALL"  # Slurm's advice: steps get the batch shell's environment
+
+
 class SlurmBackend(Backend):
     """Services as Slurm batch jobs (sbatch through submitit; scancel by id).
 
@@ -219,9 +222,17 @@ class SlurmBackend(Backend):
         return submitit.SlurmExecutor(folder=folder, python=sys.executable)
 
     def parameters(self, name: str, resources: Resources) -> dict[str, Any]:
-        """The sbatch options from the profile's ``slurm`` section and the job's resources."""
+        """The sbatch options from the profile's ``slurm`` section and the job's resources.
+
+        Whatever ``--export`` the profile asks for, the job's secrets go with it; the job's step
+        (submitit's ``srun``) gets the batch shell's environment whatever it is (Slurm would
+        apply the job's ``--export`` to the step too: with ``NONE`` it had no ``PATH``, no
+        ``SUBMITIT_EXECUTOR``, and failed).
+        """
         settings, res = self.profile.slurm, resources
         additional: dict[str, Any] = dict(settings.additional)
+        if "export" in additional:
+            additional["export"] = exporting(str(additional["export"]))
         if settings.reservation:
             additional["reservation"] = settings.reservation
         params: dict[str, Any] = {
@@ -236,7 +247,7 @@ class SlurmBackend(Backend):
             "gpus_per_node": res.gpus or settings.gpus_per_node or None,
             "mem": f"{res.mem_gb or settings.mem_gb}GB" if (res.mem_gb or settings.mem_gb) else None,
             "constraint": settings.constraint,
-            "setup": list(settings.setup),
+            "setup": [STEP_ENVIRONMENT, *settings.setup],
             "additional_parameters": additional,
             "signal_delay_s": 30,
         }

@@ -5,8 +5,9 @@ which outlives the run. Before a ``LaunchPlan`` is submitted, ``seal`` takes out
 secret in it: env values under secret names (the profile's ``env``, the service's) and the
 passwords of the telemetry URLs (``--aif-pushgateway https://user:pw@...``). They are put in
 one variable of the submitting environment, ``AIF_JOB_SECRETS`` (JSON), for the time of the
-submit: a local job inherits it, sbatch exports it into the Slurm job. ``unseal``, inside the
-job, puts them back and removes the variable, so that the service does not inherit it.
+submit: a local job inherits it, sbatch exports it into the Slurm job (``exporting`` keeps it in
+a profile's ``--export``). ``unseal``, inside the job, puts them back and removes the variable,
+so that the service does not inherit it.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from pytest_aifactory.core.secrets import is_secret_name, redact_url
 if TYPE_CHECKING:
     from pytest_aifactory.jobs.runner import LaunchPlan
 
-__all__ = ["SECRETS_VARIABLE", "exported", "seal", "unseal"]
+__all__ = ["SECRETS_VARIABLE", "exported", "exporting", "seal", "unseal"]
 
 SECRETS_VARIABLE = "AIF_JOB_SECRETS"
+SBATCH_EXPORT = "SBATCH_EXPORT"  # sbatch's --export from the environment
 _ENVIRON = threading.Lock()  # one submit at a time changes os.environ
 
 
@@ -75,14 +77,37 @@ def unseal(plan: LaunchPlan) -> LaunchPlan:
 
 @contextlib.contextmanager
 def exported(secrets: Mapping[str, Any]) -> Iterator[None]:
-    """``AIF_JOB_SECRETS`` set to ``secrets`` in this process's environment while a job is submitted."""
+    """``AIF_JOB_SECRETS`` set to ``secrets`` in this process's environment while a job is submitted.
+
+    An ``SBATCH_EXPORT`` of the environment (it overrides the script's ``--export``) is made to
+    pass it too for that time (``exporting``).
+    """
     with _ENVIRON:
-        before = os.environ.get(SECRETS_VARIABLE)
+        before = {name: os.environ.get(name) for name in (SECRETS_VARIABLE, SBATCH_EXPORT)}
         os.environ[SECRETS_VARIABLE] = json.dumps(secrets)
+        if export := before[SBATCH_EXPORT]:
+            os.environ[SBATCH_EXPORT] = exporting(export)
         try:
             yield
         finally:
-            if before is None:
-                os.environ.pop(SECRETS_VARIABLE, None)
-            else:
-                os.environ[SECRETS_VARIABLE] = before
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def exporting(export: str) -> str:
+    """An sbatch ``--export`` value that passes what ``export`` does, and ``AIF_JOB_SECRETS``.
+
+    ``ALL`` (sbatch's default) passes it already; ``NONE`` (only ``SLURM_*``, which a profile
+    may ask for) becomes ``AIF_JOB_SECRETS`` (``SLURM_*`` and it: sbatch allows no name after
+    ``NONE``); a list of names gets it added. Only the name is given: sbatch takes the value
+    from the submitting environment, so it is in no script or command line.
+    """
+    names = [name.strip() for name in export.split(",") if name.strip()]
+    if not names or names[0].upper() == "ALL" or SECRETS_VARIABLE in names:
+        return export
+    if [name.upper() for name in names] == ["NONE"]:
+        return SECRETS_VARIABLE
+    return ",".join([*names, SECRETS_VARIABLE])

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pytest_aifactory.plugin import fixtures, hookspecs, service_fixtures
+from pytest_aifactory.plugin import fixtures, hookspecs, literal_loads, service_fixtures
 from pytest_aifactory.plugin.options import add_options, explicit_options, project_root, results_dir
 from pytest_aifactory.plugin.outcomes import Outcomes
 from pytest_aifactory.plugin.session import SESSION_KEY, USED_ATTRIBUTE, RunSession, information_only
@@ -107,6 +107,7 @@ def pytest_configure(config: pytest.Config) -> None:
         session.profile  # noqa: B018 - a bad --aif-profile is a usage error before anything runs
     config.pluginmanager.register(fixtures, "aifactory-fixtures")
     config.pluginmanager.register(service_fixtures, "aifactory-service-fixtures")
+    config.pluginmanager.register(literal_loads, "aifactory-literal-loads")
     config.pluginmanager.register(
         Outcomes(config, lambda: session.profile.vars, session.regressions), "aifactory-outcomes"
     )
@@ -134,9 +135,12 @@ def uses_plugin(item: pytest.Item) -> bool:
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """After ``-m``/``-k``: start the run when a selected test (or an option) asks for aifactory."""
-    if information_only(config):
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """After ``-m``/``-k``: start the run when a selected test (or an option) asks for aifactory.
+
+    Not after a collection error (a bad literal load argument...): pytest runs nothing then.
+    """
+    if information_only(config) or (session.testsfailed and not config.option.continue_on_collection_errors):
         return
     if explicit_options(config) or any(uses_plugin(item) for item in items):
         config.stash[SESSION_KEY].activate()

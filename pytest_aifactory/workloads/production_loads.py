@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 from pytest_aifactory.core.composite import summarize_pipeline, summarize_sessions
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.load.engine import LoadPlan
+from pytest_aifactory.load.parameters import check_parameters
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.conversations import ConversationClient, conversations_from_spec
 from pytest_aifactory.workloads.embeddings import EmbeddingBatches, documents, embeddings_client
@@ -89,6 +90,7 @@ class ProductionLoads:
         Latency counts from each request's traced (scaled) time, as in every open-loop load;
         the result's configuration names the trace and its SHA-256.
         """
+        check_parameters(concurrency=concurrency, warmup=warmup, timeout_s=timeout_s)
         loaded = Trace.load(trace)
         requests = loaded.window(*window)
         if not requests:

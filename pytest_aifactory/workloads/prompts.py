@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from pytest_aifactory.core.errors import LoadConfigError
 from pytest_aifactory.core.words import COMMON_WORDS
 
 if TYPE_CHECKING:
     from pytest_aifactory.workloads.shared_prefix import SharedPrefixPrompts
 
-__all__ = ["LLMRequest", "Lengths", "PromptFile", "SyntheticPrompts", "prompts_from_spec"]
+__all__ = ["LLMRequest", "Lengths", "PromptFile", "SyntheticPrompts", "prompt_problem", "prompts_from_spec"]
 
 
 @dataclass(frozen=True)
@@ -194,12 +195,41 @@ class PromptFile:
 PromptSource = Union[SyntheticPrompts, PromptFile, "SharedPrefixPrompts"]
 
 
+_FILE_KINDS = ("sharegpt", "file")
+
+
 def prompts_from_spec(spec: str, seed: int = 0) -> PromptSource:
     """Build a workload from ``synthetic:in=512,out=128``, ``shared-prefix:...`` or ``sharegpt:PATH`` / ``file:PATH``.
 
     Synthetic options: ``in`` and ``out`` (N or LOW:HIGH), ``seed``. File options after the
     path: ``PATH,max_out=256``. Shared prefixes: see ``shared_prefix.SharedPrefixPrompts``.
+    A bad spec or prompt file is a ``LoadConfigError`` (one paragraph) saying what is accepted.
     """
+    try:
+        return _source(spec, seed)
+    except ValueError as exc:
+        raise LoadConfigError(str(exc)) from None
+
+
+def prompt_problem(spec: Any) -> str | None:
+    """What is wrong with ``spec`` as ``prompts=`` (None: nothing), without reading a prompt file.
+
+    The plugin checks a test's literal ``prompts=`` with it when it collects the test; the
+    file a spec names is read when the load runs (the test may write it).
+    """
+    if not isinstance(spec, str):
+        return f"prompts={spec!r}: expected a string such as 'synthetic:in=128,out=64'"
+    kind, _, rest = spec.partition(":")
+    if kind in _FILE_KINDS and rest:
+        return None
+    try:
+        _source(spec, 0)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _source(spec: str, seed: int) -> PromptSource:
     kind, _, rest = spec.partition(":")
     if kind == "shared-prefix":
         from pytest_aifactory.workloads.shared_prefix import SharedPrefixPrompts  # it imports this module
@@ -215,7 +245,7 @@ def prompts_from_spec(spec: str, seed: int = 0) -> PromptSource:
             Lengths.parse(options.get("out", "64"), "out"),
             int(options.get("seed", seed)),
         )
-    if kind in ("sharegpt", "file") and rest:
+    if kind in _FILE_KINDS and rest:
         path, _, tail = rest.partition(",")
         options = dict(_options(tail, spec)) if tail else {}
         max_out = int(options["max_out"]) if "max_out" in options else None

@@ -10,6 +10,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from pytest_aifactory.core.errors import LoadConfigError
+
 __all__ = ["CATEGORIES", "DATASETS", "DIGITS_DIM", "DIGITS_ROWS", "Metric", "VectorDataset", "Vectors"]
 
 
@@ -41,19 +43,20 @@ class VectorDataset:
     source: str = ""
 
     def __post_init__(self) -> None:
+        """A bad name, metric or size is a ``LoadConfigError`` (one paragraph) saying what is accepted."""
         if self.name not in DATASETS:
-            raise ValueError(f"unknown dataset {self.name!r}; valid datasets: {', '.join(DATASETS)}")
+            raise LoadConfigError(f"unknown dataset {self.name!r}; valid datasets: {', '.join(DATASETS)}")
         if self.metric not in ("l2", "ip", "cosine"):
-            raise ValueError(f"unknown metric {self.metric!r}; valid: l2, ip, cosine")
+            raise LoadConfigError(f"unknown metric {self.metric!r}; valid: l2, ip, cosine")
         if self.name == "digits" and (self.dim != DIGITS_DIM or self.count + self.queries > DIGITS_ROWS):
-            raise ValueError(
+            raise LoadConfigError(
                 f"dataset 'digits' has {DIGITS_ROWS} vectors of dim {DIGITS_DIM}: asked for dim {self.dim} and "
                 f"count + queries = {self.count + self.queries}"
             )
         if self.name == "embedded":
             shape = np.load(self.source, mmap_mode="r").shape if Path(self.source).is_file() else None
             if shape is None or shape[1] != self.dim or self.count + self.queries > shape[0]:
-                raise ValueError(
+                raise LoadConfigError(
                     f"dataset 'embedded' needs a .npy of at least count + queries = {self.count + self.queries} "
                     f"rows of dim {self.dim} in source={self.source!r}; found {shape or 'no such file'}"
                 )
