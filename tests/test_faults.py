@@ -375,20 +375,24 @@ def test_a_killed_slurm_job_leaves_nothing_in_tmp_or_shared_memory(tmp_path: Pat
         probe=TcpProbe(),
     )
     service = manager.launch(spec)
-    said = (service.folder / "service.out").read_text().splitlines()
-    _, _, segment, tmp = next(line for line in said if line.startswith("node files: ")).split()
-    left = [Path(tmp), Path("/dev/shm") / segment]
-    wait_for(  # the job looks at what its service maps once a second
-        "the job's record of its shared memory",
-        lambda: str(left[1]) in (read_json(service.folder / NODE_FILES) or {}).get("paths", []),
-    )
-    subprocess.run(["scancel", service.job_id], check=True)  # as a user or a time limit does
-    wait_for(
-        "the killed job to leave the queue", lambda: not manager.backend.status(service.job_id, service.folder).active
-    )
-    assert all(path.exists() for path in left), "the kill let the job clean up: nothing is tested"
-    manager.stop(service)
-    assert [path for path in left if path.exists()] == []
+    try:
+        said = (service.folder / "service.out").read_text().splitlines()
+        _, _, segment, tmp = next(line for line in said if line.startswith("node files: ")).split()
+        left = [Path(tmp), Path("/dev/shm") / segment]
+        wait_for(  # the job looks at what its service maps once a second
+            "the job's record of its shared memory",
+            lambda: str(left[1]) in (read_json(service.folder / NODE_FILES) or {}).get("paths", []),
+        )
+        subprocess.run(["scancel", service.job_id], check=True)  # as a user or a time limit does
+        wait_for(
+            "the killed job to leave the queue",
+            lambda: not manager.backend.status(service.job_id, service.folder).active,
+        )
+        assert all(path.exists() for path in left), "the kill let the job clean up: nothing is tested"
+        manager.stop(service)
+        assert [path for path in left if path.exists()] == []
+    finally:
+        manager.close()  # the job of a failed check
 
 
 @pytest.mark.slurm
