@@ -15,7 +15,6 @@ cannot be reached from the login node (a site's job epilog, or Slurm's
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 from collections.abc import Iterable, Mapping
@@ -51,21 +50,18 @@ def _removable(path: Path) -> bool:
     return path.is_absolute() and (path.parent == SHM or path.name.startswith(NODE_TMP_PREFIX))
 
 
-def remove_left(record: Mapping[str, Any] | None) -> list[str]:
+def remove_left(record: Mapping[str, Any] | None) -> None:
     """Remove what a job that has ended recorded (its ``NODE_FILES``) and left on this host.
 
-    Returns the paths removed; nothing when the job ran on another node. Call it only once
-    the job has left the queue: its service's processes are gone then.
+    Nothing is touched when the job ran on another node. Call it only once the job has left
+    the queue: its service's processes are gone then.
     """
     if not record or record.get("node") != socket.gethostname():
-        return []
-    removed = []
+        return
     for path in map(Path, record.get("paths", [])):
-        if not _removable(path) or not os.path.lexists(path):
+        if not _removable(path):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-        removed.append(str(path))
-    return removed
