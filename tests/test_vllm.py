@@ -131,9 +131,11 @@ def test_a_killed_vllm_job_leaves_nothing_on_its_node(tmp_path: Path, monkeypatc
             lambda: segments <= set((read_json(service.folder / NODE_FILES) or {}).get("paths", [])),
         )
         job_side = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # vLLM's parent
-        for process in process_tree(job_side):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process, signal.SIGKILL)
+        step = process_tree(job_side)
+        for signum in (signal.SIGSTOP, signal.SIGKILL):  # all at once, as slurmstepd: none reacts to another's end
+            for process in step:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process, signum)
         wait_for(
             "the killed job to leave the queue",
             lambda: not manager.backend.status(service.job_id, service.folder).active,

@@ -10,7 +10,9 @@ them in its folder as they appear (``NODE_FILES``: its node and the paths), and 
 that cancels the job removes what is left once the job has left the queue
 (``remove_left``), when the job ran on this host: a compute node's tmp and shared memory
 cannot be reached from the login node (a site's job epilog, or Slurm's
-``job_container/tmpfs``, clears them there).
+``job_container/tmpfs``, clears them there). Shared memory is known by what the service's
+processes map, looked at once a second: a file no process keeps mapped (a semaphore left to
+Python's resource tracker, as vLLM's start leaves one ``sem.mp-*``) is not seen.
 """
 
 from __future__ import annotations
