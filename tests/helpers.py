@@ -17,6 +17,11 @@ from typing import TypeVar
 import httpx
 import pytest
 
+from pytest_aifactory.core.profiles import load_profile
+from pytest_aifactory.jobs.backends import make_backend
+from pytest_aifactory.jobs.manager import ServiceManager
+from pytest_aifactory.jobs.registry import JobRegistry
+
 T = TypeVar("T")
 
 
@@ -30,6 +35,12 @@ def wait_for(what: str, check: Callable[[], T | None], timeout_s: float = 60.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.05)
+
+
+def slurm_services(run_dir: Path) -> ServiceManager:
+    """Services as jobs on the ``ci-slurm`` cluster, recorded in ``run_dir``, stopped by nobody but the test."""
+    profile = load_profile("ci-slurm")
+    return ServiceManager(profile, make_backend(profile), JobRegistry(run_dir), owner=None)
 
 
 def default_sigint() -> None:

@@ -21,19 +21,19 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from helpers import aifactory, default_sigint, registry_entries, run_pytest, wait_for
+from helpers import aifactory, default_sigint, registry_entries, run_pytest, slurm_services, wait_for
 from loki_receiver import LokiReceiver
 
 from pytest_aifactory.core.errors import LoadStoppedError
 from pytest_aifactory.core.profiles import load_profile
 from pytest_aifactory.export.report import load_schema
 from pytest_aifactory.jobs.backends import make_backend
-from pytest_aifactory.jobs.manager import ServiceManager
+from pytest_aifactory.jobs.node_files import NODE_FILES
 from pytest_aifactory.jobs.registry import JobRegistry
-from pytest_aifactory.jobs.runner import EXIT_FILE, LaunchPlan
+from pytest_aifactory.jobs.runner import EXIT_FILE, LaunchPlan, read_json
 from pytest_aifactory.jobs.sealed import SECRETS_VARIABLE, exported, exporting
 from pytest_aifactory.load.engine import Progress
-from pytest_aifactory.services.spec import ServiceSpec
+from pytest_aifactory.services.spec import ServiceSpec, TcpProbe
 from pytest_aifactory.workloads.runner import LoadRunner
 
 pytestmark = pytest.mark.timeout(240)
@@ -412,8 +412,7 @@ def test_sigint_keeps_the_partial_result_and_deletes_the_live_gauges(pytester: p
 @pytest.mark.slurm
 def test_a_slow_stopping_service_gets_its_stop_time_under_slurm(tmp_path: Path) -> None:
     """Slurm's KillWait (5 s here) is shorter than this service's stop (8 s): it still stops cleanly, with a record."""
-    profile = load_profile("ci-slurm")
-    manager = ServiceManager(profile, make_backend(profile), JobRegistry(tmp_path / "run"), owner=None)
+    manager = slurm_services(tmp_path / "run")
     slow = ServiceSpec(
         name="slow-stop",
         command=("sh", "-c", 'trap "sleep 8; echo stopped-cleanly; exit 0" TERM; while true; do sleep 0.2; done'),
@@ -473,6 +472,54 @@ def test_a_profile_exporting_nothing_still_gives_the_job_its_secrets(tmp_path: P
     files = [p for p in service.folder.rglob("*") if p.is_file() and p.name not in ("service.out", "service.err")]
     assert any(p.name.endswith("_submitted.pkl") for p in files)
     assert [p.name for p in files if SERVICE_SECRET.encode() in p.read_bytes()] == []
+
+
+# A service that keeps what vLLM keeps outside its job folder, a Unix socket in {tmp} and a
+# POSIX shared-memory segment (/dev/shm/psm_*, with Python's resource tracker beside it), and
+# is slower to stop than Slurm's KillWait (5 s here): it ignores SIGTERM.
+_LEAVES_NODE_FILES = """
+import signal, socket, sys
+from multiprocessing import shared_memory
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+tmp, host, port = sys.argv[1:]
+segment = shared_memory.SharedMemory(create=True, size=4096)
+ipc = socket.socket(socket.AF_UNIX)
+ipc.bind(tmp + "/ipc.sock")
+print("node files:", segment.name, tmp, flush=True)
+server = socket.create_server((host, int(port)))
+while True:
+    server.accept()[0].close()
+"""
+
+
+@pytest.mark.slurm
+def test_a_killed_slurm_job_leaves_nothing_in_tmp_or_shared_memory(tmp_path: Path) -> None:
+    """A plain scancel SIGKILLs a job KillWait after its SIGTERM, before the job has cleaned up: stopping it does."""
+    manager = slurm_services(tmp_path / "run")
+    spec = ServiceSpec(
+        name="node-files",
+        command=("python", "-c", _LEAVES_NODE_FILES, "{tmp}", "{host}", "{ports.http}"),
+        probe=TcpProbe(),
+    )
+    service = manager.launch(spec)
+    try:
+        said = (service.folder / "service.out").read_text().splitlines()
+        _, _, segment, tmp = next(line for line in said if line.startswith("node files: ")).split()
+        left = [Path(tmp), Path("/dev/shm") / segment]
+        wait_for(  # the job looks at what its service maps once a second
+            "the job's record of its shared memory",
+            lambda: str(left[1]) in (read_json(service.folder / NODE_FILES) or {}).get("paths", []),
+        )
+        subprocess.run(["scancel", service.job_id], check=True)  # as a user or a time limit does
+        wait_for(
+            "the killed job to leave the queue",
+            lambda: not manager.backend.status(service.job_id, service.folder).active,
+        )
+        assert all(path.exists() for path in left), "the kill let the job clean up: nothing is tested"
+        manager.stop(service)
+        assert [path for path in left if path.exists()] == []
+    finally:
+        manager.close()  # the job of a failed check
 
 
 @pytest.mark.slurm

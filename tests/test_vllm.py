@@ -1,24 +1,33 @@
-"""A real vLLM (CPU build, tiny generated Llama) started by the project's fixtures: one start.
+"""A real vLLM (CPU build, tiny generated Llama) started by the project's fixtures.
 
-It takes 25-45 s to start and about 2 GB, so one test drives every check on one instance:
-a known load, the server's scraped metrics against what the client saw, and a clean stop.
+It takes 25-45 s to start and about 2 GB, so each test drives all its checks on one instance:
+a known load, the server's scraped metrics against what the client saw, and a clean stop; the
+prefix-cache suite (one vLLM with caching on, one with it off); a vLLM job killed on Slurm.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
+from helpers import run_pytest, slurm_services, wait_for
 
-from pytest_aifactory.jobs.processes import group_members
+from pytest_aifactory.jobs.node_files import NODE_FILES, mapped_shared_memory
+from pytest_aifactory.jobs.processes import group_members, process_tree
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, read_json
 from pytest_aifactory.plugin.fixtures import ServiceFactory
+from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.workloads.runner import LoadRunner
 from pytest_aifactory.workloads.server_metrics import VLLM_HISTOGRAMS, scraper_for
 
 pytestmark = pytest.mark.timeout(1200)  # the start alone takes minutes on a shared machine
 
 SHM = Path("/dev/shm")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _leftovers() -> set[Path]:
@@ -70,3 +79,70 @@ def test_vllm_serves_measures_and_stops_clean(aif_service: ServiceFactory) -> No
     assert group_members(pid) == []
     assert not (held & _leftovers()), "shared memory or /tmp files left behind"
     assert (service.folder / "work" / "vllm-cache").is_dir()  # VLLM_CACHE_ROOT in the job's scratch folder
+
+
+def test_prefix_caching_on_and_off(tmp_path: Path) -> None:
+    """The prefix-cache suite on vLLM, as a user runs it: what the cache is worth reaches the report.
+
+    With caching on, shared prefixes answer measurably sooner than unique ones and the server
+    counts cache hits; with it off, it counts none. The suite's prompts on vLLM are long enough
+    that their prefill, which the cache saves, outweighs the rest of a request on the tiny model.
+    """
+    done = run_pytest(
+        ROOT,
+        "benchmarks/inference/test_prefix_cache.py",
+        "--aif-llm=vllm",
+        f"--aif-results-dir={tmp_path}",
+        "--aif-run-id=prefix",
+        "--timeout=1200",
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    report = json.loads((tmp_path / "prefix" / "report.json").read_text())
+    results = {r["label"]: r["metrics"] for test in report["tests"] for r in test["results"]}
+    on, off = results["prefix share=1"], results["prefix share=1, caching off"]
+    assert on["p50_ttft_vs_unique"] < 0.8
+    assert on["prefix_cache_hit_rate"] > 0
+    assert results["prefix share=0"].get("prefix_cache_hit_rate", 0) < on["prefix_cache_hit_rate"]
+    assert off.get("prefix_cache_hit_rate", 0) == 0
+    assert off["p50_ttft_vs_unique"] > on["p50_ttft_vs_unique"]  # without the cache, sharing saves less
+
+
+@pytest.mark.slurm
+def test_a_killed_vllm_job_leaves_nothing_on_its_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM as a Slurm job, SIGKILLed (scancel's escalation): its {tmp} and /dev/shm/psm_* go all the same.
+
+    vLLM may stop within Slurm's KillWait after a plain ``scancel``, so the test sends the
+    escalation's SIGKILL itself, to every process of the job step (the job's Python and vLLM's).
+    """
+    monkeypatch.setenv("AIF_VLLM_API_KEY", "killed-job-key")  # a run generates it; this test makes no run
+    manager = slurm_services(tmp_path / "run")
+    service = manager.launch(build_spec("vllm", manager.profile))
+    try:
+        endpoint = read_json(service.folder / ENDPOINT_FILE)
+        assert endpoint is not None
+        pid = int(endpoint["pid"])
+        started = (service.folder / "service.out").read_text().split("[aifactory] start: ")[-1].split()
+        tmp = Path(next(word for word in started if word.startswith("TMPDIR=")).removeprefix("TMPDIR="))
+        segments = mapped_shared_memory(group_members(pid))
+        assert segments, "vLLM's shared-memory segments are where the test looks for them"
+        left = [tmp, *map(Path, sorted(segments))]
+        wait_for(  # the job looks at what its service maps once a second
+            "the job's record of vLLM's shared memory",
+            lambda: segments <= set((read_json(service.folder / NODE_FILES) or {}).get("paths", [])),
+        )
+        job_side = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # vLLM's parent
+        step = process_tree(job_side)
+        for signum in (signal.SIGSTOP, signal.SIGKILL):  # all at once, as slurmstepd: none reacts to another's end
+            for process in step:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process, signum)
+        wait_for(
+            "the killed job to leave the queue",
+            lambda: not manager.backend.status(service.job_id, service.folder).active,
+        )
+        assert group_members(pid) == []
+        assert all(path.exists() for path in left), "the kill let the job clean up: nothing is tested"
+        manager.stop(service)
+        assert [path for path in left if path.exists()] == []
+    finally:
+        manager.close()  # the job of a failed check

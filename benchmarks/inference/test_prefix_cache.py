@@ -3,30 +3,60 @@
 Both runs send prompts of the same lengths in the same order; only whether the prefix is
 shared differs. llama.cpp reuses the evaluated prefix of the previous prompt (one request at
 a time here), vLLM its automatic prefix cache (any concurrency). The shared run's result
-carries ``p50_ttft_vs_unique``, its p50 TTFT over the unique run's, in the report.
+carries ``p50_ttft_vs_unique``, its p50 TTFT over the unique run's, in the report; on vLLM
+also the server's ``prefix_cache_hit_rate``, which must be above 0.
+
+On vLLM (``--aif-llm vllm``) the same two runs go to a second vLLM started with prefix
+caching off (the ``vllm`` service's ``prefix_caching`` setting): its hit rate must be absent
+or 0, and its ``p50_ttft_vs_unique`` shows what shared prefixes are worth without the cache.
 """
 
 from __future__ import annotations
 
 import pytest
 
+SPEC = "shared-prefix:prefixes={prefixes},prefix={prefix},suffix=16,out=4,share={share}"
+# (prefix_tokens, prefix_requests) unless the profile sets them: prefixes long enough that their
+# prefill outweighs the rest of a request, and as many requests as CI can afford (the tiny
+# llama.cpp model takes seconds per 1,000 prompt tokens; vLLM a tenth of a second per 2,048).
+SIZES = {"vllm": (2048, 24)}
+SMALL = (256, 6)
+
+
+def _unique_then_shared(service, aif_load, aif_vars, caching: str):
+    """The unique run and the shared run; the shared result carries their p50 TTFT ratio."""
+    tokens, requests = SIZES.get(service.name, SMALL)
+    sizes = {"prefixes": aif_vars("prefix_groups", 1), "prefix": aif_vars("prefix_tokens", tokens)}
+    unique, shared = (
+        aif_load.openai(
+            service,
+            prompts=SPEC.format(share=share, **sizes),
+            concurrency=aif_vars("prefix_concurrency", 1),
+            count=aif_vars("prefix_requests", requests),
+            warmup=1,
+            label=f"prefix share={share}{caching}",
+        )
+        for share in (0, 1)
+    )
+    shared.scalars["p50_ttft_vs_unique"] = shared["p50_ttft_ms"] / unique["p50_ttft_ms"]
+    return unique, shared
+
 
 @pytest.mark.slo("error_rate == 0")
 def test_shared_prefix_lowers_ttft(llm_service, aif_load, aif_vars):
     """Shared prefixes must answer measurably sooner than unique ones of the same length."""
-    spec = "shared-prefix:prefixes={prefixes},prefix={prefix},suffix=16,out=4,share={share}"
-    sizes = {"prefixes": aif_vars("prefix_groups", 1), "prefix": aif_vars("prefix_tokens", 256)}
-    runs = {
-        share: aif_load.openai(
-            llm_service,
-            prompts=spec.format(share=share, **sizes),
-            concurrency=aif_vars("prefix_concurrency", 1),
-            count=aif_vars("prefix_requests", 6),
-            warmup=1,
-            label=f"prefix share={share}",
-        )
-        for share in (0, 1)
-    }
-    ratio = runs[1]["p50_ttft_ms"] / runs[0]["p50_ttft_ms"]
-    runs[1].scalars["p50_ttft_vs_unique"] = ratio
+    _, shared = _unique_then_shared(llm_service, aif_load, aif_vars, "")
+    if "prefix_cache_hit_rate" in shared.scalars:  # the server says how often its cache answered (vLLM)
+        assert shared["prefix_cache_hit_rate"] > 0
+    ratio = shared["p50_ttft_vs_unique"]
     assert ratio < aif_vars("prefix_max_ttft_ratio", 0.8), f"shared prefixes: p50 TTFT x{ratio:.2f} of unique ones"
+
+
+@pytest.mark.slo("error_rate == 0")
+def test_vllm_without_prefix_caching(aif_profile, aif_service, aif_load, aif_vars):
+    """With vLLM's prefix caching off its cache answers nothing (its hit rate absent or 0)."""
+    if aif_profile.llm != "vllm":
+        pytest.skip(f"prefix caching off is a vLLM setting; the LLM here is {aif_profile.llm} (use --aif-llm vllm)")
+    service = aif_service("vllm", prefix_caching=False)
+    _, shared = _unique_then_shared(service, aif_load, aif_vars, ", caching off")
+    assert shared.metrics().get("prefix_cache_hit_rate", 0) == 0

@@ -22,6 +22,7 @@ from submitit.slurm import slurm as submitit_slurm
 
 from pytest_aifactory.core.errors import JobError, ProfileError
 from pytest_aifactory.core.profiles import Profile
+from pytest_aifactory.jobs.node_files import NODE_FILES, remove_left
 from pytest_aifactory.jobs.processes import pid_alive, process_start, same_process, signal_process
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, PROCESS_FILE, LaunchPlan, read_json, serve, write_json_atomic
 from pytest_aifactory.jobs.sealed import exported, exporting, seal
@@ -62,6 +63,15 @@ class Backend(ABC):
         return job
 
     def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
+        """Stop the job, then remove what it left on this node (a killed job's tmp and shared memory).
+
+        Raises ``JobError`` if the job does not leave the queue.
+        """
+        status = self._stop(job_id, folder, timeout_s)
+        remove_left(read_json(folder / NODE_FILES))
+        return status
+
+    def _stop(self, job_id: str, folder: Path, timeout_s: float) -> JobStatus:
         """Cancel the job and wait until it has left the queue; raises if it does not."""
         self._request_cancel(job_id, folder)
         deadline = time.monotonic() + timeout_s
@@ -181,17 +191,17 @@ class LocalBackend(Backend):
         # service gracefully; SIGINT would make the controller SIGKILL the job after 1 s.
         self._signal(job_id, folder, signal.SIGTERM)
 
-    def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
+    def _stop(self, job_id: str, folder: Path, timeout_s: float) -> JobStatus:
         """Stop the job gracefully; kill it and its service's process group if it lingers."""
         try:
-            return super().cancel(job_id, folder, timeout_s)
+            return super()._stop(job_id, folder, timeout_s)
         except JobError:  # the job did not stop in time: kill it and its service's group
             self._signal(job_id, folder, signal.SIGKILL)
             for service in self._processes(job_id, folder)[1:]:
                 if service.ours():  # the group is the service's (it started a new session)
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(service.pid, signal.SIGKILL)
-            return super().cancel(job_id, folder, 5.0)
+            return super()._stop(job_id, folder, 5.0)
 
 
 STEP_ENVIRONMENT = "export SLURM_EXPORT_ENV=ALL"  # Slurm's advice: steps get the batch shell's environment
@@ -300,7 +310,7 @@ class SlurmBackend(Backend):
             return ""
         return f"slurm job {job_id} is now another job (its script {script} is not in {folder}): not cancelled"
 
-    def cancel(self, job_id: str, folder: Path, timeout_s: float = 60.0) -> JobStatus:
+    def _stop(self, job_id: str, folder: Path, timeout_s: float) -> JobStatus:
         """Stop the job in the time its service asks for, then make sure it has left the queue.
 
         A plain ``scancel`` SIGKILLs a job Slurm's KillWait after its SIGTERM (5 s here, 30 s on
@@ -325,7 +335,7 @@ class SlurmBackend(Backend):
                 while self.status(job_id, folder).active and time.monotonic() < deadline:
                     time.sleep(0.2)
         status = self.status(job_id, folder)
-        return super().cancel(job_id, folder, timeout_s) if status.active else status
+        return super()._stop(job_id, folder, timeout_s) if status.active else status
 
 
 BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "slurm": SlurmBackend}

@@ -22,8 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -33,7 +33,8 @@ from pytest_aifactory.core.profiles import ContainerSettings
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.jobs.energy import ENERGY_FILE
 from pytest_aifactory.jobs.listening import LISTENING_FILE, listening
-from pytest_aifactory.jobs.processes import group_members, pid_alive, process_start
+from pytest_aifactory.jobs.node_files import NODE_FILES, NODE_TMP_PREFIX, mapped_shared_memory
+from pytest_aifactory.jobs.processes import group_members, pid_alive, process_start, process_tree
 from pytest_aifactory.jobs.sealed import unseal
 from pytest_aifactory.jobs.telemetry import MONITOR_FILE, Telemetry, TelemetryThreads
 from pytest_aifactory.services.spec import ServiceSpec, render, render_context
@@ -204,11 +205,30 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+@dataclass
+class _NodeFiles:
+    """What the job keeps on its node outside its folder, recorded in ``NODE_FILES`` as it appears."""
+
+    folder: Path
+    node: str
+    paths: set[str] = field(default_factory=set)
+
+    def add(self, paths: Iterable[str]) -> None:
+        """Record ``paths`` too (the file is rewritten only when one is new)."""
+        if new := set(paths) - self.paths:
+            self.paths |= new
+            write_json_atomic(self.folder / NODE_FILES, {"node": self.node, "paths": sorted(self.paths)})
+
+
 @contextlib.contextmanager
-def _node_tmp(prefix: str, run_as: str | None) -> Iterator[Path]:
-    """A private folder in the node's tmp (owned by ``run_as`` when root starts the job), removed at the end."""
+def _node_tmp(name: str, run_as: str | None, node_files: _NodeFiles) -> Iterator[Path]:
+    """A private folder in the node's tmp (owned by ``run_as`` when root starts the job), removed at the end.
+
+    It is recorded first: a killed job leaves it for the side that cancels the job to remove.
+    """
     base = os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    path = Path(tempfile.mkdtemp(prefix=NODE_TMP_PREFIX + name, dir=base))
+    node_files.add([str(path)])
     if run_as and os.geteuid() == 0:
         user = pwd.getpwnam(run_as)
         os.chown(path, user.pw_uid, user.pw_gid)
@@ -219,14 +239,14 @@ def _node_tmp(prefix: str, run_as: str | None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _workdir(plan: LaunchPlan) -> Iterator[Path]:
+def _workdir(plan: LaunchPlan, node_files: _NodeFiles) -> Iterator[Path]:
     """A private scratch folder; for a ``run_as`` user, one in the node's tmp it can reach."""
     if not (plan.spec.run_as and os.geteuid() == 0):
         path = plan.folder / "work"
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
-    with _node_tmp(f"aif-{plan.spec.name}-", plan.spec.run_as) as path:
+    with _node_tmp(f"{plan.spec.name}-", plan.spec.run_as, node_files) as path:
         yield path
 
 
@@ -290,9 +310,10 @@ def serve(plan: LaunchPlan) -> int:
         raise JobError(f"service {spec.name!r} needs environment variable(s) {', '.join(missing)} (not set)")
     env.update({target: os.environ[source] for target, source in spec.env_from.items()})
     stdout_path, stderr_path = plan.folder / STDOUT_FILE, plan.folder / STDERR_FILE
+    node_files = _NodeFiles(plan.folder, node)
     with (
-        _workdir(plan) as workdir,
-        _node_tmp("aif-", plan.spec.run_as) as tmp,  # {tmp}: short, for Unix sockets
+        _workdir(plan, node_files) as workdir,
+        _node_tmp("", plan.spec.run_as, node_files) as tmp,  # {tmp}: short, for Unix sockets
         stdout_path.open("a") as out,
         stderr_path.open("a") as err,
         contextlib.ExitStack() as on_exit,
@@ -357,9 +378,10 @@ def serve(plan: LaunchPlan) -> int:
             threads.event(f"service {spec.name} started on {node}: pid {child.pid}, ports {ports}")
         reason, sockets, next_look = "exited", None, 0.0
         while (code := child.poll()) is None:
-            if host != "127.0.0.1" and time.monotonic() >= next_look:  # what it listens on, for the login node
+            if time.monotonic() >= next_look:  # what it maps and listens on, for the login node
                 next_look = time.monotonic() + 1.0
-                if (found := listening(child.pid)) != sockets:
+                node_files.add(mapped_shared_memory(process_tree(child.pid)))
+                if host != "127.0.0.1" and (found := listening(child.pid)) != sockets:
                     sockets = found
                     write_json_atomic(plan.folder / LISTENING_FILE, {"node": node, "sockets": sockets})
             if stop.signum is not None:

@@ -14,7 +14,8 @@ plugin names its vLLM environment in ``settings.python``.
 Its scratch files stay the job's: ``VLLM_CACHE_ROOT`` in the workdir, ``TMPDIR`` (its IPC
 sockets and ``vllm_dist_*`` files) in the job's ``{tmp}``, removed when the job ends; its
 ``/dev/shm/psm_*`` segments are removed by its resource tracker when the job stops the
-process group with SIGTERM.
+process group with SIGTERM. A job killed outright leaves both, and the side that cancels it
+removes them once it has left the queue (``jobs.node_files``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ VLLM: dict[str, SettingValue] = {
     "dtype": "bfloat16",
     "tensor_parallel_size": 1,
     "enforce_eager": True,
+    "prefix_caching": True,  # vLLM's automatic prefix caching (its default); off to measure what it is worth
     "kv_cache_memory_bytes": 268435456,
     "gpu_memory_utilization": 0.9,
     "tiny_hidden": 128,
@@ -97,6 +99,7 @@ def vllm(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             "--tensor-parallel-size",
             str(settings["tensor_parallel_size"]),
             *(("--enforce-eager",) if _switch(settings["enforce_eager"]) else ()),
+            "--enable-prefix-caching" if _switch(settings["prefix_caching"]) else "--no-enable-prefix-caching",
             *(
                 ("--kv-cache-memory-bytes", str(memory))
                 if memory
