@@ -28,6 +28,7 @@ from pytest_aifactory.core.errors import LoadStoppedError
 from pytest_aifactory.core.profiles import load_profile
 from pytest_aifactory.export.report import load_schema
 from pytest_aifactory.jobs.backends import make_backend
+from pytest_aifactory.jobs.manager import ServiceManager
 from pytest_aifactory.jobs.node_files import NODE_FILES
 from pytest_aifactory.jobs.registry import JobRegistry
 from pytest_aifactory.jobs.runner import EXIT_FILE, LaunchPlan, read_json
