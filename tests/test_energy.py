@@ -361,10 +361,12 @@ def _sacct_line(job_id: str, state: str) -> str | None:
 
 @pytest.mark.slurm
 @pytest.mark.timeout(120)
-def test_this_clusters_sacct_gives_not_available_rather_than_0() -> None:
+def test_this_clusters_sacct_gives_not_available_rather_than_0(tmp_path: Path) -> None:
     """A real job on the running cluster (AcctGatherEnergyType none), while it runs and once it ended."""
+    release = tmp_path / "release"  # the job runs until the test has seen it RUNNING (no race with a sleep)
+    wait = f"while [ ! -e {release} ]; do sleep 0.2; done"
     submitted = subprocess.run(
-        ["sbatch", "--parsable", "--time=1", "--output=/dev/null", "--wrap", "sleep 3"],
+        ["sbatch", "--parsable", "--time=1", "--output=/dev/null", "--wrap", wait],
         capture_output=True,
         text=True,
         check=True,
@@ -378,6 +380,7 @@ def test_this_clusters_sacct_gives_not_available_rather_than_0() -> None:
         joules, why = queue.consumed_energy(job_id)
         assert joules is None, raw
         assert f"sacct gives no ConsumedEnergy for job {job_id}" in why
+        release.touch()
 
 
 SUITE = """
