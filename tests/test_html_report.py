@@ -254,9 +254,8 @@ def test_findings_of_a_sweep_and_of_two_runs_say_what_the_data_shows(tmp_path: P
         "rate=32]: the achieved rate fell short of the offered one (24 req/s of 32 req/s, schedule lag p99 40 ms)" in f
         for f in findings
     ), findings
-    assert any(
-        f.startswith("test_llm: capacity search found capacity_rate = 16 (capacity 16 req/s).") for f in findings
-    )
+    capacity = "before: test_llm: capacity search found capacity_rate = 16 (capacity 16 req/s)."
+    assert any(f.startswith(capacity) for f in findings)
     assert not [f for f in findings if "[capacity]" in f]  # the answer is not one more point
     (latency,) = [f for f in findings if f.startswith("after against before: p50_latency_ms")]
     assert "2.0x slower" in latency
@@ -268,6 +267,17 @@ def test_findings_of_a_sweep_and_of_two_runs_say_what_the_data_shows(tmp_path: P
     assert len(ids) == len(set(ids))
     assert {"r0-fig-run-resources", "r0-fig-run-gpus"} <= set(ids)
     assert "fig-runs-p50_latency_ms" in ids
+
+
+def test_each_finding_is_written_once_on_the_page() -> None:
+    before = _report("before", [_test("t.py::test_llm", ["inference"], _llm_points(1.0))])
+    after = _report("after", [_test("t.py::test_llm", ["inference"], _llm_points(2.0))])
+    for reports in ([before], [before, after]):
+        page = render_html(reports)
+        findings = _findings(page)
+        assert findings
+        items = [html.unescape(re.sub(r"<[^>]+>", "", i)) for i in re.findall(r"<li>(.*?)</li>", page)]
+        assert [f for f in findings if items.count(f) != 1] == []
 
 
 def _stream(index: int, at: float, tokens: int = 4) -> RequestRecord:
