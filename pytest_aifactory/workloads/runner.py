@@ -166,7 +166,7 @@ class LoadRunner(ProductionLoads):
         try:
             # client nodes send histograms and a sample, not every record, when nothing needs more
             digest = summarizer is summarize and not plan.steady_state
-            run = self._drive(client, workload, plan, label, workers, nodes, goodput=good, digest=digest)
+            run = self._drive(client, workload, plan, label, workers, nodes, goodput=good, digest=digest, server=server)
         except LoadInterrupted as interrupted:
             self.record(result_of(interrupted.run, interrupted=True))
             raise
@@ -232,6 +232,7 @@ class LoadRunner(ProductionLoads):
         nodes: int,
         goodput: GoodputSLO | None = None,
         digest: bool = False,
+        server: ServerScraper | None = None,
     ) -> LoadRun:
         if nodes > 1:
             if self.submit is None or self.shard_dir is None:
@@ -239,6 +240,8 @@ class LoadRunner(ProductionLoads):
             sync = self.shard_dir / f"{len(self.results):03d}-{uuid.uuid4().hex[:6]}"
             return run_on_jobs(self.submit, client, workload, plan, nodes, sync, goodput=goodput, digest=digest)
         callback = self.progress(label) if self.progress else None
+        if callback is not None and server is not None:
+            callback = server.beside(callback)
         return run_load(client, workload, plan, workers=workers, progress=callback, stop=self.stop)
 
     def record(self, result: LoadResult) -> LoadResult:

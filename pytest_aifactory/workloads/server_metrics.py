@@ -1,7 +1,9 @@
 """The server's own view of a load: its Prometheus ``/metrics``, scraped around each point.
 
 A ``ServerScraper`` reads the endpoint when a point starts and when it ends, and every few
-seconds between (gauges such as KV-cache usage only mean something while the load runs).
+seconds between (gauges such as KV-cache usage only mean something while the load runs);
+each periodic scrape also updates the point's figures so far, which ride on the load's live
+snapshots (``beside``) to the live push.
 Counters and histograms are turned into what the point added (end minus start), so a
 shared server's earlier traffic is left out; the server cannot tell warm-up requests from
 measured ones, so its figures cover every request of the point. Text parsing is
@@ -22,12 +24,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from pytest_aifactory.core.metric_table import PERCENTILES, SERVER_STATS
+from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.services.spec import RunningService
 
 __all__ = [
@@ -135,13 +138,16 @@ class Snapshot:
 class ServerScraper:
     """Scrapes ``url`` at a point's start and end, and every ``interval_s`` between.
 
-    ``figures(start, end, samples)`` turns the scrapes into result metrics.
+    ``figures(start, end, samples)`` turns the scrapes into result metrics. ``latest`` holds
+    the point's figures so far, for the live view: latencies and counters since the point's
+    start, and the gauges (KV-cache usage, running, waiting) as the last scrape read them.
     """
 
     url: str
     figures: Callable[[Snapshot, Snapshot, list[Snapshot]], dict[str, float]]
     interval_s: float = 1.0
     samples: list[Snapshot] = field(default_factory=list)
+    latest: Mapping[str, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -155,6 +161,7 @@ class ServerScraper:
         """Scrape the start and begin the periodic scrapes."""
         first = self.scrape()
         self.samples = [first]
+        self.latest = {}
         self._stop.clear()
         self._thread = threading.Thread(target=self._periodic, name="aif-server-metrics", daemon=True)
         self._thread.start()
@@ -163,9 +170,19 @@ class ServerScraper:
     def _periodic(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.samples.append(self.scrape())
+                sample = self.scrape()
             except httpx.HTTPError:
                 continue  # a missed sample; the end scrape says whether the server is gone
+            self.samples.append(sample)
+            self.latest = self.figures(self.samples[0], sample, [sample])
+
+    def beside(self, progress: Callable[[Progress], None]) -> Callable[[Progress], None]:
+        """``progress`` fed the load's snapshots with the server's latest figures (``Progress.server``)."""
+
+        def update(snapshot: Progress) -> None:
+            progress(replace(snapshot, server=self.latest))
+
+        return update
 
     def stop(self) -> None:
         """Stop the periodic scrapes."""
