@@ -15,7 +15,16 @@ from pytest_aifactory.export.prometheus import live_registry
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.plugin.fixtures import ServiceFactory
 from pytest_aifactory.workloads.runner import LoadRunner
-from pytest_aifactory.workloads.server_metrics import Histogram, Snapshot, triton_figures, ttft_overhead, vllm_figures
+from pytest_aifactory.workloads.server_metrics import (
+    MAX_SAMPLES,
+    VLLM_GAUGES,
+    Histogram,
+    ServerScraper,
+    Snapshot,
+    triton_figures,
+    ttft_overhead,
+    vllm_figures,
+)
 
 
 def _vllm_text(requests: int, ttft: tuple[int, int, int], hits: int, queries: int, running: int, kv: float) -> str:
@@ -166,3 +175,19 @@ def test_live_snapshots_carry_the_servers_figures_so_far(aif_service: ServiceFac
     assert result["server_requests"] == result["requests"]
     assert 60 <= result["server_mean_ttft_ms"] <= result["mean_ttft_ms"]
     assert result["server_mean_queue_ms"] == 0  # no queue in the synthetic server
+    series = result.server_series  # the gauges over the point, for the report
+    assert set(series) == {"started_at", "t", "running", "waiting"}
+    assert len(series["t"]) >= 3  # start, a periodic scrape or more, end
+    assert max(series["running"]) >= 1
+    assert result.to_json()["server_series"] == series
+
+
+def test_the_servers_series_stays_bounded() -> None:
+    scraper = ServerScraper("http://unused", vllm_figures, VLLM_GAUGES)
+    scraper.samples = [Snapshot.parse(_vllm_text(1, (1, 1, 1), 0, 0, i % 5, 0.5), float(i)) for i in range(1500)]
+    series = scraper.series()
+    assert len(series["t"]) <= MAX_SAMPLES
+    assert series["t"][:2] == [0.0, 3.0]  # every third scrape of 1500
+    assert series["kv_cache_usage"][0] == 0.5
+    assert "waiting" not in series  # not exposed by this text: not kept
+    assert ServerScraper("http://unused", triton_figures).series() == {}  # no gauges: nothing

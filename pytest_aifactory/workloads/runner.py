@@ -178,6 +178,7 @@ class LoadRunner(ProductionLoads):
         if server is not None and before is not None:
             figures = server.finish(before)
             result.scalars.update({**figures, **ttft_overhead(result.metrics(), figures)})
+            result.server_series = server.series()
         self.record(result)
         if self.stop is not None and self.stop.is_set():
             raise LoadStoppedError(
