@@ -159,6 +159,12 @@ def test_live_push_carries_the_server_figures_every_server_panel_draws() -> None
     series.append(("aifactory_live_server_requests_waiting", {"point": "p"}, 2.0))
     assert all(_matches(expr, series) for _, expr in drawn)
     assert not _matches('aifactory_live_server_latency_seconds{kind="prefill"}', series)  # the matcher bites
+    triton = triton_figures(
+        Snapshot.parse(_triton_text(10, 0, 0), 0.0), Snapshot.parse(_triton_text(30, 2000, 40_000), 1.0), []
+    )
+    pushed = _series(live_registry({"c=4": Progress(1.0, 20, 20, 0, 0, [], server=triton)}))
+    means = {labels["kind"]: v for name, labels, v in pushed if name == "aifactory_live_server_latency_mean_seconds"}
+    assert means == {"queue": pytest.approx(0.0001), "e2e": pytest.approx(0.002)}  # Triton's counters, in seconds
 
 
 def test_live_snapshots_carry_the_servers_figures_so_far(aif_service: ServiceFactory) -> None:

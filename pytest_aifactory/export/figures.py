@@ -180,7 +180,7 @@ _CLIENT_VS_SERVER = (
     ("p99", "ttft", "TTFT"),
     ("mean", "e2e", "end-to-end"),
 )
-_SERVER_PHASES = (("queue", "queue"), ("prefill", "prefill"), ("decode", "decode"))
+_SERVER_PHASES = ("queue", "prefill", "decode")
 
 
 def _bars(test: ReportTest, fid: str, title: str, bars: list[tuple[str, str]], **layout: Any) -> Figure | None:
@@ -201,7 +201,7 @@ def _server_view(test: ReportTest) -> list[Figure | None]:
         if any(value(r, server) is not None for r in test.results):
             client = f"{stat}_{'ttft' if stem == 'ttft' else 'latency'}_ms"
             pairs += [(client, f"client {text} {stat}"), (server, f"server {text} {stat}")]
-    phases = [(f"server_mean_{stem}_ms", f"mean {name}") for stem, name in _SERVER_PHASES]
+    phases = [(f"server_mean_{stem}_ms", f"mean {stem}") for stem in _SERVER_PHASES]
     return [
         _bars(test, "server-vs-client", "client vs server (its /metrics): the gap is network + client", pairs)
         if pairs

@@ -8,7 +8,8 @@ under constant arrivals below that rate no request waits (a D/D/c queue), above 
 and the latency grow for as long as the load lasts. Its capacity at any latency bound
 between one and a few service times is therefore ``capacity_rate(slots, service_ms)``,
 within a few percent for runs of a few seconds. ``version`` is reported as the service's
-version, so that runs of "different versions" can be told apart.
+version, so that runs of "different versions" can be told apart. ``metrics=true`` serves
+vLLM's ``/metrics`` families (``served_metrics``), its queue time being the wait for a slot.
 
 Run: ``python -m pytest_aifactory.services.slotted_llm --port 8000 --slots 4 --service-ms 50``.
 """
