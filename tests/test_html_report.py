@@ -323,6 +323,19 @@ def test_the_servers_own_view_is_drawn_and_written_where_measured() -> None:
     assert not [f for f in findings if f.startswith("test_plain") and "server's" in f]
 
 
+def test_runs_differing_only_in_when_their_clock_started_are_comparable() -> None:
+    runs = []
+    for run_id, zero in (("before", 1119.2), ("after", 1126.5)):
+        test = _test("t.py::test_llm", ["inference"], _llm_points(1.0))
+        for result in test["results"]:
+            result["config"]["clock_zero_monotonic_s"] = zero + result["config"]["rate"]
+        runs.append(_report(run_id, [test]))
+    findings = _findings(render_html(runs))
+    comparable = "runs after against before: same provenance and load configuration: the figures are comparable."
+    assert comparable in findings, findings
+    assert not [f for f in findings if "clock_zero" in f]
+
+
 def test_each_finding_is_written_once_on_the_page() -> None:
     before = _report("before", [_test("t.py::test_llm", ["inference"], _llm_points(1.0))])
     after = _report("after", [_test("t.py::test_llm", ["inference"], _llm_points(2.0))])
