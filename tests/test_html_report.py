@@ -28,7 +28,9 @@ pytestmark = pytest.mark.timeout(300)
 README_SCREENSHOT = Path(__file__).parents[1] / "docs" / "report.png"
 
 # Two synthetic LLM servers, one planted 2x slower (first token and every token after it), each
-# swept over three rates, and a FAISS search: a real run of an inference and a data family.
+# swept over three rates, a FAISS search, and a server with two slots driven past its capacity
+# (it queues): a real run of an inference and a data family. The LLM servers serve vLLM's
+# /metrics families (metrics=True), so the report draws the server's view beside the client's.
 SUITE = """
 import pytest
 from pytest_aifactory.workloads.vectors.datasets import VectorDataset
@@ -40,7 +42,7 @@ SPEED = {"fast": {"ttft_ms": 40, "itl_ms": 10}, "slow": {"ttft_ms": 80, "itl_ms"
 @pytest.mark.slo("p99_ttft_ms <= 300", "error_rate <= 0.01")
 @pytest.mark.parametrize("speed", ["fast", "slow"])
 def test_llm(aif_service, aif_load, speed):
-    server = aif_service("synthetic-llm", **SPEED[speed])
+    server = aif_service("synthetic-llm", metrics=True, **SPEED[speed])
     aif_load.sweep("rate", [20, 40, 80], aif_load.openai, server, prompts="synthetic:in=16,out=16", count=16)
 
 @pytest.mark.vectordb
@@ -48,6 +50,11 @@ def test_llm(aif_service, aif_load, speed):
 def test_vectors(aif_load, tmp_path):
     data = VectorDataset("random", count=2000, dim=16, queries=50)
     aif_load.vector_search(FaissStore(index_type="Flat"), data, k=10, rate=50, count=60, cache_dir=tmp_path)
+
+@pytest.mark.inference
+def test_queue(aif_service, aif_load):
+    server = aif_service("slotted-llm", slots=2, service_ms=50, metrics=True)  # 40 req/s at most
+    aif_load.sweep("rate", [20, 80], aif_load.openai, server, prompts="synthetic:in=16,out=16", count=120)
 """
 
 
@@ -56,15 +63,15 @@ def _findings(page: str) -> list[str]:
     return [html.unescape(re.sub(r"<[^>]+>", "", item)) for item in re.findall(r"<li>(.*?)</li>", top)]
 
 
-def _plant_empty(page: str, figure: str) -> str:
-    """The page with one figure's traces emptied, as a rendering bug would leave it."""
+def _plant_empty(page: str, *emptied: str) -> str:
+    """The page with these figures' traces emptied, as a rendering bug would leave them."""
     start = page.index("<script type='application/json' id='aif-figures'>")
     head, rest = page[:start], page[start:]
     opening, tail = rest.split(">", 1)
     data, after = tail.split("</script>", 1)
     figures = json.loads(data)
     for entry in figures:
-        if entry["id"] == figure:
+        if entry["id"] in emptied:
             for trace in entry["data"]:
                 trace["x"], trace["y"] = [], []
     return f"{head}{opening}>{json.dumps(figures)}</script>{after}"
@@ -83,7 +90,7 @@ def test_report_of_a_real_run_draws_every_plot_in_chromium(pytester: pytest.Pyte
     run_dir = pytester.path / "res" / "html"
     report = read_report(run_dir / "report.json")
     jsonschema.validate(report, load_schema())
-    assert report["schema_version"] == 2
+    assert report["schema_version"] == 3
     assert all(job["resources"] for job in report["jobs"]), "the monitor's samples are missing from the report"
     page_file = run_dir / "report.html"
     page = page_file.read_text(encoding="utf-8")
@@ -93,17 +100,18 @@ def test_report_of_a_real_run_draws_every_plot_in_chromium(pytester: pytest.Pyte
     assert cli.main(["report", "html", "--results-dir", str(pytester.path / "res"), "-o", str(rebuilt)]) == 0
     assert rebuilt.read_text(encoding="utf-8") == page
     planted = run_dir / "planted.html"
-    planted.write_text(_plant_empty(page, "fig-0-cdf-ttft"), encoding="utf-8")
+    planted.write_text(_plant_empty(page, "fig-0-cdf-ttft", "fig-0-server-vs-client"), encoding="utf-8")
 
     with chromium() as browser:
         drawn = render(browser, page_file, screenshot=run_dir / "report.png")
         broken = render(browser, planted)
     assert drawn.errors == []
     kinds = {"sweep", "cdf-ttft", "cdf-itl", "cdf-latency", "rates", "latency-time", "resources", "p50_latency_ms"}
+    kinds |= {"server-vs-client", "server-time", "server-gauges"}  # the server's view (its /metrics)
     assert {k for k in kinds if any(f.endswith(k) for f in drawn.points)} == kinds, sorted(drawn.points)
     assert sorted(drawn.points) == sorted(drawn.declared)
     assert [f for f, n in drawn.points.items() if n == 0] == []
-    assert [f for f, n in broken.points.items() if n == 0] == ["fig-0-cdf-ttft"]
+    assert sorted(f for f, n in broken.points.items() if n == 0) == ["fig-0-cdf-ttft", "fig-0-server-vs-client"]
     assert (run_dir / "report.png").stat().st_size > 10_000
     if os.environ.get("AIF_UPDATE_SCREENSHOT"):
         shutil.copyfile(run_dir / "report.png", README_SCREENSHOT)
@@ -114,6 +122,12 @@ def test_report_of_a_real_run_draws_every_plot_in_chromium(pytester: pytest.Pyte
     factors = [float(x) for x in re.findall(r"(\d+\.\d)x slower", planted_2x[0])]
     assert factors, planted_2x
     assert all(1.7 <= x <= 2.3 for x in factors), planted_2x  # 2x the server time, plus the client's own
+    for test in ("test_llm[fast]", "test_llm[slow]", "test_queue"):  # the client's clock starts first
+        assert [f for f in findings if f.startswith(f"{test}: client TTFT exceeds the server's own")], findings
+    assert [f for f in findings if f.startswith("test_llm[fast]: the server never queued a request")], findings
+    (queue,) = [f for f in findings if f.startswith("test_queue: the server's mean queue time is")]
+    assert "(point rate=80)" in queue, queue
+    assert queue.endswith(": the server queues requests.") or "the server queues requests. (figure" in queue, queue
     vectors = [f for f in findings if f.startswith("test_vectors")]
     assert vectors
     assert not [f for f in vectors if re.search("ttft|itl|tok", f, re.IGNORECASE)], vectors
@@ -180,7 +194,7 @@ def _test(nodeid: str, markers: list[str], points: list[dict[str, Any]]) -> dict
     }
 
 
-def test_version_1_reports_still_render_and_unknown_versions_are_refused(tmp_path: Path) -> None:
+def test_version_1_and_2_reports_still_render_and_unknown_versions_are_refused(tmp_path: Path) -> None:
     points = [
         {"rate": r, "request_s": r, "p50_latency_ms": 1.0, "p99_latency_ms": p99}
         for r, p99 in ((10, 2.0), (20, 2.2), (40, 2.5), (80, 30.0))
@@ -193,8 +207,10 @@ def test_version_1_reports_still_render_and_unknown_versions_are_refused(tmp_pat
     assert "fig-0-sweep" in page
     assert "cdf" not in page.split("id='aif-figures'>", 1)[1]  # no series in version 1: no CDF drawn
     assert any("turns upward at 40 req/s" in f for f in _findings(page)), _findings(page)
+    path.write_text(json.dumps({**old, "schema_version": 2}))  # version 2: without the server's series
+    assert "fig-0-sweep" in render_html([read_report(path)])
     path.write_text(json.dumps({**old, "schema_version": 99}))
-    with pytest.raises(AifError, match=r"schema_version 99; this version reads \[1, 2\]"):
+    with pytest.raises(AifError, match=r"schema_version 99; this version reads \[1, 2, 3\]"):
         read_report(path)
 
 
@@ -254,9 +270,8 @@ def test_findings_of_a_sweep_and_of_two_runs_say_what_the_data_shows(tmp_path: P
         "rate=32]: the achieved rate fell short of the offered one (24 req/s of 32 req/s, schedule lag p99 40 ms)" in f
         for f in findings
     ), findings
-    assert any(
-        f.startswith("test_llm: capacity search found capacity_rate = 16 (capacity 16 req/s).") for f in findings
-    )
+    capacity = "before: test_llm: capacity search found capacity_rate = 16 (capacity 16 req/s)."
+    assert any(f.startswith(capacity) for f in findings)
     assert not [f for f in findings if "[capacity]" in f]  # the answer is not one more point
     (latency,) = [f for f in findings if f.startswith("after against before: p50_latency_ms")]
     assert "2.0x slower" in latency
@@ -268,6 +283,68 @@ def test_findings_of_a_sweep_and_of_two_runs_say_what_the_data_shows(tmp_path: P
     assert len(ids) == len(set(ids))
     assert {"r0-fig-run-resources", "r0-fig-run-gpus"} <= set(ids)
     assert "fig-runs-p50_latency_ms" in ids
+
+
+def test_the_servers_own_view_is_drawn_and_written_where_measured() -> None:
+    points = _llm_points(1.0)
+    for point, queue in zip(points, (2.0, 10.0, 150.0), strict=True):  # the server's /metrics figures
+        point.update(
+            server_p50_ttft_ms=point["p50_ttft_ms"] - 4.0,
+            server_p99_ttft_ms=point["p99_ttft_ms"] - 4.0,
+            mean_ttft_ms=point["p50_ttft_ms"] + 1.0,
+            server_mean_ttft_ms=point["p50_ttft_ms"] - 3.0,
+            server_mean_queue_ms=queue,
+            server_mean_prefill_ms=5.0,
+        )
+    served = _test("t.py::test_llm", ["inference"], points)
+    served["results"][2]["server_series"] = {
+        "started_at": 1.0e9,
+        "t": [0.0, 1.0, 2.0],
+        "running": [0.0, 16.0, 16.0],
+        "waiting": [0.0, 4.0, 9.0],
+        "kv_cache_usage": [0.0, 0.4, 0.5],
+    }
+    report = _report("srv", [served, _test("t.py::test_plain", ["inference"], _llm_points(1.0))])
+    report["schema_version"] = 3
+    jsonschema.validate(report, load_schema())
+    page = render_html([report])
+    ids = [f["id"] for f in json.loads(page.split("id='aif-figures'>", 1)[1].split("</script>", 1)[0])]
+    assert {"fig-0-server-vs-client", "fig-0-server-time", "fig-0-server-gauges"} <= set(ids)
+    assert not [i for i in ids if i.startswith("fig-1-server")]  # no server figures without them
+    findings = _findings(page)
+    (overhead,) = [f for f in findings if "client TTFT exceeds the server's own" in f]
+    assert overhead.startswith(
+        "test_llm: client TTFT exceeds the server's own (mean, its /metrics) by rate=8: 4 ms (51 ms against 47 ms); "
+    )
+    assert 'figure "test_llm: client vs server' in overhead
+    (queue,) = [f for f in findings if "queue time" in f]
+    assert "is 76% of its mean TTFT at 31.7 req/s (point rate=32) (150 ms of 197 ms" in queue, queue
+    assert ': the server queues requests. (figure "test_llm: where the server' in queue
+    assert not [f for f in findings if f.startswith("test_plain") and "server's" in f]
+
+
+def test_runs_differing_only_in_when_their_clock_started_are_comparable() -> None:
+    runs = []
+    for run_id, zero in (("before", 1119.2), ("after", 1126.5)):
+        test = _test("t.py::test_llm", ["inference"], _llm_points(1.0))
+        for result in test["results"]:
+            result["config"]["clock_zero_monotonic_s"] = zero + result["config"]["rate"]
+        runs.append(_report(run_id, [test]))
+    findings = _findings(render_html(runs))
+    comparable = "runs after against before: same provenance and load configuration: the figures are comparable."
+    assert comparable in findings, findings
+    assert not [f for f in findings if "clock_zero" in f]
+
+
+def test_each_finding_is_written_once_on_the_page() -> None:
+    before = _report("before", [_test("t.py::test_llm", ["inference"], _llm_points(1.0))])
+    after = _report("after", [_test("t.py::test_llm", ["inference"], _llm_points(2.0))])
+    for reports in ([before], [before, after]):
+        page = render_html(reports)
+        findings = _findings(page)
+        assert findings
+        items = [html.unescape(re.sub(r"<[^>]+>", "", i)) for i in re.findall(r"<li>(.*?)</li>", page)]
+        assert [f for f in findings if items.count(f) != 1] == []
 
 
 def _stream(index: int, at: float, tokens: int = 4) -> RequestRecord:

@@ -7,14 +7,18 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jsonschema
 import pytest
 from helpers import aifactory, free_port, http_ready, run_pytest, wait_for
 
+from pytest_aifactory.apps.dashboards.build import build_dashboards
 from pytest_aifactory.export.report import load_schema
+from pytest_aifactory.services.spec import RunningService
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -107,47 +111,86 @@ def test_compare_command(tmp_path: Path) -> None:
     assert "2 regression(s) beyond the 10 % margin and the noise:" in bad.stdout
 
 
-@pytest.fixture
-def gateway(aif_service):  # type: ignore[no-untyped-def]
-    return aif_service("pushgateway")
-
-
-def test_live_and_final_metrics_reach_prometheus(pytester: pytest.Pytester, gateway, aif_service) -> None:  # type: ignore[no-untyped-def]
+def run_pushing_live(
+    pytester: pytest.Pytester, gateway: RunningService, aif_service: Any, suite: str, run_id: str
+) -> Callable[[str], list[dict[str, Any]]]:
+    """Run ``suite`` pushing to ``gateway`` every 0.5 s, scraped every second by a real Prometheus;
+    returns a range query over the run's time (series at 0.5-s steps)."""
     prometheus = aif_service("prometheus", pushgateway=f"{gateway.host}:{gateway.port}", scrape_interval="1s")
-    pytester.makepyfile(LOAD_TEST.format(duration=4))
+    pytester.makepyfile(suite)
     started = time.time()
-    done = run(
-        pytester,
-        "--aif-run-id=live1",
-        "--aif-results-dir=res",
-        f"--aif-pushgateway={gateway.url()}",
-        "--aif-pushgateway-interval=0.5",
-    )
+    pushing = (f"--aif-pushgateway={gateway.url()}", "--aif-pushgateway-interval=0.5")
+    done = run(pytester, f"--aif-run-id={run_id}", "--aif-results-dir=res", *pushing)
     assert done.returncode == 0, done.stdout[-3000:]
 
-    def query_range(expr: str) -> list[dict[str, object]]:
+    def query_range(expr: str) -> list[dict[str, Any]]:
         response = httpx.get(
             prometheus.url("/api/v1/query_range"),
             params={"query": expr, "start": started, "end": time.time(), "step": "0.5"},
         )
         return list(response.json()["data"]["result"])
 
+    return query_range
+
+
+@pytest.fixture
+def gateway(aif_service):  # type: ignore[no-untyped-def]
+    return aif_service("pushgateway")
+
+
+def test_live_and_final_metrics_reach_prometheus(pytester: pytest.Pytester, gateway, aif_service) -> None:  # type: ignore[no-untyped-def]
+    query_range = run_pushing_live(pytester, gateway, aif_service, LOAD_TEST.format(duration=4), "live1")
     # Live: while the load ran, Prometheus scraped growing request counts from the gateway.
     live = wait_for(
         "live series in Prometheus",
         lambda: query_range('aifactory_live_requests_done_total{run_id="live1",job="aifactory"}'),
     )
-    values = sorted({float(v[1]) for series in live for v in series["values"]})  # type: ignore[index, union-attr]
+    values = sorted({float(v[1]) for series in live for v in series["values"]})
     assert len(values) >= 3, f"expected several live values, got {values}"
-    assert live[0]["metric"]["test"] == "test_stream"  # type: ignore[index]
+    assert live[0]["metric"]["test"] == "test_stream"
     # Final: per point latency quantiles and the SLO verdicts.
     final = wait_for(
         "final series in Prometheus",
         lambda: query_range('aifactory_latency_seconds{run_id="live1",kind="ttft",quantile="0.99"}'),
     )
-    assert {s["metric"]["point"] for s in final} == {"rate=20", "rate=40"}  # type: ignore[index]
+    assert {s["metric"]["point"] for s in final} == {"rate=20", "rate=40"}
     slo = query_range('aifactory_slo_passed{run_id="live1"}')
-    assert {s["metric"]["slo"] for s in slo} == {"error_rate == 0", "p99_ttft_ms <= 5000"}  # type: ignore[index]
+    assert {s["metric"]["slo"] for s in slo} == {"error_rate == 0", "p99_ttft_ms <= 5000"}
+
+
+SERVER_LOAD_TEST = """
+import pytest
+
+@pytest.mark.inference
+def test_served(aif_service, aif_load):
+    server = aif_service("synthetic-llm", ttft_ms=60, metrics=True)  # vLLM's /metrics families
+    aif_load.openai(server, prompts="synthetic:in=4,out=8", rate=20, duration_s=5, label="rate=20")
+"""
+
+
+def test_live_server_metrics_reach_the_dashboards_queries(pytester: pytest.Pytester, gateway, aif_service) -> None:  # type: ignore[no-untyped-def]
+    """The server's /metrics, scraped while the point runs, reach Prometheus through the live push,
+    where the live dashboard's server panels find them."""
+    query_range = run_pushing_live(pytester, gateway, aif_service, SERVER_LOAD_TEST, "srv1")
+    finished = wait_for(
+        "the server's live counts in Prometheus",
+        lambda: query_range('aifactory_live_server_requests_done_total{run_id="srv1"}'),
+    )
+    counts = sorted({float(v[1]) for series in finished for v in series["values"]})
+    assert len(counts) >= 2, counts  # several live pushes while the point ran, its count growing
+    assert counts[-1] <= 20 * 5 + 10, counts
+    ttft = query_range('aifactory_live_server_latency_seconds{run_id="srv1",kind="ttft",quantile="0.5"}')
+    assert ttft, "no live server TTFT"
+    assert all(0.05 <= float(v[1]) <= 0.1 for v in ttft[0]["values"]), ttft  # 60 ms, in vLLM's 0.06-0.08 s bucket
+    # Every query of the live dashboard's server panels, with this run and test, draws series,
+    # but those of figures the stand-in does not have (KV cache, prefix cache, preemptions).
+    absent = ("kv_cache", "prefix_cache", "preemptions")
+    board = build_dashboards()["live-run"]
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$run_id", "srv1").replace("$test", "test_served")
+            if "live_server" in expr and not any(a in expr for a in absent):
+                assert query_range(expr), f"{panel['title']!r}: {expr} draws nothing"
 
 
 @pytest.fixture

@@ -1,13 +1,30 @@
-"""Server metrics: Prometheus text parsed, what a point added, quantiles as Prometheus computes them."""
+"""Server metrics: Prometheus text parsed, what a point added, quantiles as Prometheus computes them,
+the live push of the figures so far and the dashboard panels that draw them."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from pytest_aifactory.apps.dashboards.build import build_dashboards
 from pytest_aifactory.core.metric_table import METRICS
-from pytest_aifactory.workloads.server_metrics import Histogram, Snapshot, triton_figures, ttft_overhead, vllm_figures
+from pytest_aifactory.export.prometheus import live_registry
+from pytest_aifactory.load.engine import Progress
+from pytest_aifactory.plugin.fixtures import ServiceFactory
+from pytest_aifactory.workloads.runner import LoadRunner
+from pytest_aifactory.workloads.server_metrics import (
+    MAX_SAMPLES,
+    VLLM_GAUGES,
+    Histogram,
+    ServerScraper,
+    Snapshot,
+    triton_figures,
+    ttft_overhead,
+    vllm_figures,
+)
 
 
 def _vllm_text(requests: int, ttft: tuple[int, int, int], hits: int, queries: int, running: int, kv: float) -> str:
@@ -94,3 +111,89 @@ def test_triton_figures_from_its_counters() -> None:
     figures = triton_figures(start, end, [start, end])
     assert figures == {"server_requests": 100, "server_mean_queue_ms": 0.5, "server_mean_e2e_ms": 10.0}
     assert triton_figures(start, Snapshot.parse("", 1.0), []) == {}  # no counters: nothing
+
+
+def _series(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+    return [(s.name, s.labels, s.value) for family in registry.collect() for s in family.samples]
+
+
+def _matches(expr: str, series: list[tuple[str, dict[str, str], float]]) -> bool:
+    """Some series has the query's metric and satisfies its fixed matchers (``$variables`` match anything)."""
+    name = re.search(r"\b(aifactory_[a-z0-9_]+)", expr)
+    assert name is not None, expr
+    matchers = re.findall(r'([a-z_]+)(=~|=)"([^"$]*)"', expr)
+    return any(
+        metric == name.group(1)
+        and all(
+            re.fullmatch(value, labels.get(label, "")) if op == "=~" else labels.get(label) == value
+            for label, op, value in matchers
+        )
+        for metric, labels, _ in series
+    )
+
+
+def test_live_push_carries_the_server_figures_every_server_panel_draws() -> None:
+    start = Snapshot.parse(_vllm_text(5, (5, 5, 5), 10, 100, 0, 0.0), 0.0)
+    busy = Snapshot.parse(_vllm_text(9, (6, 8, 9), 30, 150, 4, 0.25), 1.0)
+    so_far = {**vllm_figures(start, busy, [busy]), "server_preemptions": 0.0}
+    progress = Progress(1.0, 10, 4, 0, 6, [], server=so_far)
+    series = _series(live_registry({"rate=8/s": progress}))
+    found = {(name, labels.get("kind"), labels.get("quantile")): value for name, labels, value in series}
+    assert found[("aifactory_live_server_requests_running", None, None)] == 4  # the gauge now, not a peak
+    assert found[("aifactory_live_server_kv_cache_usage_ratio", None, None)] == 0.25
+    assert found[("aifactory_live_server_requests_done_total", None, None)] == 4  # since the point's start
+    assert found[("aifactory_live_server_prefix_cache_hit_ratio", None, None)] == pytest.approx(20 / 50)
+    assert found[("aifactory_live_server_latency_seconds", "ttft", "0.5")] == pytest.approx(
+        so_far["server_p50_ttft_ms"] / 1000
+    )
+    assert ("aifactory_live_server_latency_mean_seconds", "queue", None) not in found  # not exposed: not pushed
+    board = build_dashboards()["live-run"]
+    drawn = [
+        (p["title"], t["expr"]) for p in board["panels"] for t in p.get("targets", []) if "live_server" in t["expr"]
+    ]
+    assert len({title for title, _ in drawn}) == 5
+    # every server query finds its series but those of families this text does not expose
+    missing = [expr.split("{")[0] for _, expr in drawn if not _matches(expr, series)]
+    assert missing == ["aifactory_live_server_latency_mean_seconds", "aifactory_live_server_requests_waiting"]
+    series.append(("aifactory_live_server_latency_mean_seconds", {"point": "p", "kind": "queue"}, 0.1))
+    series.append(("aifactory_live_server_requests_waiting", {"point": "p"}, 2.0))
+    assert all(_matches(expr, series) for _, expr in drawn)
+    assert not _matches('aifactory_live_server_latency_seconds{kind="prefill"}', series)  # the matcher bites
+    triton = triton_figures(
+        Snapshot.parse(_triton_text(10, 0, 0), 0.0), Snapshot.parse(_triton_text(30, 2000, 40_000), 1.0), []
+    )
+    pushed = _series(live_registry({"c=4": Progress(1.0, 20, 20, 0, 0, [], server=triton)}))
+    means = {labels["kind"]: v for name, labels, v in pushed if name == "aifactory_live_server_latency_mean_seconds"}
+    assert means == {"queue": pytest.approx(0.0001), "e2e": pytest.approx(0.002)}  # Triton's counters, in seconds
+
+
+def test_live_snapshots_carry_the_servers_figures_so_far(aif_service: ServiceFactory) -> None:
+    """The synthetic server's vLLM /metrics, scraped every second beside a 3-s load: the snapshots carry them."""
+    service = aif_service("synthetic-llm", ttft_ms=60, itl_ms=5, metrics=True)
+    seen: list[Progress] = []
+    runner = LoadRunner(progress=lambda label: seen.append)
+    result = runner.openai(service, prompts="synthetic:in=4,out=8", rate=20, duration_s=3)
+    live = [p.server for p in seen if p.server]
+    assert live, "no live snapshot carried the server's figures"
+    assert all(0 < s["server_requests"] <= result["requests"] for s in live)
+    assert 50 <= live[-1]["server_p50_ttft_ms"] <= 100  # 60 ms, in vLLM's 0.06-0.08 s bucket
+    assert "kv_cache_usage" not in live[-1]  # the stand-in has no KV cache: not available
+    assert result["server_requests"] == result["requests"]
+    assert 60 <= result["server_mean_ttft_ms"] <= result["mean_ttft_ms"]
+    assert result["server_mean_queue_ms"] == 0  # no queue in the synthetic server
+    series = result.server_series  # the gauges over the point, for the report
+    assert set(series) == {"started_at", "t", "running", "waiting"}
+    assert len(series["t"]) >= 3  # start, a periodic scrape or more, end
+    assert max(series["running"]) >= 1
+    assert result.to_json()["server_series"] == series
+
+
+def test_the_servers_series_stays_bounded() -> None:
+    scraper = ServerScraper("http://unused", vllm_figures, VLLM_GAUGES)
+    scraper.samples = [Snapshot.parse(_vllm_text(1, (1, 1, 1), 0, 0, i % 5, 0.5), float(i)) for i in range(1500)]
+    series = scraper.series()
+    assert len(series["t"]) <= MAX_SAMPLES
+    assert series["t"][:2] == [0.0, 3.0]  # every third scrape of 1500
+    assert series["kv_cache_usage"][0] == 0.5
+    assert "waiting" not in series  # not exposed by this text: not kept
+    assert ServerScraper("http://unused", triton_figures).series() == {}  # no gauges: nothing

@@ -1,8 +1,9 @@
 """A real vLLM (CPU build, tiny generated Llama) started by the project's fixtures.
 
 It takes 25-45 s to start and about 2 GB, so each test drives all its checks on one instance:
-a known load, the server's scraped metrics against what the client saw, and a clean stop; the
-prefix-cache suite (one vLLM with caching on, one with it off); a vLLM job killed on Slurm.
+a known load, the server's scraped metrics against what the client saw, its figures so far in
+the live snapshots, and a clean stop; the prefix-cache suite (one vLLM with caching on, one with
+it off); a vLLM job killed on Slurm.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from helpers import run_pytest, slurm_services, wait_for
 from pytest_aifactory.jobs.node_files import NODE_FILES, mapped_shared_memory
 from pytest_aifactory.jobs.processes import group_members, process_tree
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, read_json
+from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.plugin.fixtures import ServiceFactory
 from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.workloads.runner import LoadRunner
@@ -59,6 +61,10 @@ def test_vllm_serves_measures_and_stops_clean(aif_service: ServiceFactory) -> No
     assert 0 <= m["kv_cache_usage"] <= 1  # sampled: a short point may show none in use
     assert 0 <= m["prefix_cache_hit_rate"] <= 1
     assert m["server_max_waiting"] >= 0
+    series = result.server_series  # vLLM's gauges at every scrape of the point, for the report
+    assert {"started_at", "t", "kv_cache_usage", "running", "waiting"} <= set(series)
+    assert len(series["t"]) >= 2  # the start and end scrapes at least
+    assert all(0 <= u <= 1 for u in series["kv_cache_usage"])
     # Server TTFT <= client TTFT at every percentile: at every bucket edge, at least the client's
     # share of requests had their first token within it on the server.
     server = end.histogram(start, VLLM_HISTOGRAMS["ttft"])
@@ -67,6 +73,15 @@ def test_vllm_serves_measures_and_stops_clean(aif_service: ServiceFactory) -> No
     client = sorted((r.first_token - r.scheduled) for r in result.records)  # type: ignore[operator]
     for edge in server.edges[:-1]:
         assert server.fraction_within(edge) >= sum(t <= edge for t in client) / len(client), edge
+
+    seen: list[Progress] = []  # the live snapshots, as the live push gets them
+    live = LoadRunner(progress=lambda label: seen.append).openai(
+        service, prompts="synthetic:in=16,out=16", rate=8, duration_s=3
+    )
+    so_far = [p.server for p in seen if p.server]
+    assert so_far, "no live snapshot carried vLLM's figures"
+    assert {"kv_cache_usage", "server_max_running", "server_max_waiting", "server_requests"} <= set(so_far[-1])
+    assert 0 < so_far[-1]["server_requests"] <= live["requests"]
 
     chat = LoadRunner().openai_chat(service, prompts="synthetic:in=16,out=8", concurrency=2, count=6)
     assert chat["mean_output_tokens"] == 8

@@ -140,7 +140,8 @@ class LoadResult:
     (their combination is the result judged) and ``capacity`` for a search's answer.
     ``intervals`` holds confidence intervals by metric name, made as ``interval_method``
     says; ``notes`` are sentences shown with the result (the capacity answer, a run that
-    never got steady).
+    never got steady). ``server_series``: the server's own gauges over the point, as its
+    ``/metrics`` scrapes read them (``workloads.server_metrics.gauge_series``), when it has any.
     """
 
     label: str
@@ -155,6 +156,7 @@ class LoadResult:
     intervals: dict[str, Interval] = field(default_factory=dict)
     interval_method: str = ""
     notes: list[str] = field(default_factory=list)
+    server_series: dict[str, Any] = field(default_factory=dict)  # the server's gauges over the point
 
     def metrics(self) -> dict[str, float]:
         """Every metric by its flat name (``p99_ttft_ms``, ``output_tok_s``...)."""
@@ -186,6 +188,8 @@ class LoadResult:
             "interval_method": self.interval_method,
             "notes": self.notes,
         }
+        if self.server_series:
+            data["server_series"] = self.server_series
         if with_records:
             data["records"] = [r.to_json() for r in self.records]
         return data

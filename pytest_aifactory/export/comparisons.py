@@ -20,7 +20,8 @@ __all__ = ["Side", "SideBySide", "across_runs", "within_run"]
 
 _PROVENANCE = ("cpu_model", "cpu_count", "gpus", "python")
 _PROFILE = ("name", "executor", "partition", "images")
-_UNCOMPARED_CONFIG = {"seed", "base_url", "address", "url", "dsn", "endpoint"}  # where, not what
+# where and when, not what: addresses, and the monotonic clock's zero (a point in time of the host)
+_UNCOMPARED_CONFIG = {"seed", "base_url", "address", "url", "dsn", "endpoint", "clock_zero_monotonic_s"}
 
 
 @dataclass(frozen=True)

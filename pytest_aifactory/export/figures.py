@@ -1,7 +1,8 @@
 """The HTML report's plots as Plotly figures (plain dicts: ``data`` traces and ``layout``).
 
 Only what was measured is drawn: a figure whose traces would all be empty is not made. SLO
-thresholds are drawn as dashed red lines on the plots of their metric's distribution.
+thresholds are drawn as dashed red lines on the plots of their metric's distribution. Where
+a result has the server's own figures (its ``/metrics``), they are drawn beside the client's.
 """
 
 from __future__ import annotations
@@ -172,12 +173,89 @@ def _timelines(test: ReportTest) -> list[Figure | None]:
     ]
 
 
+# Client statistic beside the server's (``server_{stat}_{stem}_ms``): TTFT mean, p50, p99; e2e mean.
+_CLIENT_VS_SERVER = (
+    ("mean", "ttft", "TTFT"),
+    ("p50", "ttft", "TTFT"),
+    ("p99", "ttft", "TTFT"),
+    ("mean", "e2e", "end-to-end"),
+)
+_SERVER_PHASES = ("queue", "prefill", "decode")
+
+
+def _bars(test: ReportTest, fid: str, title: str, bars: list[tuple[str, str]], **layout: Any) -> Figure | None:
+    """One bar per (metric, name) in ``bars`` at every point (x: the points' labels)."""
+    labels = [r["label"] or test.name for r in test.results]
+    data = [
+        {"type": "bar", "name": name, "x": labels, "y": [value(r, metric) for r in test.results]}
+        for metric, name in bars
+    ]
+    return _figure(figure_id(fid, test.index), f"{test.name}: {title}", data, yaxis={"title": {"text": "ms"}}, **layout)
+
+
+def _server_view(test: ReportTest) -> list[Figure | None]:
+    """The server's own view beside the client's, per point, from its /metrics (vLLM, Triton)."""
+    pairs: list[tuple[str, str]] = []
+    for stat, stem, text in _CLIENT_VS_SERVER:
+        server = f"server_{stat}_{stem}_ms"
+        if any(value(r, server) is not None for r in test.results):
+            client = f"{stat}_{'ttft' if stem == 'ttft' else 'latency'}_ms"
+            pairs += [(client, f"client {text} {stat}"), (server, f"server {text} {stat}")]
+    phases = [(f"server_mean_{stem}_ms", f"mean {stem}") for stem in _SERVER_PHASES]
+    return [
+        _bars(test, "server-vs-client", "client vs server (its /metrics): the gap is network + client", pairs)
+        if pairs
+        else None,
+        _bars(
+            test,
+            "server-time",
+            "where the server's time went (mean per request, its /metrics)",
+            phases,
+            barmode="stack",
+        ),
+        _server_gauges(test),
+    ]
+
+
+def _server_gauges(test: ReportTest) -> Figure | None:
+    """The server's KV-cache usage, running and waiting requests over each point, as scraped."""
+    data = []
+    for result, offset in zip(test.results, _offsets(test), strict=True):
+        gauges = result.get("server_series") or {}
+        if not gauges:
+            continue
+        shift = offset + gauges["started_at"] - ((result.get("series") or {}).get("started_at") or gauges["started_at"])
+        xs = [t + shift for t in gauges["t"]]
+        point = f" [{result['label']}]" if len(test.results) > 1 else ""
+        for key in ("running", "waiting"):
+            if key in gauges:
+                data.append(_line(f"{key}{point}", xs, gauges[key], legendgroup=key))
+        if "kv_cache_usage" in gauges:
+            usage = {"yaxis": "y2", "line": {"dash": "dot"}, "legendgroup": "kv"}
+            data.append(_line(f"KV-cache usage{point}", xs, gauges["kv_cache_usage"], **usage))
+    kv = any(trace.get("yaxis") == "y2" for trace in data)
+    return _figure(
+        figure_id("server-gauges", test.index),
+        f"{test.name}: the server's requests running and waiting{', KV-cache usage' if kv else ''} "
+        "(its /metrics, as scraped)",
+        data,
+        xaxis={"title": {"text": "seconds since the test's first load"}},
+        yaxis={"title": {"text": "requests"}, "rangemode": "tozero"},
+        **(
+            {"yaxis2": {"title": {"text": "KV-cache usage"}, "overlaying": "y", "side": "right", "range": [0, 1]}}
+            if kv
+            else {}
+        ),
+    )
+
+
 def figures_of(test: ReportTest) -> list[Figure]:
-    """Every figure of one test: sweep curve, CDFs, timelines (those with data)."""
+    """Every figure of one test: sweep curve, CDFs, timelines, the server's view (those with data)."""
     made: list[Figure | None] = [_sweep(test)] if len(test.results) > 1 else []
     for distribution in ("ttft", "itl", "latency") if test.inference else ("latency",):
         made.append(_cdf(test, distribution))
     made += _timelines(test)
+    made += _server_view(test)
     return [f for f in made if f is not None]
 
 

@@ -11,6 +11,10 @@ are present, and a rule whose inputs are missing says nothing. The rules:
 - client limit: the result's own ``client_limit`` verdict when it has one; in older reports,
   an open-loop point whose achieved rate fell short of the offered rate by more than 5 % was
   limited by the client (its schedule lag says by how much);
+- the server's own view (its ``/metrics``, where the result has it): how much mean client
+  TTFT exceeds the server's (network, HTTP, client; means, as the server's percentiles are
+  only as fine as its buckets), and the largest share of the server's mean TTFT (or request
+  time) spent in its queue, and where;
 - errors and SLO breaches, per point;
 - side by side: per key metric, the ratio (``2.0x slower``) when it is 1.5x or more, else
   the relative change beyond the margin.
@@ -157,9 +161,73 @@ def _problems(test: ReportTest) -> list[Finding]:
     return found
 
 
+def _client_overhead(test: ReportTest) -> list[Finding]:
+    """Mean client TTFT minus the server's own mean, per point where the client's is the larger.
+
+    Means, because they are exact: the server's percentiles are only as fine as its buckets.
+    """
+    gaps = [
+        (r["label"] or test.name, client, server)
+        for r in test.results
+        if (client := value(r, "mean_ttft_ms")) is not None
+        and (server := value(r, "server_mean_ttft_ms")) is not None
+        and client > server
+    ]
+    if not gaps:
+        return []
+    listing = "; ".join(f"{label}: {_ms(c - s)} ({_ms(c)} against {_ms(s)})" for label, c, s in gaps)
+    return [
+        Finding(
+            f"{test.name}: client TTFT exceeds the server's own (mean, its /metrics) by {listing}: "
+            "network, HTTP and client time.",
+            (figure_id("server-vs-client", test.index),),
+        )
+    ]
+
+
+def _server_queue(test: ReportTest) -> list[Finding]:
+    """The point where the server's mean queue time is the largest share of its mean TTFT (or request time)."""
+    shares = []
+    for result in test.results:
+        queue = value(result, "server_mean_queue_ms")
+        whole, what = value(result, "server_mean_ttft_ms"), "TTFT"
+        if whole is None:
+            whole, what = value(result, "server_mean_e2e_ms"), "request time"
+        if queue is not None and whole:
+            shares.append((queue / whole, queue, whole, what, result))
+    if not shares:
+        return []
+    share, queue, whole, what, worst = max(shares, key=lambda s: s[0])
+    if share == 0:
+        return [
+            Finding(
+                f"{test.name}: the server never queued a request (mean queue time 0 ms at every point, its /metrics).",
+                (figure_id("server-time", test.index),),
+            )
+        ]
+    rate = value(worst, "request_s")
+    where = f"at {_rate(rate)} (point {worst['label']})" if rate is not None else f"at point {worst['label']}"
+    verdict = ": the server queues requests" if share >= 0.5 else ""
+    return [
+        Finding(
+            f"{test.name}: the server's mean queue time is {share:.0%} of its mean {what} {where} "
+            f"({_ms(queue)} of {_ms(whole)}, its /metrics){verdict}.",
+            (figure_id("server-time", test.index),),
+        )
+    ]
+
+
 def findings_of(test: ReportTest) -> list[Finding]:
     """What one test's numbers show."""
-    return [*_capacity(test), *_knee(test), *_ttft_itl(test), *_client_limit(test), *_problems(test)]
+    return [
+        *_capacity(test),
+        *_knee(test),
+        *_ttft_itl(test),
+        *_client_overhead(test),
+        *_server_queue(test),
+        *_client_limit(test),
+        *_problems(test),
+    ]
 
 
 def _worse_by(change: Change) -> float:

@@ -155,12 +155,15 @@ def _comparison(group: SideBySide) -> tuple[str, list[Figure], list[Finding]]:
         if (f := comparison_figure(figure_id(m.name, group.key), f"{group.title}: {m.name}", m, group.values(m.name)))
     ]
     findings = comparison_findings(group, [f["id"] for f in figures])
-    section = f"<h2>{_e(group.title)}</h2>{_findings(findings, _titles(figures))}{_plots(figures)}"
-    return section, figures, findings
+    return f"<h2>{_e(group.title)}</h2>{_plots(figures)}", figures, findings
 
 
 def render_html(reports: Sequence[Mapping[str, Any]], margin: float = 0.05) -> str:
-    """The page for one or more run reports (several: each compared with the first)."""
+    """The page for one or more run reports (several: each compared with the first).
+
+    The findings are written once, at the top, each linking to the figures it rests on; the
+    sections below hold the tables and plots.
+    """
     if not reports:
         raise AifError("no report to render")
     figures: list[Figure] = []
@@ -178,12 +181,13 @@ def render_html(reports: Sequence[Mapping[str, Any]], margin: float = 0.05) -> s
             findings += said
         for test in views:
             made = [{**f, "id": prefix + f["id"]} for f in figures_of(test)]
-            said = [Finding(f.text, tuple(prefix + i for i in f.figures)) for f in findings_of(test)]
+            run = f"{report['run_id']}: " if prefix else ""  # several runs: whose test it is
+            said = [Finding(run + f.text, tuple(prefix + i for i in f.figures)) for f in findings_of(test)]
             figures += made
             findings += said
             sections.append(
                 f"<h2>{_e(report['run_id'])}: {_e(test.name)} ({_e(test.outcome)})</h2>"
-                f"{_points_table(test)}{_findings(said, _titles(made))}{_plots(made)}"
+                f"{_points_table(test)}{_plots(made)}"
             )
         made = [{**f, "id": prefix + f["id"]} for f in resource_figures(report["jobs"], report["started_at"])]
         figures += made

@@ -15,12 +15,20 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
-from pytest_aifactory.core.metric_table import METRICS, QUANTILES, RESULT_GAUGE, TABLE
+from pytest_aifactory.core.metric_table import (
+    METRICS,
+    QUANTILES,
+    RESULT_GAUGE,
+    SERVER_LATENCIES,
+    SERVER_STATS,
+    TABLE,
+)
 
 __all__ = [
     "DASHBOARD_RESULTS",
     "FINAL_METRICS",
     "LIVE_METRICS",
+    "LIVE_SERVER",
     "METRIC_NAMES",
     "final_registry",
     "live_registry",
@@ -39,6 +47,23 @@ LIVE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Latency quantiles of the requests finished so far",
         ("point", "kind", "quantile"),
     ),
+    "aifactory_live_server_latency_seconds": (
+        "The server's latency quantiles so far in the running load (its /metrics histograms)",
+        ("point", "kind", "quantile"),
+    ),
+    "aifactory_live_server_latency_mean_seconds": (
+        "The server's mean latencies so far in the running load (its /metrics)",
+        ("point", "kind"),
+    ),
+    "aifactory_live_server_requests_done_total": ("Requests the server finished so far in the load", ("point",)),
+    "aifactory_live_server_preemptions_total": ("Requests the server preempted so far in the load", ("point",)),
+    "aifactory_live_server_requests_running": ("Requests the server runs now (last scrape)", ("point",)),
+    "aifactory_live_server_requests_waiting": ("Requests waiting in the server's queue now", ("point",)),
+    "aifactory_live_server_kv_cache_usage_ratio": ("The server's KV-cache usage now (fraction)", ("point",)),
+    "aifactory_live_server_prefix_cache_hit_ratio": (
+        "Prefix-cache hits / queries so far in the load",
+        ("point",),
+    ),
 }
 FINAL_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "aifactory_latency_seconds": ("Latency quantiles of a finished load", ("point", "kind", "quantile")),
@@ -55,6 +80,24 @@ FINAL_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "aifactory_slo_value": ("The measured value an SLO was checked against", ("point", "slo")),
     "aifactory_result_value": ("Any other figure of a result (MiB/s, recall, IOPS...)", ("point", "name")),
 }
+# The server's own figures so far (``Progress.server``: result metric names) -> live family, labels.
+LIVE_SERVER: dict[str, tuple[str, tuple[str, ...]]] = {
+    **{
+        f"server_{stat}_{stem}_ms": (
+            ("aifactory_live_server_latency_mean_seconds", (stem,))
+            if stat == "mean"
+            else ("aifactory_live_server_latency_seconds", (stem, QUANTILES[stat]))
+        )
+        for stem in SERVER_LATENCIES
+        for stat in SERVER_STATS
+    },
+    "server_requests": ("aifactory_live_server_requests_done_total", ()),
+    "server_preemptions": ("aifactory_live_server_preemptions_total", ()),
+    "server_max_running": ("aifactory_live_server_requests_running", ()),
+    "server_max_waiting": ("aifactory_live_server_requests_waiting", ()),
+    "kv_cache_usage": ("aifactory_live_server_kv_cache_usage_ratio", ()),
+    "prefix_cache_hit_rate": ("aifactory_live_server_prefix_cache_hit_ratio", ()),
+}
 METRIC_NAMES: frozenset[str] = frozenset({*LIVE_METRICS, *FINAL_METRICS})
 
 
@@ -63,7 +106,7 @@ def _gauges(registry: CollectorRegistry, table: Mapping[str, tuple[str, tuple[st
 
 
 def live_registry(snapshots: Mapping[str, Any]) -> CollectorRegistry:
-    """Live figures of the running load(s): ``{point: Progress}``."""
+    """Live figures of the running load(s): ``{point: Progress}``, the server's own beside them."""
     registry = CollectorRegistry()
     gauges = _gauges(registry, LIVE_METRICS)
     for point, progress in snapshots.items():
@@ -83,6 +126,11 @@ def live_registry(snapshots: Mapping[str, Any]) -> CollectorRegistry:
                 points = np.percentile(values, [float(q) * 100 for q in QUANTILES.values()])
                 for quantile, value in zip(QUANTILES.values(), points, strict=True):
                     gauges["aifactory_live_latency_seconds"].labels(point, kind, quantile).set(float(value))
+        for name, figure in progress.server.items():
+            if name in LIVE_SERVER and not math.isnan(figure):
+                family, labels = LIVE_SERVER[name]
+                scale = 0.001 if family.endswith("_seconds") else 1.0  # the result's ms to seconds
+                gauges[family].labels(point, *labels).set(figure * scale)
     return registry
 
 

@@ -4,8 +4,9 @@ Written after every test (atomically, so a killed run still leaves the tests don
 and at the end of the session, also when it was interrupted. Secrets are masked before
 anything is written. The format is described by ``report.schema.json`` (``schema_version``).
 Version 2 adds what the HTML report plots: each result's ``series`` (timeline and latency
-quantiles, ``core.series``) and each job's ``resources`` (the monitor's samples); version 1
-reports, without them, still load (``read_report``).
+quantiles, ``core.series``) and each job's ``resources`` (the monitor's samples); version 3
+adds a result's ``server_series`` (the server's gauges over the point, from its ``/metrics``).
+Version 1 and 2 reports, without them, still load (``read_report``).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ __all__ = [
     "read_report",
 ]
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 _PACKAGES = (
     "pytest-aifactory",

@@ -22,7 +22,7 @@ import contextlib
 import gc
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -145,7 +145,11 @@ class LoadPlan:
 
 @dataclass(frozen=True)
 class Progress:
-    """A live snapshot, passed to the progress callback about once a second."""
+    """A live snapshot, passed to the progress callback about once a second.
+
+    ``server``: the server's own figures so far, when something scrapes them beside the load
+    (``workloads.server_metrics``); the engine itself leaves it empty.
+    """
 
     elapsed_s: float
     sent: int
@@ -153,6 +157,7 @@ class Progress:
     errors: int
     in_flight: int
     records: Sequence[RequestRecord] = field(repr=False)
+    server: Mapping[str, float] = field(default_factory=dict)
 
 
 ProgressCallback = Callable[[Progress], None]

@@ -8,7 +8,8 @@ under constant arrivals below that rate no request waits (a D/D/c queue), above 
 and the latency grow for as long as the load lasts. Its capacity at any latency bound
 between one and a few service times is therefore ``capacity_rate(slots, service_ms)``,
 within a few percent for runs of a few seconds. ``version`` is reported as the service's
-version, so that runs of "different versions" can be told apart.
+version, so that runs of "different versions" can be told apart. ``metrics=true`` serves
+vLLM's ``/metrics`` families (``served_metrics``), its queue time being the wait for a slot.
 
 Run: ``python -m pytest_aifactory.services.slotted_llm --port 8000 --slots 4 --service-ms 50``.
 """
@@ -21,12 +22,13 @@ import time
 from collections.abc import Mapping
 
 from pytest_aifactory.core.profiles import SettingValue
+from pytest_aifactory.services.served_metrics import ServedMetrics
 from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
-from pytest_aifactory.services.synthetic_llm import SyntheticTiming, _Server
+from pytest_aifactory.services.synthetic_llm import SyntheticTiming, _Server, metrics_flag, metrics_meta
 
 __all__ = ["DEFAULTS", "build", "capacity_rate", "main"]
 
-DEFAULTS: dict[str, SettingValue] = {"slots": 4, "service_ms": 50.0, "slowdown": 1.0, "version": "1"}
+DEFAULTS: dict[str, SettingValue] = {"slots": 4, "service_ms": 50.0, "slowdown": 1.0, "version": "1", "metrics": False}
 
 
 def capacity_rate(slots: int, service_ms: float, slowdown: float = 1.0) -> float:
@@ -47,18 +49,19 @@ def build(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             f"--slots={settings['slots']}",
             f"--service-ms={settings['service_ms']}",
             f"--slowdown={settings['slowdown']}",
+            *metrics_flag(settings),
         ),
         probe=HttpProbe(path="/health"),
         readiness_timeout_s=30,
-        meta={"model": "synthetic", "version": str(settings["version"])},
+        meta={"model": "synthetic", "version": str(settings["version"]), **metrics_meta(settings)},
     )
 
 
 class _SlottedServer(_Server):
     """Streams like the synthetic server, but only ``slots`` requests at a time, each for a fixed time."""
 
-    def __init__(self, slots: int, service_s: float) -> None:
-        super().__init__(SyntheticTiming(ttft_ms=0.0, itl_ms=0.0))
+    def __init__(self, slots: int, service_s: float, metrics: ServedMetrics | None = None) -> None:
+        super().__init__(SyntheticTiming(ttft_ms=0.0, itl_ms=0.0), metrics)
         self.slots = asyncio.Semaphore(slots)
         self.service_s = service_s
 
@@ -74,7 +77,11 @@ class _SlottedServer(_Server):
         received: float,
         truth: list[float] | None = None,
     ) -> None:
+        if self.metrics is not None:
+            self.metrics.waiting.inc()
         async with self.slots:
+            if self.metrics is not None:
+                self.metrics.waiting.dec()
             await super().stream(writer, request, chat, time.monotonic(), truth)
 
 
@@ -85,15 +92,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     for flag, kind in (("--slots", int), ("--service-ms", float), ("--slowdown", float)):
         parser.add_argument(flag, type=kind, default=DEFAULTS[flag[2:].replace("-", "_")])
+    parser.add_argument("--metrics", action="store_true", help="serve vLLM's /metrics families")
     args = parser.parse_args()
     if args.slots < 1 or args.service_ms <= 0 or args.slowdown <= 0:
         parser.error("--slots must be >= 1, --service-ms and --slowdown > 0")
-    asyncio.run(serve(args.host, args.port, args.slots, args.service_ms * args.slowdown / 1000))
+    asyncio.run(serve(args.host, args.port, args.slots, args.service_ms * args.slowdown / 1000, args.metrics))
 
 
-async def serve(host: str, port: int, slots: int, service_s: float) -> None:
-    """Serve until cancelled."""
-    server = await asyncio.start_server(_SlottedServer(slots, service_s).handle, host, port, backlog=4096)
+async def serve(host: str, port: int, slots: int, service_s: float, metrics: bool = False) -> None:
+    """Serve until cancelled (``metrics``: vLLM's ``/metrics`` too, its queue being the wait for a slot)."""
+    handler = _SlottedServer(slots, service_s, ServedMetrics() if metrics else None).handle
+    server = await asyncio.start_server(handler, host, port, backlog=4096)
     async with server:
         await server.serve_forever()
 

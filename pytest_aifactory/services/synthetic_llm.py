@@ -8,7 +8,9 @@ Chat streams open as vLLM's do, with a role-only delta just before the first tex
 The load engine measured against it must find these delays: what it finds beyond them is
 the client's (and the server loop's) own error. No framework: one asyncio process with orjson,
 cheap per request. ``error_every=N`` answers every N-th request with
-HTTP 500; ``cpu=N`` pins the server to core N (calibration keeps it off the client's core).
+HTTP 500; ``cpu=N`` pins the server to core N (calibration keeps it off the client's core);
+``metrics=true`` serves vLLM's ``/metrics`` families of what it really did (``served_metrics``),
+so that loads against it scrape the server's own view as they do vLLM's.
 
 It records its own truth for every request that carries an ``X-Request-Id`` header: when its
 head was read and when the first token was written to the socket (``time.monotonic()``,
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -32,11 +35,19 @@ from dataclasses import dataclass
 import orjson
 
 from pytest_aifactory.core.profiles import SettingValue
+from pytest_aifactory.services.served_metrics import ServedMetrics
 from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
 
 __all__ = ["DEFAULTS", "SyntheticTiming", "build", "main"]
 
-DEFAULTS: dict[str, SettingValue] = {"ttft_ms": 20.0, "itl_ms": 5.0, "tokens_per_chunk": 1, "error_every": 0, "cpu": -1}
+DEFAULTS: dict[str, SettingValue] = {
+    "ttft_ms": 20.0,
+    "itl_ms": 5.0,
+    "tokens_per_chunk": 1,
+    "error_every": 0,
+    "cpu": -1,
+    "metrics": False,
+}
 
 
 def build(settings: Mapping[str, SettingValue]) -> ServiceSpec:
@@ -54,10 +65,22 @@ def build(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             f"--tokens-per-chunk={settings['tokens_per_chunk']}",
             f"--error-every={settings['error_every']}",
             f"--cpu={settings['cpu']}",
+            *metrics_flag(settings),
         ),
         probe=HttpProbe(path="/health"),
         readiness_timeout_s=30,
+        meta=metrics_meta(settings),
     )
+
+
+def metrics_flag(settings: Mapping[str, SettingValue]) -> tuple[str, ...]:
+    """``--metrics`` when the ``metrics`` setting asks for vLLM's ``/metrics`` (off by default)."""
+    return ("--metrics",) if settings["metrics"] else ()
+
+
+def metrics_meta(settings: Mapping[str, SettingValue]) -> dict[str, str]:
+    """The service's meta that makes loads scrape its ``/metrics`` as vLLM's, when served."""
+    return {"metrics": "vllm"} if settings["metrics"] else {}
 
 
 @dataclass(frozen=True)
@@ -81,8 +104,9 @@ async def _until(due: float) -> None:
 
 
 class _Server:
-    def __init__(self, timing: SyntheticTiming) -> None:
+    def __init__(self, timing: SyntheticTiming, metrics: ServedMetrics | None = None) -> None:
         self.timing = timing
+        self.metrics = metrics
         self.counter = itertools.count(1)
         self.truth: dict[str, list[float]] = {}  # request id -> [head read, first token written]
 
@@ -115,6 +139,8 @@ class _Server:
     ) -> None:
         if method == "GET" and path in ("/health", "/v1/models"):
             return self.plain(writer, 200, b'{"status":"ok","data":[{"id":"synthetic"}]}')
+        if method == "GET" and path == "/metrics" and self.metrics is not None:
+            return self.plain(writer, 200, self.metrics.text(), b"text/plain; version=0.0.4")
         if path == "/truth" and method in ("GET", "DELETE"):
             payload = orjson.dumps({"clock": "monotonic", "requests": self.truth})
             if method == "DELETE":
@@ -125,14 +151,14 @@ class _Server:
         if self.timing.error_every and next(self.counter) % self.timing.error_every == 0:
             return self.plain(writer, 500, b'{"error":"synthetic failure"}')
         request = orjson.loads(body)
-        await self.stream(writer, request, chat=path.endswith("chat/completions"), received=received, truth=truth)
+        stamps = truth if truth is not None else [received, math.nan]  # arrival, first token written
+        await self.stream(writer, request, chat=path.endswith("chat/completions"), received=received, truth=stamps)
         return None
 
     @staticmethod
-    def plain(writer: asyncio.StreamWriter, status: int, payload: bytes) -> None:
+    def plain(writer: asyncio.StreamWriter, status: int, payload: bytes, kind: bytes = b"application/json") -> None:
         writer.write(
-            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (status, len(payload), payload)
+            b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s" % (status, kind, len(payload), payload)
         )
 
     async def stream(
@@ -151,6 +177,8 @@ class _Server:
         options = options if isinstance(options, dict) else {}
         continuous = bool(options.get("include_usage") and options.get("continuous_usage_stats"))
         sent = 0
+        if self.metrics is not None:
+            self.metrics.running.inc()
         for i in range(chunks):
             await _until(self.due(received, i, chunks))
             if chat and i == 0:  # as vLLM: a role-only delta with the first output, before its text
@@ -167,6 +195,10 @@ class _Server:
             self.event(writer, {"choices": [], "usage": _usage(total)})
         writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
         await writer.drain()
+        if self.metrics is not None:
+            self.metrics.running.dec()
+            if truth is not None:  # its arrival; ``received``: when serving it began
+                self.metrics.finished(truth[0], truth[1], received - truth[0], time.monotonic())
 
     def due(self, received: float, chunk: int, chunks: int) -> float:
         """When chunk ``chunk`` (of ``chunks``) is written: the TTFT, then one ITL per chunk."""
@@ -191,9 +223,10 @@ def _chunk(fields: dict[str, str], completion_tokens: int | None, chat: bool = T
     return event
 
 
-async def serve(host: str, port: int, timing: SyntheticTiming) -> None:
-    """Serve until cancelled."""
-    server = await asyncio.start_server(_Server(timing).handle, host, port, backlog=4096)
+async def serve(host: str, port: int, timing: SyntheticTiming, metrics: bool = False) -> None:
+    """Serve until cancelled (``metrics``: vLLM's ``/metrics`` too)."""
+    handler = _Server(timing, ServedMetrics() if metrics else None).handle
+    server = await asyncio.start_server(handler, host, port, backlog=4096)
     async with server:
         await server.serve_forever()
 
@@ -208,11 +241,12 @@ def main() -> None:
     parser.add_argument("--tokens-per-chunk", type=int, default=1)
     parser.add_argument("--error-every", type=int, default=0)
     parser.add_argument("--cpu", type=int, default=-1, help="pin the server to this core (-1: not pinned)")
+    parser.add_argument("--metrics", action="store_true", help="serve vLLM's /metrics families")
     args = parser.parse_args()
     if args.cpu >= 0:
         os.sched_setaffinity(0, {args.cpu})
     timing = SyntheticTiming(args.ttft_ms, args.itl_ms, args.tokens_per_chunk, args.error_every)
-    asyncio.run(serve(args.host, args.port, timing))
+    asyncio.run(serve(args.host, args.port, timing, args.metrics))
 
 
 if __name__ == "__main__":

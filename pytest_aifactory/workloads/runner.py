@@ -183,7 +183,7 @@ class LoadRunner(ProductionLoads):
         try:
             # client nodes send histograms and a sample, not every record, when nothing needs more
             digest = summarizer is summarize and not plan.steady_state
-            run = self._drive(client, workload, plan, label, workers, nodes, goodput=good, digest=digest)
+            run = self._drive(client, workload, plan, label, workers, nodes, goodput=good, digest=digest, server=server)
         except LoadInterrupted as interrupted:
             self.record(result_of(interrupted.run, interrupted=True))
             raise
@@ -197,6 +197,7 @@ class LoadRunner(ProductionLoads):
         if server is not None and before is not None:
             figures = server.finish(before)
             result.scalars.update({**figures, **ttft_overhead(result.metrics(), figures)})
+            result.server_series = server.series()
         if energy is not None:
             _add_energy(result, energy[0], watch, energy[1])
         self.record(result)
@@ -253,6 +254,7 @@ class LoadRunner(ProductionLoads):
         nodes: int,
         goodput: GoodputSLO | None = None,
         digest: bool = False,
+        server: ServerScraper | None = None,
     ) -> LoadRun:
         if nodes > 1:
             if self.submit is None or self.shard_dir is None:
@@ -260,6 +262,8 @@ class LoadRunner(ProductionLoads):
             sync = self.shard_dir / f"{len(self.results):03d}-{uuid.uuid4().hex[:6]}"
             return run_on_jobs(self.submit, client, workload, plan, nodes, sync, goodput=goodput, digest=digest)
         callback = self.progress(label) if self.progress else None
+        if callback is not None and server is not None:
+            callback = server.beside(callback)
         return run_load(client, workload, plan, workers=workers, progress=callback, stop=self.stop)
 
     def record(self, result: LoadResult) -> LoadResult:

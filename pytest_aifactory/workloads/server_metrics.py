@@ -1,7 +1,9 @@
 """The server's own view of a load: its Prometheus ``/metrics``, scraped around each point.
 
 A ``ServerScraper`` reads the endpoint when a point starts and when it ends, and every few
-seconds between (gauges such as KV-cache usage only mean something while the load runs).
+seconds between (gauges such as KV-cache usage only mean something while the load runs);
+each periodic scrape also updates the point's figures so far, which ride on the load's live
+snapshots (``beside``) to the live push.
 Counters and histograms are turned into what the point added (end minus start), so a
 shared server's earlier traffic is left out; the server cannot tell warm-up requests from
 measured ones, so its figures cover every request of the point. Text parsing is
@@ -22,15 +24,19 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from pytest_aifactory.core.metric_table import PERCENTILES, SERVER_STATS
+from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.services.spec import RunningService
 
 __all__ = [
+    "MAX_SAMPLES",
+    "VLLM_GAUGES",
     "VLLM_HISTOGRAMS",
     "Histogram",
     "ServerScraper",
@@ -135,13 +141,17 @@ class Snapshot:
 class ServerScraper:
     """Scrapes ``url`` at a point's start and end, and every ``interval_s`` between.
 
-    ``figures(start, end, samples)`` turns the scrapes into result metrics.
+    ``figures(start, end, samples)`` turns the scrapes into result metrics. ``latest`` holds
+    the point's figures so far, for the live view: latencies and counters since the point's
+    start, and the gauges (KV-cache usage, running, waiting) as the last scrape read them.
     """
 
     url: str
     figures: Callable[[Snapshot, Snapshot, list[Snapshot]], dict[str, float]]
+    gauges: Mapping[str, str] = field(default_factory=dict)  # series name -> gauge family, kept over the point
     interval_s: float = 1.0
     samples: list[Snapshot] = field(default_factory=list)
+    latest: Mapping[str, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -155,6 +165,7 @@ class ServerScraper:
         """Scrape the start and begin the periodic scrapes."""
         first = self.scrape()
         self.samples = [first]
+        self.latest = {}
         self._stop.clear()
         self._thread = threading.Thread(target=self._periodic, name="aif-server-metrics", daemon=True)
         self._thread.start()
@@ -163,9 +174,19 @@ class ServerScraper:
     def _periodic(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.samples.append(self.scrape())
+                sample = self.scrape()
             except httpx.HTTPError:
                 continue  # a missed sample; the end scrape says whether the server is gone
+            self.samples.append(sample)
+            self.latest = self.figures(self.samples[0], sample, [sample])
+
+    def beside(self, progress: Callable[[Progress], None]) -> Callable[[Progress], None]:
+        """``progress`` fed the load's snapshots with the server's latest figures (``Progress.server``)."""
+
+        def update(snapshot: Progress) -> None:
+            progress(replace(snapshot, server=self.latest))
+
+        return update
 
     def stop(self) -> None:
         """Stop the periodic scrapes."""
@@ -181,6 +202,22 @@ class ServerScraper:
         self.samples.append(end)
         return self.figures(start, end, self.samples)
 
+    def series(self) -> dict[str, Any]:
+        """The point's ``gauges`` as scraped (empty without any), for the report's plots.
+
+        ``started_at`` is the first scrape (Unix time), ``t`` seconds from it; at most
+        ``MAX_SAMPLES`` scrapes are kept, evenly spread, so a long point stays small.
+        """
+        kept = self.samples[:: max(1, math.ceil(len(self.samples) / MAX_SAMPLES))]
+        columns = {
+            name: [_number(s.values.get(family)) for s in kept]
+            for name, family in self.gauges.items()
+            if any(family in s.values for s in kept)
+        }
+        if not columns or not kept:
+            return {}
+        return {"started_at": kept[0].at, "t": [round(s.at - kept[0].at, 3) for s in kept], **columns}
+
 
 # Result metric stem (``metric_table.SERVER_LATENCIES``) -> vLLM histogram family (seconds).
 VLLM_HISTOGRAMS = {
@@ -191,6 +228,14 @@ VLLM_HISTOGRAMS = {
     "itl": "vllm:inter_token_latency_seconds",
     "e2e": "vllm:e2e_request_latency_seconds",
 }
+
+# The report's name of a vLLM gauge kept over the point (``ServerScraper.series``) -> its family.
+VLLM_GAUGES = {
+    "kv_cache_usage": "vllm:kv_cache_usage_perc",
+    "running": "vllm:num_requests_running",
+    "waiting": "vllm:num_requests_waiting",
+}
+MAX_SAMPLES = 600
 
 
 def vllm_figures(start: Snapshot, end: Snapshot, samples: list[Snapshot]) -> dict[str, float]:
@@ -212,9 +257,9 @@ def vllm_figures(start: Snapshot, end: Snapshot, samples: list[Snapshot]) -> dic
     if hits is not None and queries:
         figures["prefix_cache_hit_rate"] = hits / queries
     gauges = {
-        "kv_cache_usage": "vllm:kv_cache_usage_perc",
-        "server_max_running": "vllm:num_requests_running",
-        "server_max_waiting": "vllm:num_requests_waiting",
+        "kv_cache_usage": VLLM_GAUGES["kv_cache_usage"],
+        "server_max_running": VLLM_GAUGES["running"],
+        "server_max_waiting": VLLM_GAUGES["waiting"],
     }
     for name, family in gauges.items():
         seen = [s.values[family] for s in samples if family in s.values]
@@ -243,6 +288,7 @@ FIGURES: dict[str, Callable[[Snapshot, Snapshot, list[Snapshot]], dict[str, floa
     "vllm": vllm_figures,
     "triton": triton_figures,
 }
+GAUGES: dict[str, Mapping[str, str]] = {"vllm": VLLM_GAUGES}
 
 
 def scraper_for(service: RunningService | str) -> ServerScraper | None:
@@ -253,7 +299,11 @@ def scraper_for(service: RunningService | str) -> ServerScraper | None:
     if kind not in FIGURES:
         return None
     url = service.url(service.spec.meta.get("metrics_path", "/metrics"), port=service.spec.meta.get("metrics_port"))
-    return ServerScraper(url, FIGURES[kind])
+    return ServerScraper(url, FIGURES[kind], GAUGES.get(kind, {}))
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
 
 
 def ttft_overhead(client: Mapping[str, float], server: Mapping[str, float]) -> dict[str, float]:

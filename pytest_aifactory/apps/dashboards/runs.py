@@ -28,7 +28,7 @@ RESULTS = "|".join(DASHBOARD_RESULTS)  # the result figures of the run compariso
 
 
 def live() -> dashboard.Dashboard:
-    """A run while it happens: load, latency, errors, SLOs, the services' resources and logs."""
+    """A run while it happens: load, latency, errors, the server's own view, SLOs, resources and logs."""
     board = variables(
         dashboard.Dashboard("AI Factory: live run")
         .uid("aif-live")
@@ -38,7 +38,7 @@ def live() -> dashboard.Dashboard:
         .link(run_link())
         .link(control_link())
     ).with_variable(control_variable())
-    return (
+    board = (
         board.with_row(dashboard.Row("Load"))
         .with_panel(
             series(
@@ -124,6 +124,9 @@ def live() -> dashboard.Dashboard:
                 ),
             )
         )
+    )
+    return (
+        _server_row(board)
         .with_row(dashboard.Row("SLOs and services"))
         .with_panel(
             stat.Panel()
@@ -241,3 +244,70 @@ def trends() -> dashboard.Dashboard:
             .with_target(prom(f'aifactory_result_value{{{RUN},{TEST},name=~"{RESULTS}"}}', "", "C", instant=True))
         )
     )
+
+
+# The server's gauges and counters drawn in pairs: (title, unit, (family, legend) x 2).
+_SERVER_PAIRS = (
+    (
+        "Server requests running and waiting",
+        "short",
+        (("aifactory_live_server_requests_running", "running"), ("aifactory_live_server_requests_waiting", "waiting")),
+    ),
+    (
+        "KV-cache usage, prefix-cache hit rate",
+        "percentunit",
+        (
+            ("aifactory_live_server_kv_cache_usage_ratio", "KV cache"),
+            ("aifactory_live_server_prefix_cache_hit_ratio", "prefix hits"),
+        ),
+    ),
+    (
+        "Server requests finished, preemptions",
+        "short",
+        (
+            ("aifactory_live_server_requests_done_total", "finished"),
+            ("aifactory_live_server_preemptions_total", "preempted"),
+        ),
+    ),
+)
+
+
+def _server_row(board: dashboard.Dashboard) -> dashboard.Dashboard:
+    """The server's own view while a point runs (its /metrics, scraped beside the load): vLLM, Triton."""
+    board = (
+        board.with_row(dashboard.Row("The server's own view (its /metrics: vLLM, Triton)"))
+        .with_panel(
+            series(
+                "Client vs server TTFT (so far)",
+                "s",
+                HALF,
+                prom(
+                    f'aifactory_live_latency_seconds{{{RUN},{TEST},kind="ttft",quantile=~"0.5|0.99"}}',
+                    "client p{{quantile}} {{point}}",
+                ),
+                prom(
+                    f'aifactory_live_server_latency_seconds{{{RUN},{TEST},kind="ttft",quantile=~"0.5|0.99"}}',
+                    "server p{{quantile}} {{point}}",
+                    "B",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "Server queue, prefill, decode, e2e (mean so far)",
+                "s",
+                HALF,
+                prom(
+                    f'aifactory_live_server_latency_mean_seconds{{{RUN},{TEST},kind=~"queue|prefill|decode|e2e"}}',
+                    "{{kind}} {{point}}",
+                ),
+            )
+        )
+    )
+    for title, unit, pair in _SERVER_PAIRS:
+        queries = [
+            prom(f"{family}{{{RUN},{TEST}}}", f"{legend} {{{{point}}}}", ref)
+            for (family, legend), ref in zip(pair, "AB", strict=True)
+        ]
+        board = board.with_panel(series(title, unit, THIRD, *queries))
+    return board
