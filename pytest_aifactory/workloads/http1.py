@@ -67,7 +67,7 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._remaining = -1  # body bytes still due (chunked: of the current chunk; -1: until close)
         self._keep_alive = True
-        self._started = False  # any response byte received
+        self.responded = False  # any byte of the current response received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -77,7 +77,7 @@ class _Connection(asyncio.Protocol):
         """Write a whole request; its response goes to ``exchange``, ``waiter`` ends when it has enough."""
         assert self.transport is not None
         self.exchange, self.waiter = exchange, waiter
-        self._buffer, self._in_head, self._started = b"", True, False
+        self._buffer, self._in_head, self.responded = b"", True, False
         self.sending = True
         self.transport.write(data)
         if self.sending and not self.transport.get_write_buffer_size():
@@ -98,7 +98,7 @@ class _Connection(asyncio.Protocol):
         if exchange is None:  # bytes nobody asked for: the connection cannot be trusted any more
             self.close()
             return
-        self._started = True
+        self.responded = True
         if self._in_head:
             data = self._buffer + data
             end = data.find(b"\r\n\r\n")
@@ -228,7 +228,7 @@ class _Connection(asyncio.Protocol):
         if not self._in_head and not self._chunked and self._remaining < 0:  # a body that runs until close
             self._end()
             return
-        where = "before the response ended" if self._started else "before the response began"
+        where = "before the response ended" if self.responded else "before the response began"
         self._fail(HTTPStreamError(f"the server closed the connection {where}" + (f" ({exc})" if exc else "")))
 
 
@@ -247,6 +247,7 @@ class ConnectionPool:
         self.max_connections = max_connections
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
+        self._opening = 0  # connections being made
         self._waiting: list[asyncio.Future[_Connection | None]] = []
         self._closed = False
 
@@ -262,26 +263,36 @@ class ConnectionPool:
         )
 
     async def send(self, request: bytes, exchange: Exchange) -> None:
-        """Send ``request`` (from ``encode``); return once ``exchange`` has all it needs, or the message ended."""
-        connection = await self._acquire()
-        waiter = asyncio.get_running_loop().create_future()
-        connection.request(request, exchange, waiter)
-        try:
-            await waiter
-        finally:
-            if waiter.cancelled() and connection.waiter is waiter:  # a timeout before the message ended
-                connection.exchange = connection.waiter = None
-                connection.close()
+        """Send ``request`` (from ``encode``); return once ``exchange`` has all it needs, or the message ended.
 
-    async def _acquire(self) -> _Connection:
+        A kept-alive connection the server closed before answering (its idle timeout, racing
+        this request) is retried once on a new connection, as browsers do.
+        """
+        for retry in (False, True):
+            connection, reused = await self._acquire()
+            waiter = asyncio.get_running_loop().create_future()
+            connection.request(request, exchange, waiter)
+            try:
+                await waiter
+                return
+            except HTTPStreamError:
+                if retry or not reused or connection.responded:
+                    raise
+            finally:
+                if waiter.cancelled() and connection.waiter is waiter:  # a timeout before the message ended
+                    connection.exchange = connection.waiter = None
+                    connection.close()
+
+    async def _acquire(self) -> tuple[_Connection, bool]:
+        """A connection, and whether it served requests before."""
         if self._closed:
             raise RuntimeError("the connection pool is closed")
         while self._idle:
             connection = self._idle.pop()
             if not connection.lost and connection.transport is not None and not connection.transport.is_closing():
-                return connection
+                return connection, True
         loop = asyncio.get_running_loop()
-        while self.max_connections and len(self._open) >= self.max_connections:
+        while self.max_connections and len(self._open) + self._opening >= self.max_connections:
             waiter: asyncio.Future[_Connection | None] = loop.create_future()
             self._waiting.append(waiter)
             try:
@@ -290,10 +301,17 @@ class ConnectionPool:
                 if waiter in self._waiting:
                     self._waiting.remove(waiter)
             if handed is not None:
-                return handed
-        _, connection = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
+                return handed, True
+        self._opening += 1
+        try:
+            _, connection = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
+        except BaseException:
+            self._wake_one()  # the slot it held is free
+            raise
+        finally:
+            self._opening -= 1
         self._open.add(connection)
-        return connection
+        return connection, False
 
     def release(self, connection: _Connection) -> None:
         """A connection whose message ended: to the next waiting request, else idle."""
@@ -309,11 +327,15 @@ class ConnectionPool:
         self._open.discard(connection)
         if connection in self._idle:
             self._idle.remove(connection)
-        while self._waiting:  # a slot freed: the next waiting request opens its own connection
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        """A slot freed: the next waiting request opens its own connection."""
+        while self._waiting:
             waiter = self._waiting.pop(0)
             if not waiter.done():
                 waiter.set_result(None)
-                break
+                return
 
     async def close(self) -> None:
         """Close every connection."""
