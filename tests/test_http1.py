@@ -250,3 +250,34 @@ def test_pool_refuses_urls_it_cannot_serve() -> None:
     with pytest.raises(ValueError, match=r"http://host:port URL, got 'https://x'"):
         ConnectionPool("https://x")
     assert issubclass(HTTPStreamError, Exception)
+
+
+def test_an_interim_response_is_skipped_and_a_bodiless_one_keeps_the_connection() -> None:
+    """``100 Continue`` before the real head; ``204 No Content`` has no body even without a length."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            await server.pieces(
+                writer, b"HTTP/1.1 100 Continue\r\n\r\n", STREAM_HEAD + chunk(event("x")) + b"0\r\n\r\n"
+            )
+        else:
+            await server.pieces(writer, b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    server = Server(handler)
+
+    async def check() -> None:
+        async with server:
+            client = OpenAIClient(server.url, "m")
+            await client.open()
+            streamed = await _send(client)
+            async with asyncio.timeout(5):  # a 204 read as "until close" would wait for the server to close
+                empty = await _send(client)
+            await client.close()
+        assert streamed.status == 200
+        assert streamed.error is None
+        assert len(streamed.chunks) == 1
+        assert empty.status == 204
+        assert empty.error is None
+        assert server.connections == 1
+
+    _run(check())

@@ -112,9 +112,14 @@ class _Connection(asyncio.Protocol):
             except ValueError as exc:
                 self._fail(HTTPStreamError(f"malformed response head: {exc}"))
                 return
+            data = data[end + 4 :]
+            if 100 <= status < 200:  # an interim response (100 Continue, 103 Early Hints): the real head follows
+                self._buffer = b""
+                if data:
+                    self.data_received(data)
+                return
             self._in_head, self._buffer = False, b""
             exchange.head(status)
-            data = data[end + 4 :]
             if self._remaining == 0 and not self._chunked:
                 self._end()
                 return
@@ -138,12 +143,16 @@ class _Connection(asyncio.Protocol):
             headers[name.strip().lower()] = value.strip().lower()
         self._chunked = b"chunked" in headers.get(b"transfer-encoding", b"")
         length = headers.get(b"content-length")
-        self._remaining = 0 if self._chunked else int(length) if length is not None else -1
+        code = int(status)
+        bodiless = code in (204, 304) or code < 200
+        self._remaining = 0 if self._chunked or bodiless else int(length) if length is not None else -1
         connection = headers.get(b"connection", b"")
         self._keep_alive = (b"close" not in connection if version == b"HTTP/1.1" else b"keep-alive" in connection) and (
-            self._chunked or length is not None
+            self._chunked or bodiless or length is not None
         )
-        return int(status)
+        if bodiless:
+            self._chunked = False
+        return code
 
     def _dechunk(self, at: float, data: bytes) -> None:
         """Decode chunked transfer coding; what one read holds goes to the exchange at once (one piece, one time).
