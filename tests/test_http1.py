@@ -21,6 +21,7 @@ from pytest_aifactory.load.schedule import Arrivals
 from pytest_aifactory.workloads.http1 import ConnectionPool, HTTPStreamError
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.prompts import LLMRequest
+from pytest_aifactory.workloads.sse import EventStreams, _AiohttpStreams, _RawStreams
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -279,5 +280,42 @@ def test_an_interim_response_is_skipped_and_a_bodiless_one_keeps_the_connection(
         assert empty.status == 204
         assert empty.error is None
         assert server.connections == 1
+
+    _run(check())
+
+
+@pytest.mark.parametrize("transport", [_RawStreams, _AiohttpStreams])
+def test_both_transports_give_the_same_events_status_and_errors(transport: type[EventStreams]) -> None:
+    """aiohttp (``https://``) and the own client (``http://``) fill a record alike; aiohttp is driven over http here."""
+    body = b'{"error":"bad request"}'
+    stream = STREAM_HEAD + chunk(event("a") + event("b")[:9]) + chunk(event("b")[9:]) + chunk(b"data: [DONE]\n\n")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            cut = stream.index(event("b")[9:]) + 3  # inside the second half of "b"
+            await server.pieces(writer, stream[:cut], stream[cut:] + b"0\r\n\r\n")
+        else:
+            head = b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(body)
+            await server.pieces(writer, head + body)
+
+    server = Server(handler)
+
+    async def check() -> None:
+        async with server:
+            streams = transport(server.url, None, 0)  # type: ignore[call-arg]
+            clock = Clock()
+            ok, failed = RequestRecord(0, 0.0), RequestRecord(1, 0.0)
+            events = await streams.events("/v1/completions", b"{}", ok, clock)
+            assert await streams.events("/v1/completions", b"{}", failed, clock) == []
+            await streams.close()
+        assert [e["choices"][0]["text"] for _, e in events] == ["a", "b"]
+        assert ok.status == 200
+        assert ok.error is None
+        assert ok.sent is not None
+        assert 0 < ok.sent <= events[0][0] <= events[1][0]
+        assert events[1][0] >= server.writing[1] - clock.t0  # "b" was whole only with the second piece
+        assert failed.status == 400
+        assert failed.error == f"HTTP 400: {body.decode()}"
+        assert failed.end is not None
 
     _run(check())
