@@ -145,10 +145,13 @@ def test_events_split_across_reads_are_scanned_whole_and_stamped_when_complete()
 
 
 def test_keep_alive_reuses_one_connection_and_survives_the_server_closing_it() -> None:
+    """A kept-alive connection the server closes instead of answering (its idle timeout): retried once, anew."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await server.pieces(writer, STREAM_HEAD + chunk(event("x")) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
-        if n == 2:  # the server drops the idle connection after the second answer
+        if n == 3:  # read, then dropped unanswered, as a server whose keep-alive timeout just ran out
             writer.close()
+            return
+        await server.pieces(writer, STREAM_HEAD + chunk(event("x")) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
     server = Server(handler)
 
@@ -158,10 +161,12 @@ def test_keep_alive_reuses_one_connection_and_survives_the_server_closing_it() -
             await client.open()
             first, second = await _send(client), await _send(client)
             assert server.connections == 1
-            third = await _send(client)  # on the closed connection if its close did not arrive first: retried
+            third = await _send(client)
             await client.close()
         assert [r.error for r in (first, second, third)] == [None, None, None]
+        assert len(third.chunks) == 1
         assert server.connections == 2
+        assert server.requests == 4  # the third was sent twice: on the dropped connection, then on a new one
 
     _run(check())
 
