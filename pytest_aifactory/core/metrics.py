@@ -114,15 +114,17 @@ class ClientBound:
 
     Schedule lag p99 above ``lag_p99_ms``, or an event loop that used ``loop_cpu_cores`` of a
     core or more (one thread paces and sends: at a core it can do no more). The reason says
-    which it was: the client's own work (its loop saturated), or, when the loop used less than
-    ``idle_cpu_cores`` while its sends were late, the machine (other processes, or the service
-    on the same cores, took the CPU the client was waiting for). Both are client-bound: either
-    way the latencies measured include the client's lateness.
+    which it was: the client's own work (its loop saturated), or, when the loop was nearly idle
+    (under ``idle_cpu_cores``) while its sends were late, the machine (other processes, or the
+    service on the same cores, took the CPU the client was waiting for). In between it says
+    neither: the CPU is averaged over the load's window, so a short burst the client could not
+    keep up with, followed by waiting for responses, also averages low. Both are client-bound:
+    either way the latencies measured include the client's lateness.
     """
 
     lag_p99_ms: float = 50.0
     loop_cpu_cores: float = 0.9
-    idle_cpu_cores: float = 0.5
+    idle_cpu_cores: float = 0.1
 
     def reason(self, scalars: dict[str, float], lag: Distribution) -> str:
         """``lag p99 125 ms, CPU 0.99 core: ...`` (which held the client back) when it was the limit, else empty."""
