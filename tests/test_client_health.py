@@ -20,7 +20,7 @@ from pytest_aifactory.workloads.runner import LoadRunner, make_plan
 
 pytestmark = pytest.mark.timeout(120)
 
-PAST_THE_LIMIT = dict(prompts="synthetic:in=4,out=2", rate=20000, distribution="constant", count=4000)
+PAST_THE_LIMIT = dict(prompts="synthetic:in=4,out=2", rate=100000, distribution="constant", count=8000)
 
 
 class _SlowToBuild:
@@ -165,8 +165,8 @@ def test_inconclusive_slo_skips_or_fails_when_strict(pytester: pytest.Pytester, 
     result.stdout.fnmatch_lines(
         [
             "*aifactory results (latencies in ms)*",
-            "test_overdriven*rate=20000/s*INCONCLUSIVE(1)*",
-            "! test_overdriven ?rate=20000/s?: client-bound (lag p99 *): the load generator was the limit*",
+            "test_overdriven*rate=100000/s*INCONCLUSIVE(1)*",
+            "! test_overdriven ?rate=100000/s?: client-bound (lag p99 *): the load generator was the limit*",
         ]
     )
     result.stdout.fnmatch_lines(
