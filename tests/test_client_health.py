@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pytest_aifactory.core.records import RequestRecord
+from pytest_aifactory.core.metrics import summarize
+from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.core.slo import SLOInconclusive, assert_slo, check, parse_slo
 from pytest_aifactory.load.engine import Clock, Engine, LoadPlan
 from pytest_aifactory.load.schedule import Arrivals
@@ -19,7 +20,7 @@ from pytest_aifactory.workloads.runner import LoadRunner, make_plan
 
 pytestmark = pytest.mark.timeout(120)
 
-PAST_THE_LIMIT = dict(prompts="synthetic:in=4,out=2", rate=20000, distribution="constant", count=1000)
+PAST_THE_LIMIT = dict(prompts="synthetic:in=4,out=2", rate=100000, distribution="constant", count=8000)
 
 
 class _SlowToBuild:
@@ -86,6 +87,35 @@ def test_engine_past_its_limit_is_client_bound_and_slo_inconclusive(timed_server
         assert_slo(result, "p99_ttft_ms <= 1e9")
 
 
+@pytest.mark.parametrize(
+    ("lag_ms", "loop_cpu_s", "verdict"),
+    [
+        (120.0, 0.98, "lag p99 120 ms, CPU 0.98 core: its event loop was saturated by its own work"),
+        (5.0, 0.95, "lag p99 5 ms, CPU 0.95 core: its event loop was saturated by its own work"),
+        (
+            120.0,
+            0.01,
+            "lag p99 120 ms, CPU 0.01 core: it was mostly idle, so the machine (other processes, the service) "
+            "held it back",
+        ),
+        (120.0, 0.7, "lag p99 120 ms, CPU 0.70 core"),
+        (120.0, 0.3, "lag p99 120 ms, CPU 0.30 core"),  # a short overdriven burst averages low over its window
+        (5.0, 0.3, ""),
+    ],
+)
+def test_client_bound_says_whether_the_client_or_the_machine_held_it_back(
+    lag_ms: float, loop_cpu_s: float, verdict: str
+) -> None:
+    """Late sends from a saturated loop are the client's own doing; late sends from an idle loop are the machine's."""
+    records = [RequestRecord(i, i * 0.01, sent=i * 0.01 + lag_ms / 1000, end=i * 0.01 + 0.2) for i in range(200)]
+    health = [
+        ClientHealth("w0", wall_s=1.0, cpu_s=loop_cpu_s, loop_cpu_s=loop_cpu_s, stall_max_ms=1.0, event_loop="uv")
+    ]
+    result = summarize(records, health=health)
+    assert result.client_limit == verdict
+    assert result.metrics()["client_bound"] == (1 if verdict else 0)
+
+
 def test_server_truth_matches_the_engine_request_by_request(timed_server) -> None:  # type: ignore[no-untyped-def]
     """The synthetic server's per-request truth (keyed by X-Request-Id) is on the engine's clock."""
     url = timed_server.url().rstrip("/")
@@ -135,8 +165,8 @@ def test_inconclusive_slo_skips_or_fails_when_strict(pytester: pytest.Pytester, 
     result.stdout.fnmatch_lines(
         [
             "*aifactory results (latencies in ms)*",
-            "test_overdriven*rate=20000/s*INCONCLUSIVE(1)*",
-            "! test_overdriven ?rate=20000/s?: client-bound (lag p99 *): the load generator was the limit*",
+            "test_overdriven*rate=100000/s*INCONCLUSIVE(1)*",
+            "! test_overdriven ?rate=100000/s?: client-bound (lag p99 *): the load generator was the limit*",
         ]
     )
     result.stdout.fnmatch_lines(

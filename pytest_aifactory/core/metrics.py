@@ -113,19 +113,32 @@ class ClientBound:
     """When the load generator, not the service, was the limit (the result is ``client_bound``).
 
     Schedule lag p99 above ``lag_p99_ms``, or an event loop that used ``loop_cpu_cores`` of a
-    core or more (one thread paces and sends: at a core it can do no more).
+    core or more (one thread paces and sends: at a core it can do no more). The reason says
+    which it was: the client's own work (its loop saturated), or, when the loop was nearly idle
+    (under ``idle_cpu_cores``) while its sends were late, the machine (other processes, or the
+    service on the same cores, took the CPU the client was waiting for). In between it says
+    neither: the CPU is averaged over the load's window, so a short burst the client could not
+    keep up with, followed by waiting for responses, also averages low. Both are client-bound:
+    either way the latencies measured include the client's lateness.
     """
 
     lag_p99_ms: float = 50.0
     loop_cpu_cores: float = 0.9
+    idle_cpu_cores: float = 0.1
 
     def reason(self, scalars: dict[str, float], lag: Distribution) -> str:
-        """``lag p99 125 ms, CPU 0.99 core`` when the client was the limit, else empty."""
+        """``lag p99 125 ms, CPU 0.99 core: ...`` (which held the client back) when it was the limit, else empty."""
         cpu = scalars.get("loop_cpu_cores", math.nan)
         if not (lag.p99 > self.lag_p99_ms or cpu >= self.loop_cpu_cores):
             return ""
-        cpu_text = "CPU not available" if math.isnan(cpu) else f"CPU {cpu:.2f} core"
-        return f"lag p99 {lag.p99:.3g} ms, {cpu_text}"
+        if math.isnan(cpu):
+            return f"lag p99 {lag.p99:.3g} ms, CPU not available"
+        text = f"lag p99 {lag.p99:.3g} ms, CPU {cpu:.2f} core"
+        if cpu >= self.loop_cpu_cores:
+            return f"{text}: its event loop was saturated by its own work"
+        if cpu < self.idle_cpu_cores:
+            return f"{text}: it was mostly idle, so the machine (other processes, the service) held it back"
+        return text
 
 
 CLIENT_BOUND = ClientBound()

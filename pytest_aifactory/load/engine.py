@@ -203,6 +203,7 @@ class Engine:
         self._in_flight: set[asyncio.Task[None]] = set()
         self.health: ClientHealth | None = None
         self._sent = 0
+        self._errors = 0  # kept as records arrive: a progress snapshot does not walk them all
         self._slots = asyncio.Semaphore(plan.concurrency) if plan.mode == "open" and plan.concurrency else None
         self._pacer = Pacer()
         self._sends: list[tuple[int, float, Any]] = []
@@ -331,20 +332,22 @@ class Engine:
                 record.error = f"timeout after {self.plan.timeout_s:g} s"
             except asyncio.CancelledError:  # the load was stopped while this request was in flight
                 record.error = "in flight when the load was stopped"
+                self._errors += 1
                 self.records.append(record)
                 raise
             except Exception as exc:  # any client failure is a failed request, never a crashed run
                 record.error = f"{type(exc).__name__}: {exc}"[:500]
         if record.end is None and record.error is None:
             record.end = self.clock.now()
+        if record.error is not None:
+            self._errors += 1
         self.records.append(record)
 
     def _emit(self) -> None:
         if self.progress is None:
             return
-        errors = sum(1 for r in self.records if r.error is not None)
         done = len(self.records)
-        self.progress(Progress(self.clock.now(), self._sent, done, errors, self._sent - done, self.records))
+        self.progress(Progress(self.clock.now(), self._sent, done, self._errors, self._sent - done, self.records))
 
     async def _report(self) -> None:
         while True:

@@ -8,25 +8,24 @@ exactly ``max_tokens`` (``ignore_eos`` and ``min_tokens``), so tokens/s figures 
 sends ``X-Request-Id: PREFIX<index>`` with every request (the synthetic server keys its
 per-request truth by it; vLLM takes it as its request id).
 
-Built on aiohttp rather than httpx: measured on 2 cores against the synthetic server at 500
-streamed requests/s, httpx fell behind its schedule (schedule lag p99 55 ms) where aiohttp
-kept it (1.4 ms).
+Streams go through ``sse.open_event_streams``: this package's HTTP/1.1 client for ``http://``,
+aiohttp for ``https://`` (not httpx: measured on 2 cores against the synthetic server at 500
+streamed requests/s, httpx fell behind its schedule, schedule lag p99 55 ms, where aiohttp
+kept it, 1.4 ms).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-import aiohttp
 import orjson
 
 from pytest_aifactory.core.records import Chunk, RequestRecord, attribute_tokens
 from pytest_aifactory.load.engine import Clock
 from pytest_aifactory.workloads.prompts import LLMRequest
-from pytest_aifactory.workloads.sse import open_session, stream_events
+from pytest_aifactory.workloads.sse import EventStreams, open_event_streams
 
 __all__ = ["OpenAIClient", "PreparedRequest"]
 
@@ -58,7 +57,7 @@ class OpenAIClient:
     extra_body: dict[str, Any] = field(default_factory=dict)
     max_connections: int = 0  # unlimited: the engine decides how many requests are in flight
     request_id_prefix: str | None = None
-    _http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+    _streams: EventStreams | None = field(default=None, init=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
         """Configuration for reports (no secret)."""
@@ -81,13 +80,13 @@ class OpenAIClient:
             if not key:
                 raise RuntimeError(f"environment variable {self.api_key_env} (the API key) is not set")
             headers["Authorization"] = f"Bearer {key}"
-        self._http = open_session(self.base_url, headers, self.max_connections)
+        self._streams = open_event_streams(self.base_url, headers, self.max_connections)
 
     async def close(self) -> None:
         """Close the pool."""
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        if self._streams is not None:
+            await self._streams.close()
+            self._streams = None
 
     def body(self, request: LLMRequest) -> tuple[str, dict[str, Any]]:
         """Path and JSON body for ``request``."""
@@ -118,7 +117,7 @@ class OpenAIClient:
 
     async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
         """Stream one completion (an ``LLMRequest`` or its ``PreparedRequest``), timing every content chunk."""
-        assert self._http is not None, "open() first"
+        assert self._streams is not None, "open() first"
         request: PreparedRequest = payload if isinstance(payload, PreparedRequest) else self.prepare(payload)
         record.input_tokens = request.input_tokens
         headers = (
@@ -128,23 +127,22 @@ class OpenAIClient:
         times: list[float] = []
         running_usage: list[int] = []
         final_usage: int | None = None
-        async with contextlib.aclosing(
-            stream_events(self._http, request.path, request.body, record, clock, headers)
-        ) as events:
-            async for now, event in events:
-                usage = event.get("usage") or {}
-                content = self._content(event)
-                if content is not None:
-                    if record.first_token is None:
-                        record.first_token = now
-                    texts.append(content)
-                    times.append(now)
-                    if "completion_tokens" in usage:
-                        running_usage.append(int(usage["completion_tokens"]))
+        content_of = self._content
+        for now, event in await self._streams.events(request.path, request.body, record, clock, headers):
+            usage = event.get("usage")
+            content = content_of(event)
+            if content is not None:
+                texts.append(content)
+                times.append(now)
+                if usage and "completion_tokens" in usage:
+                    running_usage.append(int(usage["completion_tokens"]))
+            if usage:
                 if usage.get("prompt_tokens") is not None:
                     record.input_tokens = int(usage["prompt_tokens"])
                 if usage.get("completion_tokens") is not None:
                     final_usage = int(usage["completion_tokens"])
+        if times and record.first_token is None:
+            record.first_token = times[0]
         if record.status is not None and record.status >= 400:
             return
         record.end = clock.now()
@@ -161,11 +159,14 @@ class OpenAIClient:
         string; a chat stream opens with a role-only delta (``{"role": "assistant",
         "content": ""}``), which carries no token.
         """
-        choices = event.get("choices") or []
+        choices = event.get("choices")
         if not choices:
             return None
         choice = choices[0]
-        fields = {"text": choice["text"]} if "text" in choice else (choice.get("delta") or {})
+        if "text" in choice:  # a completion's chunk (the common case, without building a dict)
+            text = choice["text"]
+            return str(text) if text else ("" if choice.get("finish_reason") is None else None)
+        fields = choice.get("delta") or {}
         text = fields.get("text") or fields.get("content") or fields.get("reasoning_content")
         if text:
             return str(text)

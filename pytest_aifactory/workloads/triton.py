@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from pytest_aifactory.core.records import Chunk, RequestRecord
 from pytest_aifactory.load.engine import Clock
 from pytest_aifactory.workloads.prompts import LLMRequest
-from pytest_aifactory.workloads.sse import PooledClient, stream_events
+from pytest_aifactory.workloads.sse import StreamingClient
 
 __all__ = ["RandomTensors", "TritonGenerateClient", "TritonInferClient"]
 
@@ -85,7 +85,7 @@ class TritonInferClient:
 
 
 @dataclass
-class TritonGenerateClient(PooledClient):
+class TritonGenerateClient(StreamingClient):
     """Triton's ``/v2/models/MODEL/generate_stream`` (server-sent events, one per response)."""
 
     def describe(self) -> dict[str, Any]:
@@ -94,16 +94,15 @@ class TritonGenerateClient(PooledClient):
 
     async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
         """Stream one generation; each event is one token."""
-        assert self._http is not None, "open() first"
+        assert self._streams is not None, "open() first"
         request: LLMRequest = payload
         record.input_tokens = request.input_tokens
-        body = {"text_input": request.prompt, "max_tokens": request.max_tokens}
+        body = orjson.dumps({"text_input": request.prompt, "max_tokens": request.max_tokens})
         path = f"/v2/models/{self.model}/generate_stream"
-        async with contextlib.aclosing(stream_events(self._http, path, body, record, clock)) as events:
-            async for now, _event in events:
-                if record.first_token is None:
-                    record.first_token = now
-                record.chunks.append(Chunk(now, 1))
+        for now, _event in await self._streams.events(path, body, record, clock):
+            if record.first_token is None:
+                record.first_token = now
+            record.chunks.append(Chunk(now, 1))
         if record.end is None:
             record.end = clock.now()
         record.output_tokens = len(record.chunks)
