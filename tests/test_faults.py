@@ -428,6 +428,21 @@ def test_a_slow_stopping_service_gets_its_stop_time_under_slurm(tmp_path: Path) 
     assert "stopped-cleanly" in (service.folder / "service.out").read_text()
 
 
+@pytest.mark.slurm
+def test_a_service_that_dies_at_once_on_sigterm_is_stopped_not_failed_under_slurm(tmp_path: Path) -> None:
+    """scancel signals the whole step: a service may die of the SIGTERM before the job's loop sees its own."""
+    manager = slurm_services(tmp_path / "run")
+    quick = ServiceSpec(name="quick-stop", command=("sleep", "600"), ports=())  # dies of SIGTERM at once
+    service = manager.launch(quick)
+    manager.stop(service)
+    exit_record = json.loads((service.folder / EXIT_FILE).read_text())
+    assert exit_record["reason"] == "stopped by signal SIGTERM", exit_record
+    state = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "State", "-j", service.job_id], capture_output=True, text=True, check=True
+    )
+    assert "FAILED" not in state.stdout, state.stdout
+
+
 @pytest.mark.parametrize(
     ("export", "passed"),
     [

@@ -395,6 +395,8 @@ def serve(plan: LaunchPlan) -> int:
                 os.killpg(child.pid, signal.SIGTERM)
             _wait_group(child, time.monotonic() + spec.stop_timeout_s)
             break
+        if reason == "exited" and stop.signum is not None:  # scancel signals the whole step: the child can
+            reason = f"stopped by signal {signal.Signals(stop.signum).name}"  # die of it before this loop looks
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)  # whatever the service left in its group
         code = child.wait()
