@@ -17,11 +17,14 @@ from pathlib import Path
 import pytest
 from helpers import run_pytest, slurm_services, wait_for
 
+from pytest_aifactory.core.errors import ServiceConfigError
+from pytest_aifactory.core.profiles import load_profile
 from pytest_aifactory.jobs.node_files import NODE_FILES, mapped_shared_memory
 from pytest_aifactory.jobs.processes import group_members, process_tree
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, read_json
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.plugin.fixtures import ServiceFactory
+from pytest_aifactory.services import own_python
 from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.workloads.runner import LoadRunner
 from pytest_aifactory.workloads.server_metrics import VLLM_HISTOGRAMS, scraper_for
@@ -161,3 +164,20 @@ def test_a_killed_vllm_job_leaves_nothing_on_its_node(tmp_path: Path, monkeypatc
         assert [path for path in left if path.exists()] == []
     finally:
         manager.close()  # the job of a failed check
+
+
+def test_an_installed_plugin_without_a_vllm_environment_is_told_what_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No setting, no AIF_VLLM_PYTHON, no .venv-vllm (a wheel user's project): a clear error, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(own_python, "_CHECKOUT", tmp_path)
+    monkeypatch.delenv("AIF_VLLM_PYTHON", raising=False)
+    profile = load_profile("local")
+    with pytest.raises(
+        ServiceConfigError, match=r"set services\.vllm\.settings\.python in the profile or AIF_VLLM_PYTHON"
+    ):
+        build_spec("vllm", profile)
+    monkeypatch.setenv("AIF_VLLM_PYTHON", str(tmp_path / "vllm-env" / "bin" / "python"))
+    command = build_spec("vllm", profile).command
+    assert command[command.index("-m") - 1] == str(tmp_path / "vllm-env" / "bin" / "python")

