@@ -167,7 +167,7 @@ def _client_overhead(test: ReportTest) -> list[Finding]:
     Means, because they are exact: the server's percentiles are only as fine as its buckets.
     """
     gaps = [
-        (r["label"] or test.name, client, server)
+        (r["label"] or test.name, client, server, value(r, "mean_lag_ms"))
         for r in test.results
         if (client := value(r, "mean_ttft_ms")) is not None
         and (server := value(r, "server_mean_ttft_ms")) is not None
@@ -175,11 +175,15 @@ def _client_overhead(test: ReportTest) -> list[Finding]:
     ]
     if not gaps:
         return []
-    listing = "; ".join(f"{label}: {_ms(c - s)} ({_ms(c)} against {_ms(s)})" for label, c, s in gaps)
+    listing = "; ".join(
+        f"{label}: {_ms(c - s)} ({_ms(c)} against {_ms(s)}{'' if lag is None else f', schedule lag {_ms(lag)}'})"
+        for label, c, s, lag in gaps
+    )
     return [
         Finding(
             f"{test.name}: client TTFT exceeds the server's own (mean, its /metrics) by {listing}: "
-            "network, HTTP and client time.",
+            "network, HTTP, the client and its schedule lag (the client's TTFT runs from the scheduled "
+            "send; the server's figure covers every request of the point, warm-up included).",
             (figure_id("server-vs-client", test.index),),
         )
     ]
