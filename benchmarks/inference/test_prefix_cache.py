@@ -13,6 +13,8 @@ or 0, and its ``p50_ttft_vs_unique`` shows what shared prefixes are worth withou
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 SPEC = "shared-prefix:prefixes={prefixes},prefix={prefix},suffix=16,out=4,share={share}"
@@ -21,6 +23,18 @@ SPEC = "shared-prefix:prefixes={prefixes},prefix={prefix},suffix=16,out=4,share=
 # llama.cpp model takes seconds per 1,000 prompt tokens; vLLM a tenth of a second per 2,048).
 SIZES = {"vllm": (2048, 24)}
 SMALL = (256, 6)
+
+
+def _figures(readme_figures, service, unique, shared, caching: str, load_average: float) -> str:
+    command = f"pytest benchmarks/inference/test_prefix_cache.py --aif-llm {service.name} --readme-figures"
+    hits = shared.metrics().get("prefix_cache_hit_rate")
+    return (
+        f"{readme_figures.provenance(command, load_average)}\n\n"
+        f"{service.name} ({service.backend}){caching}, {shared['requests']:.0f} requests each, "
+        f"{shared['mean_input_tokens']:,.0f} prompt tokens: p50 TTFT unique {unique['p50_ttft_ms']:,.1f} ms, "
+        f"shared {shared['p50_ttft_ms']:,.1f} ms (ratio {shared['p50_ttft_vs_unique']:.2f}); server prefix-cache "
+        f"hit rate {'not available' if hits is None else f'{hits:.2f}'}."
+    )
 
 
 def _unique_then_shared(service, aif_load, aif_vars, caching: str):
@@ -43,9 +57,12 @@ def _unique_then_shared(service, aif_load, aif_vars, caching: str):
 
 
 @pytest.mark.slo("error_rate == 0")
-def test_shared_prefix_lowers_ttft(llm_service, aif_load, aif_vars):
+def test_shared_prefix_lowers_ttft(llm_service, aif_load, aif_vars, readme_figures):
     """Shared prefixes must answer measurably sooner than unique ones of the same length."""
-    _, shared = _unique_then_shared(llm_service, aif_load, aif_vars, "")
+    load_average = os.getloadavg()[0]
+    unique, shared = _unique_then_shared(llm_service, aif_load, aif_vars, "")
+    caching = ", caching on" if llm_service.name == "vllm" else ""
+    readme_figures.publish("prefix-cache", _figures(readme_figures, llm_service, unique, shared, caching, load_average))
     if "prefix_cache_hit_rate" in shared.scalars:  # the server says how often its cache answered (vLLM)
         assert shared["prefix_cache_hit_rate"] > 0
     ratio = shared["p50_ttft_vs_unique"]
@@ -53,10 +70,14 @@ def test_shared_prefix_lowers_ttft(llm_service, aif_load, aif_vars):
 
 
 @pytest.mark.slo("error_rate == 0")
-def test_vllm_without_prefix_caching(aif_profile, aif_service, aif_load, aif_vars):
+def test_vllm_without_prefix_caching(aif_profile, aif_service, aif_load, aif_vars, readme_figures):
     """With vLLM's prefix caching off its cache answers nothing (its hit rate absent or 0)."""
     if aif_profile.llm != "vllm":
         pytest.skip(f"prefix caching off is a vLLM setting; the LLM here is {aif_profile.llm} (use --aif-llm vllm)")
+    load_average = os.getloadavg()[0]
     service = aif_service("vllm", prefix_caching=False)
-    _, shared = _unique_then_shared(service, aif_load, aif_vars, ", caching off")
+    unique, shared = _unique_then_shared(service, aif_load, aif_vars, ", caching off")
+    readme_figures.publish(
+        "prefix-cache-off", _figures(readme_figures, service, unique, shared, ", caching off", load_average)
+    )
     assert shared.metrics().get("prefix_cache_hit_rate", 0) == 0
