@@ -524,7 +524,7 @@ def test_a_killed_slurm_job_leaves_nothing_in_tmp_or_shared_memory(tmp_path: Pat
         left = [Path(tmp), Path("/dev/shm") / segment]
         wait_for(  # the job looks at what its service maps once a second
             "the job's record of its shared memory",
-            lambda: str(left[1]) in (read_json(service.folder / NODE_FILES) or {}).get("paths", []),
+            lambda: str(left[1]) in (read_json(service.folder / NODE_FILES) or {}).get("paths", {}),
         )
         subprocess.run(["scancel", service.job_id], check=True)  # as a user or a time limit does
         wait_for(

@@ -4,28 +4,92 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
+from collections.abc import Iterator
 from multiprocessing import shared_memory
 from pathlib import Path
 
-from pytest_aifactory.jobs.node_files import mapped_shared_memory, remove_left
+import pytest
+
+from pytest_aifactory.jobs.node_files import made_folder, mapped_shared_memory, remove_left
+
+HERE = socket.gethostname()
+NOBODY = 65534
 
 
-def test_only_a_jobs_own_files_on_this_host_are_removed(tmp_path: Path) -> None:
-    own = tmp_path / "aif-own"
-    own.mkdir()
-    (own / "ipc.sock").write_text("")
-    foreign = tmp_path / "results"  # not a job's tmp folder: a record naming it is not obeyed
-    foreign.mkdir()
-    segment = Path("/dev/shm") / f"psm_aif_test_{os.getpid()}"
-    segment.write_bytes(b"x")
+@pytest.fixture
+def segment() -> Iterator[shared_memory.SharedMemory]:
+    """A POSIX shared memory segment this process maps, as a service's."""
+    mapped = shared_memory.SharedMemory(create=True, size=4096)
     try:
-        remove_left({"node": "another-node", "paths": [str(own), str(segment)]})
-        assert [path for path in (own, segment) if not path.exists()] == []  # another node's are not this host's
-        remove_left({"node": socket.gethostname(), "paths": [str(own), str(foreign), str(segment), "aif-relative"]})
-        assert [path for path in (own, foreign, segment) if path.exists()] == [foreign]
-        remove_left({"node": socket.gethostname(), "paths": [str(own)]})  # gone already: nothing to do
+        yield mapped
     finally:
-        segment.unlink(missing_ok=True)
+        mapped.close()
+        Path(f"/dev/shm/{mapped.name}").unlink(missing_ok=True)
+
+
+def test_only_a_jobs_own_files_on_this_host_are_removed(tmp_path: Path, segment: shared_memory.SharedMemory) -> None:
+    base = tmp_path / "tmp"
+    base.mkdir()
+    own = Path(tempfile.mkdtemp(prefix="aif-", dir=base))
+    (own / "ipc.sock").write_text("")
+    shm = Path(f"/dev/shm/{segment.name}")
+    record = {**made_folder(own), **mapped_shared_memory([os.getpid()])}
+    assert str(shm) in record
+    remove_left({"node": "another-node", "paths": record})
+    assert [path for path in (own, shm) if not path.exists()] == []  # another node's are not this host's
+    remove_left({"node": HERE, "paths": record})
+    assert [path for path in (own, shm) if path.exists()] == []
+    remove_left({"node": HERE, "paths": record})  # gone already: nothing to do
+
+
+def test_an_aif_folder_the_job_did_not_make_is_left_alone(tmp_path: Path) -> None:
+    """The results folder (``aif-results``) and a fio workdir are named ``aif-*`` too: only the job's own go."""
+    base = tmp_path / "tmp"
+    base.mkdir()
+    own = Path(tempfile.mkdtemp(prefix="aif-", dir=base))
+    results = tmp_path / "aif-results"
+    results.mkdir()
+    fio = Path(tempfile.mkdtemp(prefix="aif-fio-", dir=tmp_path))  # mkdtemp's shape, outside the job's tmp
+    recorded = made_folder(own)[str(own)]
+    remove_left({"node": HERE, "paths": [str(results), str(fio)]})  # a bare list of names is not obeyed
+    remove_left({"node": HERE, "paths": {str(results): recorded, str(fio): recorded}})  # not in the recorded base
+    remove_left({"node": HERE, "paths": {str(fio): {**made_folder(fio)[str(fio)], "base": str(base)}}})
+    remove_left({"node": HERE, "paths": made_folder(results)})  # not a name mkdtemp gives the job's folders
+    assert [path for path in (own, results, fio) if not path.exists()] == []
+
+
+def test_a_folder_made_again_under_the_recorded_name_is_left_alone(tmp_path: Path) -> None:
+    own = Path(tempfile.mkdtemp(prefix="aif-", dir=tmp_path))
+    record = made_folder(own)
+    gone = own.rename(own.with_name("removed"))
+    own.mkdir()  # someone's, since the job was killed (made before the old one goes: another inode)
+    gone.rmdir()
+    (own / "theirs").write_text("")
+    remove_left({"node": HERE, "paths": record})
+    assert (own / "theirs").exists()
+
+
+def test_shared_memory_made_again_under_the_recorded_name_is_left_alone(segment: shared_memory.SharedMemory) -> None:
+    """A name reused after the kill is another file (its inode differs): it is not the job's to remove."""
+    shm = Path(f"/dev/shm/{segment.name}")
+    record = mapped_shared_memory([os.getpid()])
+    again = shm.with_name(f"{segment.name}.new")
+    again.write_bytes(b"theirs")
+    os.replace(again, shm)  # the same name, a new inode (the old one is still mapped here)
+    remove_left({"node": HERE, "paths": record})
+    assert shm.read_bytes() == b"theirs"
+
+
+def test_shared_memory_of_another_owner_is_neither_recorded_nor_removed(segment: shared_memory.SharedMemory) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    shm = Path(f"/dev/shm/{segment.name}")
+    record = mapped_shared_memory([os.getpid()])
+    os.chown(shm, NOBODY, NOBODY)
+    assert str(shm) not in mapped_shared_memory([os.getpid()])  # mapped by a process of another user
+    remove_left({"node": HERE, "paths": record})  # recorded as ours, now another user's
+    assert shm.exists()
 
 
 def test_the_shared_memory_a_process_maps_is_found() -> None:

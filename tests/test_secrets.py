@@ -53,8 +53,13 @@ SECRET_NAMES = [
     "MYSQL_PWD",
     "GOOGLE_CREDENTIALS",
     "db.password",
+    *("DBPASS", "ROOTPASS", "ADMINPASS", "MYSQL_ROOTPASS"),  # glued PASS
+    *("PRIVATEKEY", "MASTERKEY", "SSHKEY", "LICENSEKEY", "ENCRYPTIONKEY", "APP_SIGNINGKEY"),  # glued KEY
 ]
-INNOCENT_NAMES = ["MAX_TOKENS", "KEYCLOAK_URL", "BATCH_TOKENS", "PASSAGES", "TOKENIZER", "HOTKEY", "PWD", "OLDPWD"]
+INNOCENT_NAMES = [
+    *("MAX_TOKENS", "KEYCLOAK_URL", "BATCH_TOKENS", "PASSAGES", "TOKENIZER", "PWD", "OLDPWD"),
+    *("HOTKEY", "MONKEY", "TURNKEY", "PROXY_BYPASS", "COMPASS_URL"),  # words that end in KEY or PASS
+]
 
 
 @pytest.mark.parametrize("name", SECRET_NAMES)
@@ -73,6 +78,14 @@ def test_a_secret_named_value_is_masked_whatever_it_looks_like() -> None:
     assert redactor.secrets == ["12345678"]
     data = {"line": "login with 12345678 to https://keycloak.example:8443", "bytes": 12345678}
     assert redactor.clean(data) == {"line": "login with *** to https://keycloak.example:8443", "bytes": 12345678}
+
+
+def test_an_all_digit_secret_is_masked_only_as_a_whole_number() -> None:
+    """Its digits inside a job id or a duration are not the secret: they stay."""
+    redactor = Redactor(environ={"DB_PASSWORD": "123456"})
+    assert redactor.text("job 1234567 took 0.1234569 s") == "job 1234567 took 0.1234569 s"
+    assert redactor.text("v0.123456, 123456.5 and 9123456") == "v0.123456, 123456.5 and 9123456"
+    assert redactor.text("pin 123456. login=123456, pw-123456x") == "pin ***. login=***, pw-***x"
 
 
 def test_numbers_short_values_and_settings_are_never_masked() -> None:
@@ -101,10 +114,14 @@ def test_push_with_a_numeric_setting_is_accepted_and_carries_no_secret(
         f"m-{SECRET}", "pw-24632324"
     ).set(24632324096)
     Gauge("aifactory_max_tokens", "the setting", registry=registry).set(4096)
+    monkeypatch.setenv("AIF_PLANTED_TOKEN", "246323")  # digits of the job id: masked only as a whole number
+    Gauge("aifactory_job", "a job", ["job_id"], registry=registry).labels("2463232").set(1)
     gateway = Pushgateway(GatewayTarget(url=gateway_url), "run-4096", tmp_path / "spool", Redactor())
-    assert gateway.push(f"test_{SECRET}", registry), gateway.failures
+    assert gateway.push(f"test_{SECRET}", registry, extra_labels={"job_id": "2463232"}), gateway.failures
     assert gateway.spooled() == []
     metrics = httpx.get(f"{gateway_url}/metrics", timeout=5).text
+    job = next(line for line in metrics.splitlines() if line.startswith("aifactory_job{"))
+    assert 'job_id="2463232"' in job  # the label, and the grouping path's label, intact
     memory = next(line for line in metrics.splitlines() if line.startswith("aifactory_service_memory_bytes{"))
     assert 'model="m-***"' in memory
     assert 'db="pw-***"' in memory

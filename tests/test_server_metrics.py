@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 
+import httpx
 import pytest
+from helpers import wait_for
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from pytest_aifactory.apps.dashboards.build import build_dashboards
 from pytest_aifactory.core.metric_table import METRICS
+from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.export.prometheus import live_registry
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.plugin.fixtures import ServiceFactory
+from pytest_aifactory.services.spec import RunningService
+from pytest_aifactory.services.synthetic_llm import DEFAULTS, build
 from pytest_aifactory.workloads.runner import LoadRunner
 from pytest_aifactory.workloads.server_metrics import (
     MAX_SAMPLES,
@@ -198,3 +205,42 @@ def test_the_servers_series_stays_bounded() -> None:
     assert series["kv_cache_usage"][0] == 0.5
     assert "waiting" not in series  # not exposed by this text: not kept
     assert ServerScraper("http://unused", triton_figures).series() == {}  # no gauges: nothing
+
+
+def _served(service: RunningService) -> dict[str, float]:
+    """The synthetic server's own /metrics: sample name -> value (one series per name there)."""
+    text = httpx.get(service.url("/metrics"), timeout=5).text
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_a_client_that_goes_away_mid_stream_is_no_longer_running(aif_service: ServiceFactory) -> None:
+    service = aif_service("synthetic-llm", ttft_ms=1, itl_ms=20, metrics=True)
+    running = "vllm:num_requests_running"
+    body = b'{"prompt": "x", "max_tokens": 1000}'  # a 20-s stream
+    with socket.create_connection((service.host, service.port), timeout=10) as client:
+        client.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert client.recv(64).startswith(b"HTTP/1.1 200")
+        wait_for("the stream to be counted as running", lambda: _served(service)[running] == 1, timeout_s=10)
+    wait_for("the gauge to drop once the client has gone", lambda: _served(service)[running] == 0, timeout_s=10)
+
+
+def test_a_request_that_streamed_no_token_has_no_ttft(aif_service: ServiceFactory) -> None:
+    """``max_tokens`` 0: the request is counted, its missing first token is not observed (a NaN sum, for good)."""
+    service = aif_service("synthetic-llm", ttft_ms=1, itl_ms=20, metrics=True)
+    before = _served(service)
+    answer = httpx.post(
+        service.url("/v1/completions"), json={"prompt": "x", "max_tokens": 0}, headers={"X-Request-Id": "none"}
+    )
+    assert answer.text.endswith("data: [DONE]\n\n")
+    after = _served(service)
+    assert after["vllm:request_success_total"] == before.get("vllm:request_success_total", 0) + 1
+    assert after["vllm:time_to_first_token_seconds_count"] == before["vllm:time_to_first_token_seconds_count"]
+    assert not math.isnan(after["vllm:time_to_first_token_seconds_sum"])
+
+
+@pytest.mark.parametrize(("setting", "served"), [(False, False), ("false", False), ("off", False), ("true", True)])
+def test_the_metrics_setting_is_a_switch(setting: SettingValue, served: bool) -> None:
+    """A profile's ``metrics: "false"`` (a string) turns them off, as vLLM's switches do."""
+    spec = build({**DEFAULTS, "metrics": setting})
+    assert ("--metrics" in spec.command) is served
+    assert (spec.meta.get("metrics") == "vllm") is served

@@ -146,7 +146,7 @@ def test_a_killed_vllm_job_leaves_nothing_on_its_node(tmp_path: Path, monkeypatc
         left = [tmp, *map(Path, sorted(segments))]
         wait_for(  # the job looks at what its service maps once a second
             "the job's record of vLLM's shared memory",
-            lambda: segments <= set((read_json(service.folder / NODE_FILES) or {}).get("paths", [])),
+            lambda: set(segments) <= set((read_json(service.folder / NODE_FILES) or {}).get("paths", {})),
         )
         job_side = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # vLLM's parent
         step = process_tree(job_side)

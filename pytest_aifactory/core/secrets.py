@@ -4,8 +4,9 @@ A value is secret when it comes from a variable whose name says so in the enviro
 a profile's ``env`` (``is_secret_name``: by whole parts of the name, so ``HF_TOKEN`` is and
 ``MAX_TOKENS`` is not), when it is one of the run's generated S3 keys, when it is given
 explicitly, or when it is the password of a URL. A secret-named value is a secret whatever it
-looks like, digits included (``DB_PASSWORD=12345678``); only values under 6 characters are
-not masked (they would mask every short word and number of every line).
+looks like, digits included (``DB_PASSWORD=12345678``), but all-digit secrets only as a whole
+number (not inside ``1234567890`` or ``0.12345678``: a job id or a duration stays intact); only
+values under 6 characters are not masked (they would mask every short word and number of every line).
 
 Masking is done field by field, on values, before anything is serialized: a label value, a
 log line, a string of a report. Numbers are never touched, so a serialized body stays valid.
@@ -27,9 +28,13 @@ _NAME_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 SECRET_WORDS = frozenset(
     {"KEY", "TOKEN", "SECRET", "PASS", "PASSWORD", "PASSWD", "PASSPHRASE", "PWD", "CREDENTIAL", "CREDENTIALS"}
 )
-# A part ending in one of these is a glued name (``PGPASSWORD``, ``HFTOKEN``, ``OPENAIAPIKEY``); a
-# bare KEY ending is not enough (``HOTKEY``, ``MONKEY``).
-GLUED_ENDINGS = ("PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "TOKEN", "APIKEY", "SECRETKEY", "ACCESSKEY")
+# A part ending in one of these is a glued name (``PGPASSWORD``, ``HFTOKEN``, ``DBPASS``, ``SSHKEY``),
+# unless it is an ordinary word that happens to end so (``BYPASS``, ``HOTKEY``, ``MONKEY``).
+GLUED_ENDINGS = ("PASS", "PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "TOKEN", "KEY")
+NOT_GLUED = frozenset(
+    {"BYPASS", "COMPASS", "ENCOMPASS", "SURPASS", "TRESPASS", "OVERPASS", "UNDERPASS"}
+    | {"HOTKEY", "MONKEY", "TURNKEY", "DONKEY", "HOCKEY", "JOCKEY", "TURKEY", "WHISKEY"}
+)
 SHELL_DIRECTORIES = frozenset({"PWD", "OLDPWD"})  # the shell's working directories, not passwords
 RUN_SECRET_VARIABLES = ("AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY", "AIF_VLLM_API_KEY")  # generated for each run
 MIN_SECRET_LENGTH = 6
@@ -55,12 +60,17 @@ def is_secret_name(name: str) -> bool:
     if name.upper() in SHELL_DIRECTORIES:
         return False
     parts = [part.upper() for part in _NAME_PART.findall(name)]
-    return any(part in SECRET_WORDS or part.endswith(GLUED_ENDINGS) for part in parts)
+    return any(part in SECRET_WORDS or (part.endswith(GLUED_ENDINGS) and part not in NOT_GLUED) for part in parts)
 
 
 def _maskable(value: str) -> bool:
     """Long enough to be masked without masking every short word and number (digits count: a PIN is a secret)."""
     return len(value.strip()) >= MIN_SECRET_LENGTH
+
+
+def _whole_number(digits: str) -> re.Pattern[str]:
+    """An all-digit secret as a whole token: not part of a longer number (``1234567``, ``0.123456``)."""
+    return re.compile(rf"(?<!\d)(?<!\d\.){digits}(?!\d)(?!\.\d)")
 
 
 class Redactor:
@@ -85,7 +95,7 @@ class Redactor:
         """One string field with secrets and URL passwords masked."""
         for secret in self.secrets:
             if secret in value:
-                value = value.replace(secret, MASK)
+                value = _whole_number(secret).sub(MASK, value) if secret.isdecimal() else value.replace(secret, MASK)
         return _URL_PASSWORD.sub(rf"\1{MASK}@", value)
 
     def clean(self, data: Any) -> Any:

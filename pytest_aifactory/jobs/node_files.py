@@ -6,64 +6,110 @@ paths are limited to 107 bytes (vLLM's IPC sockets and ``vllm_dist_*`` files are
 (vLLM's ``/dev/shm/psm_*``, which its resource tracker removes when it is stopped with
 SIGTERM). The job removes all of it when it ends, unless it is killed (SIGKILL: Slurm's
 escalation KillWait after ``scancel``, a time limit, the OOM killer). So the job records
-them in its folder as they appear (``NODE_FILES``: its node and the paths), and the side
-that cancels the job removes what is left once the job has left the queue
-(``remove_left``), when the job ran on this host: a compute node's tmp and shared memory
-cannot be reached from the login node (a site's job epilog, or Slurm's
-``job_container/tmpfs``, clears them there). Shared memory is known by what the service's
-processes map, looked at once a second: a file no process keeps mapped (a semaphore left to
-Python's resource tracker, as vLLM's start leaves one ``sem.mp-*``) is not seen.
+them in its folder as they appear (``NODE_FILES``: its node, and for each path the folder it
+is in, its device, inode and owner), and the side that cancels the job removes what is left
+once the job has left the queue (``remove_left``), when the job ran on this host: a compute
+node's tmp and shared memory cannot be reached from the login node (a site's job epilog, or
+Slurm's ``job_container/tmpfs``, clears them there). Shared memory is known by what the
+service's processes map, looked at once a second: a file no process keeps mapped (a
+semaphore left to Python's resource tracker, as vLLM's start leaves one ``sem.mp-*``) is not
+seen, nor is one owned by another user than the process mapping it.
+
+Only what the job made is removed: a path directly in its recorded folder, that is still the
+same file (device, inode and owner as recorded: a name reused since, by anyone, is left
+alone), a folder named as ``mkdtemp`` names the job's, a shared memory file a regular file.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import socket
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NODE_FILES", "NODE_TMP_PREFIX", "mapped_shared_memory", "remove_left"]
+__all__ = ["NODE_FILES", "NODE_TMP_PREFIX", "made_folder", "mapped_shared_memory", "remove_left"]
 
 NODE_FILES = "node_files.json"
 NODE_TMP_PREFIX = "aif-"  # every folder a job makes in its node's tmp starts with it
 SHM = Path("/dev/shm")
 _DELETED = " (deleted)"
+# mkdtemp's names: the prefix, then 8 of [a-z0-9_] (``aif-`` + a service name and "-", or nothing)
+_MKDTEMP_NAME = re.compile(rf"{re.escape(NODE_TMP_PREFIX)}.*[a-z0-9_]{{8}}")
 
 
-def mapped_shared_memory(pids: Iterable[int]) -> set[str]:
-    """The ``/dev/shm`` files that ``pids`` map (from ``/proc/PID/maps``), unlinked ones left out."""
-    found = set()
+def _entry(kind: str, path: Path, found: os.stat_result) -> dict[str, Any]:
+    """What identifies a file the job made: its kind, the folder it is in, device, inode, owner."""
+    return {"kind": kind, "base": str(path.parent), "dev": found.st_dev, "ino": found.st_ino, "uid": found.st_uid}
+
+
+def made_folder(path: Path) -> dict[str, dict[str, Any]]:
+    """The record of a folder ``mkdtemp`` just made in the node's tmp (after any ``chown``)."""
+    return {str(path): _entry("tmp", path, os.lstat(path))}
+
+
+def mapped_shared_memory(pids: Iterable[int]) -> dict[str, dict[str, Any]]:
+    """The ``/dev/shm`` files that ``pids`` map (from ``/proc/PID/maps``), as ``NODE_FILES`` records them.
+
+    Unlinked ones are left out, and those that are not the mapped file any more or are not
+    owned by the process's user.
+    """
+    found: dict[str, dict[str, Any]] = {}
     prefix = f"{SHM}/"
     for pid in pids:
         try:
+            owner = os.stat(f"/proc/{pid}").st_uid
             lines = Path(f"/proc/{pid}/maps").read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:  # gone, or not ours to read
             continue
         for line in lines:
-            fields = line.split(maxsplit=5)  # address, perms, offset, device, inode, path
-            if len(fields) == 6 and fields[5].startswith(prefix) and not fields[5].endswith(_DELETED):
-                found.add(fields[5])
+            fields = line.split(maxsplit=5)  # address, perms, offset, device (hex major:minor), inode, path
+            if len(fields) < 6 or not fields[5].startswith(prefix) or fields[5].endswith(_DELETED):
+                continue
+            major, _, minor = fields[3].partition(":")
+            path = Path(fields[5])
+            try:
+                now = os.lstat(path)
+            except OSError:
+                continue
+            mapped = (os.makedev(int(major, 16), int(minor, 16)), int(fields[4]), owner)
+            if path.parent == SHM and (now.st_dev, now.st_ino, now.st_uid) == mapped:
+                found[str(path)] = _entry("shm", path, now)
     return found
 
 
-def _removable(path: Path) -> bool:
-    """A path a job records: a file directly in /dev/shm, or one of its own folders in a tmp."""
-    return path.is_absolute() and (path.parent == SHM or path.name.startswith(NODE_TMP_PREFIX))
+def _still_made(path: Path, entry: Any) -> bool:
+    """``path`` is directly in its recorded folder, and still the file the job made (``entry``)."""
+    if not isinstance(entry, Mapping) or not path.is_absolute() or str(path.parent) != entry.get("base"):
+        return False
+    try:
+        now = os.lstat(path)
+    except OSError:  # gone already
+        return False
+    kind = entry.get("kind")
+    shm_file = kind == "shm" and path.parent == SHM and stat.S_ISREG(now.st_mode)
+    tmp_folder = kind == "tmp" and stat.S_ISDIR(now.st_mode) and _MKDTEMP_NAME.fullmatch(path.name) is not None
+    same = [now.st_dev, now.st_ino, now.st_uid] == [entry.get("dev"), entry.get("ino"), entry.get("uid")]
+    return (shm_file or tmp_folder) and same
 
 
 def remove_left(record: Mapping[str, Any] | None) -> None:
     """Remove what a job that has ended recorded (its ``NODE_FILES``) and left on this host.
 
-    Nothing is touched when the job ran on another node. Call it only once the job has left
-    the queue: its service's processes are gone then.
+    Nothing is touched when the job ran on another node, nor a path that is not the file the
+    job made. Call it only once the job has left the queue: its service's processes are gone then.
     """
     if not record or record.get("node") != socket.gethostname():
         return
-    for path in map(Path, record.get("paths", [])):
-        if not _removable(path):
+    made = record.get("paths")
+    for name, entry in made.items() if isinstance(made, Mapping) else ():
+        path = Path(name)
+        if not _still_made(path, entry):
             continue
-        if path.is_dir() and not path.is_symlink():
+        if entry["kind"] == "tmp":
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)

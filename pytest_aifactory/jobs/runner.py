@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -33,7 +33,7 @@ from pytest_aifactory.core.profiles import ContainerSettings
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.jobs.energy import ENERGY_FILE
 from pytest_aifactory.jobs.listening import LISTENING_FILE, listening
-from pytest_aifactory.jobs.node_files import NODE_FILES, NODE_TMP_PREFIX, mapped_shared_memory
+from pytest_aifactory.jobs.node_files import NODE_FILES, NODE_TMP_PREFIX, made_folder, mapped_shared_memory
 from pytest_aifactory.jobs.processes import group_members, pid_alive, process_start, process_tree
 from pytest_aifactory.jobs.sealed import unseal
 from pytest_aifactory.jobs.telemetry import MONITOR_FILE, Telemetry, TelemetryThreads
@@ -211,13 +211,13 @@ class _NodeFiles:
 
     folder: Path
     node: str
-    paths: set[str] = field(default_factory=set)
+    paths: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, paths: Iterable[str]) -> None:
-        """Record ``paths`` too (the file is rewritten only when one is new)."""
-        if new := set(paths) - self.paths:
-            self.paths |= new
-            write_json_atomic(self.folder / NODE_FILES, {"node": self.node, "paths": sorted(self.paths)})
+    def add(self, made: Mapping[str, dict[str, Any]]) -> None:
+        """Record ``made`` too (path -> what identifies it; the file is rewritten only when one is new)."""
+        if new := {path: entry for path, entry in made.items() if self.paths.get(path) != entry}:
+            self.paths.update(new)
+            write_json_atomic(self.folder / NODE_FILES, {"node": self.node, "paths": self.paths})
 
 
 @contextlib.contextmanager
@@ -228,10 +228,10 @@ def _node_tmp(name: str, run_as: str | None, node_files: _NodeFiles) -> Iterator
     """
     base = os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()
     path = Path(tempfile.mkdtemp(prefix=NODE_TMP_PREFIX + name, dir=base))
-    node_files.add([str(path)])
     if run_as and os.geteuid() == 0:
         user = pwd.getpwnam(run_as)
         os.chown(path, user.pw_uid, user.pw_gid)
+    node_files.add(made_folder(path))
     try:
         yield path
     finally:

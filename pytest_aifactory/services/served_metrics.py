@@ -10,6 +10,8 @@ is exposed: it has no KV cache, prefix cache or preemptions, so those families a
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -48,8 +50,13 @@ class ServedMetrics:
         self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", _LABELS, registry=r).labels(*_OURS)
 
     def finished(self, arrived: float, first_token: float, queued_s: float, ended: float) -> None:
-        """One request done: its TTFT (from arrival), its time in the queue, its end-to-end time."""
-        self.ttft.observe(first_token - arrived)
+        """One request done: its TTFT (from arrival), its time in the queue, its end-to-end time.
+
+        A request that streamed no token (``max_tokens`` 0: ``first_token`` is NaN) has no TTFT,
+        as in vLLM: observing NaN would make the histogram's sum NaN for good.
+        """
+        if not math.isnan(first_token):
+            self.ttft.observe(first_token - arrived)
         self.queue.observe(queued_s)
         self.e2e.observe(ended - arrived)
         self.success.inc()

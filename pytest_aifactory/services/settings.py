@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from pytest_aifactory.core.errors import ServiceConfigError
 from pytest_aifactory.core.profiles import SettingValue
 
-__all__ = ["choice"]
+__all__ = ["choice", "switch"]
+
+
+def switch(value: SettingValue) -> bool:
+    """A setting that turns something on: ``true``, ``1``, ``yes``, ``on`` (any case, or YAML true); else off."""
+    return str(value).lower() in ("1", "true", "yes", "on")
 
 
 def choice(service: str, key: str, settings: Mapping[str, SettingValue], valid: tuple[str, ...]) -> str:

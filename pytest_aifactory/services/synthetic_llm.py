@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import orjson
 
 from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.services.served_metrics import ServedMetrics
+from pytest_aifactory.services.settings import switch
 from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
 
 __all__ = ["DEFAULTS", "SyntheticTiming", "build", "main"]
@@ -75,12 +77,12 @@ def build(settings: Mapping[str, SettingValue]) -> ServiceSpec:
 
 def metrics_flag(settings: Mapping[str, SettingValue]) -> tuple[str, ...]:
     """``--metrics`` when the ``metrics`` setting asks for vLLM's ``/metrics`` (off by default)."""
-    return ("--metrics",) if settings["metrics"] else ()
+    return ("--metrics",) if switch(settings["metrics"]) else ()
 
 
 def metrics_meta(settings: Mapping[str, SettingValue]) -> dict[str, str]:
     """The service's meta that makes loads scrape its ``/metrics`` as vLLM's, when served."""
-    return {"metrics": "vllm"} if settings["metrics"] else {}
+    return {"metrics": "vllm"} if switch(settings["metrics"]) else {}
 
 
 @dataclass(frozen=True)
@@ -177,28 +179,37 @@ class _Server:
         options = options if isinstance(options, dict) else {}
         continuous = bool(options.get("include_usage") and options.get("continuous_usage_stats"))
         sent = 0
-        if self.metrics is not None:
-            self.metrics.running.inc()
-        for i in range(chunks):
-            await _until(self.due(received, i, chunks))
-            if chat and i == 0:  # as vLLM: a role-only delta with the first output, before its text
-                self.event(writer, _chunk({"role": "assistant", "content": ""}, 0 if continuous else None))
+        with self.running():
+            for i in range(chunks):
+                await _until(self.due(received, i, chunks))
+                if chat and i == 0:  # as vLLM: a role-only delta with the first output, before its text
+                    self.event(writer, _chunk({"role": "assistant", "content": ""}, 0 if continuous else None))
+                    await writer.drain()
+                tokens = min(per_chunk, total - sent)
+                sent += tokens
+                text = {"content" if chat else "text": "tok " * tokens}
+                self.event(writer, _chunk(text, sent if continuous else None, chat))
+                if truth is not None and i == 0:
+                    truth[1] = time.monotonic()  # the first token went to the socket (before drain yields)
                 await writer.drain()
-            tokens = min(per_chunk, total - sent)
-            sent += tokens
-            text = {"content" if chat else "text": "tok " * tokens}
-            self.event(writer, _chunk(text, sent if continuous else None, chat))
-            if truth is not None and i == 0:
-                truth[1] = time.monotonic()  # the first token went to the socket (before drain yields)
+            if options.get("include_usage"):
+                self.event(writer, {"choices": [], "usage": _usage(total)})
+            writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
             await writer.drain()
-        if options.get("include_usage"):
-            self.event(writer, {"choices": [], "usage": _usage(total)})
-        writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
-        await writer.drain()
-        if self.metrics is not None:
+        if self.metrics is not None and truth is not None:  # its arrival; ``received``: when serving it began
+            self.metrics.finished(truth[0], truth[1], received - truth[0], time.monotonic())
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Counted as running (in the served metrics) until the stream ends or its client goes away."""
+        if self.metrics is None:
+            yield
+            return
+        self.metrics.running.inc()
+        try:
+            yield
+        finally:
             self.metrics.running.dec()
-            if truth is not None:  # its arrival; ``received``: when serving it began
-                self.metrics.finished(truth[0], truth[1], received - truth[0], time.monotonic())
 
     def due(self, received: float, chunk: int, chunks: int) -> float:
         """When chunk ``chunk`` (of ``chunks``) is written: the TTFT, then one ITL per chunk."""

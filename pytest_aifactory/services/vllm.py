@@ -28,6 +28,7 @@ from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.core.words import COMMON_WORDS
 from pytest_aifactory.services import tiny_hf
 from pytest_aifactory.services.own_python import own_python
+from pytest_aifactory.services.settings import switch
 from pytest_aifactory.services.spec import HttpProbe, Resources, ServiceSpec
 
 __all__ = ["PYTHON_VARIABLE", "VENV", "VLLM", "vllm"]
@@ -51,10 +52,6 @@ VLLM: dict[str, SettingValue] = {
     "tiny_layers": 2,
     "extra_args": "",
 }
-
-
-def _switch(value: SettingValue) -> bool:
-    return str(value).lower() in ("1", "true", "yes", "on")
 
 
 def vllm(settings: Mapping[str, SettingValue]) -> ServiceSpec:
@@ -105,8 +102,8 @@ def vllm(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             str(settings["max_num_seqs"]),
             "--tensor-parallel-size",
             str(settings["tensor_parallel_size"]),
-            *(("--enforce-eager",) if _switch(settings["enforce_eager"]) else ()),
-            "--enable-prefix-caching" if _switch(settings["prefix_caching"]) else "--no-enable-prefix-caching",
+            *(("--enforce-eager",) if switch(settings["enforce_eager"]) else ()),
+            "--enable-prefix-caching" if switch(settings["prefix_caching"]) else "--no-enable-prefix-caching",
             *(
                 ("--kv-cache-memory-bytes", str(memory))
                 if memory
