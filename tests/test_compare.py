@@ -118,6 +118,8 @@ def test_s3_report_needs_no_workload_import() -> None:
         ({"output_tok_s": 0.0, "recall_at_10": 0.9}, ("vectordb",)),
         ({"iops": 1000.0}, ("filestorage",)),
         ({"request_s": 5.0, "output_tok_s": 0.0}, ()),
+        # a SQL test: every load computes goodput (all requests are good without a per-request SLO)
+        ({"request_s": 5.0, "output_tok_s": 0.0, "goodput_s": 5.0, "goodput_fraction": 1.0}, ()),
     ],
 )
 def test_unmarked_tests_get_the_family_their_figures_show(
@@ -129,3 +131,19 @@ def test_unmarked_tests_get_the_family_their_figures_show(
 def test_unmarked_generic_test_is_compared_on_the_common_metrics() -> None:
     common = {"error_rate", "request_s", "p50_latency_ms", "p99_latency_ms", "capacity_rate", "capacity_concurrency"}
     assert {m.name for m in key_metrics(())} == common
+
+
+def test_a_duration_below_the_noise_floor_is_not_judged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a flat FAISS index builds in microseconds: +57 % of that is timer noise, not a regression
+    old = report("a", [entry("t.py::test_faiss", {"index_build_s": 4.777e-06, "recall_at_10": 1.0}, ["vectordb"])])
+    new = report("b", [entry("t.py::test_faiss", {"index_build_s": 7.492e-06, "recall_at_10": 1.0}, ["vectordb"])])
+    assert main(["compare", write(tmp_path, old), write(tmp_path, new)]) == 0
+    out = capsys.readouterr().out
+    assert "below the 1 ms noise floor" in out, out
+    assert "REGRESSION" not in out, out
+    (change,) = [c for c in compare_reports(old, new, 0.05) if c.metric == "index_build_s"]
+    assert not change.regression
+    assert "below the 1 ms noise floor: not judged" in change.message()
+    slower = report("c", [entry("t.py::test_faiss", {"index_build_s": 0.0015, "recall_at_10": 1.0}, ["vectordb"])])
+    (change,) = [c for c in compare_reports(old, slower, 0.05) if c.metric == "index_build_s"]
+    assert change.regression  # past the floor in one run: judged

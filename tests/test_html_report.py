@@ -368,3 +368,31 @@ def test_series_stay_bounded_and_count_what_happened() -> None:
     assert series["cdf"]["itl"][-1] == pytest.approx(10.0)
     assert len(json.dumps(series)) < 40_000
     assert compact_series([RequestRecord(0, 0.0, warmup=True)]) is None
+
+
+def _figure_titles(page: str) -> dict[str, str]:
+    declared = json.loads(page.split("id='aif-figures'>", 1)[1].split("</script>", 1)[0])
+    return {f["id"]: f["title"] for f in declared}
+
+
+def test_a_load_shorter_than_two_windows_draws_no_timeline() -> None:
+    # 5 requests in 0.5 s: one window, a single point per line, which Plotly draws as an empty plot
+    short = _test("t.py::test_short", ["inference"], [{"rate": 10, "request_s": 10.0, "p99_latency_ms": 60.0}])
+    short["results"][0]["series"] = compact_series([_stream(i, 1000.0 + 0.1 * i) for i in range(5)])
+    long = _test("t.py::test_long", ["inference"], [{"rate": 2, "request_s": 2.0, "p99_latency_ms": 60.0}])
+    long["results"][0]["series"] = compact_series([_stream(i, 1000.0 + 0.5 * i) for i in range(5)])
+    assert len(short["results"][0]["series"]["timeline"]["t"]) == 1
+    ids = set(_figure_titles(render_html([_report("short", [short, long], version=3)])))
+    assert not {"fig-0-rates", "fig-0-latency-time"} & ids, sorted(ids)
+    assert {"fig-1-rates", "fig-1-latency-time", "fig-0-cdf-latency"} <= ids, sorted(ids)
+
+
+def test_an_unmarked_sql_test_plots_its_operation_latency() -> None:
+    # every load computes goodput: it used to make an unmarked SQL test an LLM one ("end-to-end latency")
+    metrics = {"rate": 10, "request_s": 10.0, "p99_latency_ms": 3.0, "goodput_s": 10.0, "goodput_fraction": 1.0}
+    sql = _test("t.py::test_select", [], [metrics])
+    sql["results"][0]["series"] = compact_series(
+        [RequestRecord(i, 1000.0 + i, sent=1000.0 + i, end=1000.003 + i) for i in range(5)]
+    )
+    titles = _figure_titles(render_html([_report("sql", [sql], version=3)]))
+    assert titles["fig-0-cdf-latency"] == "test_select: distribution of the operation latency (CDF)", titles

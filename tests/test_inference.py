@@ -201,16 +201,22 @@ def test_slo_breaches_fail_with_every_message_and_table(pytester: pytest.Pyteste
 @pytest.mark.parametrize(
     ("marker", "message"),
     [
-        ('"p99_tfft_ms <= 5"', "*test_x.py::test_x: @pytest.mark.slo: unknown metric 'p99_tfft_ms'*valid metrics:*"),
+        (
+            '"p99_tfft_ms <= 5"',
+            "*test_x.py::test_x: @pytest.mark.slo: unknown metric 'p99_tfft_ms' in SLO 'p99_tfft_ms <= 5' "
+            "(did you mean p99_ttft_ms or *); every metric is declared*in pytest_aifactory/core/metric_table.py*",
+        ),
         ('"p99_ttft_ms => 5"', "*test_x.py::test_x: @pytest.mark.slo: malformed SLO 'p99_ttft_ms => 5'*"),
         ('"p99_ttft_ms <= {nope}"', "*SLO 'p99_ttft_ms <= {nope}' names 'nope', which the profile's vars do not set*"),
     ],
 )
 def test_malformed_slo_is_a_usage_error(pytester: pytest.Pytester, marker: str, message: str) -> None:
-    pytester.makepyfile(test_x=f"import pytest\n\n@pytest.mark.slo({marker})\ndef test_x():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    pytester.makepyfile(test_x=f"import pytest\n\n@pytest.mark.slo({marker})\ndef test_x(aif_load):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--aif-results-dir=res")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+    assert "achieved_rate" not in result.stderr.str()  # not the list of every metric
+    assert not (pytester.path / "res").exists()  # found before anything ran: no run folder, report or log
 
 
 def test_slo_variables_are_checked_for_selected_tests_only(pytester: pytest.Pytester) -> None:

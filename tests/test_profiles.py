@@ -397,3 +397,22 @@ def test_a_profile_path_after_a_space_without_ini_files_keeps_results_in_the_inv
     done = run_pytest(pytester.path, "--aif-profile", str(profile), "--aif-run-id=spaced")
     assert done.returncode == 0, done.stdout[-3000:]
     assert (pytester.path / "aif-results" / "spaced" / "report.json").is_file()
+
+
+def test_a_closed_pipe_ends_the_cli_quietly(tmp_path: Path) -> None:
+    # `aifactory profiles | head -3` ended in a BrokenPipeError traceback; here the reader is gone before the write
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest_aifactory.apps.cli", "profiles"],
+            cwd=tmp_path,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert done.stderr == ""
+    assert done.returncode == 1

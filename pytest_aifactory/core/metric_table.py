@@ -17,6 +17,7 @@ __all__ = [
     "FAMILIES",
     "LATENCIES",
     "METRICS",
+    "NOISE_FLOORS",
     "PERCENTILES",
     "QUANTILES",
     "RAG_STAGES",
@@ -39,6 +40,8 @@ PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 STATS = ("mean", "stddev", "min", "max", *PERCENTILES)
 QUANTILES = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99", "p999": "0.999"}
 RESULT_GAUGE = "aifactory_result_value"  # Prometheus family of the figures without a family of their own
+# Per unit: below this value (in both runs) a change is timer noise, not judged by compare or the gate.
+NOISE_FLOORS: Mapping[str, tuple[float, str]] = {"s": (0.001, "1 ms")}
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ class Metric:
     def gauge_labels(self) -> tuple[str, ...]:
         """Label values of its gauge besides ``point``."""
         return (self.name,) if self.labels is None else self.labels
+
+    @property
+    def noise_floor(self) -> tuple[float, str] | None:
+        """Its unit's noise floor and how it is said (``(0.001, "1 ms")``), None when it has none."""
+        return NOISE_FLOORS.get(self.unit)
 
     @property
     def min_samples(self) -> int:

@@ -83,8 +83,15 @@ class SLO:
         return self.metric, info.unit if info is not None else ""
 
 
+# Where an unknown metric's message sends the reader (the list has hundreds of names: not in the message).
+_WHERE_METRICS_ARE = (
+    "every metric is declared, with its unit and meaning, in pytest_aifactory/core/metric_table.py "
+    "(README: 'One metric table')"
+)
+
+
 def parse_slo(expression: str, extra_metrics: Iterable[str] = ()) -> SLO:
-    """Parse ``METRIC OP NUMBER``; raise ``SLOError`` naming the expression and valid metrics."""
+    """Parse ``METRIC OP NUMBER``; raise ``SLOError`` naming the expression, close matches and where the metrics are."""
     match = _EXPR.match(expression)
     if not match:
         raise SLOError(
@@ -96,9 +103,7 @@ def parse_slo(expression: str, extra_metrics: Iterable[str] = ()) -> SLO:
     if metric not in known:
         close = difflib.get_close_matches(metric, sorted(known), n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise SLOError(
-            f"unknown metric {metric!r} in SLO {expression!r}{hint}; valid metrics: {', '.join(sorted(known))}"
-        )
+        raise SLOError(f"unknown metric {metric!r} in SLO {expression!r}{hint}; {_WHERE_METRICS_ARE}")
     return SLO(metric, op, float(number))
 
 

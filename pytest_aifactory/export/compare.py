@@ -9,7 +9,9 @@ beyond the run-to-run noise: the interval of the relative change, made from both
 zero. A metric without intervals in either run (a single run's throughput, or reports made
 before intervals existed) is judged by the margin alone, and the message says so; but a
 latency statistic of runs that do carry intervals and has none (too few samples to bound a
-p99) is not judged at all: its change is noise as far as anyone can tell. ``differences`` names what makes two runs not
+p99) is not judged at all: its change is noise as far as anyone can tell. Nor is a duration
+whose values in both runs lie under its unit's noise floor (``NOISE_FLOORS``: 1 ms for a metric
+in seconds, such as a flat index's build time in microseconds). ``differences`` names what makes two runs not
 comparable (service version or image, profile, partition, node type, model, dataset).
 """
 
@@ -55,6 +57,7 @@ class Change:
     interval: tuple[float, float] | None = None
     margin: float = 0.0
     unbounded: bool = False  # a latency statistic with too few samples for an interval: not judged
+    below_floor: str = ""  # both values under their unit's noise floor (``1 ms``): not judged
 
     @property
     def relative(self) -> float:
@@ -64,7 +67,9 @@ class Change:
     def message(self) -> str:
         """``p99_ttft_ms 212 -> 251 (+18 %, interval [+11, +26] %, beyond 5 % margin)``."""
         relative = "-" if math.isnan(self.relative) else f"{self.relative * 100:+.0f} %"
-        if self.unbounded:
+        if self.below_floor:
+            noise = f"below the {self.below_floor} noise floor: not judged"
+        elif self.unbounded:
             noise = "too few samples for an interval: not judged"
         elif self.interval is None:
             noise = "no interval: margin only"
@@ -78,6 +83,10 @@ class Change:
         )
 
 
+# Inference metrics every load computes (without a per-request SLO every request is good): no evidence.
+_EVERY_LOAD = {"goodput_s", "goodput_fraction"}
+
+
 def families_of(test: Mapping[str, Any]) -> tuple[Family, ...]:
     """The families of a report's test: its family markers, else those its figures show.
 
@@ -87,7 +96,7 @@ def families_of(test: Mapping[str, Any]) -> tuple[Family, ...]:
     marked = tuple(family for family in FAMILIES if family in test.get("markers", ()))
     if marked:
         return marked
-    present = {name for r in test["results"] for name, value in r["metrics"].items() if value}
+    present = {name for r in test["results"] for name, value in r["metrics"].items() if value} - _EVERY_LOAD
     own = {METRICS[name].families for name in present if name in METRICS}
     data = tuple(family for family in FAMILIES if family != "inference" and (family,) in own)
     return data or (("inference",) if ("inference",) in own else ())
@@ -146,9 +155,12 @@ def compare_reports(old: Mapping[str, Any], new: Mapping[str, Any], margin: floa
             interval = _interval(before[key], after[key], metric.name)
             with_intervals = all(point.get("interval_method") for point in (before[key], after[key]))
             unbounded = interval is None and with_intervals and bool(metric.distribution)
+            floor = metric.noise_floor
+            below_floor = floor[1] if floor and max(abs(float(a)), abs(float(b))) < floor[0] else ""
+            judged = not (unbounded or below_floor)
             direction, noise = _direction(metric, float(a), float(b), margin), _noise(metric, interval)
-            regression = direction < 0 and noise in (-1, 2) and not unbounded
-            improvement = direction > 0 and noise in (1, 2) and not unbounded
+            regression = direction < 0 and noise in (-1, 2) and judged
+            improvement = direction > 0 and noise in (1, 2) and judged
             changes.append(
                 Change(
                     key[0],
@@ -161,6 +173,7 @@ def compare_reports(old: Mapping[str, Any], new: Mapping[str, Any], margin: floa
                     interval,
                     margin,
                     unbounded,
+                    below_floor,
                 )
             )
     return changes
@@ -228,6 +241,12 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return list(found.values())
 
 
+def _verdict(change: Change) -> str:
+    if change.below_floor:
+        return f"below the {change.below_floor} noise floor"
+    return "REGRESSION" if change.regression else "improved" if change.improvement else ""
+
+
 def _table(changes: list[Change], old_id: str, new_id: str) -> list[str]:
     header = ["test", "point", "metric", "better", old_id, new_id, "interval", "change", ""]
     rows = [
@@ -240,7 +259,7 @@ def _table(changes: list[Change], old_id: str, new_id: str) -> list[str]:
             f"{c.new:.4g}",
             "-" if c.interval is None else f"[{c.interval[0]:+.0%},{c.interval[1]:+.0%}]",
             "-" if math.isnan(c.relative) else f"{c.relative:+.1%}",
-            "REGRESSION" if c.regression else "improved" if c.improvement else "",
+            _verdict(c),
         ]
         for c in changes
     ]

@@ -1,6 +1,7 @@
 """The HTML report's plots as Plotly figures (plain dicts: ``data`` traces and ``layout``).
 
-Only what was measured is drawn: a figure whose traces would all be empty is not made. SLO
+Only what was measured is drawn: a figure whose traces would all be empty is not made, nor a
+timeline of a load shorter than two windows (one point per line draws nothing). SLO
 thresholds are drawn as dashed red lines on the plots of their metric's distribution. Where
 a result has the server's own figures (its ``/metrics``), they are drawn beside the client's.
 """
@@ -131,12 +132,15 @@ def _offsets(test: ReportTest) -> list[float]:
     return offsets
 
 
+_MIN_WINDOWS = 2  # a timeline of one window is a single point: no line, an empty plot
+
+
 def _timelines(test: ReportTest) -> list[Figure | None]:
     rates, latency = [], []
     for result, offset in zip(test.results, _offsets(test), strict=True):
         timeline = (result.get("series") or {}).get("timeline")
-        if not timeline:
-            continue
+        if not timeline or len(timeline["t"]) < _MIN_WINDOWS:
+            continue  # a load shorter than two windows has no line to draw
         xs = [t + offset for t in timeline["t"]]
         point = f" [{result['label']}]" if len(test.results) > 1 else ""
         for key, name in (

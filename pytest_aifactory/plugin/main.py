@@ -17,7 +17,7 @@ import pytest
 
 from pytest_aifactory.plugin import fixtures, hookspecs, literal_loads, service_fixtures
 from pytest_aifactory.plugin.options import add_options, explicit_options, project_root, results_dir
-from pytest_aifactory.plugin.outcomes import Outcomes
+from pytest_aifactory.plugin.outcomes import Outcomes, check_slos
 from pytest_aifactory.plugin.session import SESSION_KEY, USED_ATTRIBUTE, RunSession, information_only
 
 MARKERS = {
@@ -138,12 +138,15 @@ def uses_plugin(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """After ``-m``/``-k``: start the run when a selected test (or an option) asks for aifactory.
 
-    Not after a collection error (a bad literal load argument...): pytest runs nothing then.
+    Not after a collection error (a bad literal load argument...): pytest runs nothing then; nor
+    after a malformed SLO of a selected test, a usage error before anything is created.
     """
+    run = config.stash[SESSION_KEY]
+    check_slos(items, lambda: run.profile.vars)
     if information_only(config) or (session.testsfailed and not config.option.continue_on_collection_errors):
         return
     if explicit_options(config) or any(uses_plugin(item) for item in items):
-        config.stash[SESSION_KEY].activate()
+        run.activate()
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -47,7 +47,7 @@ from pytest_aifactory.export.compare import families_of
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.plugin.options import setting
 
-__all__ = ["ENDED_KEY", "RESULTS_KEY", "Outcomes", "format_results", "progress_printer", "result_rows"]
+__all__ = ["ENDED_KEY", "RESULTS_KEY", "Outcomes", "check_slos", "format_results", "progress_printer", "result_rows"]
 
 RESULTS_KEY = pytest.StashKey[list[LoadResult]]()
 ENDED_KEY = pytest.StashKey[list[float]]()  # wall-clock time each result was recorded (its load's end)
@@ -109,6 +109,15 @@ def slos_of(item: pytest.Item, variables: Mapping[str, object]) -> list[SLO]:
             ) from None
         slos.append(parse_slo(text))
     return slos
+
+
+def check_slos(items: Sequence[pytest.Item], variables: Callable[[], Mapping[str, object]]) -> None:
+    """Reject malformed objectives of ``items`` with a usage error (called before the run starts)."""
+    for item in (item for item in items if item.get_closest_marker("slo")):
+        try:
+            slos_of(item, variables())
+        except SLOError as exc:
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.slo: {exc}") from None
 
 
 def _cell(metric: Metric, row: Mapping[str, Any]) -> tuple[str, tuple[int, str] | None]:
@@ -212,15 +221,6 @@ class Outcomes:
         self.variables = variables
         self.regressions = regressions
         self.rows: list[dict[str, Any]] = []
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Reject malformed objectives of the selected tests (after ``-m``/``-k``) before anything runs."""
-        for item in (item for item in items if item.get_closest_marker("slo")):
-            try:
-                slos_of(item, self.variables())
-            except SLOError as exc:
-                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.slo: {exc}") from None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
