@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from helpers import run_pytest, wait_for
 
+from pytest_aifactory.core.errors import JobError
 from pytest_aifactory.export.prometheus import final_registry
 from pytest_aifactory.jobs.energy import (
     POWERCAP_ROOT_ENV,
@@ -33,7 +34,7 @@ from pytest_aifactory.jobs.energy import (
     NvmlEnergy,
     RaplEnergy,
 )
-from pytest_aifactory.jobs.slurm_queue import SlurmQueue, parse_consumed_energy
+from pytest_aifactory.jobs.slurm_queue import ENERGY_SACCT_TIMEOUT_S, SlurmQueue, parse_consumed_energy
 from pytest_aifactory.workloads.energy import EnergyWatch, PointEnergy, cumulative_at
 
 NOBODY = 65534
@@ -210,7 +211,15 @@ def test_nvml_sums_the_jobs_gpus_in_millijoules() -> None:
     assert every.joules() == pytest.approx(5.0)
     assert mine.joules() == pytest.approx(3.0)
     assert by_uuid.joules() == pytest.approx(1.5)
-    assert every.describe() == "nvml: 4 GPU(s)"
+
+
+def test_the_meter_shuts_nvml_down_when_closed(powercap: PowercapTree) -> None:
+    nvml = FakeNvml([1000])
+    meter = EnergyMeter({"rapl": lambda: RaplEnergy(powercap.root), "nvml": lambda: NvmlEnergy(nvml)})
+    assert nvml.started == 1
+    meter.close()
+    assert nvml.started == 0
+    assert meter.sources == {}
 
 
 def test_nvml_without_total_energy_is_not_available() -> None:
@@ -295,31 +304,49 @@ def _append(path: Path, t: float, joules: dict[str, float], missing: dict[str, s
         out.write(json.dumps({"t": t, "joules": joules, "missing": missing}) + "\n")
 
 
-def test_watch_cuts_the_window_from_the_reads_around_its_ends(tmp_path: Path) -> None:
+def _never_sacct(job: str) -> tuple[float | None, str]:
+    raise AssertionError(f"sacct asked for job {job} although the node's counters work")
+
+
+def test_watch_cuts_the_span_from_the_reads_around_its_ends(tmp_path: Path) -> None:
     samples, no_gpu = tmp_path / "energy.jsonl", {"nvml": "no GPU"}
-    answers = iter([(1000.0, ""), (1000.0, "")])
-    watch = EnergyWatch(samples, "42", lambda job: next(answers), wait_s=10.0)
+    watch = EnergyWatch(samples, "42", _never_sacct, wait_s=10.0)
     first = time.time() - 1
     _append(samples, first, {"rapl": 0.0}, no_gpu)
-    watch.start()
-    watch.end()  # the load is over; its records are summarized before finish()
+    watch.before()  # the node's counter works: Slurm is not asked
+    watch.after()
+    span = (first + 0.25, time.time())  # the load's own span, from its records
     last = time.time() + 0.2
 
-    def read_later() -> None:  # the job's reader, a little behind the point's end
+    def read_later() -> None:  # the job's reader, a little behind the load's end
         time.sleep(0.3)
         _append(samples, last, {"rapl": 40.0}, no_gpu)
 
     writer = threading.Thread(target=read_later)
     writer.start()
-    energy = watch.finish()  # waits for the read past the end
+    energy = watch.finish(span)  # waits for the read past the end
     writer.join()
-    started, ended = watch.started, watch.ended  # the times the window was cut at
-    assert ended is not None
-    assert energy.window_s == pytest.approx(ended - started)
-    assert energy.joules["rapl"] == pytest.approx(40.0 * (ended - started) / (last - first))
+    assert energy.window_s == pytest.approx(span[1] - span[0])
+    assert energy.joules["rapl"] == pytest.approx(40.0 * (span[1] - span[0]) / (last - first))
     assert energy.missing["nvml"] == "no GPU"
-    assert "ConsumedEnergyRaw of job 42 did not grow over the point" in energy.missing["sacct"]
+    assert "not read: the node's counters were working" in energy.missing["sacct"]
     assert energy.source == "rapl"
+
+
+def test_a_frozen_counter_is_not_available_never_0_joules(tmp_path: Path) -> None:
+    """Some VMs expose a powercap whose energy_uj never moves: 0 J over a load is no measurement."""
+    samples = tmp_path / "energy.jsonl"
+    now = time.time()
+    _append(samples, now - 1, {"rapl": 12.5}, {"nvml": "no GPU"})
+    watch = EnergyWatch(samples)
+    watch.before()
+    for t in (now, now + 1):  # the job's reads during and after the load
+        _append(samples, t, {"rapl": 12.5}, {"nvml": "no GPU"})
+    energy = watch.finish((now - 0.5, now + 0.5))
+    assert "rapl" not in energy.joules
+    assert "the rapl counter did not advance over the load's 1 s" in energy.missing["rapl"]
+    assert energy.source == "not available"
+    assert energy.figures({"request_s": 20.0}, ("request",)) == {}
 
 
 def test_watch_falls_back_on_sacct_only_without_node_counters(tmp_path: Path) -> None:
@@ -327,25 +354,52 @@ def test_watch_falls_back_on_sacct_only_without_node_counters(tmp_path: Path) ->
     _append(samples, time.time(), {}, {"rapl": "no powercap", "nvml": "no GPU"})
     answers = iter([(1000.0, ""), (1600.0, "")])
     watch = EnergyWatch(samples, "42", lambda job: next(answers))
-    watch.start()
-    energy = watch.finish()
-    assert energy.joules == {"sacct": 600.0}
+    watch.before()
+    time.sleep(0.2)  # the load
+    watch.after()
+    asked, answered = (t for t, _ in watch._sacct_reads)
+    middle = (asked + answered) / 2
+    half = watch.finish((asked, middle))  # half the reads' gap: half the 600 J at Slurm's mean power
+    assert half.joules == {"sacct": pytest.approx(300.0, rel=1e-4)}
+    energy = watch.finish((asked, answered))
+    assert energy.joules == {"sacct": pytest.approx(600.0, rel=1e-4)}
     assert energy.source == "sacct"
     assert energy.missing == {"rapl": "no powercap", "nvml": "no GPU"}
+
+
+def test_watch_reads_the_jobs_file_from_its_last_read_on(tmp_path: Path) -> None:
+    """A long-lived service's energy.jsonl is read from the last line before the load, then by offset."""
+    samples = tmp_path / "energy.jsonl"
+    now = time.time()
+    for i in range(2000):  # an hour of reads before this load
+        _append(samples, now - 2000 + i, {"rapl": float(i)}, {})
+    watch = EnergyWatch(samples)
+    watch.before()
+    _append(samples, now + 1, {"rapl": 3000.0}, {})
+    energy = watch.finish((now - 0.5, now + 0.5))
+    assert energy.joules["rapl"] == pytest.approx(1001.0 * 1.0 / 2.0)  # 1999 -> 3000 over 2 s, 1 s of it
+    assert len(watch._read) == 2  # the read before the load and the one past it, not the whole hour
 
 
 # What this cluster's sacct (acct_gather_energy/none) prints for `-n -X -P -o ConsumedEnergyRaw`: "0" for
 # an ended job, "" for a running one (its allocation line); a site with an energy plugin prints joules.
 @pytest.mark.parametrize(
     ("text", "joules"),
-    [("0\n", None), ("\n", None), ("", None), ("183625\n", 183625.0), ("183625\n0\n", 183625.0)],
+    [
+        ("0\n", None),
+        ("\n", None),
+        ("", None),
+        ("18446744073709551614\n", None),  # NO_VAL64: a node's reading failed
+        ("183625\n", 183625.0),
+        ("183625\n0\n", 183625.0),
+    ],
 )
 def test_parse_consumed_energy(text: str, joules: float | None) -> None:
     value, why = parse_consumed_energy(text, "7")
     assert value == joules
     if joules is None:
         assert "sacct gives no ConsumedEnergy for job 7" in why
-        assert "AcctGatherEnergyType" in why
+        assert "AcctGatherEnergyType" in why or "NO_VAL" in why
 
 
 def _sacct_line(job_id: str, state: str) -> str | None:
@@ -385,7 +439,7 @@ def test_this_clusters_sacct_gives_not_available_rather_than_0(tmp_path: Path) -
 
 SUITE = """
 def test_llm(synthetic_llm_service, aif_load):
-    aif_load.openai(synthetic_llm_service, prompts="synthetic:in=4,out=8", rate=20, count=30, repeats=2)
+    aif_load.openai(synthetic_llm_service, prompts="synthetic:in=4,out=8", rate=20, count=30, repeats=2, workers=2)
 """
 WATTS = 50.0
 STALL_S = 0.3
@@ -393,8 +447,8 @@ STALL_S = 0.3
 
 @pytest.fixture
 def driven_powercap(tmp_path: Path) -> Iterator[PowercapTree]:
-    """A stand-in tree whose package 0 draws ``WATTS`` in wall-clock time (wrapping every 4 s)."""
-    tree = PowercapTree(tmp_path / "powercap", packages=1, max_range_uj=int(4 * WATTS * 1e6))
+    """A stand-in tree whose package 0 draws ``WATTS`` in wall-clock time (a real package's range: no wrap)."""
+    tree = PowercapTree(tmp_path / "powercap", packages=1)
     stop = threading.Event()
     started = time.time()
 
@@ -435,9 +489,12 @@ def test_a_real_run_reports_joules_per_request_from_the_services_node(
         config, metrics = result["config"], result["metrics"]
         assert config["energy_source"] == "rapl", config
         window = config["energy_window_s"]
+        # The window is the load's own span (its duration_s, as the job's wall clock sees it), not the
+        # runner's setup around it (starting two worker processes) and merge after it.
+        assert window == pytest.approx(metrics["duration_s"], abs=0.01)
         # Reads 0.5 s apart, interpolated; the counter may lag its driver thread by a stall of a loaded
         # machine. A wrong window (the job's life) or unit (uJ, mJ) is off by far more.
-        assert metrics["energy_j"] == pytest.approx(WATTS * window, abs=WATTS * STALL_S)
+        assert metrics["energy_j"] == pytest.approx(WATTS * metrics["duration_s"], abs=WATTS * STALL_S)
         assert metrics["energy_rapl_j"] == metrics["energy_j"]
         power = metrics["energy_j"] / window
         assert metrics["j_per_request"] == pytest.approx(power / metrics["request_s"], rel=0.01)
@@ -489,7 +546,8 @@ def test_vector_search_reports_joules_per_query_of_the_stores_node(
     chroma, faiss = report["tests"][0]["results"]
     assert chroma["config"]["energy_source"] == "rapl"
     window = chroma["config"]["energy_window_s"]
-    assert chroma["metrics"]["energy_j"] == pytest.approx(WATTS * window, abs=WATTS * STALL_S)
+    assert window == pytest.approx(chroma["metrics"]["duration_s"], abs=0.01)  # the load's own span
+    assert chroma["metrics"]["energy_j"] == pytest.approx(WATTS * chroma["metrics"]["duration_s"], abs=WATTS * STALL_S)
     power = chroma["metrics"]["energy_j"] / window
     assert chroma["metrics"]["j_per_query"] == pytest.approx(power / chroma["metrics"]["request_s"], rel=0.01)
     assert faiss["config"]["energy_source"] == "not available"  # in the test process: no service's node
@@ -501,23 +559,31 @@ def test_vector_search_reports_joules_per_query_of_the_stores_node(
 
 def test_watch_of_a_job_without_an_energy_reader_does_not_wait(tmp_path: Path) -> None:
     watch = EnergyWatch(tmp_path / "energy.jsonl", wait_s=30.0)
-    watch.start()
+    watch.before()
     began = time.monotonic()
-    energy = watch.finish()
+    energy = watch.finish((time.time() - 1, time.time()))
     assert time.monotonic() - began < 5.0  # not the 30 s deadline
     assert energy.source == "not available"
     assert energy.missing["rapl"].startswith("no read in ")
 
 
 def test_sacct_energy_goes_through_the_queues_counted_commands() -> None:
-    """The run's count of Slurm commands includes the energy reads (two per point on a Slurm service)."""
-    asked: list[list[str]] = []
+    """The run's count of Slurm commands includes the energy reads: one try, a short time limit."""
+    asked: list[tuple[list[str], float]] = []
 
-    def sacct(argv: Any) -> str:
-        asked.append(list(argv))
+    def sacct(argv: Any, timeout_s: float = 60.0) -> str:
+        asked.append((list(argv), timeout_s))
+        if len(asked) > 1:
+            raise JobError("sacct: error: Problem talking to the database")
         return "183625\n"
 
-    queue = SlurmQueue(runner=sacct)
+    queue = SlurmQueue(runner=sacct, retry_delay_s=30.0)  # a retry would hold the load up 30 s
     assert queue.consumed_energy("42") == (183625.0, "")
-    assert asked == [["sacct", "-n", "-X", "-P", "-j", "42", "-o", "ConsumedEnergyRaw"]]
-    assert queue.calls["sacct"] == 1
+    assert asked == [(["sacct", "-n", "-X", "-P", "-j", "42", "-o", "ConsumedEnergyRaw"], ENERGY_SACCT_TIMEOUT_S)]
+    began = time.monotonic()
+    joules, why = queue.consumed_energy("42")
+    assert time.monotonic() - began < 5.0
+    assert joules is None
+    assert "Problem talking to the database" in why
+    assert queue.calls["sacct"] == 2
+    assert ENERGY_SACCT_TIMEOUT_S <= 10.0

@@ -336,6 +336,30 @@ def test_runs_differing_only_in_when_their_clock_started_are_comparable() -> Non
     assert not [f for f in findings if "clock_zero" in f]
 
 
+def test_runs_differing_only_in_their_energy_bookkeeping_are_comparable() -> None:
+    """Two real runs' energy window, source and reasons (with each run's job id) differ every time."""
+    runs = []
+    for run_id, job, source, window in (("before", "1041", "rapl", 2.113), ("after", "1057", "not available", 2.087)):
+        test = _test("t.py::test_llm", ["inference"], _llm_points(1.0))
+        for result in test["results"]:
+            result["config"].update(
+                energy_source=source,
+                energy_window_s=window,
+                energy_not_available={
+                    "nvml": "pynvml is not installed (nvidia-ml-py)",
+                    "sacct": f"sacct gives no ConsumedEnergy for job {job} (empty): the site's AcctGatherEnergyType "
+                    "measures none",
+                },
+            )
+        runs.append(_report(run_id, [test]))
+    for run in runs:
+        jsonschema.validate(run, load_schema())
+    findings = _findings(render_html(runs))
+    comparable = "runs after against before: same provenance and load configuration: the figures are comparable."
+    assert comparable in findings, findings
+    assert not [f for f in findings if "energy_" in f], findings
+
+
 def test_each_finding_is_written_once_on_the_page() -> None:
     before = _report("before", [_test("t.py::test_llm", ["inference"], _llm_points(1.0))])
     after = _report("after", [_test("t.py::test_llm", ["inference"], _llm_points(2.0))])

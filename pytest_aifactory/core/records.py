@@ -78,7 +78,9 @@ class ClientHealth:
     the event loop (the one that paces and sends: when it is near one core, the client is the
     limit), ``stall_max_ms`` the longest the event loop was blocked beyond its watch tick,
     ``event_loop`` which loop ran (``uvloop 0.21.0`` or ``asyncio``), ``clock_zero`` the
-    ``time.monotonic()`` of the records' time zero (to match them with a server's own times).
+    ``time.monotonic()`` of the records' time zero (to match them with a server's own times),
+    ``clock_zero_wall`` the same instant as ``time.time()`` on the process's host (to match
+    them with a service job's samples, such as its energy reads).
     """
 
     worker: str
@@ -88,6 +90,7 @@ class ClientHealth:
     stall_max_ms: float
     event_loop: str
     clock_zero: float = 0.0
+    clock_zero_wall: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

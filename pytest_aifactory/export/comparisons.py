@@ -15,13 +15,24 @@ from typing import Any
 
 from pytest_aifactory.export.compare import Change, compare_reports
 from pytest_aifactory.export.views import ReportTest
+from pytest_aifactory.workloads.energy import ENERGY_BOOKKEEPING
 
 __all__ = ["Side", "SideBySide", "across_runs", "within_run"]
 
 _PROVENANCE = ("cpu_model", "cpu_count", "gpus", "python")
 _PROFILE = ("name", "executor", "partition", "images")
-# where and when, not what: addresses, and the monotonic clock's zero (a point in time of the host)
-_UNCOMPARED_CONFIG = {"seed", "base_url", "address", "url", "dsn", "endpoint", "clock_zero_monotonic_s"}
+# where and when, not what: addresses, the monotonic clock's zero (a point in time of the host), and
+# where the energy came from (its window, job ids in its reasons)
+_UNCOMPARED_CONFIG = {
+    "seed",
+    "base_url",
+    "address",
+    "url",
+    "dsn",
+    "endpoint",
+    "clock_zero_monotonic_s",
+    *ENERGY_BOOKKEEPING,
+}
 
 
 @dataclass(frozen=True)

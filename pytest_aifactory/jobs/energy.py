@@ -23,6 +23,7 @@ stand-in tree.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -56,6 +57,10 @@ class EnergySource(Protocol):
 
     def joules(self) -> float:
         """Joules counted since the source was opened."""
+        ...
+
+    def close(self) -> None:
+        """Release what the source holds (NVML's session)."""
         ...
 
 
@@ -107,9 +112,8 @@ class RaplEnergy:
             self._last[i] = now
         return self._total_uj / 1e6
 
-    def describe(self) -> str:
-        """Which zones it sums."""
-        return f"rapl: {len(self.zones)} package zone(s)"
+    def close(self) -> None:
+        """Nothing held: sysfs files are opened per read."""
 
 
 def _nvml_handles(nvml: Any, visible: str | None) -> list[Any]:
@@ -164,9 +168,10 @@ class NvmlEnergy:
         except self.nvml.NVMLError as exc:
             raise EnergyUnavailableError(f"NVML energy read failed: {exc}") from None
 
-    def describe(self) -> str:
-        """How many GPUs it sums."""
-        return f"nvml: {len(self.handles)} GPU(s)"
+    def close(self) -> None:
+        """Shut NVML down (it was started for this source)."""
+        with contextlib.suppress(self.nvml.NVMLError):  # the driver went away: nothing left to shut down
+            self.nvml.nvmlShutdown()
 
 
 class EnergyMeter:
@@ -195,6 +200,12 @@ class EnergyMeter:
             try:
                 joules[name] = source.joules()
             except EnergyUnavailableError as exc:
-                del self.sources[name]
+                self.sources.pop(name).close()
                 self.missing[name] = str(exc)
         return {"t": time.time(), "joules": joules, "missing": dict(self.missing)}
+
+    def close(self) -> None:
+        """Close every source still open (NVML is shut down)."""
+        for source in self.sources.values():
+            source.close()
+        self.sources.clear()

@@ -21,6 +21,7 @@ from pytest_aifactory.core.errors import JobError
 
 __all__ = [
     "ACTIVE_SLURM_STATES",
+    "ENERGY_SACCT_TIMEOUT_S",
     "HOPELESS_REASONS",
     "LIMIT_REASONS",
     "JobStatus",
@@ -113,17 +114,24 @@ def run_command(argv: Sequence[str], timeout_s: float = 60.0) -> str:
     return done.stdout
 
 
+ENERGY_SACCT_TIMEOUT_S = 5.0
+_NO_VAL64_FLOOR = 2.0**63  # Slurm's NO_VAL64 (2**64 - 2) and INFINITE64 markers, never a reading
+
+
 def parse_consumed_energy(text: str, job_id: str) -> tuple[float | None, str]:
     """``sacct -n -X -P -o ConsumedEnergyRaw``'s answer as joules, or None and why.
 
     Where the site's ``AcctGatherEnergyType`` is ``acct_gather_energy/none`` Slurm answers 0 or
-    nothing: that is no measurement, not 0 J.
+    nothing, and where a node's reading failed, ``NO_VAL64`` (18446744073709551614): that is no
+    measurement, not 0 J (nor 18 EJ).
     """
     value = text.strip().splitlines()[0].strip() if text.strip() else ""
     try:
         joules = float(value)
     except ValueError:
         joules = 0.0
+    if joules >= _NO_VAL64_FLOOR:
+        return None, f"sacct gives no ConsumedEnergy for job {job_id} ({value}: Slurm's NO_VAL, no reading)"
     if joules <= 0:
         return None, (
             f"sacct gives no ConsumedEnergy for job {job_id} ({value or 'empty'}): "
@@ -153,7 +161,7 @@ class SlurmQueue:
     attempts: int = 3
     retry_delay_s: float = 1.0
     limit_wait_s: float = 600.0
-    runner: Callable[[Sequence[str]], str] = run_command
+    runner: Callable[..., str] = run_command  # (argv, timeout_s=...) -> stdout, as ``run_command``
     calls: Counter[str] = field(default_factory=Counter)
     _known: dict[str, JobStatus | None] = field(default_factory=dict)
     _polled_at: float = float("-inf")
@@ -167,13 +175,16 @@ class SlurmQueue:
         """How long the last poll's answers are used before the next poll."""
         return self._interval_s
 
-    def command(self, argv: Sequence[str], retry: bool = False) -> str:
-        """Run a Slurm command (counted); with ``retry``, a failure is tried again ``attempts`` times in all."""
+    def command(self, argv: Sequence[str], retry: bool = False, timeout_s: float | None = None) -> str:
+        """Run a Slurm command (counted); with ``retry``, a failure is tried again ``attempts`` times in all.
+
+        ``timeout_s`` shortens the runner's own time limit (60 s) for a read that must not hold anything up.
+        """
         tries = self.attempts if retry else 1
         for attempt in range(1, tries + 1):
             self.calls[argv[0]] += 1
             try:
-                return self.runner(argv)
+                return self.runner(argv) if timeout_s is None else self.runner(argv, timeout_s=timeout_s)
             except JobError as exc:
                 if _NOT_KNOWN in str(exc) or attempt == tries:
                     if attempt > 1:
@@ -252,9 +263,13 @@ class SlurmQueue:
         return found
 
     def consumed_energy(self, job_id: str) -> tuple[float | None, str]:
-        """The job's ``ConsumedEnergyRaw`` (J) so far, or None and why (no energy plugin, sacct failing)."""
+        """The job's ``ConsumedEnergyRaw`` (J) so far, or None and why (no energy plugin, sacct failing).
+
+        Read beside a load: one try, ``ENERGY_SACCT_TIMEOUT_S`` at most (a failure is "not available").
+        """
+        argv = ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "ConsumedEnergyRaw"]
         try:
-            text = self.command(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "ConsumedEnergyRaw"], True)
+            text = self.command(argv, timeout_s=ENERGY_SACCT_TIMEOUT_S)
         except JobError as exc:
             return None, str(exc)
         return parse_consumed_energy(text, job_id)

@@ -288,12 +288,15 @@ class TelemetryThreads:
 
     def _read_energy(self, path: Path) -> None:
         meter = EnergyMeter()
-        with path.open("a", encoding="utf-8") as handle:
-            while True:
-                handle.write(json.dumps(meter.sample()) + "\n")
-                handle.flush()
-                if not meter.sources or self._stop.wait(ENERGY_INTERVAL_S):
-                    return
+        try:
+            with path.open("a", encoding="utf-8") as handle:
+                while True:
+                    handle.write(json.dumps(meter.sample()) + "\n")
+                    handle.flush()
+                    if not meter.sources or self._stop.wait(ENERGY_INTERVAL_S):
+                        return
+        finally:
+            meter.close()
 
     def event(self, line: str, level: str = "info") -> None:
         """A lifecycle line of the service (started, stopped...) in its Loki stream."""

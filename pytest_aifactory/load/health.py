@@ -28,6 +28,7 @@ class LoopWatch:
         """Watch for ``worker``, whose records count from ``clock_zero`` (monotonic seconds)."""
         self.worker = worker
         self.clock_zero = clock_zero
+        self.clock_zero_wall = time.time() - (time.monotonic() - clock_zero)
         self.stall_max_s = 0.0
         self._task: asyncio.Task[None] | None = None
         self._started = (0.0, 0.0, 0.0)
@@ -54,6 +55,7 @@ class LoopWatch:
             stall_max_ms=self.stall_max_s * 1000,
             event_loop=event_loop_name(asyncio.get_running_loop()),
             clock_zero=self.clock_zero,
+            clock_zero_wall=self.clock_zero_wall,
         )
         if self._task is not None:
             self._task.cancel()

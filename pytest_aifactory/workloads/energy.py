@@ -1,17 +1,23 @@
-"""A load point's energy: the service node's counters cut to the point's window, per unit of work.
+"""A load point's energy: the service node's counters cut to the load's own span, per unit of work.
 
 The service's job reads its node's counters every half second into ``energy.jsonl``
-(``jobs.energy``: RAPL packages, NVML GPUs). ``EnergyWatch`` notes the wall-clock time a
-point starts and ends, waits until the job has read past the end, and takes each source's
-cumulative joules at both ends by linear interpolation between the two reads around each
-(exact while the power is steady between them). For a Slurm job it also asks ``sacct`` for
-the job's ``ConsumedEnergyRaw`` at both ends; 0 or empty (no energy plugin), or no change over
-the point (a site that only updates it when a step ends), is "not available", never 0 J.
+(``jobs.energy``: RAPL packages, NVML GPUs). The span is the load's measured window (the
+first measured request's scheduled send to the last request's end, as ``duration_s``), on the
+wall clock through the engine's clock zero. ``EnergyWatch`` waits until the job has read past
+the span's end, and takes each source's cumulative joules at both ends by linear
+interpolation between the two reads around each (exact while the power is steady between
+them). A counter that did not move over the span (frozen, as on some VMs) is "not available".
+
+Only when no node counter works before the load, and the service is a Slurm job, is ``sacct``
+asked for the job's ``ConsumedEnergyRaw`` before and after the load (one try each, a short
+timeout): its growth between the two reads, as mean power, times the span. 0 or empty (no
+energy plugin), NO_VAL, or no growth (a site that only updates it when a step ends) is "not
+available", never 0 J.
 
 ``energy_j`` is RAPL + NVML where either worked, else Slurm's figure; ``energy_source``
-names what it is made of. Energy per unit of work is the point's mean power over its
-throughput (``j_per_request`` = energy_j / window / request_s, and so on), so that it is per
-completed unit however the warm-up was cut.
+names what it is made of. Energy per unit of work is the span's mean power over its
+throughput (``j_per_request`` = energy_j / span / request_s, and so on: energy_j over the
+completed units, however the warm-up was cut).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +36,7 @@ from pytest_aifactory.jobs.energy import ENERGY_FILE
 from pytest_aifactory.services.spec import RunningService
 
 __all__ = [
+    "ENERGY_BOOKKEEPING",
     "NOT_AVAILABLE",
     "REQUESTS",
     "TOKENS",
@@ -52,6 +60,10 @@ UNITS: dict[str, tuple[str, str, float]] = {
 }
 REQUESTS = ("request",)
 TOKENS = ("request", "output_token")  # LLM loads
+# Keys of a result's configuration that record where energy came from: they vary from run to run
+# (windows, job ids in reasons) without changing the load, so runs are compared regardless.
+ENERGY_BOOKKEEPING = frozenset({"energy_source", "energy_window_s", "energy_not_available"})
+_TAIL_BYTES = 8192  # enough for the job's last few reads (a line is ~150 bytes)
 
 
 def cumulative_at(samples: Sequence[Mapping[str, Any]], source: str, at: float) -> float | None:
@@ -107,51 +119,76 @@ class PointEnergy:
 
 @dataclass
 class EnergyWatch:
-    """Energy of one service's node over a load point: ``start()``, ``end()``, then ``finish()``."""
+    """Energy of one service's node over a load: ``before()`` and ``after()`` the load, then ``finish(span)``."""
 
     samples: Path
     slurm_job: str | None = None
     sacct: SacctEnergy | None = None
     wait_s: float = 10.0
-    started: float = field(default=0.0, init=False)  # wall-clock time of the point's start
-    ended: float | None = field(default=None, init=False)  # and of its end
-    _sacct_reads: list[tuple[float | None, str]] = field(default_factory=list, init=False)
+    _offset: int = field(default=0, init=False)  # bytes of the job's file already read
+    _read: list[dict[str, Any]] = field(default_factory=list, init=False)  # the reads from the load's on
+    _sacct_reads: list[tuple[float, tuple[float | None, str]]] = field(default_factory=list, init=False)
 
-    def start(self) -> None:
-        """Note the point's start (and Slurm's figure then)."""
-        self._sacct_read()
-        self.started, self.ended = time.time(), None
+    def before(self) -> None:
+        """Before the load: read the job's file from its last read on, and ask Slurm only without node counters."""
+        self._offset, self._read = _last_line_start(self.samples), []
+        self._poll()
+        if not (self._read and self._read[-1].get("joules")):
+            self._sacct_read()
 
-    def end(self) -> None:
-        """Note the point's end (and Slurm's figure then), before its records are summarized."""
-        self.ended = time.time()
-        self._sacct_read()
+    def after(self) -> None:
+        """After the load: Slurm's figure again, when it was asked before."""
+        if self._sacct_reads:
+            self._sacct_read()
 
     def _sacct_read(self) -> None:
         if self.slurm_job is not None and self.sacct is not None:
-            self._sacct_reads.append(self.sacct(self.slurm_job))
+            self._sacct_reads.append((time.time(), self.sacct(self.slurm_job)))
 
-    def finish(self) -> PointEnergy:
-        """The point's energy, once the job has read its counters past the point's end."""
-        if self.ended is None:
-            self.end()
-        ended = self.ended if self.ended is not None else time.time()
-        energy = PointEnergy(ended - self.started)
+    def finish(self, span: tuple[float, float] | None) -> PointEnergy:
+        """The energy over ``span`` (the load's own, wall-clock), once the job has read its counters past it."""
+        if span is None:
+            energy = PointEnergy(0.0)
+            no_span = "no request completed: the load has no span"
+            energy.missing.update(dict.fromkeys(("rapl", "nvml", "sacct"), no_span))
+            return energy
+        started, ended = span
+        energy = PointEnergy(ended - started)
         samples = self._samples_past(ended)
-        last = samples[-1] if samples else {}
-        energy.missing.update(last.get("missing", {}))
+        energy.missing.update(samples[-1].get("missing", {}) if samples else {})
         for source in ("rapl", "nvml"):
             if source in energy.missing:
                 continue
-            start, end = cumulative_at(samples, source, self.started), cumulative_at(samples, source, ended)
+            start, end = cumulative_at(samples, source, started), cumulative_at(samples, source, ended)
             if start is None or end is None:
-                energy.missing[source] = f"the job's {self.samples.name} does not cover the point"
+                energy.missing[source] = f"the job's {self.samples.name} does not cover the load"
+            elif end <= start:
+                energy.missing[source] = (
+                    f"the {source} counter did not advance over the load's {energy.window_s:.3g} s "
+                    "(frozen, as some VMs expose it)"
+                )
             else:
                 energy.joules[source] = end - start
         if not samples:
-            energy.missing.update(dict.fromkeys(("rapl", "nvml"), f"no read in {self.samples} by the point's end"))
+            energy.missing.update(dict.fromkeys(("rapl", "nvml"), f"no read in {self.samples} by the load's end"))
         self._slurm(energy)
         return energy
+
+    def _poll(self) -> None:
+        """Add the job's complete lines written since the last poll (from a byte offset: never re-read)."""
+        try:
+            with self.samples.open("rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except OSError:
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # the line being written is read next time
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                self._read.append(json.loads(line))
+            except ValueError:  # not a read (a torn line of a job killed mid-write)
+                continue
 
     def _samples_past(self, ended: float) -> list[dict[str, Any]]:
         """The job's reads, once one is past ``ended`` or the job reads nothing (polled until ``wait_s``).
@@ -163,40 +200,43 @@ class EnergyWatch:
             return []
         deadline = time.monotonic() + self.wait_s
         while True:
-            samples = _read_samples(self.samples)
-            done = samples and (samples[-1]["t"] >= ended or not samples[-1]["joules"])
+            self._poll()
+            done = self._read and (self._read[-1]["t"] >= ended or not self._read[-1]["joules"])
             if done or time.monotonic() >= deadline:
-                return samples
+                return self._read
             time.sleep(0.1)
 
     def _slurm(self, energy: PointEnergy) -> None:
         if self.slurm_job is None or self.sacct is None:
             energy.missing["sacct"] = "not a Slurm job"
             return
-        (before, why), (after, why_after) = self._sacct_reads[-2:]
+        if len(self._sacct_reads) < 2:
+            energy.missing["sacct"] = "not read: the node's counters were working when the load began"
+            return
+        (asked, (before, why)), (answered, (after, why_after)) = self._sacct_reads[-2:]
         if before is None or after is None:
             energy.missing["sacct"] = why or why_after
         elif after <= before:
             energy.missing["sacct"] = (
-                f"ConsumedEnergyRaw of job {self.slurm_job} did not grow over the point "
+                f"ConsumedEnergyRaw of job {self.slurm_job} did not grow over the load "
                 "(the site updates it only when a step ends)"
             )
-        else:
-            energy.joules["sacct"] = after - before
+        else:  # Slurm's mean power between its two reads (around the load), over the load's span
+            energy.joules["sacct"] = (after - before) * energy.window_s / max(answered - asked, energy.window_s)
 
 
-def _read_samples(path: Path) -> list[dict[str, Any]]:
+def _last_line_start(path: Path) -> int:
+    """Byte offset of the last complete line of ``path`` (the job's last read before now), 0 without one."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            tail_at = max(0, size - _TAIL_BYTES)
+            handle.seek(tail_at)
+            tail = handle.read()
     except OSError:
-        return []
-    samples = []
-    for line in lines:
-        try:
-            samples.append(json.loads(line))
-        except ValueError:  # the line being written
-            continue
-    return samples
+        return 0
+    body = tail[: tail.rfind(b"\n") + 1].rstrip(b"\n")
+    return tail_at + body.rfind(b"\n") + 1 if body else tail_at
 
 
 def energy_watch(service: RunningService | str, sacct: SacctEnergy | None) -> EnergyWatch | None:

@@ -8,6 +8,7 @@ answer = load.capacity("rate", load.openai, llm_server, slo=["p99_ttft_ms <= 500
 from __future__ import annotations
 
 import dataclasses
+import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -179,7 +180,7 @@ class LoadRunner(ProductionLoads):
         before = server.start() if server is not None else None
         watch = energy_watch(energy[0], self.sacct_energy) if energy is not None else None
         if watch is not None:
-            watch.start()
+            watch.before()  # the energy is cut at the load's own span, from its records
         try:
             # client nodes send histograms and a sample, not every record, when nothing needs more
             digest = summarizer is summarize and not plan.steady_state
@@ -191,7 +192,7 @@ class LoadRunner(ProductionLoads):
             if server is not None:
                 server.stop()
             if watch is not None:
-                watch.end()
+                watch.after()
         result = result_of(run)
         result.scalars.update(scalars or {})
         if server is not None and before is not None:
@@ -199,7 +200,7 @@ class LoadRunner(ProductionLoads):
             result.scalars.update({**figures, **ttft_overhead(result.metrics(), figures)})
             result.server_series = server.series()
         if energy is not None:
-            _add_energy(result, energy[0], watch, energy[1])
+            _add_energy(result, energy[0], watch, energy[1], _load_span(run, result))
         self.record(result)
         if self.stop is not None and self.stop.is_set():
             raise LoadStoppedError(
@@ -506,15 +507,36 @@ class LoadRunner(ProductionLoads):
         return self.record(files.metadata_load(directory, files_count, threads))
 
 
+def _load_span(run: LoadRun, result: LoadResult) -> tuple[float, float] | None:
+    """The load's measured window (``duration_s``, ending at the last request's end) on the wall clock.
+
+    None when no request completed or no process said when its clock started.
+    """
+    zeros = [h.clock_zero_wall for h in run.health if h.clock_zero_wall is not None]
+    if run.digest is not None:
+        last_end = run.digest.totals.last_end
+    else:
+        last_end = max((r.end for r in run.records if r.end is not None and not r.warmup), default=-math.inf)
+    duration = result.metrics().get("duration_s", math.nan)
+    if not zeros or not math.isfinite(last_end) or not duration > 0:
+        return None
+    end = min(zeros) + last_end  # the processes share one start
+    return end - duration, end
+
+
 def _add_energy(
-    result: LoadResult, target: RunningService | str, watch: EnergyWatch | None, units: tuple[str, ...]
+    result: LoadResult,
+    target: RunningService | str,
+    watch: EnergyWatch | None,
+    units: tuple[str, ...],
+    span: tuple[float, float] | None,
 ) -> None:
-    """The point's energy figures, and where they come from (a note when there are any)."""
+    """The point's energy figures over the load's ``span``, and where they come from (a note when there are any)."""
     if watch is None:
         unknown = f"{target} is not a service this run started: its node is not known"
         result.config.update(energy_source=NOT_AVAILABLE, energy_not_available={"node": unknown})
         return
-    energy = watch.finish()
+    energy = watch.finish(span)
     result.config.update(energy.describe())
     figures = energy.figures(result.metrics(), units)
     result.scalars.update(figures)
