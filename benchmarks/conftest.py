@@ -12,7 +12,6 @@ import datetime
 import os
 import platform
 import socket
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -31,15 +30,8 @@ def _markers(name: str) -> tuple[str, str]:
 
 def _commit() -> str:
     """The checkout's commit, ``(dirty)`` when a tracked file other than the README (which this writes) changed."""
-    state = git_state(ROOT)
-    changed = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!README.md"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return f"{(state['commit'] or 'unknown')[:10]}{' (dirty)' if changed else ''}"
+    state = git_state(ROOT, ignore=("README.md",))
+    return f"{(state['commit'] or 'unknown')[:10]}{' (dirty)' if state['dirty'] else ''}"
 
 
 def provenance(command: str, load_average: float, packages: tuple[str, ...] = ()) -> str:

@@ -94,10 +94,11 @@ def _run(argv: list[str], cwd: Path | None = None) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def git_state(root: Path) -> dict[str, Any]:
-    """Commit and dirty flag of the checkout the suite runs from (None outside git)."""
+def git_state(root: Path, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Commit and dirty flag of the checkout the suite runs from (None outside git); ``ignore``: paths not counted."""
     commit = _run(["git", "rev-parse", "HEAD"], root)
-    status = _run(["git", "status", "--porcelain", "--untracked-files=no"], root)
+    excluded = [f":!{path}" for path in ignore]
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded], root)
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
