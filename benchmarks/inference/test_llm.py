@@ -25,9 +25,9 @@ def test_rate_sweep_goodput(llm_service, aif_load, aif_vars):
         warmup=2,
         goodput=goodput,
     )
+    # A point where the client fell behind its schedule is marked client-bound by the engine, which
+    # makes its verdicts inconclusive (naming the lag and the client's CPU) rather than failing.
     assert_slo(points[0], "goodput_fraction >= 0.9")
-    for point in points:
-        assert point["achieved_rate"] == pytest.approx(point["offered_rate"], rel=0.1), "the client fell behind"
 
 
 @pytest.mark.slo("error_rate == 0", "p99_e2e_ms <= {llm_p99_e2e_ms}")
