@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import socket
 import time
 
+import httpx
 import pytest
+from helpers import wait_for
 
 from pytest_aifactory.core.errors import LoadConfigError
 from pytest_aifactory.core.metrics import LoadResult, summarize
@@ -168,3 +172,42 @@ def test_capacity_slo_marker_and_report(pytester: pytest.Pytester) -> None:
     assert {v["label"] for v in meets["slo"]} == {"capacity"}
     assert all(v["passed"] for v in meets["slo"])
     assert "probe" in out  # the probes' SLO cell in the results table
+
+
+def _stream_request(port: int) -> socket.socket:
+    """A streamed completion's request on a new connection (its answer is not read)."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    body = b'{"model":"synthetic","prompt":"x","max_tokens":4,"stream":true}'
+    connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    return connection
+
+
+def _gauge(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return float(re.search(rf"^vllm:{name}\{{[^}}]*\}} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+
+
+def test_a_client_that_leaves_frees_its_place_at_once(aif_service) -> None:  # type: ignore[no-untyped-def]
+    """One slot, three-second requests: a queued request whose client goes away leaves the waiting
+    count at once (not when the slot frees), and a running one whose client goes away frees the slot
+    at once, so the next request takes one service time, not two."""
+    service = aif_service("slotted-llm", slots=1, service_ms=3000.0, metrics=True)
+    url, port = service.url().rstrip("/"), service.ports["http"]
+    running = _stream_request(port)
+    leaving = None
+    try:
+        wait_for("a running request", lambda: _gauge(url, "num_requests_running") == 1, timeout_s=10)
+        leaving = _stream_request(port)
+        wait_for("a waiting request", lambda: _gauge(url, "num_requests_waiting") == 1, timeout_s=10)
+        leaving.close()
+        wait_for("no waiting request", lambda: _gauge(url, "num_requests_waiting") == 0, timeout_s=1.5)
+        running.close()
+        wait_for("no running request", lambda: _gauge(url, "num_requests_running") == 0, timeout_s=1.5)
+        started = time.monotonic()
+        body = {"model": "synthetic", "prompt": "x", "max_tokens": 4}
+        assert httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 200
+        assert time.monotonic() - started < 5.0  # one service time (3 s), not two
+    finally:
+        running.close()
+        if leaving is not None:
+            leaving.close()

@@ -12,7 +12,9 @@ request and when it wrote the first token (CLOCK_MONOTONIC, the engine's clock).
   service really saw, client and wire together);
 - TTFT error p50/p99: the engine's TTFT (from the scheduled time) minus the server's truth
   (first token written minus request read), matched per request;
-- client CPU (cores, all client processes) and whether the result was marked client-bound.
+- client CPU (cores, all client processes) and whether the result was marked client-bound;
+- server CPU (cores, from the server's own CPU time over the point, warm-up included): near 1
+  the server, not the engine, is the limit of the point's lateness and error.
 
 Targets (issue 16): at 100 req/s the client uses <= 0.10 core; one process sustains 1600
 req/s (achieved/target >= 0.99) with lateness p99 <= 2 ms and TTFT error p99 <= 2 ms; TTFT
@@ -28,14 +30,17 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
+from reference_client import run_reference
 
 from pytest_aifactory.core.metrics import LoadResult
 from pytest_aifactory.workloads.openai import OpenAIClient
@@ -45,6 +50,7 @@ from pytest_aifactory.workloads.runner import LoadRunner, make_plan
 TTFT_MS, ITL_MS, TOKENS = 50.0, 2.0, 32
 RATES = [50, 100, 200, 400, 800, 1200, 1600, 2400]
 WORKER_RATES = [800, 1600, 2400, 3200, 4800]
+REFERENCE_RATES = [100, 400, 800, 1600, 2400]
 DURATION_S, WARMUP_S = 5.0, 1.0
 SUSTAIN, LATENESS_MS, ERROR_MS, LOW_RATE_ERROR_MS, CPU_AT_100 = 0.99, 2.0, 2.0, 1.0, 0.10
 GIVE_UP = 0.9  # a series stops after a rate whose achieved/target fell below this
@@ -64,6 +70,7 @@ class Point:
     error_p50_ms: float
     error_p99_ms: float
     cpu_cores: float
+    server_cpu_cores: float
     client_bound: bool
     matched: int
 
@@ -77,14 +84,14 @@ class Point:
         return (
             f"| {self.distribution} | {self.workers} | {self.rate} | {self.ratio:.3f} | {self.lateness_p99_ms:.2f} | "
             f"{self.lag_p99_ms:.2f} | {self.error_p50_ms:+.2f} / {self.error_p99_ms:+.2f} | {self.cpu_cores:.2f} | "
-            f"{'yes' if self.client_bound else 'no'} | {'yes' if self.within else 'no'} |"
+            f"{self.server_cpu_cores:.2f} | {'yes' if self.client_bound else 'no'} | {'yes' if self.within else 'no'} |"
         )
 
 
 HEADER = (
     "| arrivals | workers | target req/s | achieved/target | server-seen lateness p99 ms | engine lag p99 ms "
-    "| TTFT error p50 / p99 ms | client CPU cores | client-bound | within targets |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| TTFT error p50 / p99 ms | client CPU cores | server CPU cores | client-bound | within targets |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -105,18 +112,26 @@ def truth_server(aif_shared_service, cores):  # type: ignore[no-untyped-def]
 
 
 def _measure(load: LoadRunner, url: str, distribution: str, rate: int, workers: int) -> Point:
-    httpx.delete(f"{url}/truth", timeout=30).raise_for_status()
+    before = httpx.delete(f"{url}/truth", timeout=30).json()
+    started = time.monotonic()
     tag = uuid.uuid4().hex[:8]
     client = OpenAIClient(url, "synthetic", request_id_prefix=f"{tag}-")
     prompts = SyntheticPrompts(Lengths(16, 16), Lengths(TOKENS, TOKENS))
     plan = make_plan(rate=rate, distribution=distribution, duration_s=DURATION_S, warmup=int(rate * WARMUP_S))  # type: ignore[arg-type]
     result = load.run(client, prompts, plan, label=f"{distribution} x{workers} {rate}/s", workers=workers)
-    truth = httpx.get(f"{url}/truth", timeout=30).json()["requests"]
-    return _point(result, truth, tag, distribution, rate, workers)
+    after = httpx.get(f"{url}/truth", timeout=30).json()
+    server_cores = (after["cpu_s"] - before["cpu_s"]) / (time.monotonic() - started)
+    return _point(result, after["requests"], tag, distribution, rate, workers, server_cores)
 
 
 def _point(
-    result: LoadResult, truth: dict[str, list[float | None]], tag: str, distribution: str, rate: int, workers: int
+    result: LoadResult,
+    truth: dict[str, list[float | None]],
+    tag: str,
+    distribution: str,
+    rate: int,
+    workers: int,
+    server_cores: float,
 ) -> Point:
     zero = float(result.config["clock_zero_monotonic_s"])
     lateness, errors = [], []
@@ -142,6 +157,7 @@ def _point(
         pct(errors, 50),
         pct(errors, 99),
         m["client_cpu_cores"],
+        server_cores,
         bool(m["client_bound"]),
         len(errors),
     )
@@ -155,6 +171,30 @@ def _series(load: LoadRunner, url: str, distribution: str, workers: int, rates: 
         if points[-1].ratio < GIVE_UP:
             break
     return points
+
+
+def _reference(url: str, rate: int) -> str:
+    """One rate of the bare reference client against the server's truth, as a table row."""
+    split = urlsplit(url)
+    httpx.delete(f"{url}/truth", timeout=30).raise_for_status()
+    run = run_reference(split.hostname or "127.0.0.1", split.port or 80, rate, DURATION_S, uuid.uuid4().hex[:8])
+    truth = httpx.get(f"{url}/truth", timeout=30).json()["requests"]
+    lateness, errors = [], []
+    for request_id, scheduled in run.scheduled.items():
+        seen, first = truth.get(request_id), run.first_event.get(request_id)
+        if seen is None or seen[1] is None or first is None:
+            continue
+        lateness.append((seen[0] - scheduled) * 1000)
+        errors.append(((first - scheduled) - (seen[1] - seen[0])) * 1000)
+    late, low, high = (float(np.percentile(v, q)) for v, q in ((lateness, 99), (errors, 50), (errors, 99)))
+    matched = f"{len(errors)} / {len(run.scheduled)}"
+    return f"| {rate} | {matched} | {late:.2f} | {low:+.2f} / {high:+.2f} | {run.cpu_cores:.2f} |"
+
+
+REFERENCE_HEADER = (
+    "| target req/s | matched / sent | server-seen lateness p99 ms | TTFT error p50 / p99 ms | client CPU cores |\n"
+    "|---|---|---|---|---|"
+)
 
 
 def _highest(points: list[Point]) -> int:
@@ -196,6 +236,7 @@ def test_engine_against_server_truth(truth_server, aif_load, aif_run, capsys, co
         ratio = "scaling not available here: both worker processes share one core (N workers need N free cores)"
     else:
         ratio = f"{two_best / one_best:.2f}x one process" if one_best else "ratio to one process not available"
+    reference = [_reference(url, rate) for rate in REFERENCE_RATES]
     missed = _missed(single)
     event_loop = aif_load.results[-1].config["event_loop"]
     command = "pytest benchmarks/calibration/test_calibration.py -m calibration -s --readme-figures"
@@ -210,6 +251,14 @@ def test_engine_against_server_truth(truth_server, aif_load, aif_run, capsys, co
         f"Poisson {_highest([p for p in single if p.distribution == 'poisson'])} req/s.",
         f"Two worker processes (constant): {two_best} req/s, {ratio}, with "
         f"{len(cores[1])} core(s) free for the client processes (the server on core {cores[0]}).",
+        "",
+        "The bare reference client (`benchmarks/calibration/reference_client.py`: the engine's pacer, raw "
+        "HTTP on uvloop, no parsing beyond the first event), constant arrivals, same server and cores, "
+        "same run: what one Python process can do here at best.",
+        "",
+        REFERENCE_HEADER,
+        *reference,
+        "",
         "Targets: " + ("all met." if not missed else "missed: " + "; ".join(missed) + "."),
     ]
     table = "\n".join(lines)

@@ -17,14 +17,22 @@ Run: ``python -m pytest_aifactory.services.slotted_llm --port 8000 --slots 4 --s
 from __future__ import annotations
 
 import argparse
-import asyncio
+import collections
 import time
 from collections.abc import Mapping
 
 from pytest_aifactory.core.profiles import SettingValue
 from pytest_aifactory.services.served_metrics import ServedMetrics
 from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
-from pytest_aifactory.services.synthetic_llm import SyntheticTiming, _Server, metrics_flag, metrics_meta
+from pytest_aifactory.services.synthetic_llm import (
+    SyntheticServer,
+    SyntheticTiming,
+    TimedStream,
+    metrics_flag,
+    metrics_meta,
+    run,
+    serve,
+)
 
 __all__ = ["DEFAULTS", "build", "capacity_rate", "main"]
 
@@ -57,32 +65,55 @@ def build(settings: Mapping[str, SettingValue]) -> ServiceSpec:
     )
 
 
-class _SlottedServer(_Server):
+class _SlottedServer(SyntheticServer):
     """Streams like the synthetic server, but only ``slots`` requests at a time, each for a fixed time."""
 
     def __init__(self, slots: int, service_s: float, metrics: ServedMetrics | None = None) -> None:
         super().__init__(SyntheticTiming(ttft_ms=0.0, itl_ms=0.0), metrics)
-        self.slots = asyncio.Semaphore(slots)
+        self.free = slots
         self.service_s = service_s
+        self.waiting: collections.deque[TimedStream] = collections.deque()  # in arrival order
+        self.serving: set[TimedStream] = set()
 
-    def due(self, received: float, chunk: int, chunks: int) -> float:
+    def due(self, started: float, chunk: int, chunks: int) -> float:
         """Chunks spread evenly over the service time, from when the request got its slot."""
-        return received + self.service_s * (chunk + 1) / chunks
+        return started + self.service_s * (chunk + 1) / chunks
 
-    async def stream(
-        self,
-        writer: asyncio.StreamWriter,
-        request: dict[str, object],
-        chat: bool,
-        received: float,
-        truth: list[float] | None = None,
-    ) -> None:
+    def admit(self, stream: TimedStream) -> None:
+        """Start it in a free slot, or queue it for the next one."""
+        self.waiting.append(stream)
+        self.waited(+1)
+        self.start_waiting()
+
+    def finished(self, stream: TimedStream) -> None:
+        super().finished(stream)
+        self.release(stream)
+
+    def abandoned(self, stream: TimedStream) -> None:
+        """Its client went away: it leaves the queue, or frees its slot."""
+        if stream in self.waiting:
+            self.waiting.remove(stream)
+            self.waited(-1)
+        self.release(stream)
+
+    def release(self, stream: TimedStream) -> None:
+        if stream in self.serving:
+            self.serving.remove(stream)
+            self.free += 1
+            self.start_waiting()
+
+    def start_waiting(self) -> None:
+        while self.free and self.waiting:
+            stream = self.waiting.popleft()
+            self.waited(-1)
+            self.free -= 1
+            self.serving.add(stream)
+            stream.start(time.monotonic())
+
+    def waited(self, change: int) -> None:
+        """Count a request as waiting for a slot (in the served metrics)."""
         if self.metrics is not None:
-            self.metrics.waiting.inc()
-        async with self.slots:
-            if self.metrics is not None:
-                self.metrics.waiting.dec()
-            await super().stream(writer, request, chat, time.monotonic(), truth)
+            self.metrics.waiting.inc(change)
 
 
 def main() -> None:
@@ -96,15 +127,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.slots < 1 or args.service_ms <= 0 or args.slowdown <= 0:
         parser.error("--slots must be >= 1, --service-ms and --slowdown > 0")
-    asyncio.run(serve(args.host, args.port, args.slots, args.service_ms * args.slowdown / 1000, args.metrics))
-
-
-async def serve(host: str, port: int, slots: int, service_s: float, metrics: bool = False) -> None:
-    """Serve until cancelled (``metrics``: vLLM's ``/metrics`` too, its queue being the wait for a slot)."""
-    handler = _SlottedServer(slots, service_s, ServedMetrics() if metrics else None).handle
-    server = await asyncio.start_server(handler, host, port, backlog=4096)
-    async with server:
-        await server.serve_forever()
+    metrics = ServedMetrics() if args.metrics else None
+    run(serve(args.host, args.port, _SlottedServer(args.slots, args.service_ms * args.slowdown / 1000, metrics)))
 
 
 if __name__ == "__main__":
