@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -34,15 +35,16 @@ def run_suite(tmp_path: Path, marker: str, profile: str) -> subprocess.Completed
     return done
 
 
-def check_skips(stdout: str, max_inconclusive: int = 1) -> None:
-    """Every skip has an expected reason, at most ``max_inconclusive`` SLOs are inconclusive, and some case passed."""
+def check_skips(stdout: str, max_inconclusive: int = 1, need_pass: bool = True) -> None:
+    """Every skip has an expected reason, at most ``max_inconclusive`` SLOs are inconclusive, and some case
+    passed (unless not ``need_pass``)."""
     skips = re.findall(r"^SKIPPED \[(\d+)\] [^:]+:\d+: (.*)$", stdout, re.M)
     unexpected = [reason for _, reason in skips if not any(known in reason for known in EXPECTED_SKIPS)]
     assert not unexpected, f"unexpected skips: {unexpected}"
     inconclusive = sum(int(n) for n, reason in skips if "SLO inconclusive" in reason)
     assert inconclusive <= max_inconclusive, f"{inconclusive} SLOs inconclusive: the suite proved little here"
     summary = stdout.strip().splitlines()[-1]
-    assert re.search(r"[1-9]\d* passed", summary), f"{summary}: no case passed"
+    assert not need_pass or re.search(r"[1-9]\d* passed", summary), f"{summary}: no case passed"
 
 
 @pytest.mark.parametrize("profile", ["local", pytest.param("ci-slurm", marks=pytest.mark.slurm)])
@@ -64,6 +66,15 @@ def test_inference_suite(tmp_path: Path, profile: str) -> None:
     assert " FAIL(" not in done.stdout
 
 
+LLM_SUITE = (
+    "test_rate_sweep_goodput",
+    "test_concurrency_sweep",
+    "test_long_prompt_prefill",
+    "test_chat_completions",
+    "test_capacity_under_slo",
+)
+
+
 @pytest.mark.slurm
 @pytest.mark.timeout(1800)
 def test_llm_suite_on_vllm(tmp_path: Path) -> None:
@@ -78,15 +89,28 @@ def test_llm_suite_on_vllm(tmp_path: Path) -> None:
         "-rs",
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    # vLLM's engine takes both cores of a CI machine: the client is held back and most verdicts say
-    # so (inconclusive, naming the machine); the test proves the suite runs unchanged on vLLM.
-    check_skips(done.stdout, max_inconclusive=4)
+    # vLLM's engine takes both cores of a CI machine: the client is held back (lag p99 of 80-300 ms
+    # while it is idle) and every verdict may say so (inconclusive, naming the machine). What the run
+    # must prove regardless, from its report: every case ran its loads on vLLM, every request of every
+    # point completed (a failing vLLM cannot hide behind inconclusive verdicts), and vLLM's own
+    # metrics were scraped for each point.
+    check_skips(done.stdout, max_inconclusive=len(LLM_SUITE), need_pass=False)
+    assert " FAIL(" not in done.stdout
     table = done.stdout[done.stdout.index("aifactory results (latencies in ms)") :]
-    for test in ("rate_sweep_goodput", "concurrency_sweep", "long_prompt_prefill", "chat_completions"):
-        assert f"test_{test}" in table  # passed, or skipped as inconclusive when the machine starves the client
     assert "srv ttft mean" in table
     assert "srv queue" in table
-    assert " FAIL(" not in done.stdout
+    report = json.loads(next(tmp_path.glob("*/report.json")).read_text())
+    ran = {test["nodeid"].split("::")[1]: test for test in report["tests"]}
+    assert sorted(ran) == sorted(LLM_SUITE)
+    for name, test in ran.items():
+        assert test["outcome"] in ("passed", "skipped"), (name, test["error"])
+        points = [result for result in test["results"] if result["role"] != "capacity"]
+        assert points, f"{name}: no load ran"
+        for point in points:
+            figures, where = point["metrics"], f"{name} [{point['label']}]"
+            assert figures["requests"] > 0, where
+            assert figures["completed"] == figures["requests"], f"{where}: {point['error_samples']}"
+            assert figures["server_requests"] >= figures["requests"], f"{where}: vLLM's own count missing"
 
 
 @pytest.mark.parametrize("profile", ["local", pytest.param("ci-slurm", marks=pytest.mark.slurm)])

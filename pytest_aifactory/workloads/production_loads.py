@@ -20,6 +20,7 @@ from pytest_aifactory.workloads.conversations import ConversationClient, convers
 from pytest_aifactory.workloads.embeddings import EmbeddingBatches, documents, embeddings_client
 from pytest_aifactory.workloads.energy import REQUESTS, TOKENS
 from pytest_aifactory.workloads.openai import OpenAIClient
+from pytest_aifactory.workloads.plans import make_plan
 from pytest_aifactory.workloads.rag import RagClient, RagQuestions, index_documents
 from pytest_aifactory.workloads.server_metrics import scraper_for
 from pytest_aifactory.workloads.traces import Trace, TracePrompts
@@ -55,12 +56,6 @@ def watching(service: RunningService | str, units: tuple[str, ...]) -> dict[str,
 
 class _Runner(Protocol):
     run: Callable[..., LoadResult]
-
-
-def _make_plan(**plan: Any) -> LoadPlan:
-    from pytest_aifactory.workloads.runner import make_plan  # runner imports this module
-
-    return make_plan(**plan)
 
 
 class ProductionLoads:
@@ -136,7 +131,7 @@ class ProductionLoads:
         return self.run(
             ConversationClient(openai_client(service, api, model)),
             workload,
-            _make_plan(**plan),
+            make_plan(**plan),
             label=label,
             workers=workers,
             goodput=goodput,
@@ -162,7 +157,7 @@ class ProductionLoads:
         return self.run(
             embeddings_client(service, model),
             EmbeddingBatches(texts, int(batch), int(plan.get("seed", 0))),
-            _make_plan(**plan),
+            make_plan(**plan),
             label=label,
             workers=workers,
             energy=(service, REQUESTS),
@@ -196,7 +191,7 @@ class ProductionLoads:
             return self.run(
                 client,
                 RagQuestions(tuple(docs), int(plan.get("seed", 0))),
-                _make_plan(**plan),
+                make_plan(**plan),
                 label=label,
                 workers=1,  # the store client stays in this process
                 goodput=goodput,
