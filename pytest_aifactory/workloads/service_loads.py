@@ -31,16 +31,6 @@ class _Runner(Protocol):
     run: Callable[..., LoadResult]
     record: Callable[[LoadResult], LoadResult]
 
-    def _data_load(
-        self,
-        service: RunningService | str,
-        client: RequestClient,
-        workload: Workload,
-        load: LoadPlan,
-        label: str,
-        unit: str,
-    ) -> LoadResult: ...
-
     def openai(self, service: RunningService | str, **kwargs: Any) -> LoadResult: ...
 
 
@@ -143,7 +133,7 @@ class ServiceLoads:
         pool = connections or load.concurrency or 8
         client = sql.PostgresClient(dsn, pool, mode)
         workload = sql.TpcbWorkload(scale, mode, int(plan.get("seed", 0)))
-        return self._data_load(service, client, workload, load, label or f"{mode} {plan_label(load)}", "transaction")
+        return _data_load(self, service, client, workload, load, label or f"{mode} {plan_label(load)}", "transaction")
 
     def s3(
         self: _Runner,
@@ -164,21 +154,7 @@ class ServiceLoads:
         if op in ("get", "mixed", "list"):
             client.upload_objects(objects)  # not prepare(): that name is the engine's PreparingClient hook
         workload = s3.ObjectOps(op, nbytes, objects, seed=int(plan.get("seed", 0)))
-        return self._data_load(service, client, workload, load, label or f"{op} {size} {plan_label(load)}", "gib")
-
-    def _data_load(
-        self: _Runner,
-        service: RunningService | str,
-        client: RequestClient,
-        workload: Workload,
-        load: LoadPlan,
-        label: str,
-        unit: str,
-    ) -> LoadResult:
-        """A load on a data service in this process: the service in its configuration, energy per ``unit``."""
-        return self.run(
-            client, workload, load, label=label, workers=1, config=service_identity(service), energy=(service, (unit,))
-        )
+        return _data_load(self, service, client, workload, load, label or f"{op} {size} {plan_label(load)}", "gib")
 
     def vector_search(
         self: _Runner,
@@ -240,3 +216,18 @@ def service_identity(service: RunningService | str) -> dict[str, Any]:
         return {}
     spec = service.spec
     return {"service": spec.name, "service_version": spec.meta.get("version"), "service_image": spec.image}
+
+
+def _data_load(
+    runner: _Runner,
+    service: RunningService | str,
+    client: RequestClient,
+    workload: Workload,
+    load: LoadPlan,
+    label: str,
+    unit: str,
+) -> LoadResult:
+    """A load on a data service in this process: the service in its configuration, energy per ``unit``."""
+    return runner.run(
+        client, workload, load, label=label, workers=1, config=service_identity(service), energy=(service, (unit,))
+    )
