@@ -148,7 +148,8 @@ class Capacity:
             breaches = "; ".join(v.message() for v in lowest.verdicts if not v.passed)
             return f"SLO unreachable even at the lowest point {knob}={lowest.value:g}: {breaches}"
         lo, hi = self.bracket
-        where = f"{self.metric} = {lo:g} ({len(self.probes)} probes in {self.elapsed_s:.1f} s; SLOs: {slos})"
+        probes = f"{len(self.probes)} probe{'' if len(self.probes) == 1 else 's'}"
+        where = f"{self.metric} = {lo:g} ({probes} in {self.elapsed_s:.1f} s; SLOs: {slos})"
         if self.status == "above-highest":
             return f"{where}: every SLO held up to the highest point {knob}={lo:g}, capacity is at least that"
         if self.status == "budget":
