@@ -124,6 +124,22 @@ def _measure(load: LoadRunner, url: str, distribution: str, rate: int, workers: 
     return _point(result, after["requests"], tag, distribution, rate, workers, server_cores)
 
 
+def _against_truth(
+    truth: dict[str, list[float | None]], sends: list[tuple[str, float, float]]
+) -> tuple[list[float], list[float]]:
+    """Server-seen lateness and TTFT error (ms) of each send (request id, scheduled, first token; monotonic)
+    that the server recorded: its read time minus the schedule, and the client's TTFT minus the server's."""
+    lateness, errors = [], []
+    for request_id, scheduled, first_token in sends:
+        seen = truth.get(request_id)
+        if seen is None or seen[0] is None or seen[1] is None:
+            continue
+        read, first_written = float(seen[0]), float(seen[1])
+        lateness.append((read - scheduled) * 1000)
+        errors.append(((first_token - scheduled) - (first_written - read)) * 1000)
+    return lateness, errors
+
+
 def _point(
     result: LoadResult,
     truth: dict[str, list[float | None]],
@@ -134,14 +150,12 @@ def _point(
     server_cores: float,
 ) -> Point:
     zero = float(result.config["clock_zero_monotonic_s"])
-    lateness, errors = [], []
-    for r in result.records:
-        seen = truth.get(f"{tag}-{r.index}")
-        if r.warmup or not r.ok or r.first_token is None or seen is None or seen[1] is None:
-            continue
-        read, first_written = float(seen[0]), float(seen[1])
-        lateness.append((read - (zero + r.scheduled)) * 1000)
-        errors.append(((r.first_token - r.scheduled) - (first_written - read)) * 1000)
+    sends = [
+        (f"{tag}-{r.index}", zero + r.scheduled, zero + r.first_token)
+        for r in result.records
+        if not r.warmup and r.ok and r.first_token is not None
+    ]
+    lateness, errors = _against_truth(truth, sends)
     m = result.metrics()
 
     def pct(values: list[float], q: float) -> float:
@@ -179,13 +193,8 @@ def _reference(url: str, rate: int) -> str:
     httpx.delete(f"{url}/truth", timeout=30).raise_for_status()
     run = run_reference(split.hostname or "127.0.0.1", split.port or 80, rate, DURATION_S, uuid.uuid4().hex[:8])
     truth = httpx.get(f"{url}/truth", timeout=30).json()["requests"]
-    lateness, errors = [], []
-    for request_id, scheduled in run.scheduled.items():
-        seen, first = truth.get(request_id), run.first_event.get(request_id)
-        if seen is None or seen[1] is None or first is None:
-            continue
-        lateness.append((seen[0] - scheduled) * 1000)
-        errors.append(((first - scheduled) - (seen[1] - seen[0])) * 1000)
+    sends = [(i, at, run.first_event[i]) for i, at in run.scheduled.items() if i in run.first_event]
+    lateness, errors = _against_truth(truth, sends)
     late, low, high = (float(np.percentile(v, q)) for v, q in ((lateness, 99), (errors, 50), (errors, 99)))
     matched = f"{len(errors)} / {len(run.scheduled)}"
     return f"| {rate} | {matched} | {late:.2f} | {low:+.2f} / {high:+.2f} | {run.cpu_cores:.2f} |"
