@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import struct
 import time
 from typing import Any
 
@@ -14,6 +16,7 @@ from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.core.slo import SLOInconclusive, assert_slo, check, parse_slo
 from pytest_aifactory.load.engine import Clock, Engine, LoadPlan
 from pytest_aifactory.load.schedule import Arrivals
+from pytest_aifactory.load.wakeup import PM_QOS_DEVICE, low_wakeup_latency
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.prompts import Lengths, SyntheticPrompts
 from pytest_aifactory.workloads.runner import LoadRunner, make_plan
@@ -175,3 +178,36 @@ def test_inconclusive_slo_skips_or_fails_when_strict(pytester: pytest.Pytester, 
             "*inconclusive: the load generator was the limit (lag p99 * ms, CPU *); use workers=N or nodes=N*",
         ]
     )
+
+
+def _pm_qos_value() -> int:
+    with open(PM_QOS_DEVICE, "rb") as device:
+        return int(struct.unpack("i", device.read(4))[0])
+
+
+@pytest.mark.skipif(not os.access(PM_QOS_DEVICE, os.W_OK), reason=f"{PM_QOS_DEVICE} needs root")
+def test_low_wakeup_latency_is_held_during_the_load_only(timed_server) -> None:  # type: ignore[no-untyped-def]
+    default = _pm_qos_value()
+    assert default > 0, "another process already holds the wake-up latency at 0: this test cannot tell"
+    during: list[int] = []
+
+    def progress(_: Any) -> None:
+        during.append(_pm_qos_value())
+
+    result = LoadRunner(low_wakeup_latency=True, progress=lambda label: progress).openai(
+        timed_server, prompts="synthetic:in=4,out=2", rate=20, duration_s=1.5
+    )
+    # Held while requests ran; the engine's last report comes after the load, when it is released.
+    assert len(during) >= 2
+    assert set(during[:-1]) == {0}
+    assert during[-1] == default
+    assert _pm_qos_value() == default  # released with the load
+    assert result.config["cpu_wakeup_latency"] == f"held at 0 us ({PM_QOS_DEVICE})"
+    assert result.config["low_wakeup_latency"] is True
+
+
+def test_low_wakeup_latency_says_why_it_was_not_held(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with low_wakeup_latency(True, str(tmp_path / "missing")) as held:
+        assert held.startswith(f"not held: {tmp_path / 'missing'}: No such file")
+    with low_wakeup_latency(False) as held:
+        assert held == "machine default"

@@ -80,7 +80,8 @@ class ClientHealth:
     ``event_loop`` which loop ran (``uvloop 0.21.0`` or ``asyncio``), ``clock_zero`` the
     ``time.monotonic()`` of the records' time zero (to match them with a server's own times),
     ``clock_zero_wall`` the same instant as ``time.time()`` on the process's host (to match
-    them with a service job's samples, such as its energy reads).
+    them with a service job's samples, such as its energy reads), ``wakeup_latency`` what the
+    CPUs' wake-up latency was held at during the load (``load.wakeup``).
     """
 
     worker: str
@@ -91,6 +92,7 @@ class ClientHealth:
     event_loop: str
     clock_zero: float = 0.0
     clock_zero_wall: float | None = None
+    wakeup_latency: str = "machine default"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -11,7 +11,8 @@ Nothing that can be done before the clock starts is done on it: the schedule, ev
 (``Workload.request``, then the client's ``prepare`` when it has one: request bodies) and the
 client's connections are made first, then the clock's zero is set (or the common start is
 awaited, with workers). Each send waits on a ``Pacer`` (a timerfd on Linux: no spinning, no
-millisecond timer rounding). The process's CPU, its event-loop thread's CPU and the loop's
+millisecond timer rounding), with the CPUs' wake-up latency held low if the plan asks
+(``load.wakeup``). The process's CPU, its event-loop thread's CPU and the loop's
 longest stall over the load are kept in ``Engine.health``.
 """
 
@@ -30,6 +31,7 @@ from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.load.health import LoopWatch
 from pytest_aifactory.load.pacing import Pacer
 from pytest_aifactory.load.schedule import Arrivals, arrival_times
+from pytest_aifactory.load.wakeup import low_wakeup_latency
 
 __all__ = ["Clock", "Engine", "LoadPlan", "PreparingClient", "Progress", "RequestClient", "StopSignal", "Workload"]
 
@@ -86,6 +88,7 @@ class LoadPlan:
     ``steady_state`` excludes instead the transient found in the latencies (``core.steady``).
     ``times`` replaces the arrivals with a fixed schedule (trace replay: due times in seconds).
     ``repeats`` runs the plan that many times (arrival seeds ``seed``, ``seed + 1``...).
+    ``low_wakeup_latency`` holds the CPUs' wake-up latency low while it runs (``load.wakeup``).
     """
 
     mode: Literal["open", "closed"]
@@ -98,6 +101,7 @@ class LoadPlan:
     times: tuple[float, ...] | None = None
     steady_state: bool = False
     repeats: int = 1
+    low_wakeup_latency: bool = False
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -130,6 +134,7 @@ class LoadPlan:
             "timeout_s": self.timeout_s,
             "steady_state": self.steady_state,
             "repeats": self.repeats,
+            "low_wakeup_latency": self.low_wakeup_latency,
         }
         if self.times is not None:
             data["schedule"] = "fixed times"
@@ -242,9 +247,11 @@ class Engine:
         gc.collect()
         gc.disable()  # a collection pause in the middle of a load would become schedule lag
         reporter = watcher = None
+        wakeup = contextlib.ExitStack()
         try:
+            held = wakeup.enter_context(low_wakeup_latency(self.plan.low_wakeup_latency))
             self.clock = Clock(ready() if ready is not None else start_at)
-            watch = LoopWatch(self.worker, self.clock.t0)
+            watch = LoopWatch(self.worker, self.clock.t0, held)
             watch.start()
             reporter = asyncio.create_task(self._report()) if self.progress else None
             work = asyncio.create_task(self._open_loop() if self.plan.mode == "open" else self._closed_loop())
@@ -259,6 +266,7 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter
             self._pacer.close()
+            wakeup.close()
             await self.client.close()
             if gc_was_enabled:
                 gc.enable()

@@ -24,9 +24,13 @@ class LoopWatch:
 
     tick_s = 0.01
 
-    def __init__(self, worker: str, clock_zero: float) -> None:
-        """Watch for ``worker``, whose records count from ``clock_zero`` (monotonic seconds)."""
+    def __init__(self, worker: str, clock_zero: float, wakeup_latency: str) -> None:
+        """Watch for ``worker``, whose records count from ``clock_zero`` (monotonic seconds).
+
+        ``wakeup_latency``: what the load held the CPUs' wake-up latency at (``load.wakeup``).
+        """
         self.worker = worker
+        self.wakeup_latency = wakeup_latency
         self.clock_zero = clock_zero
         self.clock_zero_wall = time.time() - (time.monotonic() - clock_zero)
         self.stall_max_s = 0.0
@@ -56,6 +60,7 @@ class LoopWatch:
             event_loop=event_loop_name(asyncio.get_running_loop()),
             clock_zero=self.clock_zero,
             clock_zero_wall=self.clock_zero_wall,
+            wakeup_latency=self.wakeup_latency,
         )
         if self._task is not None:
             self._task.cancel()

@@ -281,6 +281,7 @@ def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_ru
             shard_dir=shard_dir,
             stop=watcher.stop,
             sacct_energy=aif_run.backend.consumed_energy,
+            low_wakeup_latency=bool(setting(pytestconfig, "aif_low_wakeup_latency")),
         )
     finally:
         watcher.close()

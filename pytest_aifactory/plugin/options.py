@@ -106,6 +106,12 @@ OPTIONS: tuple[Option, ...] = (
         default=1,
     ),
     Option(
+        "low-wakeup-latency",
+        None,
+        "Hold the CPUs' wake-up latency at 0 during loads (/dev/cpu_dma_latency, root): less schedule lag",
+        default=False,
+    ),
+    Option(
         "fail-inconclusive",
         None,
         "Fail, not skip, a test whose SLOs are inconclusive because the load generator was the limit",

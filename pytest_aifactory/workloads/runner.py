@@ -52,12 +52,14 @@ class LoadRunner(ServiceLoads, ProductionLoads):
         shard_dir: Path | None = None,
         stop: StopSignal | None = None,
         sacct_energy: SacctEnergy | None = None,
+        low_wakeup_latency: bool = False,
     ) -> None:
         """``submit(fn, *args)`` -> submitit job and ``shard_dir`` (seen by every node) enable ``nodes=N``.
 
         ``stop``, once set (the service is known dead), ends the load under way: its result is
         kept and recorded, then ``LoadStoppedError`` is raised, and so for any later load.
         ``sacct_energy(job_id)`` is Slurm's energy of a service's job (the backend's).
+        ``low_wakeup_latency`` holds the CPUs' wake-up latency low during every load (``load.wakeup``).
         """
         self.on_result = on_result
         self.progress = progress
@@ -66,6 +68,7 @@ class LoadRunner(ServiceLoads, ProductionLoads):
         self.shard_dir = shard_dir
         self.stop = stop
         self.sacct_energy = sacct_energy
+        self.low_wakeup_latency = low_wakeup_latency
         self.results: list[LoadResult] = []
         self._role = "point"  # "probe" while a capacity search runs, "repeat" while repeats run
 
@@ -100,6 +103,8 @@ class LoadRunner(ServiceLoads, ProductionLoads):
         """
         label = label or plan_label(plan)
         workers = workers or self.workers
+        if self.low_wakeup_latency:
+            plan = dataclasses.replace(plan, low_wakeup_latency=True)
         options = {"workers": workers, "goodput": goodput, "nodes": nodes, "scalars": scalars, "energy": energy}
         if plan.repeats > 1:
             return self._repeated(client, workload, plan, label, config, summarizer, server, options)
@@ -115,6 +120,7 @@ class LoadRunner(ServiceLoads, ProductionLoads):
                 "client_nodes": nodes,
                 "clock_zero_monotonic_s": min((h.clock_zero for h in run.health), default=None),
                 "event_loop": ", ".join(sorted({h.event_loop for h in run.health})) or "not available",
+                "cpu_wakeup_latency": ", ".join(sorted({h.wakeup_latency for h in run.health})) or "not available",
                 "goodput": dict(goodput or {}),
                 **dict(config or {}),
                 **more,
