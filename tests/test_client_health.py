@@ -15,6 +15,7 @@ from pytest_aifactory.core.metrics import summarize
 from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.core.slo import SLOInconclusive, assert_slo, check, parse_slo
 from pytest_aifactory.load.engine import Clock, Engine, LoadPlan
+from pytest_aifactory.load.pacing import Pacer
 from pytest_aifactory.load.schedule import Arrivals
 from pytest_aifactory.load.wakeup import PM_QOS_DEVICE, low_wakeup_latency
 from pytest_aifactory.workloads.openai import OpenAIClient
@@ -211,3 +212,52 @@ def test_low_wakeup_latency_says_why_it_was_not_held(tmp_path) -> None:  # type:
         assert held.startswith(f"not held: {tmp_path / 'missing'}: No such file")
     with low_wakeup_latency(False) as held:
         assert held == "machine default"
+
+
+class _BusyLoopClient:
+    """A client whose event loop always has work ready: a callback that runs once per loop round.
+
+    ``rounds`` counts the loop's rounds; each send notes the round it began in.
+    """
+
+    def __init__(self) -> None:
+        self.rounds = 0
+        self.sent_in_round: list[int] = []
+        self._open = True
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            self.rounds += 1
+            if self._open:
+                loop.call_soon(tick)
+
+        loop.call_soon(tick)
+
+    async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
+        self.sent_in_round.append(self.rounds)
+        record.end = clock.now()
+
+    async def close(self) -> None:
+        self._open = False
+
+
+def test_a_request_is_sent_in_the_loop_round_after_its_timer_fires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a busy loop, every extra step between the timer and the send waits behind a whole round of callbacks."""
+    client = _BusyLoopClient()
+    fired_in_round: list[int] = []
+    fired = Pacer._fired
+
+    def noting(pacer: Pacer) -> None:
+        fired_in_round.append(client.rounds)
+        fired(pacer)
+
+    monkeypatch.setattr(Pacer, "_fired", noting)
+    engine = Engine(client, SyntheticPrompts(Lengths(4, 4), Lengths(2, 2)), LoadPlan("open", Arrivals(200.0), count=20))
+    records = asyncio.run(engine.run())
+    assert len(records) == 20
+    assert len(fired_in_round) >= 15, "the timer fired for most requests (the rest were already due)"
+    sent = set(client.sent_in_round)
+    late = [round_ for round_ in fired_in_round if round_ + 1 not in sent]
+    assert not late, f"sends more than one round after their timer fired (rounds {late}; sends in {sorted(sent)})"

@@ -299,15 +299,42 @@ class Engine:
         await self._pacer.until(self.clock.t0 + due)
 
     async def _open_loop(self) -> None:
+        """Send every scheduled request in the loop round after its timer fires.
+
+        Each request's task is made before its due time and waits on the armed timer itself:
+        when the timer fires, the loop resumes that task and it sends, in one step (a task made
+        after the wait would start only after every callback ready by then, a second time).
+        The loop arms the next timer once the request has gone (its task's first step ended);
+        behind the schedule, it starts the late requests' tasks at once.
+        """
         tasks = self._in_flight
+        loop = asyncio.get_running_loop()
+        t0 = self.clock.t0
         for index, due, payload in self._sends:
-            await self._wait_until(due)
             record = RequestRecord(index=index, scheduled=due, warmup=index < self.plan.warmup, worker=self.worker)
-            task = asyncio.create_task(self._one(record, payload))
+            departed: asyncio.Future[None] | None = None
+            if t0 + due <= time.monotonic():  # behind the schedule: catch up at once, not one step per request
+                task = asyncio.create_task(self._one(record, payload))
+            else:
+                departed = loop.create_future()
+                task = asyncio.create_task(self._at_due(record, payload, self._pacer.arm(t0 + due), departed))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            if departed is not None:
+                await departed
         if tasks:
             await asyncio.gather(*tasks)
+
+    async def _at_due(
+        self, record: RequestRecord, payload: Any, due: asyncio.Future[None], departed: asyncio.Future[None]
+    ) -> None:
+        """Wait for ``due``, then send (the open loop goes on once this step has written the request)."""
+        try:
+            await due
+        finally:
+            if not departed.done():  # (the open loop may have been stopped, cancelling it)
+                departed.set_result(None)
+        await self._one(record, payload)
 
     async def _closed_loop(self) -> None:
         plan, payloads = self.plan, self._payloads

@@ -86,23 +86,38 @@ class Pacer:
 
     async def until(self, when: float) -> None:
         """Return at ``when`` (monotonic seconds), or now if it has passed."""
+        await self.arm(when)
+
+    def arm(self, when: float) -> asyncio.Future[None]:
+        """A future that ends at ``when`` (monotonic seconds), or has ended if it has passed.
+
+        One wait at a time: arming again replaces the previous wait (its future never ends).
+        """
+        assert self._loop is not None, "open() first"
+        waiter: asyncio.Future[None] = self._loop.create_future()
         if when <= time.monotonic():
-            return
-        if self._fd < 0 or self._libc is None or self._loop is None:
-            await asyncio.sleep(when - time.monotonic())
-            return
+            waiter.set_result(None)
+            return waiter
+        if self._fd < 0 or self._libc is None:
+            self._loop.call_later(when - time.monotonic(), _end, waiter)
+            return waiter
         fraction, seconds = math.modf(when)
         spec = _Itimerspec(_Timespec(0, 0), _Timespec(int(seconds), int(fraction * 1e9)))
-        self._waiter = self._loop.create_future()
         if self._libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
-            self._waiter = None
             raise OSError(ctypes.get_errno(), "timerfd_settime failed")
-        await self._waiter
+        self._waiter = waiter
+        return waiter
 
     def _fired(self) -> None:
         try:
             os.read(self._fd, 8)
         except BlockingIOError:  # rearmed before the loop read the previous expiry
             return
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self._waiter is not None:
+            _end(self._waiter)
+            self._waiter = None
+
+
+def _end(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
