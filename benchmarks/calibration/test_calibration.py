@@ -2,7 +2,8 @@
 
 The synthetic server (first token 50 ms after it read the request, then a token every 2 ms,
 32 tokens) is pinned to core 0 and this process (the client) to the other cores. It is driven
-at rising rates, constant and Poisson, by one process, then at constant rates by two worker
+at rising rates (5 s each, or long enough for 1000 requests, so that a p99 rests on at least 10
+of them), constant and Poisson, by one process, then at constant rates by two worker
 processes; a series stops after a rate that fell below 0.9 of its target (higher ones would
 only queue). Every request carries ``X-Request-Id``; the server keeps, per id, when it read the
 request and when it wrote the first token (CLOCK_MONOTONIC, the engine's clock). Per rate:
@@ -22,6 +23,10 @@ error p99 <= 1 ms from 50 to 800 req/s (constant arrivals). A rate is "within ta
 achieved/target >= 0.99, lateness p99 <= 2 ms and TTFT error p99 <= 2 ms. The targets are
 asserted at the end (the benchmark's verdict), after the table is printed and written to the
 run folder, and with ``--readme-figures`` into README.md (its ``calibration`` figure block).
+
+Before and after the rates, ``machine_floor`` measures how late the engine's timer wakes an
+idle process on the client's core (cyclictest's measurement): no client sends more punctually
+here, and where its tail is near a target, the target is at the machine's noise.
 
 The engine runs at its best: with ``--aif-low-wakeup-latency`` (``load.wakeup``: an idle vCPU
 otherwise halts between sends, and waking it costs up to milliseconds); the table says
@@ -45,6 +50,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
+from machine_floor import measure_floor
 from reference_client import run_reference
 
 from pytest_aifactory.core.metrics import LoadResult
@@ -57,7 +63,8 @@ TTFT_MS, ITL_MS, TOKENS = 50.0, 2.0, 32
 RATES = [50, 100, 200, 400, 800, 1200, 1600, 2400]
 WORKER_RATES = [800, 1600, 2400, 3200, 4800]
 REFERENCE_RATES = [100, 400, 800, 1600, 2400]
-DURATION_S, WARMUP_S = 5.0, 1.0
+DURATION_S, WARMUP_S, MIN_REQUESTS = 5.0, 1.0, 1000  # a point lasts 5 s, or long enough for 1000 requests
+FLOOR_S = 10.0
 SUSTAIN, LATENESS_MS, ERROR_MS, LOW_RATE_ERROR_MS, CPU_AT_100 = 0.99, 2.0, 2.0, 1.0, 0.10
 GIVE_UP = 0.9  # a series stops after a rate whose achieved/target fell below this
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,13 +125,18 @@ def truth_server(aif_shared_service, cores):  # type: ignore[no-untyped-def]
     return aif_shared_service("synthetic-llm", ttft_ms=TTFT_MS, itl_ms=ITL_MS, cpu=cores[0])
 
 
+def _seconds(rate: int) -> float:
+    """A point's duration: enough requests that a p99 rests on at least 10 of them."""
+    return max(DURATION_S, MIN_REQUESTS / rate)
+
+
 def _measure(load: LoadRunner, url: str, distribution: str, rate: int, workers: int) -> Point:
     before = httpx.delete(f"{url}/truth", timeout=30).json()
     started = time.monotonic()
     tag = uuid.uuid4().hex[:8]
     client = OpenAIClient(url, "synthetic", request_id_prefix=f"{tag}-")
     prompts = SyntheticPrompts(Lengths(16, 16), Lengths(TOKENS, TOKENS))
-    plan = make_plan(rate=rate, distribution=distribution, duration_s=DURATION_S, warmup=int(rate * WARMUP_S))  # type: ignore[arg-type]
+    plan = make_plan(rate=rate, distribution=distribution, duration_s=_seconds(rate), warmup=int(rate * WARMUP_S))  # type: ignore[arg-type]
     result = load.run(client, prompts, plan, label=f"{distribution} x{workers} {rate}/s", workers=workers)
     after = httpx.get(f"{url}/truth", timeout=30).json()
     server_cores = (after["cpu_s"] - before["cpu_s"]) / (time.monotonic() - started)
@@ -199,7 +211,7 @@ def _reference(url: str, rate: int, hold_wakeup_latency: bool) -> str:
     split = urlsplit(url)
     httpx.delete(f"{url}/truth", timeout=30).raise_for_status()
     with low_wakeup_latency(hold_wakeup_latency):  # as the engine's loads
-        run = run_reference(split.hostname or "127.0.0.1", split.port or 80, rate, DURATION_S, uuid.uuid4().hex[:8])
+        run = run_reference(split.hostname or "127.0.0.1", split.port or 80, rate, _seconds(rate), uuid.uuid4().hex[:8])
     truth = httpx.get(f"{url}/truth", timeout=30).json()["requests"]
     sends = [(i, at, run.first_event[i]) for i, at in run.scheduled.items() if i in run.first_event]
     lateness, errors = _against_truth(truth, sends)
@@ -245,6 +257,7 @@ def _missed(single: list[Point]) -> list[str]:
 @pytest.mark.timeout(3600)
 def test_engine_against_server_truth(truth_server, aif_load, aif_run, capsys, cores, readme_figures) -> None:  # type: ignore[no-untyped-def]
     url, load_average = truth_server.url().rstrip("/"), os.getloadavg()[0]
+    floor_before = measure_floor(FLOOR_S, aif_load.low_wakeup_latency)
     single = [p for d in ("constant", "poisson") for p in _series(aif_load, url, d, 1, RATES)]
     two = _series(aif_load, url, "constant", 2, WORKER_RATES)
     one_best = _highest([p for p in single if p.distribution == "constant"])
@@ -254,6 +267,7 @@ def test_engine_against_server_truth(truth_server, aif_load, aif_run, capsys, co
     else:
         ratio = f"{two_best / one_best:.2f}x one process" if one_best else "ratio to one process not available"
     reference = [_reference(url, rate, aif_load.low_wakeup_latency) for rate in REFERENCE_RATES]
+    floor_after = measure_floor(FLOOR_S, aif_load.low_wakeup_latency)
     missed = _missed(single)
     event_loop, wakeup = (aif_load.results[-1].config[key] for key in ("event_loop", "cpu_wakeup_latency"))
     command = f"pytest benchmarks/calibration/test_calibration.py -m calibration -s {FLAGS} --readme-figures"
@@ -261,6 +275,9 @@ def test_engine_against_server_truth(truth_server, aif_load, aif_run, capsys, co
         readme_figures.provenance(command, load_average, ("aiohttp", "orjson", "uvloop")),
         f"Server on core {cores[0]}, client on {sorted(cores[1])}; event loop {event_loop}; "
         f"CPU wake-up latency {wakeup}.",
+        "",
+        floor_before.line("before the rates"),
+        floor_after.line("after them"),
         "",
         HEADER,
         *(p.row() for p in [*single, *two]),

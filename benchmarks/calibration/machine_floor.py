@@ -1,0 +1,72 @@
+"""The machine's own floor for the calibration: how late the engine's timer wakes an idle process.
+
+cyclictest's measurement, with the engine's own pacer: on the client's core, with nothing
+else to do, wake every millisecond at an absolute due time (``Pacer``: a timerfd in a uvloop
+loop) and note how late each wake-up was. No client can send more punctually than this
+process wakes; on a virtual machine its tail is the host's (a vCPU that is not running when
+its timer expires waits for the host to run it again). The calibration measures it before and
+after its rates, under the same wake-up latency hold as the loads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from pytest_aifactory.load.pacing import Pacer, new_event_loop
+from pytest_aifactory.load.wakeup import low_wakeup_latency
+
+__all__ = ["WakeupFloor", "measure_floor"]
+
+
+@dataclass(frozen=True)
+class WakeupFloor:
+    """Wake-up lateness of an idle process on this core (ms), and how often it passed 1 ms."""
+
+    seconds: float
+    wakeups: int
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    over_1ms: int
+
+    def line(self, when: str) -> str:
+        """One sentence for the calibration's output."""
+        return (
+            f"Timer wake-up lateness of an idle process on the client's core ({when}; the engine's pacer, "
+            f"every 1 ms for {self.seconds:g} s, {self.wakeups} wake-ups): p50 {self.p50_ms:.3f} ms, "
+            f"p99 {self.p99_ms:.3f} ms, p99.9 {self.p999_ms:.2f} ms, max {self.max_ms:.2f} ms; "
+            f"{self.over_1ms} wake-ups more than 1 ms late ({self.over_1ms / self.seconds:.1f} per second)."
+        )
+
+
+async def _wake_every(interval_s: float, seconds: float) -> list[float]:
+    pacer = Pacer()
+    pacer.open()
+    late: list[float] = []
+    try:
+        due = time.monotonic() + interval_s
+        end = due + seconds
+        while due < end:
+            await pacer.until(due)
+            late.append(time.monotonic() - due)
+            due += interval_s
+    finally:
+        pacer.close()
+    return late
+
+
+def measure_floor(seconds: float, hold_wakeup_latency: bool, interval_s: float = 0.001) -> WakeupFloor:
+    """Wake every ``interval_s`` for ``seconds`` in this process (pinned as the caller pinned it)."""
+    loop = new_event_loop()
+    try:
+        with low_wakeup_latency(hold_wakeup_latency):
+            late_ms = np.array(loop.run_until_complete(_wake_every(interval_s, seconds))) * 1000
+    finally:
+        loop.close()
+    p50, p99, p999 = (float(np.percentile(late_ms, q)) for q in (50, 99, 99.9))
+    over = int((late_ms > 1.0).sum())
+    return WakeupFloor(seconds, len(late_ms), p50, p99, p999, float(late_ms.max()), over)
