@@ -5,7 +5,8 @@ else to do, wake every millisecond at an absolute due time (``Pacer``: a timerfd
 loop) and note how late each wake-up was. No client can send more punctually than this
 process wakes; on a virtual machine its tail is the host's (a vCPU that is not running when
 its timer expires waits for the host to run it again). The calibration measures it before and
-after its rates, under the same wake-up latency hold as the loads.
+after its rates: before them with the machine's default and with the loads' hold (``load.wakeup``),
+after them with the hold.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ class WakeupFloor:
     p999_ms: float
     max_ms: float
     over_1ms: int
+    wakeup_latency: str
 
     def line(self, when: str) -> str:
         """One sentence for the calibration's output."""
         return (
-            f"Timer wake-up lateness of an idle process on the client's core ({when}; the engine's pacer, "
-            f"every 1 ms for {self.seconds:g} s, {self.wakeups} wake-ups): p50 {self.p50_ms:.3f} ms, "
+            f"Timer wake-up lateness of an idle process on the client's core ({when}, CPU wake-up latency "
+            f"{self.wakeup_latency}; the engine's pacer, every 1 ms for {self.seconds:g} s, {self.wakeups} "
+            f"wake-ups): p50 {self.p50_ms:.3f} ms, "
             f"p99 {self.p99_ms:.3f} ms, p99.9 {self.p999_ms:.2f} ms, max {self.max_ms:.2f} ms; "
             f"{self.over_1ms} wake-ups more than 1 ms late ({self.over_1ms / self.seconds:.1f} per second)."
         )
@@ -63,10 +66,10 @@ def measure_floor(seconds: float, hold_wakeup_latency: bool, interval_s: float =
     """Wake every ``interval_s`` for ``seconds`` in this process (pinned as the caller pinned it)."""
     loop = new_event_loop()
     try:
-        with low_wakeup_latency(hold_wakeup_latency):
+        with low_wakeup_latency(hold_wakeup_latency) as held:
             late_ms = np.array(loop.run_until_complete(_wake_every(interval_s, seconds))) * 1000
     finally:
         loop.close()
     p50, p99, p999 = (float(np.percentile(late_ms, q)) for q in (50, 99, 99.9))
     over = int((late_ms > 1.0).sum())
-    return WakeupFloor(seconds, len(late_ms), p50, p99, p999, float(late_ms.max()), over)
+    return WakeupFloor(seconds, len(late_ms), p50, p99, p999, float(late_ms.max()), over, held)

@@ -2,10 +2,10 @@
 
 Between two sends an idle load generator sleeps; an idle CPU enters an idle state, and
 waking it takes time that becomes schedule lag and late first-token stamps. In a virtual
-machine it is worst: an idle vCPU halts and the host must run it again (on this project's
-2-core VM the lag p99 at 50-100 req/s was 1.6-2.5 ms with the default, 0.4 ms held). Writing
-a 32-bit 0 to ``/dev/cpu_dma_latency`` and keeping the file open asks the kernel to use
-only idle states that wake at once (cpuidle's polling state); closing it ends the request.
+machine it is worst: an idle vCPU halts and the host must run it again (the calibration
+benchmark measures both, ``benchmarks/calibration/machine_floor.py``). Writing a 32-bit 0
+to ``/dev/cpu_dma_latency`` and keeping the file open asks the kernel to use only idle
+states that wake at once (cpuidle's polling state); closing it ends the request.
 cyclictest and tuned's ``latency-performance`` profile do the same.
 
 The request is system-wide: it also speeds up the wake-ups of a service on the same node,
