@@ -170,10 +170,6 @@ class LoadResult:
     interval_method: str = ""
     notes: list[str] = field(default_factory=list)
     server_series: dict[str, Any] = field(default_factory=dict)  # the server's gauges over the point
-    # TTFT and end-to-end statistics measured from each request's send, not its due time (flat
-    # names): the service's part without the client's lateness, which tells an SLO breach that
-    # is only the load generator's lateness (``slo.check``); empty where records lack sends.
-    from_send: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """Every metric by its flat name (``p99_ttft_ms``, ``output_tok_s``...)."""
@@ -426,17 +422,7 @@ def summarize(
     distributions = {name: Distribution.of(values) for name, values in samples.items()}
     result = assemble(records, distributions, Totals.of(measured, goodput), label, mode, config, health)
     result.intervals, result.interval_method = request_intervals(samples), request_method()
-    result.from_send = _from_send(ok)
     return result
-
-
-def _from_send(ok: Sequence[RequestRecord]) -> dict[str, float]:
-    """TTFT, e2e and latency statistics from each request's send (flat names, as ``LoadResult.metrics``)."""
-    sends = [(s, r) for r in ok if (s := r.sent) is not None]
-    ttft = Distribution.of([(t - s) * 1000 for s, r in sends if (t := r.first_token) is not None])
-    e2e = Distribution.of([(e - s) * 1000 for s, r in sends if (e := r.end) is not None])
-    named = (("ttft", ttft), ("e2e", e2e), ("latency", e2e))
-    return {f"{stat}_{name}_ms": dist.stat(stat) for name, dist in named for stat in STATS}
 
 
 def assemble(

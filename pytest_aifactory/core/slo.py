@@ -5,8 +5,7 @@ An expression is ``METRIC OP NUMBER`` with OP one of ``<= < >= > ==``; METRIC is
 each as ``p99_ttft=812.4 ms, expected <= 500 ms``, after a first line naming the breached
 objectives (the line pytest's short summary keeps). On a result where the load generator was
 the limit (``client_bound``) no objective is judged: each verdict is inconclusive, neither a
-pass nor a breach of the service's objective. So is a breach of a latency objective that the
-same statistic measured from each request's send meets: the client's lateness made it.
+pass nor a breach of the service's objective.
 """
 
 from __future__ import annotations
@@ -171,16 +170,12 @@ def check(
     label: str = "",
     client_limit: str = "",
     intervals: Mapping[str, tuple[float, float]] | None = None,
-    from_send: Mapping[str, float] | None = None,
 ) -> list[Verdict]:
     """Evaluate every objective; a missing or NaN metric is a breach, never a pass.
 
     ``client_limit`` (why the load generator was the limit) makes every verdict inconclusive.
     With ``intervals``, a metric that has one is judged by the interval's pessimistic end
     (the upper end for ``<=``/``<``, the lower for ``>=``/``>``), and the verdict says so.
-    ``from_send``: latencies measured from each request's send (``LoadResult.from_send``); a
-    breach that the same statistic from the send meets is the load generator's lateness, not
-    the service's: inconclusive too.
     """
     verdicts = []
     for slo in slos:
@@ -192,21 +187,8 @@ def check(
             elif slo.op in ("<=", "<", ">=", ">"):
                 value, rule = (interval[1] if slo.op in ("<=", "<") else interval[0]), PESSIMISTIC
         passed = not client_limit and not math.isnan(value) and _OPS[slo.op](value, slo.threshold)
-        limit = client_limit or ("" if passed else _lateness(slo, metrics, from_send or {}))
-        verdicts.append(Verdict(slo, value, passed, label, limit, rule))
+        verdicts.append(Verdict(slo, value, passed, label, client_limit, rule))
     return verdicts
-
-
-def _lateness(slo: SLO, metrics: Mapping[str, float], from_send: Mapping[str, float]) -> str:
-    """Why a breach is the load generator's lateness (the statistic from the send meets it), else empty."""
-    sent = float(from_send.get(slo.metric, math.nan))
-    if math.isnan(sent) or not _OPS[slo.op](sent, slo.threshold):
-        return ""
-    lag = float(metrics.get("p99_lag_ms", math.nan))
-    return (
-        f"its own lateness: measured from each request's send, {slo.metric}={_fmt(sent)} meets the objective; "
-        f"schedule lag p99 {_fmt(lag)} ms"
-    )
 
 
 def format_breaches(verdicts: Sequence[Verdict]) -> str:
@@ -239,8 +221,7 @@ def assert_slo(result: _HasMetrics, *expressions: str, pessimistic: bool = False
     metrics = result.metrics()
     slos = [parse_slo(e, extra_metrics=metrics) for e in expressions]
     intervals = getattr(result, "intervals", {}) if pessimistic else None
-    limit, from_send = str(getattr(result, "client_limit", "")), getattr(result, "from_send", None)
-    verdicts = check(slos, metrics, result.label, limit, intervals, from_send)
+    verdicts = check(slos, metrics, result.label, str(getattr(result, "client_limit", "")), intervals)
     if any(v.breached for v in verdicts):
         raise SLOBreach(verdicts)
     if any(v.inconclusive for v in verdicts):

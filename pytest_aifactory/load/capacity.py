@@ -8,10 +8,9 @@ within ``precision`` of its lower end (for a concurrency: also until the two are
 integers). Before every probe after the first it checks the time budget: when the time
 spent plus the longest probe so far would exceed ``budget_s``, it stops and answers with
 what it has, saying so. A probe where the load generator was the limit (its result's
-``client_limit``, or a breach only its lateness made: ``slo.check``) ends the search too:
-beyond it the figures are the client's, and the answer (capacity at least the last pass)
-is inconclusive, as its SLO verdicts then are. The answer is always the highest value that
-passed (so it errs low,
+``client_limit``) ends the search too: beyond it the figures are the client's, and the
+answer (capacity at least the last pass) is inconclusive, as its SLO verdicts then are.
+The answer is always the highest value that passed (so it errs low,
 by at most the precision, when the service's SLOs hold below a single threshold), and every
 probe is kept as a normal result.
 """
@@ -93,11 +92,6 @@ class Probe:
         """Every SLO held."""
         return all(v.passed for v in self.verdicts)
 
-    @property
-    def client_limit(self) -> str:
-        """Why the load generator was the limit here: the result's own reason, or a breach its lateness made."""
-        return self.result.client_limit or next((v.client_limit for v in self.verdicts if v.inconclusive), "")
-
     def to_json(self) -> dict[str, Any]:
         """The point as the report holds it."""
         return {
@@ -148,7 +142,7 @@ class Capacity:
             held = f"capacity is at least {self.value:g}" if self.best() else "nothing is known of capacity"
             return (
                 f"inconclusive: the load generator was the limit at {knob}={last.value:g} "
-                f"({last.client_limit}); {held}; use workers=N or nodes=N"
+                f"({last.result.client_limit}); {held}; use workers=N or nodes=N"
             )
         if self.status == "unreachable" and lowest is not None:
             breaches = "; ".join(v.message() for v in lowest.verdicts if not v.passed)
@@ -196,7 +190,7 @@ class Capacity:
             intervals=dict(best.result.intervals) if best else {},
             interval_method=best.result.interval_method if best else "",
             notes=[self.message()],
-            client_limit=self.probes[-1].client_limit if self.status == "client-bound" else "",
+            client_limit=self.probes[-1].result.client_limit if self.status == "client-bound" else "",
         )
 
 
@@ -213,7 +207,7 @@ def search_capacity(
     def run(value: float) -> Probe:
         began = clock()
         result = probe(value)
-        verdicts = check(slos, result.metrics(), client_limit=result.client_limit, from_send=result.from_send)
+        verdicts = check(slos, result.metrics(), client_limit=result.client_limit)
         point = Probe(value, result, tuple(verdicts), clock() - began)
         answer.probes.append(point)
         answer.elapsed_s = clock() - start
@@ -221,7 +215,7 @@ def search_capacity(
 
     def stop(point: Probe) -> bool:
         """True when the search must stop at ``point`` (client-bound, or a breach at the lowest point)."""
-        if point.client_limit:
+        if point.result.client_limit:
             answer.status = "client-bound"
         elif not point.passed and len(answer.probes) == 1:
             answer.status = "unreachable"

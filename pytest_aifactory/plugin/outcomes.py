@@ -89,9 +89,7 @@ def _verdicts(item: pytest.Item, slos: Sequence[SLO], results: Sequence[LoadResu
     for result in results:
         mine = [slo for slo in slos if _applies(slo, result)]
         intervals = result.intervals if pessimistic else None
-        verdicts += check(
-            mine, result.metrics(), result.label if label else "", result.client_limit, intervals, result.from_send
-        )
+        verdicts += check(mine, result.metrics(), result.label if label else "", result.client_limit, intervals)
     return verdicts
 
 
