@@ -259,6 +259,7 @@ class Engine:
             await self._until_done_or_stopped(work)
             self.health = await watch.stop()
         finally:
+            wakeup.close()  # first: nothing below may keep the system-wide hold in force
             if watcher is not None:
                 watcher.cancel()
             if reporter is not None:
@@ -266,7 +267,6 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter
             self._pacer.close()
-            wakeup.close()
             await self.client.close()
             if gc_was_enabled:
                 gc.enable()
