@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +119,8 @@ class LoadRunner(ServiceLoads, ProductionLoads):
                 "workers": workers,
                 "client_nodes": nodes,
                 "clock_zero_monotonic_s": min((h.clock_zero for h in run.health), default=None),
-                "event_loop": ", ".join(sorted({h.event_loop for h in run.health})) or "not available",
-                "cpu_wakeup_latency": ", ".join(sorted({h.wakeup_latency for h in run.health})) or "not available",
+                "event_loop": _each(h.event_loop for h in run.health),
+                "cpu_wakeup_latency": _each(h.wakeup_latency for h in run.health),
                 "goodput": dict(goodput or {}),
                 **dict(config or {}),
                 **more,
@@ -279,6 +279,11 @@ class LoadRunner(ServiceLoads, ProductionLoads):
             self._role = "point"
         self.record(answer.to_result(label))
         return answer
+
+
+def _each(values: Iterable[str]) -> str:
+    """The distinct values the load's processes reported, joined (``not available`` when none did)."""
+    return ", ".join(sorted(set(values))) or "not available"
 
 
 def _load_span(run: LoadRun, result: LoadResult) -> tuple[float, float] | None:
