@@ -25,15 +25,15 @@ from pytest_aifactory.jobs.registry import JobRegistry
 T = TypeVar("T")
 
 
-def wait_for(what: str, check: Callable[[], T | None], timeout_s: float = 60.0) -> T:
-    """Poll ``check`` until it returns a truthy value; fail naming ``what`` at the deadline."""
+def wait_for(what: str, check: Callable[[], T | None], timeout_s: float = 60.0, explain: Callable[[], str] = str) -> T:
+    """Poll ``check`` until it returns a truthy value; fail naming ``what`` (and ``explain()``) at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{explain()}")
         time.sleep(0.05)
 
 
@@ -56,6 +56,56 @@ def registry_entries(run_dir: Path) -> list[dict[str, str]]:
     """The lines of a run's jobs.jsonl."""
     path = run_dir / "jobs.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class ChildPytest:
+    """A pytest run in a child process that a test interrupts or kills; its output goes to a file.
+
+    A file, not a pipe: a child that writes more than a pipe holds while nobody reads would
+    block, and a pipe left open when a test fails leaks into a later test's garbage collection.
+    """
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.log = cwd / "child-pytest.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=default_sigint,
+            )
+
+    def output(self) -> str:
+        """What the child printed so far."""
+        return self.log.read_text(errors="replace")
+
+    def _explain(self) -> str:
+        return f"; the child pytest's output:\n{self.output()[-6000:]}"
+
+    def wait_for(self, what: str, check: Callable[[], T | None], timeout_s: float = 60.0) -> T:
+        """``wait_for`` while the child runs: failing, with its output, at the deadline or when it ends first."""
+
+        def running_check() -> T | None:
+            value = check()
+            if not value and self.process.poll() is not None:
+                raise AssertionError(
+                    f"the child pytest ended (exit {self.process.returncode}) before {what}{self._explain()}"
+                )
+            return value
+
+        return wait_for(what, running_check, timeout_s, self._explain)
+
+    def interrupt(self, timeout_s: float) -> str:
+        """SIGINT, as Ctrl-C does; its whole output once it has ended."""
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=timeout_s)
+        return self.output()
+
+    def kill(self) -> None:
+        """SIGKILL (nothing if it has ended) and reap it."""
+        self.process.kill()
+        self.process.wait(timeout=30)
 
 
 def aifactory(*args: str) -> subprocess.CompletedProcess[str]:

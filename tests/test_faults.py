@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +19,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from helpers import aifactory, default_sigint, registry_entries, run_pytest, slurm_services, wait_for
+from helpers import ChildPytest, aifactory, registry_entries, run_pytest, slurm_services, wait_for
 from loki_receiver import LokiReceiver
 
 from pytest_aifactory.core.errors import LoadStoppedError
@@ -320,24 +318,8 @@ def test_two_loads(synthetic_llm_service, aif_load):
 """
 
 
-def _start(pytester: pytest.Pytester, run_id: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            f"--aif-run-id={run_id}",
-            "--aif-results-dir=res",
-            *list(args),
-        ],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=default_sigint,
-    )
+def _start(pytester: pytest.Pytester, run_id: str, *args: str) -> ChildPytest:
+    return ChildPytest(pytester.path, f"--aif-run-id={run_id}", "--aif-results-dir=res", *args)
 
 
 def _report(pytester: pytest.Pytester, run_id: str) -> dict[str, Any] | None:
@@ -359,18 +341,16 @@ def _valid_report(pytester: pytest.Pytester, run_id: str) -> tuple[dict[str, Any
 def test_sigkill_leaves_a_report_with_the_results_so_far(pytester: pytest.Pytester) -> None:
     """The report is written at the start and as each result arrives: a SIGKILL loses only the load under way."""
     pytester.makepyfile(TWO_LOADS)
-    process = _start(pytester, "killed")
+    child = _start(pytester, "killed")
     try:
-        wait_for("the report at the start", lambda: _report(pytester, "killed"), timeout_s=60)
-        first = wait_for(
+        child.wait_for("the report at the start", lambda: _report(pytester, "killed"), timeout_s=60)
+        first = child.wait_for(
             "the first result in the report",
             lambda: (r := _report(pytester, "killed")) and r["tests"] and r["tests"][0]["results"] and r,
             timeout_s=90,
         )
-        process.kill()
-        process.communicate(timeout=30)
     finally:
-        process.kill()
+        child.kill()
         aifactory("cleanup", "killed", "--results-dir", str(pytester.path / "res"))
     report, test = _valid_report(pytester, "killed")
     assert report["status"] == "running"
@@ -387,7 +367,7 @@ def gateway(aif_service: Any) -> Any:
 def test_sigint_keeps_the_partial_result_and_deletes_the_live_gauges(pytester: pytest.Pytester, gateway: Any) -> None:
     """Interrupted mid-load: the test is marked interrupted with what it measured; its live group is gone."""
     pytester.makepyfile(TWO_LOADS)
-    process = _start(pytester, "intr", f"--aif-pushgateway={gateway.url()}", "--aif-pushgateway-interval=0.3")
+    child = _start(pytester, "intr", f"--aif-pushgateway={gateway.url()}", "--aif-pushgateway-interval=0.3")
 
     def live() -> bool:
         lines = httpx.get(gateway.url("/metrics"), timeout=5).text.splitlines()
@@ -395,11 +375,10 @@ def test_sigint_keeps_the_partial_result_and_deletes_the_live_gauges(pytester: p
         return bool(done) and float(done[0].rsplit(" ", 1)[1]) > 0
 
     try:
-        wait_for("the long load's live figures", live, timeout_s=90)
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=120)
+        child.wait_for("the long load's live figures", live, timeout_s=90)
+        child.interrupt(timeout_s=120)
     finally:
-        process.kill()
+        child.kill()
     report, test = _valid_report(pytester, "intr")
     assert report["status"] == "interrupted"
     assert test["outcome"] == "interrupted"
@@ -544,14 +523,14 @@ def test_the_pending_job_of_a_sigkilled_run_is_cancelled(pytester: pytest.Pytest
     profile = pytester.path / "p.yaml"
     profile.write_text(_PROFILES["ci-slurm"] + "  additional:\n    begin: now+3600\n")  # pending for an hour
     pytester.makepyfile("def test_x(http_service):\n    pass\n")
-    process = _start(pytester, "orphan", f"--aif-profile={profile}")
+    child = _start(pytester, "orphan", f"--aif-profile={profile}")
     run_dir = pytester.path / "res" / "orphan"
     try:
-        (entry,) = wait_for("the submit", lambda: [e for e in registry_entries(run_dir) if e["event"] == "submitted"])
-        process.kill()
-        process.communicate(timeout=30)
+        (entry,) = child.wait_for(
+            "the submit", lambda: [e for e in registry_entries(run_dir) if e["event"] == "submitted"]
+        )
     finally:
-        process.kill()
+        child.kill()
 
     def queued() -> list[str]:
         listing = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import KILL_SERVICE, default_sigint, registry_entries, wait_for
+from helpers import KILL_SERVICE, ChildPytest, registry_entries, wait_for
 
 from pytest_aifactory.core.errors import JobError, ServiceStartupError
 from pytest_aifactory.core.profiles import Profile, load_profile
@@ -165,20 +164,12 @@ def test_sigint_leaves_no_job_behind(pytester: pytest.Pytester, profile_name: st
             time.sleep(120)
         """
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *_args(profile_name, results, "sigint")],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=default_sigint,
-    )
+    child = ChildPytest(pytester.path, *_args(profile_name, results, "sigint"))
     try:
-        wait_for("the service to start", marker.exists, timeout_s=90)
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=90)
+        child.wait_for("the service to start", marker.exists, timeout_s=90)
+        output = child.interrupt(timeout_s=90)
     finally:
-        process.kill()
+        child.kill()
     assert "KeyboardInterrupt" in output
     job_id = json.loads(marker.read_text())["job_id"]
     assert any(e.get("job_id") == job_id for e in registry_entries(results / "sigint"))
@@ -246,14 +237,11 @@ def test_killed_run_local_service_stops_with_owner(pytester: pytest.Pytester, re
             time.sleep(120)
         """
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *_args("local", results, "killed")], cwd=pytester.path, env=os.environ
-    )
+    child = ChildPytest(pytester.path, *_args("local", results, "killed"))
     try:
-        wait_for("the service to start", marker.exists, timeout_s=90)
+        child.wait_for("the service to start", marker.exists, timeout_s=90)
     finally:
-        process.kill()
-        process.wait()
+        child.kill()
     entry = _submitted(results / "killed")[0]
     backend = make_backend(load_profile("local"))
     wait_for("the orphaned service to stop", lambda: not backend.status(entry["job_id"], Path(entry["folder"])).active)
