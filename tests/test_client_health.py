@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import struct
 import time
@@ -205,6 +206,23 @@ def test_low_wakeup_latency_is_held_during_the_load_only(timed_server) -> None: 
     assert _pm_qos_value() == default  # released with the load
     assert result.config["cpu_wakeup_latency"] == f"held at 0 us ({PM_QOS_DEVICE})"
     assert result.config["low_wakeup_latency"] is True
+
+
+@pytest.mark.skipif(not os.access(PM_QOS_DEVICE, os.W_OK), reason=f"{PM_QOS_DEVICE} needs root")
+def test_low_wakeup_latency_is_released_when_the_progress_reporter_fails(timed_server) -> None:  # type: ignore[no-untyped-def]
+    default = _pm_qos_value()
+    assert default > 0, "another process already holds the wake-up latency at 0: this test cannot tell"
+
+    def progress(_: Any) -> None:
+        raise RuntimeError("the progress reporter failed")
+
+    with pytest.raises(RuntimeError, match="the progress reporter failed"):
+        LoadRunner(low_wakeup_latency=True, progress=lambda label: progress).openai(
+            timed_server, prompts="synthetic:in=4,out=2", rate=20, duration_s=1.5
+        )
+        # (checked while the failure, and with it the engine's frame, is still alive)
+    assert _pm_qos_value() == default, "the system-wide hold outlived the failed load"
+    assert gc.isenabled(), "the garbage collector stayed off after the failed load"
 
 
 def test_low_wakeup_latency_says_why_it_was_not_held(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -241,35 +241,26 @@ class Engine:
         workers' barrier).
         """
         self._prepare(schedule)
-        await self.client.open()
-        self._pacer.open()
-        gc_was_enabled = gc.isenabled()
-        gc.collect()
-        gc.disable()  # a collection pause in the middle of a load would become schedule lag
-        reporter = watcher = None
-        wakeup = contextlib.ExitStack()
-        try:
-            held = wakeup.enter_context(low_wakeup_latency(self.plan.low_wakeup_latency))
+        async with contextlib.AsyncExitStack() as cleanup:  # every step runs, whichever of them fails
+            await self.client.open()
+            cleanup.push_async_callback(self.client.close)
+            self._pacer.open()
+            cleanup.callback(self._pacer.close)
+            if gc.isenabled():
+                cleanup.callback(gc.enable)
+            gc.collect()
+            gc.disable()  # a collection pause in the middle of a load would become schedule lag
+            if self.progress:
+                cleanup.push_async_callback(_ended, asyncio.create_task(self._report()))
+            held = cleanup.enter_context(low_wakeup_latency(self.plan.low_wakeup_latency))  # released early
             self.clock = Clock(ready() if ready is not None else start_at)
             watch = LoopWatch(self.worker, self.clock.t0, held)
             watch.start()
-            reporter = asyncio.create_task(self._report()) if self.progress else None
             work = asyncio.create_task(self._open_loop() if self.plan.mode == "open" else self._closed_loop())
-            watcher = asyncio.create_task(self._watch_stop(work)) if self.stop is not None else None
+            if self.stop is not None:
+                cleanup.push_async_callback(_ended, asyncio.create_task(self._watch_stop(work)))
             await self._until_done_or_stopped(work)
             self.health = await watch.stop()
-        finally:
-            wakeup.close()  # first: nothing below may keep the system-wide hold in force
-            if watcher is not None:
-                watcher.cancel()
-            if reporter is not None:
-                reporter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reporter
-            self._pacer.close()
-            await self.client.close()
-            if gc_was_enabled:
-                gc.enable()
         self._emit()
         return sorted(self.records, key=lambda r: r.index)
 
@@ -388,6 +379,13 @@ class Engine:
         while True:
             await asyncio.sleep(self.progress_interval_s)
             self._emit()
+
+
+async def _ended(task: asyncio.Task[None]) -> None:
+    """Cancel a helper task and wait for it: an error it ended with is raised here."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _within(seconds: float, send: Coroutine[Any, Any, None]) -> None:
