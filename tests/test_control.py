@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -103,17 +104,22 @@ def test_unknown_suite_or_profile_names_the_valid_ones(api: str) -> None:
     assert "valid services: chroma, embeddings, http" in response.json()["detail"]
 
 
-def stop_once_its_service_runs(api: str, run_id: str, timeout_s: float) -> None:
-    """Wait until run ``run_id`` is running with its service job, stop it, check nothing is left pending."""
+def stop_once_its_service_runs(api: str, run_id: str, timeout_s: float) -> dict[str, Any]:
+    """Wait until run ``run_id`` is running with its service job, stop it, check nothing is left pending.
 
-    def service_up() -> bool:
-        status = httpx.get(f"{api}/v1/runs/{run_id}", headers=headers()).json()
-        return status["status"] == "running" and any(j["service"] == "synthetic-llm" for j in status["jobs"])
+    Returns the run's status while it ran.
+    """
 
-    wait_for("the run's service job", service_up, timeout_s=timeout_s)
+    def service_up() -> dict[str, Any] | None:
+        status: dict[str, Any] = httpx.get(f"{api}/v1/runs/{run_id}", headers=headers()).json()
+        running = status["status"] == "running" and any(j["service"] == "synthetic-llm" for j in status["jobs"])
+        return status if running else None
+
+    running = wait_for("the run's service job", service_up, timeout_s=timeout_s)
     stopped = httpx.post(f"{api}/v1/runs/{run_id}/stop", headers=headers(), timeout=180).json()
     assert stopped["status"] == "stopped"
     assert stopped["jobs_pending"] == []
+    return running
 
 
 def test_start_watch_and_stop_a_real_run(api: str, project: Path) -> None:
@@ -160,6 +166,9 @@ def test_run_as_a_slurm_job_then_stop(api: str, project: Path) -> None:
     assert response.status_code == 201, response.text
     run_id = response.json()["run_id"]
 
-    stop_once_its_service_runs(api, run_id, timeout_s=120)
-    queue = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=True).stdout.split()
-    assert not [name for name in queue if name.startswith("aif-")], queue
+    running = stop_once_its_service_runs(api, run_id, timeout_s=120)
+    started = {running["pytest_job_id"], *(job["job_id"] for job in running["jobs"])}
+    assert running["pytest_job_id"] is not None, running
+    assert len(started) >= 2, running
+    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
+    assert not started & set(queue), f"still queued: {sorted(started & set(queue))}"  # (another run's may be)

@@ -152,7 +152,7 @@ class ControlState:
         return self.runs[run_id]
 
     def describe(self, run: RunState) -> dict[str, Any]:
-        """A run's status, jobs (and those still pending) and report path."""
+        """A run's status, jobs (and those still pending), report, and the job running pytest (where=slurm)."""
         registry = JobRegistry(self.results_dir / run.run_id)
         jobs = [{"service": r.service, "backend": r.backend, "job_id": r.job_id} for r in registry.records()]
         pending = [r.job_id for r in registry.pending()]
@@ -162,6 +162,7 @@ class ControlState:
             "suite": run.suite,
             "profile": run.profile,
             "where": run.where,
+            "pytest_job_id": str(run.job.job_id) if run.job is not None else None,
             "status": run.status(),
             "started_at": run.started_at,
             "jobs": jobs,
