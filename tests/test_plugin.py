@@ -94,6 +94,26 @@ def test_a_benchmark_starts_the_run_and_reports_it(pytester: pytest.Pytester) ->
     result.stdout.fnmatch_lines(["aifactory: profile local, run used, results in *aif-results"])
 
 
+def test_a_running_load_shows_its_progress_on_the_terminal_not_in_the_captured_output(
+    pytester: pytest.Pytester,
+) -> None:
+    """Written from inside the test body, the progress line must not be captured with the test's output."""
+    pytester.makepyfile(
+        """
+        def test_load(synthetic_llm_service, aif_load):
+            aif_load.openai(synthetic_llm_service, prompts="synthetic:in=4,out=4", rate=20, duration_s=1.5)
+            print("printed by the test")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rP")
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    captured = out.split("Captured stdout call", 1)[1]  # -rP shows a passing test's captured output
+    assert "printed by the test" in captured
+    assert "[aifactory] test_load" not in captured
+    result.stdout.fnmatch_lines(["[[]aifactory] test_load rate=20/s: * s, * sent, * done, 0 errors, * in flight"])
+
+
 def test_every_option_that_makes_sense_has_an_ini_twin(pytester: pytest.Pytester) -> None:
     without_twin = {option.flag for option in OPTIONS if not option.ini}
     assert without_twin == {"--aif-run-id", "--aif-report"}

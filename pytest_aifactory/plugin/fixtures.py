@@ -29,7 +29,7 @@ from pytest_aifactory.jobs.registry import JobRecord
 from pytest_aifactory.jobs.run import RunContext
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.plugin.options import setting
-from pytest_aifactory.plugin.outcomes import ENDED_KEY, RESULTS_KEY, progress_printer
+from pytest_aifactory.plugin.outcomes import ENDED_KEY, RESULTS_KEY, progress_printer, terminal_lines
 from pytest_aifactory.plugin.session import SESSION_KEY
 from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.services.spec import Resources, RunningService, ServiceSpec
@@ -265,10 +265,10 @@ def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_ru
             shards.append(note(str(job.job_id)))
         return job
 
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    write = terminal_lines(pytestconfig)
     factories: list[ProgressFactory | None] = []
-    if reporter is not None and pytestconfig.get_verbosity() >= 0:
-        factories.append(progress_printer(reporter, item.name))
+    if write is not None:
+        factories.append(progress_printer(write, item.name))
     if session.recorder is not None:
         factories.append(session.recorder.progress(item.name))
     watcher = LivenessWatcher(lambda: _requested(item), aif_run.services.is_alive)

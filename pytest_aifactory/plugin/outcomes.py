@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
@@ -47,7 +48,16 @@ from pytest_aifactory.export.compare import families_of
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.plugin.options import setting
 
-__all__ = ["ENDED_KEY", "RESULTS_KEY", "Outcomes", "check_slos", "format_results", "progress_printer", "result_rows"]
+__all__ = [
+    "ENDED_KEY",
+    "RESULTS_KEY",
+    "Outcomes",
+    "check_slos",
+    "format_results",
+    "progress_printer",
+    "result_rows",
+    "terminal_lines",
+]
 
 RESULTS_KEY = pytest.StashKey[list[LoadResult]]()
 ENDED_KEY = pytest.StashKey[list[float]]()  # wall-clock time each result was recorded (its load's end)
@@ -317,8 +327,29 @@ class Outcomes:
             terminalreporter.write_line(line)
 
 
+def terminal_lines(config: pytest.Config) -> Callable[[str], None] | None:
+    """Writes a line on the terminal while a test runs, as live logging does (None when quiet: ``-q``).
+
+    A line written from a test's body would be captured with its output (shown only if it fails,
+    and breaking ``-v``'s layout); so in the main thread the capture is suspended for the line.
+    """
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or config.get_verbosity() < 0:
+        return None
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        if capture is None or threading.current_thread() is not threading.main_thread():
+            reporter.write_line(line)  # (suspending capture is process-wide: never from another thread)
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+    return write
+
+
 def progress_printer(
-    terminalreporter: Any, test: str, interval_s: float = 5.0
+    write: Callable[[str], None], test: str, interval_s: float = 5.0
 ) -> Callable[[str], Callable[[Progress], None]]:
     """A progress-callback factory writing one line every ``interval_s`` while a load runs."""
 
@@ -330,7 +361,7 @@ def progress_printer(
             if now - last[0] < interval_s:
                 return
             last[0] = now
-            terminalreporter.write_line(
+            write(
                 f"[aifactory] {test} {label}: {progress.elapsed_s:6.1f} s, {progress.sent} sent, "
                 f"{progress.done} done, {progress.errors} errors, {progress.in_flight} in flight"
             )

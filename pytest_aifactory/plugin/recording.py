@@ -26,7 +26,7 @@ from pytest_aifactory.jobs.run import RunContext
 from pytest_aifactory.jobs.telemetry import Telemetry
 from pytest_aifactory.load.engine import Progress
 from pytest_aifactory.plugin.options import setting
-from pytest_aifactory.plugin.outcomes import result_rows
+from pytest_aifactory.plugin.outcomes import result_rows, terminal_lines
 
 __all__ = ["LivePusher", "Recorder", "gateway_target"]
 
@@ -137,9 +137,7 @@ class Recorder:
         self.loki = LokiPusher(url, run.run_id, run.run_dir / "spool" / "loki", self.redactor, source) if url else None
         run.services.telemetry = telemetry(config, run.run_id, run.run_dir)
         run.services.on_event = self.service_event
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and config.get_verbosity() >= 0:
-            run.services.on_progress = reporter.write_line
+        run.services.on_progress = terminal_lines(config)
         self.pushed_tests: list[str] = []
         self.report: RunReport | None = None
         self.html: Path | None = None
