@@ -87,8 +87,9 @@ class ChildPytest:
         """``wait_for`` while the child runs: failing, with its output, at the deadline or when it ends first."""
 
         def running_check() -> T | None:
+            ended = self.process.poll() is not None  # before the check: what it sees came before the end
             value = check()
-            if not value and self.process.poll() is not None:
+            if not value and ended:
                 raise AssertionError(
                     f"the child pytest ended (exit {self.process.returncode}) before {what}{self._explain()}"
                 )
@@ -99,7 +100,12 @@ class ChildPytest:
     def interrupt(self, timeout_s: float) -> str:
         """SIGINT, as Ctrl-C does; its whole output once it has ended."""
         self.process.send_signal(signal.SIGINT)
-        self.process.wait(timeout=timeout_s)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the child pytest did not end within {timeout_s} s of SIGINT{self._explain()}"
+            ) from None
         return self.output()
 
     def kill(self) -> None:

@@ -208,21 +208,79 @@ def test_low_wakeup_latency_is_held_during_the_load_only(timed_server) -> None: 
     assert result.config["low_wakeup_latency"] is True
 
 
+class _Closing(_Instant):
+    """An instant client that takes 10 ms per request, and notes that it was closed."""
+
+    closed = False
+
+    async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
+        await asyncio.sleep(0.01)
+        record.end = clock.now()
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class _FailsAt:
+    """A workload whose request ``index`` cannot be built."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def request(self, index: int) -> int:
+        if index == self.index:
+            raise ValueError(f"request {index} cannot be built")
+        return index
+
+
+def _fail(_: Any) -> None:
+    raise RuntimeError("the progress reporter failed")
+
+
+def _ended_cleanly(engine: Engine, client: _Closing, loop: asyncio.AbstractEventLoop) -> None:
+    assert client.closed, "the connections were left open"
+    assert gc.isenabled(), "the garbage collector stayed off"
+    assert [task for task in asyncio.all_tasks(loop) if not task.done()] == [], "tasks still running"
+
+
+def test_a_failing_progress_reporter_fails_the_load_after_a_clean_end() -> None:
+    client = _Closing()
+    plan = LoadPlan("open", Arrivals(100.0, "constant"), count=20)
+    engine = Engine(client, _FailsAt(-1), plan, progress=_fail, progress_interval_s=0.02)
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(RuntimeError, match="the progress reporter failed"):
+            loop.run_until_complete(engine.run())
+        _ended_cleanly(engine, client, loop)
+        assert engine.health is not None  # the load itself ran to its end
+        assert len(engine.records) == 20
+    finally:
+        loop.close()
+
+
+def test_a_load_that_fails_ends_its_requests_in_flight_and_keeps_its_own_error() -> None:
+    """Request 3 of a closed loop cannot be built: the other slot's request is ended, not left running."""
+    client = _Closing()
+    plan = LoadPlan("closed", concurrency=2, duration_s=30)
+    engine = Engine(client, _FailsAt(3), plan, progress=_fail, progress_interval_s=0.001)
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ValueError, match="request 3 cannot be built"):  # not the reporter's error
+            loop.run_until_complete(engine.run())
+        _ended_cleanly(engine, client, loop)
+    finally:
+        loop.close()
+
+
 @pytest.mark.skipif(not os.access(PM_QOS_DEVICE, os.W_OK), reason=f"{PM_QOS_DEVICE} needs root")
-def test_low_wakeup_latency_is_released_when_the_progress_reporter_fails(timed_server) -> None:  # type: ignore[no-untyped-def]
+def test_low_wakeup_latency_is_released_when_the_load_fails() -> None:
     default = _pm_qos_value()
     assert default > 0, "another process already holds the wake-up latency at 0: this test cannot tell"
-
-    def progress(_: Any) -> None:
-        raise RuntimeError("the progress reporter failed")
-
-    with pytest.raises(RuntimeError, match="the progress reporter failed"):
-        LoadRunner(low_wakeup_latency=True, progress=lambda label: progress).openai(
-            timed_server, prompts="synthetic:in=4,out=2", rate=20, duration_s=1.5
-        )
-        # (checked while the failure, and with it the engine's frame, is still alive)
+    plan = LoadPlan("closed", concurrency=2, duration_s=30, low_wakeup_latency=True)
+    engine = Engine(_Closing(), _FailsAt(3), plan)
+    with pytest.raises(ValueError, match="request 3 cannot be built"):
+        asyncio.run(engine.run())
     assert _pm_qos_value() == default, "the system-wide hold outlived the failed load"
-    assert gc.isenabled(), "the garbage collector stayed off after the failed load"
 
 
 def test_low_wakeup_latency_says_why_it_was_not_held(tmp_path) -> None:  # type: ignore[no-untyped-def]

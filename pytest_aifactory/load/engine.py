@@ -251,18 +251,27 @@ class Engine:
             gc.collect()
             gc.disable()  # a collection pause in the middle of a load would become schedule lag
             if self.progress:
-                cleanup.push_async_callback(_ended, asyncio.create_task(self._report()))
-            held = cleanup.enter_context(low_wakeup_latency(self.plan.low_wakeup_latency))  # released early
+                await cleanup.enter_async_context(_Beside(asyncio.create_task(self._report())))
+            held = cleanup.enter_context(low_wakeup_latency(self.plan.low_wakeup_latency))  # released however it ends
             self.clock = Clock(ready() if ready is not None else start_at)
             watch = LoopWatch(self.worker, self.clock.t0, held)
             watch.start()
+            cleanup.push_async_callback(watch.stop)  # (a second stop after the one below changes nothing)
             work = asyncio.create_task(self._open_loop() if self.plan.mode == "open" else self._closed_loop())
+            cleanup.push_async_callback(self._cancel_load, work)
             if self.stop is not None:
-                cleanup.push_async_callback(_ended, asyncio.create_task(self._watch_stop(work)))
+                await cleanup.enter_async_context(_Beside(asyncio.create_task(self._watch_stop(work))))
             await self._until_done_or_stopped(work)
             self.health = await watch.stop()
         self._emit()
         return sorted(self.records, key=lambda r: r.index)
+
+    async def _cancel_load(self, work: asyncio.Task[None]) -> None:
+        """After a failure, end the load and its requests still in flight (a completed load has none)."""
+        running = [task for task in (work, *self._in_flight) if not task.done()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def _watch_stop(self, work: asyncio.Task[None]) -> None:
         assert self.stop is not None
@@ -275,8 +284,7 @@ class Engine:
         try:
             await work
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():  # cancelled from outside, not stopped
+            if _cancelled_from_outside():  # not stopped
                 raise
             in_flight = list(self._in_flight)
             for task in in_flight:
@@ -346,7 +354,13 @@ class Engine:
                 record = RequestRecord(index=index, scheduled=now, warmup=k < plan.warmup, worker=self.worker)
                 await self._one(record, payloads[k] if payloads is not None else self._payload(index))
 
-        await asyncio.gather(*(slot() for _ in range(plan.concurrency or 1)))
+        slots = [asyncio.ensure_future(slot()) for _ in range(plan.concurrency or 1)]
+        try:
+            await asyncio.gather(*slots)
+        finally:  # one slot failed, or the load was stopped: the others end with it
+            for running in slots:
+                running.cancel()
+            await asyncio.gather(*slots, return_exceptions=True)
 
     async def _one(self, record: RequestRecord, payload: Any) -> None:
         async with self._slots if self._slots is not None else contextlib.nullcontext():
@@ -381,11 +395,36 @@ class Engine:
             self._emit()
 
 
-async def _ended(task: asyncio.Task[None]) -> None:
-    """Cancel a helper task and wait for it: an error it ended with is raised here."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+def _cancelled_from_outside() -> bool:
+    """Whether the running task itself is being cancelled (Python 3.11+; 3.10 cannot tell: False)."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
+
+
+class _Beside:
+    """A helper task that runs beside a load (progress reports, the stop watcher), ended with it.
+
+    Its own error is raised after a load that succeeded; after a failure the load's error stands.
+    A cancellation of the load's own task is never swallowed.
+    """
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self.task = task
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            if _cancelled_from_outside():
+                raise
+        except Exception:
+            if exc is None:
+                raise
+        return False
 
 
 async def _within(seconds: float, send: Coroutine[Any, Any, None]) -> None:

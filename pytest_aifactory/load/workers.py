@@ -116,10 +116,11 @@ def drive(engine: Engine, schedule: Sequence[tuple[int, float]] | None = None, *
         if not (signals or isinstance(interrupt, KeyboardInterrupt)):
             raise
         done = sorted(completed if signals else engine.records, key=lambda r: r.index)
-        pending = asyncio.all_tasks(loop)
+        pending = asyncio.all_tasks(loop)  # (the engine ends its own; another's may be left)
         for task in pending:
             task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))  # connections closed
+        if pending:  # (an empty gather would belong to no loop, or to another)
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))  # connections closed
         raise LoadInterrupted(LoadRun(done, [engine.health] if engine.health is not None else [])) from None
     finally:
         for signum, handler in previous.items():
