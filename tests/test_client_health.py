@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 import struct
 import time
 from typing import Any
@@ -15,10 +16,12 @@ import pytest
 from pytest_aifactory.core.metrics import summarize
 from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.core.slo import SLOInconclusive, assert_slo, check, parse_slo
+from pytest_aifactory.load import engine as engine_module
 from pytest_aifactory.load.engine import Clock, Engine, LoadPlan
 from pytest_aifactory.load.pacing import Pacer
 from pytest_aifactory.load.schedule import Arrivals
 from pytest_aifactory.load.wakeup import PM_QOS_DEVICE, low_wakeup_latency
+from pytest_aifactory.load.workers import LoadInterrupted, drive
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.prompts import Lengths, SyntheticPrompts
 from pytest_aifactory.workloads.runner import LoadRunner, make_plan
@@ -270,6 +273,30 @@ def test_a_load_that_fails_ends_its_requests_in_flight_and_keeps_its_own_error()
         _ended_cleanly(engine, client, loop)
     finally:
         loop.close()
+
+
+class _Interrupting(_Closing):
+    """Sends SIGINT to this process with request 20, as Ctrl-C would (``drive``'s loop takes it)."""
+
+    async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
+        if record.index == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        await super().send(payload, record, clock)
+
+
+@pytest.mark.parametrize("tells_a_cancel_apart", [True, False], ids=["python-3.11", "python-3.10"])
+def test_sigint_during_a_load_is_an_interruption_with_what_was_completed(
+    monkeypatch: pytest.MonkeyPatch, tells_a_cancel_apart: bool
+) -> None:
+    """Python 3.10 cannot tell the interrupt's cancel from a stop: it must not become a normal result."""
+    if not tells_a_cancel_apart:
+        monkeypatch.setattr(engine_module, "_cancelled_from_outside", lambda: False)
+    client = _Interrupting()
+    engine = Engine(client, _FailsAt(-1), LoadPlan("open", Arrivals(100.0, "constant"), count=200))
+    with pytest.raises(LoadInterrupted) as interrupted:
+        drive(engine)
+    assert 15 <= len(interrupted.value.run.records) < 200
+    assert client.closed
 
 
 @pytest.mark.skipif(not os.access(PM_QOS_DEVICE, os.W_OK), reason=f"{PM_QOS_DEVICE} needs root")

@@ -112,6 +112,8 @@ def drive(engine: Engine, schedule: Sequence[tuple[int, float]] | None = None, *
     try:
         records = loop.run_until_complete(main)
         loop.run_until_complete(loop.shutdown_asyncgens())
+        if signals:  # the cancel was taken for a stop (Python 3.10 cannot tell them apart) or lost
+            raise asyncio.CancelledError
     except (KeyboardInterrupt, asyncio.CancelledError) as interrupt:
         if not (signals or isinstance(interrupt, KeyboardInterrupt)):
             raise
