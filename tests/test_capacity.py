@@ -15,7 +15,7 @@ from helpers import wait_for
 from pytest_aifactory.core.errors import LoadConfigError
 from pytest_aifactory.core.metrics import LoadResult, summarize
 from pytest_aifactory.core.records import RequestRecord
-from pytest_aifactory.core.slo import parse_slo
+from pytest_aifactory.core.slo import check, parse_slo
 from pytest_aifactory.load.capacity import CapacitySearch, search_capacity
 from pytest_aifactory.services.slotted_llm import capacity_rate
 from pytest_aifactory.workloads.runner import LoadRunner
@@ -115,6 +115,27 @@ def test_search_stops_at_the_time_budget_and_at_the_highest_point() -> None:
     assert capped.value == 20
 
 
+def test_an_answer_that_is_only_a_lower_bound_settles_only_what_a_higher_value_could_not_change() -> None:
+    ticks = iter(range(1000))
+    search = CapacitySearch("rate", 1.0, budget_s=3.5)
+    answer = search_capacity(_fake, [parse_slo("p99_e2e_ms <= 100")], search, clock=lambda: float(next(ticks)))
+    result = answer.to_result()  # capacity is at least 1: the budget ran out before any breach
+    higher, met, broken = check(
+        [parse_slo(e) for e in ("capacity_rate >= 5", "capacity_rate >= 1", "capacity_rate <= 0.5")],
+        result.metrics(),
+        lower_bounds=result.lower_bounds,
+    )
+    assert (higher.inconclusive, higher.passed) == (True, False)
+    assert higher.message() == (
+        "capacity_rate=1 req/s (lower bound), expected >= 5 req/s: inconclusive: the search shows only that "
+        "capacity is at least 1 (the time budget ran out before any breach); it may be higher"
+    )
+    assert (met.passed, met.inconclusive) == (True, False)
+    assert broken.breached  # already above the ceiling: a higher value cannot help
+    found = search_capacity(_fake, [parse_slo("p99_e2e_ms <= 100")], CapacitySearch("rate", 1.0, precision=0.05))
+    assert found.to_result().lower_bounds == {}  # a breach above it: judged as a value, as before
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -148,15 +169,22 @@ def test_meets(aif_load, slotted):
 @pytest.mark.slo("capacity_rate >= 1")
 def test_unreachable(aif_load, slotted):
     search(aif_load, slotted, "p99_e2e_ms <= 50", 5)
+
+@pytest.mark.slo("capacity_rate >= 100")
+def test_stopped_below_the_objective(aif_load, slotted):
+    aif_load.capacity("rate", aif_load.openai, slotted, slo=["p99_e2e_ms <= 5000"], low=5, high=10,
+                      prompts="synthetic:in=4,out=2", distribution="constant", duration_s=1.0, warmup=3)
 """
 
 
 def test_capacity_slo_marker_and_report(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_cap=SUITE)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--aif-results-dir=out")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--aif-results-dir=out", "-rs")
     out = result.stdout.str()
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=1, failed=1, skipped=1)
     assert "SLO breached: capacity_rate >= 1" in out
+    assert "SLO inconclusive: capacity_rate >= 100" in out  # at least 10, maybe 100: not a breach
+    assert "capacity is at least 10 (every SLO held up to the highest point before any breach)" in out
     assert "[capacity] capacity_rate=nan (no data) req/s, expected >= 1 req/s" in out
     assert "notes:\n  [capacity] SLO unreachable even at the lowest point rate=5: p99_e2e=" in out
     report = json.loads(next((pytester.path / "out").glob("*/report.json")).read_text())

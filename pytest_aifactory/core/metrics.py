@@ -166,6 +166,7 @@ class LoadResult:
     records: list[RequestRecord] = field(default_factory=list, repr=False)
     client_limit: str = ""  # why the load generator was the limit (empty: it was not)
     role: str = "point"
+    lower_bounds: dict[str, str] = field(default_factory=dict)  # metric: why its value is only "at least"
     intervals: dict[str, Interval] = field(default_factory=dict)
     interval_method: str = ""
     notes: list[str] = field(default_factory=list)

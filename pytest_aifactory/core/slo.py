@@ -109,7 +109,7 @@ def parse_slo(expression: str, extra_metrics: Iterable[str] = ()) -> SLO:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of one objective against one result; ``client_limit`` set: inconclusive."""
+    """The outcome of one objective against one result; ``client_limit`` or ``undecided`` set: inconclusive."""
 
     slo: SLO
     value: float
@@ -117,11 +117,12 @@ class Verdict:
     label: str = ""
     client_limit: str = ""
     rule: str = "value"
+    undecided: str = ""  # why the value cannot decide the objective (a lower bound below its threshold)
 
     @property
     def inconclusive(self) -> bool:
-        """Not judged: the load generator, not the service, was the limit."""
-        return bool(self.client_limit)
+        """Not judged: the load generator, not the service, was the limit, or the value cannot decide."""
+        return bool(self.client_limit or self.undecided)
 
     @property
     def breached(self) -> bool:
@@ -150,8 +151,10 @@ class Verdict:
         where = f"[{self.label}] " if self.label else ""
         rule = f" ({self.rule})" if self.rule != "value" else ""
         text = f"{where}{name}={_fmt(self.value)}{suffix}{rule}, expected {self.slo.op} {self.slo.threshold:g}{suffix}"
-        if self.inconclusive:
+        if self.client_limit:
             text += f": inconclusive: the load generator was the limit ({self.client_limit}); use workers=N or nodes=N"
+        elif self.undecided:
+            text += f": inconclusive: {self.undecided}"
         return text
 
 
@@ -170,15 +173,22 @@ def check(
     label: str = "",
     client_limit: str = "",
     intervals: Mapping[str, tuple[float, float]] | None = None,
+    lower_bounds: Mapping[str, str] | None = None,
 ) -> list[Verdict]:
     """Evaluate every objective; a missing or NaN metric is a breach, never a pass.
 
     ``client_limit`` (why the load generator was the limit) makes every verdict inconclusive.
     With ``intervals``, a metric that has one is judged by the interval's pessimistic end
     (the upper end for ``<=``/``<``, the lower for ``>=``/``>``), and the verdict says so.
+    ``lower_bounds``: metrics whose value is only known to be "at least" (why, by metric): an
+    objective it does not settle (``>=`` not met yet, ``<=`` not broken yet) is inconclusive.
     """
     verdicts = []
     for slo in slos:
+        bound = (lower_bounds or {}).get(slo.metric)
+        if bound is not None and not client_limit:
+            verdicts.append(_at_least(slo, float(metrics.get(slo.metric, math.nan)), label, bound))
+            continue
         value, rule = float(metrics.get(slo.metric, math.nan)), "value"
         if intervals is not None:
             interval = intervals.get(slo.metric)
@@ -189,6 +199,16 @@ def check(
         passed = not client_limit and not math.isnan(value) and _OPS[slo.op](value, slo.threshold)
         verdicts.append(Verdict(slo, value, passed, label, client_limit, rule))
     return verdicts
+
+
+def _at_least(slo: SLO, value: float, label: str, why: str) -> Verdict:
+    """The verdict on a value known only as a lower bound: decided only where a higher value could not change it."""
+    meets = not math.isnan(value) and _OPS[slo.op](value, slo.threshold)
+    if slo.op in (">=", ">") and meets:
+        return Verdict(slo, value, True, label, rule="lower bound")
+    if slo.op in ("<=", "<") and not math.isnan(value) and not meets:
+        return Verdict(slo, value, False, label, rule="lower bound")
+    return Verdict(slo, value, False, label, rule="lower bound", undecided=f"{why}; it may be higher")
 
 
 def format_breaches(verdicts: Sequence[Verdict]) -> str:
@@ -221,7 +241,8 @@ def assert_slo(result: _HasMetrics, *expressions: str, pessimistic: bool = False
     metrics = result.metrics()
     slos = [parse_slo(e, extra_metrics=metrics) for e in expressions]
     intervals = getattr(result, "intervals", {}) if pessimistic else None
-    verdicts = check(slos, metrics, result.label, str(getattr(result, "client_limit", "")), intervals)
+    client_limit, lower_bounds = str(getattr(result, "client_limit", "")), getattr(result, "lower_bounds", None)
+    verdicts = check(slos, metrics, result.label, client_limit, intervals, lower_bounds)
     if any(v.breached for v in verdicts):
         raise SLOBreach(verdicts)
     if any(v.inconclusive for v in verdicts):

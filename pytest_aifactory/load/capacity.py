@@ -191,7 +191,16 @@ class Capacity:
             interval_method=best.result.interval_method if best else "",
             notes=[self.message()],
             client_limit=self.probes[-1].result.client_limit if self.status == "client-bound" else "",
+            lower_bounds=self._lower_bound(),
         )
+
+    def _lower_bound(self) -> dict[str, str]:
+        """The answer as a lower bound, when no probe breached above it (the search stopped first)."""
+        lo, hi = self.bracket
+        if self.status not in ("budget", "above-highest") or math.isnan(lo) or not math.isnan(hi):
+            return {}
+        why = "the time budget ran out" if self.status == "budget" else "every SLO held up to the highest point"
+        return {self.metric: f"the search shows only that capacity is at least {lo:g} ({why} before any breach)"}
 
 
 def search_capacity(

@@ -114,7 +114,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "fail-inconclusive",
         None,
-        "Fail, not skip, a test whose SLOs are inconclusive because the load generator was the limit",
+        "Fail, not skip, a test whose SLOs are inconclusive (the load generator was the limit, or a "
+        "capacity search stopped before any breach)",
         default=False,
     ),
     Option("report", "PATH", "JSON report of the run (default: RESULTS_DIR/RUN_ID/report.json)", ini=False),

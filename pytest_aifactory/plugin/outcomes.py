@@ -10,8 +10,9 @@ stay out of ``user_properties`` and so out of ``--junitxml``.
 The table's columns and figures are the metric table's rows with a heading. It says which
 latency its p50/p99 are (end-to-end for inference, one operation for data tests), how many
 samples each is drawn from, and warns when they are too few for the percentile or when the load
-generator was the limit (``client_bound``). SLOs on such a result are inconclusive: the test is
-skipped saying so, or fails under ``--aif-fail-inconclusive``.
+generator was the limit (``client_bound``). SLOs on such a result are inconclusive, as are those a
+capacity answer known only as a lower bound cannot settle: the test is skipped saying so, or
+fails under ``--aif-fail-inconclusive``.
 
 A capacity search's probes are results too (in the table and the report) but the test's
 objectives are not checked against them: they are checked against the search's answer
@@ -99,7 +100,8 @@ def _verdicts(item: pytest.Item, slos: Sequence[SLO], results: Sequence[LoadResu
     for result in results:
         mine = [slo for slo in slos if _applies(slo, result)]
         intervals = result.intervals if pessimistic else None
-        verdicts += check(mine, result.metrics(), result.label if label else "", result.client_limit, intervals)
+        where = result.label if label else ""
+        verdicts += check(mine, result.metrics(), where, result.client_limit, intervals, result.lower_bounds)
     return verdicts
 
 
