@@ -132,6 +132,14 @@ def test_an_answer_that_is_only_a_lower_bound_settles_only_what_a_higher_value_c
     )
     assert (met.passed, met.inconclusive) == (True, False)
     assert broken.breached  # already above the ceiling: a higher value cannot help
+    exact, above = check(
+        [parse_slo("capacity_rate == 1"), parse_slo("capacity_rate == 0.5")],
+        {"capacity_rate": 1.0},
+        lower_bounds=result.lower_bounds,
+    )
+    assert exact.inconclusive  # 1 or more: maybe exactly 1
+    assert above.breached  # 1 or more is never 0.5
+    assert check([parse_slo("capacity_rate >= 1")], {}, lower_bounds=result.lower_bounds)[0].breached  # no value
     found = search_capacity(_fake, [parse_slo("p99_e2e_ms <= 100")], CapacitySearch("rate", 1.0, precision=0.05))
     assert found.to_result().lower_bounds == {}  # a breach above it: judged as a value, as before
 

@@ -202,12 +202,22 @@ def check(
 
 
 def _at_least(slo: SLO, value: float, label: str, why: str) -> Verdict:
-    """The verdict on a value known only as a lower bound: decided only where a higher value could not change it."""
-    meets = not math.isnan(value) and _OPS[slo.op](value, slo.threshold)
-    if slo.op in (">=", ">") and meets:
-        return Verdict(slo, value, True, label, rule="lower bound")
-    if slo.op in ("<=", "<") and not math.isnan(value) and not meets:
+    """The verdict on a value known only as a lower bound: decided where no higher value could change it.
+
+    Met ``>=``/``>`` stay met, broken ``<=``/``<`` stay broken, and ``==`` below the value stays
+    broken; the rest is inconclusive. A missing value is a breach, as everywhere.
+    """
+    if math.isnan(value):
         return Verdict(slo, value, False, label, rule="lower bound")
+    meets = _OPS[slo.op](value, slo.threshold)
+    if slo.op in (">=", ">"):
+        settled = meets
+    elif slo.op in ("<=", "<"):
+        settled = not meets
+    else:
+        settled = value > slo.threshold
+    if settled:
+        return Verdict(slo, value, meets, label, rule="lower bound")
     return Verdict(slo, value, False, label, rule="lower bound", undecided=f"{why}; it may be higher")
 
 
