@@ -43,13 +43,16 @@ def slurm_services(run_dir: Path) -> ServiceManager:
     return ServiceManager(profile, make_backend(profile), JobRegistry(run_dir), owner=None)
 
 
-def default_sigint() -> None:
-    """``preexec_fn`` for a pytest the test interrupts: SIGINT must not stay ignored.
-
-    A shell without job control starts background commands with SIGINT ignored, and an ignored
-    signal is inherited across exec; Python then installs no KeyboardInterrupt handler.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# The child pytest's entry point. SIGINT must not stay ignored: a shell without job control
+# starts background commands with SIGINT ignored, that is inherited across exec, and Python
+# then installs no KeyboardInterrupt handler. The child restores it itself: a ``preexec_fn``
+# would run Python in the forked copy of this process before exec, where a library's fork
+# handler can abort it (grpc's, left by a client of an earlier test: "epoll_wait error: Bad
+# file descriptor", exit -6, seen in CI).
+_CHILD_MAIN = (
+    "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.exit(pytest.console_main())"
+)
 
 
 def registry_entries(run_dir: Path) -> list[dict[str, str]]:
@@ -69,11 +72,10 @@ class ChildPytest:
         self.log = cwd / "child-pytest.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+                [sys.executable, "-c", _CHILD_MAIN, "-p", "no:cacheprovider", *args],
                 cwd=cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=default_sigint,
             )
 
     def output(self) -> str:
