@@ -23,7 +23,7 @@ import contextlib
 import gc
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -268,10 +268,7 @@ class Engine:
 
     async def _cancel_load(self, work: asyncio.Task[None]) -> None:
         """After a failure, end the load and its requests still in flight (a completed load has none)."""
-        running = [task for task in (work, *self._in_flight) if not task.done()]
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await _cancel_and_wait([work, *self._in_flight])
 
     async def _watch_stop(self, work: asyncio.Task[None]) -> None:
         assert self.stop is not None
@@ -286,10 +283,7 @@ class Engine:
         except asyncio.CancelledError:
             if _cancelled_from_outside():  # not stopped
                 raise
-            in_flight = list(self._in_flight)
-            for task in in_flight:
-                task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+            await _cancel_and_wait(self._in_flight)
 
     def _index(self, k: int) -> int:
         return self.index_offset + k * self.index_stride
@@ -358,9 +352,7 @@ class Engine:
         try:
             await asyncio.gather(*slots)
         finally:  # one slot failed, or the load was stopped: the others end with it
-            for running in slots:
-                running.cancel()
-            await asyncio.gather(*slots, return_exceptions=True)
+            await _cancel_and_wait(slots)
 
     async def _one(self, record: RequestRecord, payload: Any) -> None:
         async with self._slots if self._slots is not None else contextlib.nullcontext():
@@ -393,6 +385,14 @@ class Engine:
         while True:
             await asyncio.sleep(self.progress_interval_s)
             self._emit()
+
+
+async def _cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel those of ``tasks`` still running and wait until they have ended (their errors are theirs)."""
+    running = [task for task in tasks if not task.done()]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 def _cancelled_from_outside() -> bool:
