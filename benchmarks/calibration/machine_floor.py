@@ -3,10 +3,11 @@
 cyclictest's measurement, with the engine's own pacer: on the client's core, with nothing
 else to do, wake every millisecond at an absolute due time (``Pacer``: a timerfd in a uvloop
 loop) and note how late each wake-up was. No client can send more punctually than this
-process wakes; on a virtual machine its tail is the host's (a vCPU that is not running when
-its timer expires waits for the host to run it again). The calibration measures it before and
-after its rates: before them with the machine's default and with the loads' hold (``load.wakeup``),
-after them with the hold.
+process wakes. Its tail has two sources: ordinary tasks on the same core that run first (a
+thread at real-time priority preempts them, ``core.scheduling``), and on a virtual machine the
+host (a vCPU that is not running when its timer expires waits for the host to run it again).
+The calibration measures it before and after its rates: before them with the machine's
+default and tuned as its loads (``load.wakeup``'s hold, real-time priority), after them tuned.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pytest_aifactory.core.scheduling import realtime_priority
 from pytest_aifactory.load.pacing import Pacer, new_event_loop
 from pytest_aifactory.load.wakeup import low_wakeup_latency
 
@@ -34,13 +36,14 @@ class WakeupFloor:
     max_ms: float
     over_1ms: int
     wakeup_latency: str
+    scheduling: str
 
     def line(self, when: str) -> str:
         """One sentence for the calibration's output."""
         return (
             f"Timer wake-up lateness of an idle process on the client's core ({when}, CPU wake-up latency "
-            f"{self.wakeup_latency}; the engine's pacer, every 1 ms for {self.seconds:g} s, {self.wakeups} "
-            f"wake-ups): p50 {self.p50_ms:.3f} ms, "
+            f"{self.wakeup_latency}, {self.scheduling}; the engine's pacer, every 1 ms for {self.seconds:g} s, "
+            f"{self.wakeups} wake-ups): p50 {self.p50_ms:.3f} ms, "
             f"p99 {self.p99_ms:.3f} ms, p99.9 {self.p999_ms:.2f} ms, max {self.max_ms:.2f} ms; "
             f"{self.over_1ms} wake-ups more than 1 ms late ({self.over_1ms / self.seconds:.1f} per second)."
         )
@@ -62,14 +65,14 @@ async def _wake_every(interval_s: float, seconds: float) -> list[float]:
     return late
 
 
-def measure_floor(seconds: float, hold_wakeup_latency: bool, interval_s: float = 0.001) -> WakeupFloor:
-    """Wake every ``interval_s`` for ``seconds`` in this process (pinned as the caller pinned it)."""
+def measure_floor(seconds: float, hold_wakeup_latency: bool, realtime: bool, interval_s: float = 0.001) -> WakeupFloor:
+    """Wake every ``interval_s`` for ``seconds`` in this process (pinned as the caller pinned it), tuned as a load."""
     loop = new_event_loop()
     try:
-        with low_wakeup_latency(hold_wakeup_latency) as held:
+        with low_wakeup_latency(hold_wakeup_latency) as held, realtime_priority(realtime) as scheduling:
             late_ms = np.array(loop.run_until_complete(_wake_every(interval_s, seconds))) * 1000
     finally:
         loop.close()
     p50, p99, p999 = (float(np.percentile(late_ms, q)) for q in (50, 99, 99.9))
     over = int((late_ms > 1.0).sum())
-    return WakeupFloor(seconds, len(late_ms), p50, p99, p999, float(late_ms.max()), over, held)
+    return WakeupFloor(seconds, len(late_ms), p50, p99, p999, float(late_ms.max()), over, held, scheduling)

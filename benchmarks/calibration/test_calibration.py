@@ -54,7 +54,9 @@ from machine_floor import measure_floor
 from reference_client import run_reference
 
 from pytest_aifactory.core.metrics import LoadResult
+from pytest_aifactory.core.scheduling import realtime_priority
 from pytest_aifactory.load.wakeup import low_wakeup_latency
+from pytest_aifactory.plugin.options import setting
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.prompts import Lengths, SyntheticPrompts
 from pytest_aifactory.workloads.runner import LoadRunner, make_plan
@@ -68,7 +70,7 @@ FLOOR_S = 10.0
 SUSTAIN, LATENESS_MS, ERROR_MS, LOW_RATE_ERROR_MS, CPU_AT_100 = 0.99, 2.0, 2.0, 1.0, 0.10
 GIVE_UP = 0.9  # a series stops after a rate whose achieved/target fell below this
 ROOT = Path(__file__).resolve().parents[2]
-FLAGS = "--aif-low-wakeup-latency"  # the engine at its best on this machine (load.wakeup)
+FLAGS = "--aif-low-wakeup-latency --aif-realtime-priority"  # the engine at its best here (load.wakeup, core.scheduling)
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,10 @@ def cores() -> Iterator[tuple[int, set[int]]]:
 
 
 @pytest.fixture(scope="module")
-def truth_server(aif_shared_service, cores):  # type: ignore[no-untyped-def]
-    return aif_shared_service("synthetic-llm", ttft_ms=TTFT_MS, itl_ms=ITL_MS, cpu=cores[0])
+def truth_server(aif_shared_service, cores, pytestconfig):  # type: ignore[no-untyped-def]
+    """The server, at real-time priority when the engine runs at it (its core's other tasks would delay it)."""
+    realtime = bool(setting(pytestconfig, "aif_realtime_priority"))
+    return aif_shared_service("synthetic-llm", ttft_ms=TTFT_MS, itl_ms=ITL_MS, cpu=cores[0], realtime=realtime)
 
 
 def _seconds(rate: int) -> float:
@@ -226,11 +230,11 @@ class ReferencePoint:
         )
 
 
-def _reference(url: str, rate: int, hold_wakeup_latency: bool) -> ReferencePoint:
-    """One rate of the bare reference client against the server's truth."""
+def _reference(url: str, rate: int, load: LoadRunner) -> ReferencePoint:
+    """One rate of the bare reference client against the server's truth, tuned as the engine's loads."""
     split = urlsplit(url)
     httpx.delete(f"{url}/truth", timeout=30).raise_for_status()
-    with low_wakeup_latency(hold_wakeup_latency):  # as the engine's loads
+    with low_wakeup_latency(load.low_wakeup_latency), realtime_priority(load.realtime_priority):
         run = run_reference(split.hostname or "127.0.0.1", split.port or 80, rate, _seconds(rate), uuid.uuid4().hex[:8])
     truth = httpx.get(f"{url}/truth", timeout=30).json()["requests"]
     sends = [(i, at, run.first_event[i]) for i, at in run.scheduled.items() if i in run.first_event]
@@ -289,7 +293,8 @@ def _missed(single: list[Point], reference: dict[int, ReferencePoint]) -> list[s
 @pytest.mark.timeout(3600)
 def test_engine_against_server_truth(truth_server, aif_load, aif_run, capsys, cores, readme_figures) -> None:  # type: ignore[no-untyped-def]
     url, load_average = truth_server.url().rstrip("/"), os.getloadavg()[0]
-    floors_before = [measure_floor(FLOOR_S, hold) for hold in sorted({False, aif_load.low_wakeup_latency})]
+    tuned = (aif_load.low_wakeup_latency, aif_load.realtime_priority)
+    floors_before = [measure_floor(FLOOR_S, *tuning) for tuning in sorted({(False, False), tuned})]
     single = [p for d in ("constant", "poisson") for p in _series(aif_load, url, d, 1, RATES)]
     two = _series(aif_load, url, "constant", 2, WORKER_RATES)
     one_best = _highest([p for p in single if p.distribution == "constant"])
@@ -298,16 +303,19 @@ def test_engine_against_server_truth(truth_server, aif_load, aif_run, capsys, co
         ratio = "scaling not available here: both worker processes share one core (N workers need N free cores)"
     else:
         ratio = f"{two_best / one_best:.2f}x one process" if one_best else "ratio to one process not available"
-    reference = {rate: _reference(url, rate, aif_load.low_wakeup_latency) for rate in REFERENCE_RATES}
-    floor_after = measure_floor(FLOOR_S, aif_load.low_wakeup_latency)
+    reference = {rate: _reference(url, rate, aif_load) for rate in REFERENCE_RATES}
+    floor_after = measure_floor(FLOOR_S, *tuned)
     missed = _missed(single, reference)
-    event_loop, wakeup = (aif_load.results[-1].config[key] for key in ("event_loop", "cpu_wakeup_latency"))
-    flags = f"{FLAGS} " if aif_load.low_wakeup_latency else ""
+    event_loop, wakeup, scheduling = (
+        aif_load.results[-1].config[key] for key in ("event_loop", "cpu_wakeup_latency", "engine_scheduling")
+    )
+    server_scheduling = httpx.get(f"{url}/truth", timeout=30).json()["scheduling"]
+    flags = f"{FLAGS} " if all(tuned) else ""
     command = f"pytest benchmarks/calibration/test_calibration.py -m calibration -s {flags}--readme-figures"
     lines = [
         readme_figures.provenance(command, load_average, ("aiohttp", "orjson", "uvloop")),
-        f"Server on core {cores[0]}, client on {sorted(cores[1])}; event loop {event_loop}; "
-        f"CPU wake-up latency {wakeup}.",
+        f"Server on core {cores[0]} ({server_scheduling}), client on {sorted(cores[1])} ({scheduling}); "
+        f"event loop {event_loop}; CPU wake-up latency {wakeup}.",
         "",
         *(floor.line("before the rates") for floor in floors_before),
         floor_after.line("after them"),

@@ -81,7 +81,8 @@ class ClientHealth:
     ``time.monotonic()`` of the records' time zero (to match them with a server's own times),
     ``clock_zero_wall`` the same instant as ``time.time()`` on the process's host (to match
     them with a service job's samples, such as its energy reads), ``wakeup_latency`` what the
-    CPUs' wake-up latency was held at during the load (``load.wakeup``).
+    CPUs' wake-up latency was held at during the load (``load.wakeup``), ``scheduling`` the
+    policy the event loop's thread ran at (``core.scheduling``).
     """
 
     worker: str
@@ -93,6 +94,7 @@ class ClientHealth:
     clock_zero: float = 0.0
     clock_zero_wall: float | None = None
     wakeup_latency: str = "machine default"
+    scheduling: str = "normal (SCHED_OTHER)"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pytest_aifactory.core.records import ClientHealth, RequestRecord
+from pytest_aifactory.core.scheduling import realtime_priority
 from pytest_aifactory.load.health import LoopWatch
 from pytest_aifactory.load.pacing import Pacer
 from pytest_aifactory.load.schedule import Arrivals, arrival_times
@@ -88,7 +89,8 @@ class LoadPlan:
     ``steady_state`` excludes instead the transient found in the latencies (``core.steady``).
     ``times`` replaces the arrivals with a fixed schedule (trace replay: due times in seconds).
     ``repeats`` runs the plan that many times (arrival seeds ``seed``, ``seed + 1``...).
-    ``low_wakeup_latency`` holds the CPUs' wake-up latency low while it runs (``load.wakeup``).
+    ``low_wakeup_latency`` holds the CPUs' wake-up latency low while it runs (``load.wakeup``);
+    ``realtime_priority`` runs the engine's thread at real-time priority (``core.scheduling``).
     """
 
     mode: Literal["open", "closed"]
@@ -102,6 +104,7 @@ class LoadPlan:
     steady_state: bool = False
     repeats: int = 1
     low_wakeup_latency: bool = False
+    realtime_priority: bool = False
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -135,6 +138,7 @@ class LoadPlan:
             "steady_state": self.steady_state,
             "repeats": self.repeats,
             "low_wakeup_latency": self.low_wakeup_latency,
+            "realtime_priority": self.realtime_priority,
         }
         if self.times is not None:
             data["schedule"] = "fixed times"
@@ -253,8 +257,9 @@ class Engine:
             if self.progress:
                 await cleanup.enter_async_context(_Beside(asyncio.create_task(self._report())))
             held = cleanup.enter_context(low_wakeup_latency(self.plan.low_wakeup_latency))  # released however it ends
+            scheduling = cleanup.enter_context(realtime_priority(self.plan.realtime_priority))  # restored likewise
             self.clock = Clock(ready() if ready is not None else start_at)
-            watch = LoopWatch(self.worker, self.clock.t0, held)
+            watch = LoopWatch(self.worker, self.clock.t0, held, scheduling)
             watch.start()
             cleanup.push_async_callback(watch.stop)  # (a second stop after the one below changes nothing)
             work = asyncio.create_task(self._open_loop() if self.plan.mode == "open" else self._closed_loop())

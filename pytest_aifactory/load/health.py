@@ -24,13 +24,15 @@ class LoopWatch:
 
     tick_s = 0.01
 
-    def __init__(self, worker: str, clock_zero: float, wakeup_latency: str) -> None:
+    def __init__(self, worker: str, clock_zero: float, wakeup_latency: str, scheduling: str) -> None:
         """Watch for ``worker``, whose records count from ``clock_zero`` (monotonic seconds).
 
-        ``wakeup_latency``: what the load held the CPUs' wake-up latency at (``load.wakeup``).
+        ``wakeup_latency``: what the load held the CPUs' wake-up latency at (``load.wakeup``);
+        ``scheduling``: the policy the event loop's thread ran at (``core.scheduling``).
         """
         self.worker = worker
         self.wakeup_latency = wakeup_latency
+        self.scheduling = scheduling
         self.clock_zero = clock_zero
         self.clock_zero_wall = time.time() - (time.monotonic() - clock_zero)
         self.stall_max_s = 0.0
@@ -61,6 +63,7 @@ class LoopWatch:
             clock_zero=self.clock_zero,
             clock_zero_wall=self.clock_zero_wall,
             wakeup_latency=self.wakeup_latency,
+            scheduling=self.scheduling,
         )
         if self._task is not None:
             self._task.cancel()

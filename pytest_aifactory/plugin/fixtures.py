@@ -282,6 +282,7 @@ def aif_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config, aif_ru
             stop=watcher.stop,
             sacct_energy=aif_run.backend.consumed_energy,
             low_wakeup_latency=bool(setting(pytestconfig, "aif_low_wakeup_latency")),
+            realtime_priority=bool(setting(pytestconfig, "aif_realtime_priority")),
         )
     finally:
         watcher.close()

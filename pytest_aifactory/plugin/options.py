@@ -112,6 +112,13 @@ OPTIONS: tuple[Option, ...] = (
         default=False,
     ),
     Option(
+        "realtime-priority",
+        None,
+        "Run each load's engine at real-time priority (SCHED_FIFO 10; root, CAP_SYS_NICE or ulimit -r): "
+        "ordinary tasks on its core no longer delay its sends and stamps",
+        default=False,
+    ),
+    Option(
         "fail-inconclusive",
         None,
         "Fail, not skip, a test whose SLOs are inconclusive (the load generator was the limit, or a "

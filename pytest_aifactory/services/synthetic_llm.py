@@ -11,16 +11,19 @@ request and not the limit of a calibration: one event loop (uvloop where install
 ``asyncio.Protocol`` per connection, each stream's frames encoded when its request is read
 (identical frames once) and written by loop timers, never before they are due.
 ``error_every=N`` answers every N-th request with HTTP 500; ``cpu=N`` pins the server to core N
-(calibration keeps it off the client's core); ``metrics=true`` serves vLLM's ``/metrics``
+(calibration keeps it off the client's core); ``realtime=true`` runs its loop at real-time
+priority (``core.scheduling``: ordinary tasks on its core no longer delay its reads and
+writes); ``metrics=true`` serves vLLM's ``/metrics``
 families of what it really did (``served_metrics``), so that loads against it scrape the
 server's own view as they do vLLM's.
 
 It records its own truth for every request that carries an ``X-Request-Id`` header: when its
 first byte was read and when the first token was written to the socket (``time.monotonic()``,
 CLOCK_MONOTONIC, the clock of the load engine on the same machine). ``GET /truth`` returns
-``{"clock": "monotonic", "requests": {id: [read, first_token_written]}, "cpu_s": s}`` (``cpu_s``:
-the CPU time the server process has used, so that a caller can tell whether the server was its
-own limit); ``DELETE /truth`` forgets the requests.
+``{"clock": "monotonic", "requests": {id: [read, first_token_written]}, "cpu_s": s, "scheduling": p}``
+(``cpu_s``: the CPU time the server process has used, so that a caller can tell whether the
+server was its own limit; ``scheduling``: the policy its loop runs at); ``DELETE /truth``
+forgets the requests.
 
 Run: ``python -m pytest_aifactory.services.synthetic_llm --host 127.0.0.1 --port 8000``.
 """
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 import orjson
 
 from pytest_aifactory.core.profiles import SettingValue
+from pytest_aifactory.core.scheduling import NORMAL, realtime_priority
 from pytest_aifactory.services.served_metrics import ServedMetrics
 from pytest_aifactory.services.settings import switch
 from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
@@ -51,6 +55,7 @@ DEFAULTS: dict[str, SettingValue] = {
     "tokens_per_chunk": 1,
     "error_every": 0,
     "cpu": -1,
+    "realtime": False,
     "metrics": False,
 }
 
@@ -70,6 +75,7 @@ def build(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             f"--tokens-per-chunk={settings['tokens_per_chunk']}",
             f"--error-every={settings['error_every']}",
             f"--cpu={settings['cpu']}",
+            *(("--realtime",) if switch(settings["realtime"]) else ()),
             *metrics_flag(settings),
         ),
         probe=HttpProbe(path="/health"),
@@ -211,9 +217,10 @@ _TIMER_SLACK_S = 0.001
 class SyntheticServer:
     """What every connection shares: the timing, the truth kept per request id, the served metrics."""
 
-    def __init__(self, timing: SyntheticTiming, metrics: ServedMetrics | None = None) -> None:
+    def __init__(self, timing: SyntheticTiming, metrics: ServedMetrics | None = None, scheduling: str = NORMAL) -> None:
         self.timing = timing
         self.metrics = metrics
+        self.scheduling = scheduling
         self.counter = itertools.count(1)
         self.truth: dict[str, list[float]] = {}  # request id -> [head read, first token written]
         self.frames: dict[tuple[bool, int], bytes] = {}  # (chat, tokens) -> its frame, when usage is not streamed
@@ -231,7 +238,14 @@ class SyntheticServer:
         if method == "GET" and path == "/metrics" and self.metrics is not None:
             return connection.write(_plain(200, self.metrics.text(), b"text/plain; version=0.0.4"))
         if path == "/truth" and method in ("GET", "DELETE"):
-            payload = orjson.dumps({"clock": "monotonic", "requests": self.truth, "cpu_s": time.process_time()})
+            payload = orjson.dumps(
+                {
+                    "clock": "monotonic",
+                    "requests": self.truth,
+                    "cpu_s": time.process_time(),
+                    "scheduling": self.scheduling,
+                }
+            )
             if method == "DELETE":
                 self.truth.clear()
             return connection.write(_plain(200, payload))
@@ -350,12 +364,14 @@ def main() -> None:
     parser.add_argument("--tokens-per-chunk", type=int, default=1)
     parser.add_argument("--error-every", type=int, default=0)
     parser.add_argument("--cpu", type=int, default=-1, help="pin the server to this core (-1: not pinned)")
+    parser.add_argument("--realtime", action="store_true", help="run the server's loop at real-time priority")
     parser.add_argument("--metrics", action="store_true", help="serve vLLM's /metrics families")
     args = parser.parse_args()
     if args.cpu >= 0:
         os.sched_setaffinity(0, {args.cpu})
     timing = SyntheticTiming(args.ttft_ms, args.itl_ms, args.tokens_per_chunk, args.error_every)
-    run(serve(args.host, args.port, SyntheticServer(timing, ServedMetrics() if args.metrics else None)))
+    with realtime_priority(args.realtime) as scheduling:
+        run(serve(args.host, args.port, SyntheticServer(timing, ServedMetrics() if args.metrics else None, scheduling)))
 
 
 if __name__ == "__main__":

@@ -53,13 +53,15 @@ class LoadRunner(ServiceLoads, ProductionLoads):
         stop: StopSignal | None = None,
         sacct_energy: SacctEnergy | None = None,
         low_wakeup_latency: bool = False,
+        realtime_priority: bool = False,
     ) -> None:
         """``submit(fn, *args)`` -> submitit job and ``shard_dir`` (seen by every node) enable ``nodes=N``.
 
         ``stop``, once set (the service is known dead), ends the load under way: its result is
         kept and recorded, then ``LoadStoppedError`` is raised, and so for any later load.
         ``sacct_energy(job_id)`` is Slurm's energy of a service's job (the backend's).
-        ``low_wakeup_latency`` holds the CPUs' wake-up latency low during every load (``load.wakeup``).
+        ``low_wakeup_latency`` holds the CPUs' wake-up latency low during every load (``load.wakeup``),
+        ``realtime_priority`` runs every load's engine at real-time priority (``core.scheduling``).
         """
         self.on_result = on_result
         self.progress = progress
@@ -69,6 +71,7 @@ class LoadRunner(ServiceLoads, ProductionLoads):
         self.stop = stop
         self.sacct_energy = sacct_energy
         self.low_wakeup_latency = low_wakeup_latency
+        self.realtime_priority = realtime_priority
         self.results: list[LoadResult] = []
         self._role = "point"  # "probe" while a capacity search runs, "repeat" while repeats run
 
@@ -103,8 +106,12 @@ class LoadRunner(ServiceLoads, ProductionLoads):
         """
         label = label or plan_label(plan)
         workers = workers or self.workers
-        if self.low_wakeup_latency:
-            plan = dataclasses.replace(plan, low_wakeup_latency=True)
+        if self.low_wakeup_latency or self.realtime_priority:
+            plan = dataclasses.replace(
+                plan,
+                low_wakeup_latency=plan.low_wakeup_latency or self.low_wakeup_latency,
+                realtime_priority=plan.realtime_priority or self.realtime_priority,
+            )
         options = {"workers": workers, "goodput": goodput, "nodes": nodes, "scalars": scalars, "energy": energy}
         if plan.repeats > 1:
             return self._repeated(client, workload, plan, label, config, summarizer, server, options)
@@ -121,6 +128,7 @@ class LoadRunner(ServiceLoads, ProductionLoads):
                 "clock_zero_monotonic_s": min((h.clock_zero for h in run.health), default=None),
                 "event_loop": _each(h.event_loop for h in run.health),
                 "cpu_wakeup_latency": _each(h.wakeup_latency for h in run.health),
+                "engine_scheduling": _each(h.scheduling for h in run.health),
                 "goodput": dict(goodput or {}),
                 **dict(config or {}),
                 **more,

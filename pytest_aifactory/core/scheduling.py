@@ -1,0 +1,49 @@
+"""Run the calling thread at real-time priority while a block runs (``SCHED_FIFO``), as latency tools do.
+
+A load generator sleeps between sends; when its timer fires, the kernel runs it as soon as
+its core is free of other ordinary tasks. On a node with daemons, kernel workers and other
+jobs, "as soon as" is often a millisecond or more late, and that lateness becomes schedule
+lag and late first-token stamps. A thread at real-time priority preempts every ordinary task
+on its core at once (cyclictest's ``-p``). The calibration benchmark measures what it changes
+(``benchmarks/calibration/machine_floor.py``).
+
+It applies to the calling thread only (the engine's event loop: the one that paces, sends and
+stamps), and the thread's policy is restored when the block ends. A real-time thread that
+saturates its core keeps ordinary tasks there from running, up to the kernel's real-time
+throttle (``/proc/sys/kernel/sched_rt_runtime_us``, 95% by default): it is asked for
+(``--aif-realtime-priority``), never the default, and the result says what ran. Raising the
+priority needs root, ``CAP_SYS_NICE`` or an ``RLIMIT_RTPRIO`` (``ulimit -r``): otherwise the
+block runs at the thread's own priority and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+__all__ = ["NORMAL", "REALTIME_PRIORITY", "realtime_priority"]
+
+REALTIME_PRIORITY = 10  # above ordinary tasks and the RCU boost threads (1), below threaded interrupts (50)
+NORMAL = "normal (SCHED_OTHER)"
+
+
+@contextlib.contextmanager
+def realtime_priority(wanted: bool, priority: int = REALTIME_PRIORITY) -> Iterator[str]:
+    """While the block runs, the calling thread runs at ``SCHED_FIFO`` ``priority`` if ``wanted``.
+
+    Yields what ran: ``SCHED_FIFO 10``, ``normal (SCHED_OTHER)``, or ``not raised: <why>``.
+    """
+    if not wanted:
+        yield NORMAL
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError as exc:
+        yield f"not raised: sched_setscheduler(SCHED_FIFO, {priority}): {exc.strerror or exc}"
+        return
+    try:
+        yield f"SCHED_FIFO {priority}"
+    finally:
+        os.sched_setscheduler(0, policy, param)
