@@ -29,11 +29,14 @@ idle process on the client's core (cyclictest's measurement): no client sends mo
 here, and where its tail is near a target, the target is at the machine's noise.
 
 The engine runs at its best: with ``--aif-low-wakeup-latency`` (``load.wakeup``: an idle vCPU
-otherwise halts between sends, and waking it costs up to milliseconds); the table says
-whether the hold was in force, and the reference client runs under the same hold.
+otherwise halts between sends, and waking it costs up to milliseconds) and
+``--aif-realtime-priority`` (``core.scheduling``: ordinary tasks on the client's core would
+otherwise run first when a timer fires or a response arrives); the server then runs at
+real-time priority too, and the reference client and the floor measurement are tuned alike.
+The output says what was in force on each side.
 
 Run: ``tox -e bench`` or ``pytest benchmarks/calibration -m calibration -s --aif-low-wakeup-latency
-[--readme-figures]``.
+--aif-realtime-priority [--readme-figures]``.
 """
 
 from __future__ import annotations
