@@ -276,7 +276,7 @@ def _missed(single: list[Point], reference: dict[int, ReferencePoint]) -> list[s
 
     if 100 in constant and constant[100].cpu_cores > CPU_AT_100:
         ref_cpu = f" (reference client {reference[100].cpu_cores:.2f} core)" if 100 in reference else ""
-        missed.append(f"client CPU at 100 req/s {constant[100].cpu_cores:.2f} core{ref_cpu}, target <= {CPU_AT_100}")
+        missed.append(f"client CPU at 100 req/s {constant[100].cpu_cores:.3f} core{ref_cpu}, target <= {CPU_AT_100}")
     if 1600 in constant and not constant[1600].within:
         p = constant[1600]
         missed.append(
