@@ -16,6 +16,7 @@ from pytest_aifactory.core.errors import LoadConfigError
 from pytest_aifactory.core.metrics import LoadResult, summarize
 from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.core.slo import check, parse_slo
+from pytest_aifactory.export.prometheus import final_registry
 from pytest_aifactory.load.capacity import CapacitySearch, search_capacity
 from pytest_aifactory.services.slotted_llm import capacity_rate
 from pytest_aifactory.workloads.runner import LoadRunner
@@ -187,7 +188,9 @@ def test_stopped_below_the_objective(aif_load, slotted):
 
 def test_capacity_slo_marker_and_report(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_cap=SUITE)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--aif-results-dir=out", "-rs")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--aif-results-dir=out", "--aif-html=r.html", "-rs"
+    )
     out = result.stdout.str()
     result.assert_outcomes(passed=1, failed=1, skipped=1)
     assert "SLO breached: capacity_rate >= 1" in out
@@ -208,6 +211,24 @@ def test_capacity_slo_marker_and_report(pytester: pytest.Pytester) -> None:
     assert {v["label"] for v in meets["slo"]} == {"capacity"}
     assert all(v["passed"] for v in meets["slo"])
     assert "probe" in out  # the probes' SLO cell in the results table
+    # The answer that is only a lower bound says so in the report; the HTML report and the
+    # Pushgateway's figures show its SLO as inconclusive, not as a breach.
+    (stopped,) = [t for t in report["tests"] if t["nodeid"].endswith("test_stopped_below_the_objective")]
+    assert stopped["results"][-1]["lower_bounds"] == {
+        "capacity_rate": "the search shows only that capacity is at least 10 "
+        "(every SLO held up to the highest point before any breach)"
+    }
+    page = (pytester.path / "r.html").read_text()
+    assert "<td><code>capacity_rate &gt;= 100</code></td><td>10</td><td class=inconclusive>inconclusive</td>" in page
+    rows = [{"label": r["label"], "result": r, "verdicts": stopped["slo"]} for r in stopped["results"][-1:]]
+    registry = final_registry(rows)
+    assert (
+        registry.get_sample_value("aifactory_slo_inconclusive", {"point": "capacity", "slo": "capacity_rate >= 100"})
+        == 1
+    )
+    assert (
+        registry.get_sample_value("aifactory_slo_passed", {"point": "capacity", "slo": "capacity_rate >= 100"}) is None
+    )
 
 
 def _stream_request(port: int) -> socket.socket:

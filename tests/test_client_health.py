@@ -167,7 +167,7 @@ def test_overdriven_judged_in_the_body(synthetic_llm_service, aif_load):
 def test_inconclusive_slo_skips_or_fails_when_strict(pytester: pytest.Pytester, strict: bool) -> None:
     pytester.makepyfile(SUITE)
     args = ["-o", "aif_fail_inconclusive=true"] if strict else []
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", *args)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", "--aif-html=r.html", *args)
     # assert_slo in a test's body is judged like the marker: a skip, or a failure when strict
     result.assert_outcomes(failed=2) if strict else result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(
@@ -183,6 +183,13 @@ def test_inconclusive_slo_skips_or_fails_when_strict(pytester: pytest.Pytester, 
             "*inconclusive: the load generator was the limit (lag p99 * ms, CPU *); use workers=N or nodes=N*",
         ]
     )
+    # The HTML report shows the point and its verdict as inconclusive, with a finding that says so, not a breach.
+    page = (pytester.path / "r.html").read_text()
+    assert "<span class=inconclusive>INCONCLUSIVE</span>" in page
+    assert "<td class=inconclusive>inconclusive</td>" in page
+    assert "test_overdriven [rate=100000/s]: SLO inconclusive: p99_ttft=" in page
+    assert "SLO breached" not in page
+    assert "<span class=fail>" not in page
 
 
 def _pm_qos_value() -> int:

@@ -147,3 +147,31 @@ def test_a_duration_below_the_noise_floor_is_not_judged(tmp_path: Path, capsys: 
     slower = report("c", [entry("t.py::test_faiss", {"index_build_s": 0.0015, "recall_at_10": 1.0}, ["vectordb"])])
     (change,) = [c for c in compare_reports(old, slower, 0.05) if c.metric == "index_build_s"]
     assert change.regression  # past the floor in one run: judged
+
+
+def _capacity(run_id: str, rate: float, lower_bound: bool) -> dict[str, Any]:
+    data = report(run_id, [entry("t.py::test_capacity", {"capacity_rate": rate}, ["inference"], label="capacity")])
+    if lower_bound:  # the search stopped on its budget before any probe breached
+        data["tests"][0]["results"][0]["lower_bounds"] = {"capacity_rate": "the time budget ran out before any breach"}
+    return data
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "regression", "improvement", "which"),
+    [
+        ((20, False), (8, True), False, False, "new"),  # at least 8 may still be 20 or more: not a regression
+        ((20, False), (30, True), False, True, "new"),  # at least 30 is more than 20 whatever the truth
+        ((20, True), (8, False), True, False, "old"),  # at least 20 before, 8 now: a regression
+        ((20, True), (30, False), False, False, "old"),  # the old one may have been 40
+        ((20, True), (8, True), False, False, "both"),
+        ((20, False), (8, False), True, False, ""),  # both exact: as any metric
+    ],
+)
+def test_a_capacity_known_only_as_a_lower_bound_decides_only_what_it_can(
+    old: tuple[float, bool], new: tuple[float, bool], regression: bool, improvement: bool, which: str
+) -> None:
+    (change,) = [
+        c for c in compare_reports(_capacity("a", *old), _capacity("b", *new), 0.05) if c.metric == "capacity_rate"
+    ]
+    assert (change.regression, change.improvement, change.lower_bound) == (regression, improvement, which)
+    assert (f"{which} value a lower bound" in change.message()) == bool(which)

@@ -46,7 +46,7 @@ def test_dashboards_have_the_variables_and_panels_users_need() -> None:
         "Offered vs achieved rate",
         "TTFT",
         "Error ratio",
-        "SLOs held (1) / breached (0)",
+        "SLOs held (1) / breached (0) / inconclusive (-1)",
         "Service memory",
         "Logs of the run and its services",
     } <= live
@@ -61,7 +61,8 @@ def test_contract_holds_for_shipped_dashboards() -> None:
 
 def test_slo_panels_link_to_the_run_and_the_control_page() -> None:
     boards = build_dashboards()
-    for name, title in (("live-run", "SLOs held (1) / breached (0)"), ("trends", "SLO verdicts of the selected runs")):
+    live_title = "SLOs held (1) / breached (0) / inconclusive (-1)"
+    for name, title in (("live-run", live_title), ("trends", "SLO verdicts of the selected runs")):
         panel = next(p for p in boards[name]["panels"] if p["title"] == title)
         urls = [link["url"] for link in panel["fieldConfig"]["defaults"]["links"]]
         assert "/d/aif-live?var-run_id=${__field.labels.run_id}&${__url_time_range}" in urls
@@ -82,7 +83,8 @@ def test_contract_catches_a_planted_metric_label_and_datasource() -> None:
     )
     assert "live-run: 'Offered vs achieved rate' uses label 'colour', which no exporter sets" in problems
     assert any("uses datasource uid 'not-provisioned'" in p for p in problems)
-    assert any("data link of 'SLOs held (1) / breached (0)' uses label 'runid'" in p for p in problems)
+    link = "data link of 'SLOs held (1) / breached (0) / inconclusive (-1)' uses label 'runid'"
+    assert any(link in p for p in problems)
 
 
 def test_dashboard_provider_points_where_the_stack_mounts_dashboards() -> None:

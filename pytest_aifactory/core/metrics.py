@@ -197,6 +197,7 @@ class LoadResult:
             "metrics": {k: _finite(v) for k, v in self.metrics().items()},
             "error_samples": self.error_samples,
             "client_limit": self.client_limit,
+            "lower_bounds": self.lower_bounds,
             "role": self.role,
             "intervals": {k: [lo, hi] for k, (lo, hi) in self.intervals.items() if math.isfinite(lo + hi)},
             "interval_method": self.interval_method,

@@ -6,13 +6,17 @@ table): the family markers it carries in the report, else the family its metrics
 A change is a regression (or an improvement) when it is worse (better) than the margin AND
 beyond the run-to-run noise: the interval of the relative change, made from both results'
 95 % confidence intervals (``core.confidence.change_interval``), lies wholly on that side of
-zero. A metric without intervals in either run (a single run's throughput, or reports made
-before intervals existed) is judged by the margin alone, and the message says so; but a
-latency statistic of runs that do carry intervals and has none (too few samples to bound a
-p99) is not judged at all: its change is noise as far as anyone can tell. Nor is a duration
-whose values in both runs lie under its unit's noise floor (``NOISE_FLOORS``: 1 ms for a metric
-in seconds, such as a flat index's build time in microseconds). ``differences`` names what makes two runs not
-comparable (service version or image, profile, partition, node type, model, dataset).
+zero. A value known only as a lower bound (a capacity search that stopped before any probe
+breached: ``lower_bounds`` in the result) decides only what no higher true value could undo:
+for a metric where higher is better, a new lower bound can show an improvement but not a
+regression, and an old one a regression but not an improvement. A metric without intervals
+in either run (a single run's throughput, or reports made before intervals existed) is judged
+by the margin alone, and the message says so; but a latency statistic of runs that do carry
+intervals and has none (too few samples to bound a p99) is not judged at all: its change is
+noise as far as anyone can tell. Nor is a duration whose values in both runs lie under its
+unit's noise floor (``NOISE_FLOORS``: 1 ms for a metric in seconds, such as a flat index's
+build time in microseconds). ``differences`` names what makes two runs not comparable
+(service version or image, profile, partition, node type, model, dataset).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class Change:
     margin: float = 0.0
     unbounded: bool = False  # a latency statistic with too few samples for an interval: not judged
     below_floor: str = ""  # both values under their unit's noise floor (``1 ms``): not judged
+    lower_bound: str = ""  # which value is only a lower bound (``new``, ``old``, ``both``): what it cannot decide
 
     @property
     def relative(self) -> float:
@@ -77,9 +82,10 @@ class Change:
             noise = f"interval [{self.interval[0] * 100:+.0f}, {self.interval[1] * 100:+.0f}] %"
         verdict = "beyond" if self.regression or self.improvement else "within"
         where = f"[{self.point}] " if self.point else ""
+        bound = f", {self.lower_bound} value a lower bound" if self.lower_bound else ""
         return (
             f"{where}{self.metric} {self.old:.4g} -> {self.new:.4g} "
-            f"({relative}, {noise}, {verdict} {self.margin * 100:g} % margin)"
+            f"({relative}, {noise}{bound}, {verdict} {self.margin * 100:g} % margin)"
         )
 
 
@@ -134,6 +140,22 @@ def _noise(metric: Metric, interval: tuple[float, float] | None) -> int:
     return -1 if worse else 1 if better else 0
 
 
+def _lower_bound(a: Mapping[str, Any], b: Mapping[str, Any], name: str) -> str:
+    """Which of the old and new values of ``name`` is only a lower bound: ``old``, ``new``, ``both`` or ``""``."""
+    old, new = (name in (point.get("lower_bounds") or {}) for point in (a, b))
+    return "both" if old and new else "old" if old else "new" if new else ""
+
+
+def _undecidable(metric: Metric, lower_bound: str) -> tuple[bool, bool]:
+    """Whether a lower bound leaves a regression, and an improvement, undecided (a true value may be higher).
+
+    A regression of a higher-is-better metric needs the new value exact (its true value no higher);
+    an improvement needs the old one exact. Where lower is better, the other way round.
+    """
+    old, new = lower_bound in ("old", "both"), lower_bound in ("new", "both")
+    return (new, old) if metric.better == "higher" else (old, new)
+
+
 def _interval(a: Mapping[str, Any], b: Mapping[str, Any], name: str) -> tuple[float, float] | None:
     old, new = (a.get("intervals") or {}).get(name), (b.get("intervals") or {}).get(name)
     if old is None or new is None:
@@ -159,8 +181,10 @@ def compare_reports(old: Mapping[str, Any], new: Mapping[str, Any], margin: floa
             below_floor = floor[1] if floor and max(abs(float(a)), abs(float(b))) < floor[0] else ""
             judged = not (unbounded or below_floor)
             direction, noise = _direction(metric, float(a), float(b), margin), _noise(metric, interval)
-            regression = direction < 0 and noise in (-1, 2) and judged
-            improvement = direction > 0 and noise in (1, 2) and judged
+            bound = _lower_bound(before[key], after[key], metric.name)
+            no_regression, no_improvement = _undecidable(metric, bound)
+            regression = direction < 0 and noise in (-1, 2) and judged and not no_regression
+            improvement = direction > 0 and noise in (1, 2) and judged and not no_improvement
             changes.append(
                 Change(
                     key[0],
@@ -174,6 +198,7 @@ def compare_reports(old: Mapping[str, Any], new: Mapping[str, Any], margin: floa
                     margin,
                     unbounded,
                     below_floor,
+                    bound,
                 )
             )
     return changes

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pytest_aifactory.core.metric_table import METRICS
 from pytest_aifactory.export.compare import Change
 from pytest_aifactory.export.comparisons import SideBySide
-from pytest_aifactory.export.views import ReportTest, figure_id, knee_index, value
+from pytest_aifactory.export.views import ReportTest, figure_id, knee_index, value, verdict_outcome
 
 __all__ = ["Finding", "comparison_findings", "findings_of"]
 
@@ -156,8 +156,9 @@ def _problems(test: ReportTest) -> list[Finding]:
                 )
             )
         for verdict in test.verdicts_of(result):
-            if not verdict["passed"]:
-                found.append(Finding(f"{where}: SLO breached: {verdict['message']}."))
+            outcome = verdict_outcome(verdict)
+            if outcome != "held":
+                found.append(Finding(f"{where}: SLO {outcome}: {verdict['message']}."))
     return found
 
 

@@ -24,7 +24,7 @@ from pytest_aifactory.core.metric_table import METRICS, TABLE
 from pytest_aifactory.export.comparisons import SideBySide, across_runs, within_run
 from pytest_aifactory.export.figures import Figure, comparison_figure, figures_of, resource_figures
 from pytest_aifactory.export.findings import Finding, comparison_findings, findings_of
-from pytest_aifactory.export.views import ReportTest, figure_id, report_tests, value
+from pytest_aifactory.export.views import ReportTest, figure_id, report_tests, value, verdict_outcome
 
 __all__ = ["render_html", "write_html"]
 
@@ -46,7 +46,7 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;color:#222}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ddd;padding:2px 6px;text-align:left}
-.pass{color:#2ca02c}.fail{color:#d62728;font-weight:bold}.aif-plot{min-height:360px}
+.pass,.held{color:#2ca02c}.fail,.breached{color:#d62728;font-weight:bold}.inconclusive{color:#b8860b}.aif-plot{min-height:360px}
 .findings li{margin:.3em 0}code{background:#f4f4f4;padding:0 3px}
 """
 _SCRIPT = """
@@ -98,21 +98,22 @@ def _plots(figures: Sequence[Figure]) -> str:
     return "".join(f'<div class="aif-plot" id="{_e(f["id"])}" title="{_e(f["title"])}"></div>' for f in figures)
 
 
+_POINT_OUTCOME = {"held": "PASS", "breached": "FAIL", "inconclusive": "INCONCLUSIVE"}
+
+
 def _points_table(test: ReportTest) -> str:
     columns = [c for c in _COLUMNS if any(value(r, c) is not None for r in test.results)]
     head = "".join(f"<th title='{_e(METRICS[c].description)}'>{_e(c)}</th>" for c in columns)
     rows = []
     for result in test.results:
-        meets = test.meets_slos(result)
-        verdict = (
-            "-" if meets is None else ("<span class=pass>PASS</span>" if meets else "<span class=fail>FAIL</span>")
-        )
+        outcome = test.slo_outcome(result)
+        verdict = "-" if outcome is None else f"<span class={outcome}>{_POINT_OUTCOME[outcome]}</span>"
         cells = "".join(f"<td>{_e(_fmt(c, value(result, c)))}</td>" for c in columns)
         rows.append(f"<tr><td>{_e(result['label'] or '-')}</td>{cells}<td>{verdict}</td></tr>")
     verdicts = "".join(
         f"<tr><td>{_e(v['label'] or '-')}</td><td><code>{_e(v['slo'])}</code></td>"
         f"<td>{_e(_fmt(v['metric'], v['value']))}</td>"
-        f"<td class={'pass' if v['passed'] else 'fail'}>{'held' if v['passed'] else 'breached'}</td></tr>"
+        f"<td class={verdict_outcome(v)}>{verdict_outcome(v)}</td></tr>"
         for v in test.verdicts
     )
     slo = (

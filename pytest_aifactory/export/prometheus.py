@@ -76,7 +76,14 @@ FINAL_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "aifactory_goodput_ratio": ("Share of requests meeting every per-request SLO", ("point",)),
     "aifactory_energy_joules": ("Energy over a finished load: total and by source", ("point", "source")),
     "aifactory_energy_per_unit_joules": ("Energy per unit of work of a finished load", ("point", "unit")),
-    "aifactory_slo_passed": ("1 when the SLO held for the point, else 0", ("point", "slo")),
+    "aifactory_slo_passed": (
+        "1 when the SLO held for the point, 0 when breached (absent: inconclusive)",
+        ("point", "slo"),
+    ),
+    "aifactory_slo_inconclusive": (
+        "1 when the SLO could not be judged (the load generator was the limit, or only a lower bound)",
+        ("point", "slo"),
+    ),
     "aifactory_slo_value": ("The measured value an SLO was checked against", ("point", "slo")),
     "aifactory_result_value": ("Any other figure of a result (MiB/s, recall, IOPS...)", ("point", "name")),
 }
@@ -152,6 +159,9 @@ def final_registry(rows: Sequence[Mapping[str, Any]]) -> CollectorRegistry:
             elif metric.gauge is not None and value is not None:
                 put(metric.gauge, value * metric.scale, *metric.gauge_labels())
         for verdict in row.get("verdicts", []):
-            put("aifactory_slo_passed", 1.0 if verdict["passed"] else 0.0, verdict["slo"])
+            if verdict.get("inconclusive"):  # neither held nor breached: a 0 would read as a breach
+                put("aifactory_slo_inconclusive", 1.0, verdict["slo"])
+            else:
+                put("aifactory_slo_passed", 1.0 if verdict["passed"] else 0.0, verdict["slo"])
             put("aifactory_slo_value", verdict["value"], verdict["slo"])
     return registry

@@ -14,7 +14,7 @@ from typing import Any
 from pytest_aifactory.core.metric_table import Family
 from pytest_aifactory.export.compare import families_of
 
-__all__ = ["ReportTest", "figure_id", "knee_index", "report_tests", "value"]
+__all__ = ["ReportTest", "figure_id", "knee_index", "report_tests", "value", "verdict_outcome"]
 
 Result = Mapping[str, Any]
 
@@ -25,6 +25,15 @@ def value(result: Result, metric: str) -> float | None:
     if number is None or (isinstance(number, float) and math.isnan(number)):
         return None
     return float(number)
+
+
+def verdict_outcome(verdict: Mapping[str, Any]) -> str:
+    """``held``, ``breached`` or ``inconclusive`` (not judged).
+
+    Inconclusive: the load generator was the limit, or the value was only a lower bound that
+    cannot decide it; reports older than the flag have none.
+    """
+    return "inconclusive" if verdict.get("inconclusive") else "held" if verdict["passed"] else "breached"
 
 
 def figure_id(kind: str, index: int | str) -> str:
@@ -73,14 +82,17 @@ class ReportTest:
         single = len(self.results) == 1
         return [v for v in self.verdicts if v["label"] == result["label"] or (single and not v["label"])]
 
-    def meets_slos(self, result: Result) -> bool | None:
-        """Whether every SLO held at this point (None: no SLO)."""
-        verdicts = self.verdicts_of(result)
-        return all(v["passed"] for v in verdicts) if verdicts else None
+    def slo_outcome(self, result: Result) -> str | None:
+        """The point's SLO outcome (None: no SLO).
+
+        ``breached`` when one was breached, else ``inconclusive`` when one could not be judged, else ``held``.
+        """
+        outcomes = {verdict_outcome(v) for v in self.verdicts_of(result)}
+        return next((o for o in ("breached", "inconclusive", "held") if o in outcomes), None)
 
     def capacity(self) -> Result | None:
         """The point of highest throughput at which every SLO held (None without SLOs or such a point)."""
-        passing = [r for r in self.results if self.meets_slos(r) and value(r, "request_s") is not None]
+        passing = [r for r in self.results if self.slo_outcome(r) == "held" and value(r, "request_s") is not None]
         return max(passing, key=lambda r: value(r, "request_s") or 0.0, default=None)
 
 

@@ -25,6 +25,8 @@ from pytest_aifactory.export.prometheus import DASHBOARD_RESULTS
 __all__ = ["live", "trends"]
 
 RESULTS = "|".join(DASHBOARD_RESULTS)  # the result figures of the run comparison, from the metric table
+# An SLO's outcome as one number: 1 held, 0 breached, -1 inconclusive (not judged, so never shown as a breach).
+SLO_OUTCOME = f"aifactory_slo_passed{{{RUN},{TEST}}} or -aifactory_slo_inconclusive{{{RUN},{TEST}}}"
 
 
 def live() -> dashboard.Dashboard:
@@ -130,11 +132,11 @@ def live() -> dashboard.Dashboard:
         .with_row(dashboard.Row("SLOs and services"))
         .with_panel(
             stat.Panel()
-            .title("SLOs held (1) / breached (0)")
+            .title("SLOs held (1) / breached (0) / inconclusive (-1)")
             .datasource(PROM)
             .height(6)
             .span(HALF)
-            .with_target(prom(f"aifactory_slo_passed{{{RUN},{TEST}}}", "{{test}} {{point}} {{slo}}", instant=True))
+            .with_target(prom(SLO_OUTCOME, "{{test}} {{point}} {{slo}}", instant=True))
             .data_links(run_links())
         )
         .with_panel(
@@ -228,7 +230,7 @@ def trends() -> dashboard.Dashboard:
             .height(8)
             .span(WIDE)
             .with_target(prom(f"aifactory_slo_value{{{RUN},{TEST}}}", "", instant=True))
-            .with_target(prom(f"aifactory_slo_passed{{{RUN},{TEST}}}", "", "B", instant=True))
+            .with_target(prom(SLO_OUTCOME, "", "B", instant=True))
             .data_links(run_links())
         )
         .with_panel(
