@@ -101,6 +101,11 @@ def test_a_client_bound_probe_ends_the_search_inconclusive() -> None:
         "capacity is at least 8; use workers=N or nodes=N"
     )
     assert answer.to_result().client_limit == "lag p99 80 ms, CPU 0.95 core"
+    # "At least 8": a regression gate must not read it as an exact 8
+    assert answer.to_result().lower_bounds == {
+        "capacity_rate": "the search shows only that capacity is at least 8 "
+        "(the load generator was the limit at rate=16)"
+    }
 
 
 def test_search_stops_at_the_time_budget_and_at_the_highest_point() -> None:

@@ -174,4 +174,15 @@ def test_a_capacity_known_only_as_a_lower_bound_decides_only_what_it_can(
         c for c in compare_reports(_capacity("a", *old), _capacity("b", *new), 0.05) if c.metric == "capacity_rate"
     ]
     assert (change.regression, change.improvement, change.lower_bound) == (regression, improvement, which)
-    assert (f"{which} value a lower bound" in change.message()) == bool(which)
+    assert ("lower bound" in change.message()) == bool(which)
+    decided = regression or improvement or not which
+    assert change.message().endswith("margin)" if decided else ", not judged)"), change.message()
+
+
+def test_the_compare_table_says_a_lower_bound_was_not_judged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = _capacity("a", 20, False), _capacity("b", 8, True)
+    assert main(["compare", write(tmp_path, old), write(tmp_path, new)]) == 0  # not a regression
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if "capacity_rate" in line]
+    assert row.endswith("lower bound: not judged"), row

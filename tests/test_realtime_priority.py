@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,17 +19,32 @@ from pytest_aifactory.workloads.runner import LoadRunner
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="raising a thread to SCHED_FIFO needs root here")
 
 
+def _policy() -> int:
+    return os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
+
+
+def _policy_of_a_new_thread() -> int:
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(_policy()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
 class _PolicyClient:
-    """Notes the scheduling policy of the thread that sends each request."""
+    """Notes the scheduling policy of the thread that sends each request, and of a thread started by the first."""
 
     def __init__(self) -> None:
         self.policies: list[int] = []
+        self.new_thread_policy: int | None = None
 
     async def open(self) -> None:
         pass
 
     async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
-        self.policies.append(os.sched_getscheduler(0))
+        self.policies.append(_policy())
+        if self.new_thread_policy is None:  # as a pool of blocking calls, or the resolver's, starts one
+            self.new_thread_policy = _policy_of_a_new_thread()
         record.end = clock.now()
 
     async def close(self) -> None:
@@ -46,14 +63,23 @@ class _Indexes:
         return index
 
 
+@pytest.fixture
+def normal_thread() -> Iterator[None]:
+    """This test's thread at the normal policy before and after (whatever the test did)."""
+    assert _policy() == os.SCHED_OTHER, "this test's thread already runs at another policy"
+    yield
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 @needs_root
+@pytest.mark.usefixtures("normal_thread")
 def test_the_engine_sends_at_realtime_priority_and_gets_its_own_back() -> None:
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "this test's thread already runs at another policy"
     client = _PolicyClient()
     result = LoadRunner(realtime_priority=True).run(
         client, _Indexes(), make_plan(rate=100, count=20, distribution="constant")
     )
     assert client.policies == [os.SCHED_FIFO] * 20
+    assert client.new_thread_policy == os.SCHED_OTHER  # a thread started during the load is not real-time
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # restored with the load
     assert result.config["engine_scheduling"] == "SCHED_FIFO 10"
     assert result.config["realtime_priority"] is True
@@ -62,21 +88,35 @@ def test_the_engine_sends_at_realtime_priority_and_gets_its_own_back() -> None:
 def test_without_the_option_the_engine_runs_at_its_own_priority() -> None:
     client = _PolicyClient()
     result = LoadRunner().run(client, _Indexes(), make_plan(rate=100, count=5, distribution="constant"))
-    assert set(client.policies) == {os.sched_getscheduler(0)}
+    assert set(client.policies) == {_policy()}
     assert result.config["engine_scheduling"] == NORMAL
 
 
 @needs_root
+@pytest.mark.usefixtures("normal_thread")
 def test_the_priority_is_restored_when_the_load_fails() -> None:
-    plan = LoadPlan("closed", concurrency=2, count=10, realtime_priority=True)
+    # A closed loop with a duration builds each payload as it goes: request 3 fails the load under way.
+    plan = LoadPlan("closed", concurrency=2, duration_s=30, realtime_priority=True)
+    client = _PolicyClient()
     with pytest.raises(ValueError, match="request 3 cannot be built"):
-        asyncio.run(Engine(_PolicyClient(), _Indexes(fail_at=3), plan).run())
+        asyncio.run(Engine(client, _Indexes(fail_at=3), plan).run())
+    assert set(client.policies) == {os.SCHED_FIFO}  # raised while it ran (requests 0-2 were sent)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER, "the thread stayed at real-time priority after a failed load"
+
+
+@needs_root
+@pytest.mark.usefixtures("normal_thread")
+def test_a_thread_already_at_a_higher_priority_is_left_there() -> None:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
+    with realtime_priority(True) as ran:
+        assert ran == "SCHED_FIFO 20"
+        assert os.sched_getparam(0).sched_priority == 20
+    assert os.sched_getparam(0).sched_priority == 20
 
 
 def test_a_priority_that_cannot_be_raised_says_why() -> None:
     with realtime_priority(True, priority=1000) as ran:  # out of SCHED_FIFO's range (1-99)
         assert ran == "not raised: sched_setscheduler(SCHED_FIFO, 1000): Invalid argument"
-        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+        assert _policy() == os.SCHED_OTHER
     with realtime_priority(False) as ran:
         assert ran == NORMAL

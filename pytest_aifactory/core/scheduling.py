@@ -8,7 +8,10 @@ on its core at once (cyclictest's ``-p``). The calibration benchmark measures wh
 (``benchmarks/calibration/machine_floor.py``).
 
 It applies to the calling thread only (the engine's event loop: the one that paces, sends and
-stamps), and the thread's policy is restored when the block ends. A real-time thread that
+stamps), with ``SCHED_RESET_ON_FORK``: a thread it starts during the block (a pool of blocking
+calls, the resolver's) runs at the normal policy, not at real-time priority. A thread already
+at that priority or higher is left as it is, and the thread's own policy is restored when the
+block ends (a lowering, which needs no privilege). A real-time thread that
 saturates its core keeps ordinary tasks there from running, up to the kernel's real-time
 throttle (``/proc/sys/kernel/sched_rt_runtime_us``, 95% by default): it is asked for
 (``--aif-realtime-priority``), never the default, and the result says what ran. Raising the
@@ -26,6 +29,7 @@ __all__ = ["NORMAL", "REALTIME_PRIORITY", "realtime_priority"]
 
 REALTIME_PRIORITY = 10  # above ordinary tasks and the RCU boost threads (1), below threaded interrupts (50)
 NORMAL = "normal (SCHED_OTHER)"
+_NAMES = {os.SCHED_FIFO: "SCHED_FIFO", os.SCHED_RR: "SCHED_RR"}
 
 
 @contextlib.contextmanager
@@ -34,14 +38,18 @@ def realtime_priority(wanted: bool, priority: int = REALTIME_PRIORITY) -> Iterat
 
     Yields what ran: ``SCHED_FIFO 10``, ``normal (SCHED_OTHER)``, or ``not raised: <why>``.
     """
-    if not wanted:
-        yield NORMAL
-        return
     policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    realtime = (policy & ~os.SCHED_RESET_ON_FORK) in (os.SCHED_FIFO, os.SCHED_RR)
+    if not wanted or (realtime and param.sched_priority >= priority):
+        yield f"{_NAMES.get(policy & ~os.SCHED_RESET_ON_FORK, policy)} {param.sched_priority}" if realtime else NORMAL
+        return
+    refused = ""
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
     except OSError as exc:
-        yield f"not raised: sched_setscheduler(SCHED_FIFO, {priority}): {exc.strerror or exc}"
+        refused = f"not raised: sched_setscheduler(SCHED_FIFO, {priority}): {exc.strerror or exc}"
+    if refused:  # (yielded outside the handler: a load's own error would carry this one as its context)
+        yield refused
         return
     try:
         yield f"SCHED_FIFO {priority}"

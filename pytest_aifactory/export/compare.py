@@ -62,7 +62,8 @@ class Change:
     margin: float = 0.0
     unbounded: bool = False  # a latency statistic with too few samples for an interval: not judged
     below_floor: str = ""  # both values under their unit's noise floor (``1 ms``): not judged
-    lower_bound: str = ""  # which value is only a lower bound (``new``, ``old``, ``both``): what it cannot decide
+    lower_bound: str = ""  # which value is only a lower bound (``new``, ``old``, ``both``)
+    undecided: bool = False  # a change that the lower bound leaves undecided (a true value may be higher): not judged
 
     @property
     def relative(self) -> float:
@@ -80,14 +81,20 @@ class Change:
             noise = "no interval: margin only"
         else:
             noise = f"interval [{self.interval[0] * 100:+.0f}, {self.interval[1] * 100:+.0f}] %"
-        verdict = "beyond" if self.regression or self.improvement else "within"
         where = f"[{self.point}] " if self.point else ""
-        bound = f", {self.lower_bound} value a lower bound" if self.lower_bound else ""
-        return (
-            f"{where}{self.metric} {self.old:.4g} -> {self.new:.4g} "
-            f"({relative}, {noise}{bound}, {verdict} {self.margin * 100:g} % margin)"
-        )
+        bound = f", {_BOUNDS[self.lower_bound]}" if self.lower_bound else ""
+        if self.undecided:
+            verdict = "not judged"
+        else:
+            verdict = f"{'beyond' if self.regression or self.improvement else 'within'} {self.margin * 100:g} % margin"
+        return f"{where}{self.metric} {self.old:.4g} -> {self.new:.4g} ({relative}, {noise}{bound}, {verdict})"
 
+
+_BOUNDS = {
+    "new": "the new value is only a lower bound",
+    "old": "the old value is only a lower bound",
+    "both": "both values are only lower bounds",
+}
 
 # Inference metrics every load computes (without a per-request SLO every request is good): no evidence.
 _EVERY_LOAD = {"goodput_s", "goodput_fraction"}
@@ -183,8 +190,9 @@ def compare_reports(old: Mapping[str, Any], new: Mapping[str, Any], margin: floa
             direction, noise = _direction(metric, float(a), float(b), margin), _noise(metric, interval)
             bound = _lower_bound(before[key], after[key], metric.name)
             no_regression, no_improvement = _undecidable(metric, bound)
-            regression = direction < 0 and noise in (-1, 2) and judged and not no_regression
-            improvement = direction > 0 and noise in (1, 2) and judged and not no_improvement
+            undecided = (direction < 0 and no_regression) or (direction > 0 and no_improvement)
+            regression = direction < 0 and noise in (-1, 2) and judged and not undecided
+            improvement = direction > 0 and noise in (1, 2) and judged and not undecided
             changes.append(
                 Change(
                     key[0],
@@ -199,6 +207,7 @@ def compare_reports(old: Mapping[str, Any], new: Mapping[str, Any], margin: floa
                     unbounded,
                     below_floor,
                     bound,
+                    undecided,
                 )
             )
     return changes
@@ -269,7 +278,10 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def _verdict(change: Change) -> str:
     if change.below_floor:
         return f"below the {change.below_floor} noise floor"
-    return "REGRESSION" if change.regression else "improved" if change.improvement else ""
+    if change.undecided:
+        return "lower bound: not judged"
+    verdict = "REGRESSION" if change.regression else "improved" if change.improvement else ""
+    return f"{verdict} (lower bound)" if verdict and change.lower_bound else verdict
 
 
 def _table(changes: list[Change], old_id: str, new_id: str) -> list[str]:

@@ -70,7 +70,7 @@ def _capacity(test: ReportTest) -> list[Finding]:
         where = f" at point {best['label']}" if best["label"] else ""
         throughput = value(best, "request_s") or 0.0
         found.append(Finding(f"{test.name}: every SLO held up to {_rate(throughput)}{where} ({held}).", sweep))
-    elif test.verdicts:
+    elif any(test.slo_outcome(r) == "breached" for r in test.results):
         found.append(Finding(f"{test.name}: no point met every SLO.", sweep))
     return found
 
@@ -256,6 +256,7 @@ def _wording(metric: str, factor: float) -> str:
 
 
 def _metric_sentence(side: str, base: str, metric: str, changes: Sequence[Change]) -> str | None:
+    changes = [c for c in changes if not c.undecided]  # a lower bound that cannot say which way it moved
     factors = [_worse_by(c) for c in changes]
     unit = METRICS[metric].unit
     detail = ", ".join(

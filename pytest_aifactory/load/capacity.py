@@ -195,12 +195,18 @@ class Capacity:
         )
 
     def _lower_bound(self) -> dict[str, str]:
-        """The answer as a lower bound, when no probe breached above it (the search stopped first)."""
+        """The answer as a lower bound: the load generator was the limit above it, or no probe breached above it."""
         lo, hi = self.bracket
-        if self.status not in ("budget", "above-highest") or math.isnan(lo) or not math.isnan(hi):
+        if math.isnan(lo):
             return {}
-        why = "the time budget ran out" if self.status == "budget" else "every SLO held up to the highest point"
-        return {self.metric: f"the search shows only that capacity is at least {lo:g} ({why} before any breach)"}
+        if self.status == "client-bound":
+            why = f"the load generator was the limit at {self.search.knob}={self.probes[-1].value:g}"
+        elif self.status in ("budget", "above-highest") and math.isnan(hi):
+            held = "the time budget ran out" if self.status == "budget" else "every SLO held up to the highest point"
+            why = f"{held} before any breach"
+        else:
+            return {}
+        return {self.metric: f"the search shows only that capacity is at least {lo:g} ({why})"}
 
 
 def search_capacity(
