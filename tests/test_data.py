@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from weaviate_receiver import WeaviateReceiver
 from pytest_aifactory.core.profiles import load_profile
 from pytest_aifactory.services.catalog import build_spec
 from pytest_aifactory.services.connect import dsn_of, s3_client_for
+from pytest_aifactory.services.readiness import milvus_ready
 from pytest_aifactory.workloads.files import FioJob, direct_io_supported, run_fio
 from pytest_aifactory.workloads.runner import LoadRunner
 from pytest_aifactory.workloads.s3 import object_bytes, parse_size
@@ -392,3 +394,30 @@ def test_milvus_index_choice_is_applied(milvus_service, tmp_path: Path) -> None:
     coarse = run(index_type="IVF_FLAT", index_params={"nlist": 64}, search_params={"nprobe": 1})
     assert coarse["recall_at_10"] < 0.9
     assert coarse["index_build_s"] > 0
+
+
+def _open_grpc_channels() -> set[int]:
+    """The gRPC channels of this process that are still open."""
+    import grpc._channel
+
+    gc.collect()
+    found = set()
+    for thing in gc.get_objects():
+        if isinstance(thing, grpc._channel.Channel):
+            try:
+                thing._channel.check_connectivity_state(False)
+            except ValueError:  # "Channel closed!"
+                continue
+            found.add(id(thing))
+    return found
+
+
+def test_milvus_clients_close_their_channels(milvus_service) -> None:  # type: ignore[no-untyped-def]
+    """The readiness check (run when the service started) and a store leave no gRPC channel open:
+    pymilvus 3 would keep a shared one per URI open for the process's life, pinging the server
+    after it stopped. (No other client of this suite speaks gRPC from the test process.)"""
+    assert milvus_ready(milvus_service) is None
+    store = MilvusStore(f"http://{milvus_service.host}:{milvus_service.ports['grpc']}")
+    store.create(dim=4, metric="l2")
+    store.drop()  # (drops the collection and closes the client)
+    assert _open_grpc_channels() == set()

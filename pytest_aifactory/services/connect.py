@@ -7,7 +7,7 @@ from typing import Any
 
 from pytest_aifactory.services.spec import RunningService
 
-__all__ = ["ACCESS_ENV", "SECRET_ENV", "dsn_of", "milvus_uri", "s3_client_for"]
+__all__ = ["ACCESS_ENV", "SECRET_ENV", "dsn_of", "milvus_client", "milvus_uri", "s3_client_for"]
 
 ACCESS_ENV, SECRET_ENV = "AIF_S3_ACCESS_KEY", "AIF_S3_SECRET_KEY"
 
@@ -44,3 +44,16 @@ def s3_client_for(endpoint: str, max_connections: int = 10) -> Any:
 def milvus_uri(service: RunningService) -> str:
     """``http://host:port`` of a started ``milvus`` service's gRPC port."""
     return f"http://{service.host}:{service.ports['grpc']}"
+
+
+def milvus_client(uri: str, **options: Any) -> Any:
+    """A ``MilvusClient`` whose ``close()`` closes its gRPC channel.
+
+    From pymilvus 3 a client shares one connection per URI by default, which outlives every
+    client (the process keeps pinging a server long stopped); a dedicated one is closed with it.
+    """
+    import pymilvus
+
+    if int(pymilvus.__version__.split(".", 1)[0]) >= 3:
+        options["dedicated"] = True
+    return pymilvus.MilvusClient(uri, **options)

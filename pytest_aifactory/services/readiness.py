@@ -5,7 +5,7 @@ Named by ``CallProbe("pytest_aifactory.services.readiness:NAME")`` in the data s
 
 from __future__ import annotations
 
-from pytest_aifactory.services.connect import dsn_of, milvus_uri, s3_client_for
+from pytest_aifactory.services.connect import dsn_of, milvus_client, milvus_uri, s3_client_for
 from pytest_aifactory.services.spec import RunningService
 
 __all__ = ["milvus_ready", "postgres_ready", "s3_ready"]
@@ -33,9 +33,7 @@ def s3_ready(service: RunningService) -> str | None:
 
 def milvus_ready(service: RunningService) -> str | None:
     """Ready when the server lists its collections."""
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(milvus_uri(service), timeout=5)
+    client = milvus_client(milvus_uri(service), timeout=5)
     try:
         client.list_collections()
     finally:

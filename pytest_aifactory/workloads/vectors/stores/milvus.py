@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pytest_aifactory.services.connect import milvus_client
 from pytest_aifactory.services.spec import RunningService
 from pytest_aifactory.workloads.vectors.datasets import Metric, Vectors
 
@@ -37,7 +38,7 @@ class MilvusStore:
         """Create the collection (dropping an old one), without an index yet."""
         from pymilvus import DataType, MilvusClient
 
-        self._client = MilvusClient(self.uri)
+        self._client = milvus_client(self.uri)
         if self._client.has_collection(self.collection):
             self._client.drop_collection(self.collection)
         self._metric = {"l2": "L2", "ip": "IP", "cosine": "COSINE"}[metric]
