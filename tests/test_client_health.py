@@ -18,6 +18,7 @@ from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.core.slo import SLOInconclusive, assert_slo, check, parse_slo
 from pytest_aifactory.load import engine as engine_module
 from pytest_aifactory.load.engine import Clock, Engine, LoadPlan
+from pytest_aifactory.load.health import LoopWatch
 from pytest_aifactory.load.pacing import Pacer
 from pytest_aifactory.load.schedule import Arrivals
 from pytest_aifactory.load.wakeup import PM_QOS_DEVICE, low_wakeup_latency
@@ -280,6 +281,36 @@ def test_a_load_that_fails_ends_its_requests_in_flight_and_keeps_its_own_error()
         _ended_cleanly(engine, client, loop)
     finally:
         loop.close()
+
+
+class _FailsToClose(_Closing):
+    """A client whose close raises (after noting it was closed)."""
+
+    async def close(self) -> None:
+        self.closed = True
+        raise ConnectionError("the client could not close")
+
+
+def test_a_client_that_cannot_close_fails_a_good_load_but_not_over_a_failed_one() -> None:
+    good = LoadPlan("open", Arrivals(100.0, "constant"), count=5)
+    with pytest.raises(ConnectionError, match="the client could not close"):
+        asyncio.run(Engine(_FailsToClose(), _FailsAt(-1), good).run())
+    failing = LoadPlan("closed", concurrency=2, duration_s=30)
+    with pytest.raises(ValueError, match="request 3 cannot be built"):  # the load's own error, not close's
+        asyncio.run(Engine(_FailsToClose(), _FailsAt(3), failing).run())
+
+
+def test_the_loop_watch_does_not_swallow_its_callers_cancellation() -> None:
+    async def cancelled_while_stopping() -> None:
+        watch = LoopWatch("w", time.monotonic(), "machine default", "normal (SCHED_OTHER)")
+        watch.start()
+        stopping = asyncio.ensure_future(watch.stop())
+        await asyncio.sleep(0)
+        stopping.cancel()  # the caller of stop() is cancelled while it waits for the watch to end
+        await stopping
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancelled_while_stopping())
 
 
 class _Interrupting(_Closing):

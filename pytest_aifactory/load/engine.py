@@ -23,13 +23,13 @@ import contextlib
 import gc
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.core.scheduling import realtime_priority
-from pytest_aifactory.load.health import LoopWatch
+from pytest_aifactory.load.health import LoopWatch, cancelled_from_outside
 from pytest_aifactory.load.pacing import Pacer
 from pytest_aifactory.load.schedule import Arrivals, arrival_times
 from pytest_aifactory.load.wakeup import low_wakeup_latency
@@ -249,7 +249,7 @@ class Engine:
         self._prepare(schedule)
         async with contextlib.AsyncExitStack() as cleanup:  # every step runs, whichever of them fails
             await self.client.open()
-            cleanup.push_async_callback(self.client.close)
+            await cleanup.enter_async_context(_Afterwards(self.client.close))
             self._pacer.open()
             cleanup.callback(self._pacer.close)
             if gc.isenabled():
@@ -257,7 +257,7 @@ class Engine:
             gc.collect()
             gc.disable()  # a collection pause in the middle of a load would become schedule lag
             if self.progress:
-                await cleanup.enter_async_context(_Beside(asyncio.create_task(self._report())))
+                await cleanup.enter_async_context(_beside(asyncio.create_task(self._report())))
             held = cleanup.enter_context(low_wakeup_latency(self.plan.low_wakeup_latency))  # released however it ends
             scheduling = cleanup.enter_context(realtime_priority(self.plan.realtime_priority))  # restored likewise
             self.clock = Clock(ready() if ready is not None else start_at)
@@ -267,7 +267,7 @@ class Engine:
             work = asyncio.create_task(self._open_loop() if self.plan.mode == "open" else self._closed_loop())
             cleanup.push_async_callback(self._cancel_load, work)
             if self.stop is not None:
-                await cleanup.enter_async_context(_Beside(asyncio.create_task(self._watch_stop(work))))
+                await cleanup.enter_async_context(_beside(asyncio.create_task(self._watch_stop(work))))
             await self._until_done_or_stopped(work)
             self.health = await watch.stop()
         self._emit()
@@ -288,7 +288,7 @@ class Engine:
         try:
             await work
         except asyncio.CancelledError:
-            if _cancelled_from_outside():  # not stopped
+            if cancelled_from_outside():  # not stopped
                 raise
             await _cancel_and_wait(self._in_flight)
 
@@ -402,36 +402,42 @@ async def _cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     await asyncio.gather(*running, return_exceptions=True)
 
 
-def _cancelled_from_outside() -> bool:
-    """Whether the running task itself is being cancelled (Python 3.11+; 3.10 cannot tell: False)."""
-    cancelling = getattr(asyncio.current_task(), "cancelling", None)
-    return bool(cancelling()) if cancelling is not None else False
+class _Afterwards:
+    """Runs ``step`` when the load ends, however it ends (closing the client, ending a helper task).
 
-
-class _Beside:
-    """A helper task that runs beside a load (progress reports, the stop watcher), ended with it.
-
-    Its own error is raised after a load that succeeded; after a failure the load's error stands.
-    A cancellation of the load's own task is never swallowed.
+    The step's own error is raised after a load that succeeded; after a failure the load's error stands.
     """
 
-    def __init__(self, task: asyncio.Task[None]) -> None:
-        self.task = task
+    def __init__(self, step: Callable[[], Awaitable[None]]) -> None:
+        self.step = step
 
     async def __aenter__(self) -> None:
         return None
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        self.task.cancel()
         try:
-            await self.task
-        except asyncio.CancelledError:
-            if _cancelled_from_outside():
-                raise
+            await self.step()
         except Exception:
             if exc is None:
                 raise
         return False
+
+
+def _beside(task: asyncio.Task[None]) -> _Afterwards:
+    """A helper task that runs beside a load (progress reports, the stop watcher), ended with it.
+
+    A cancellation of the load's own task is never swallowed.
+    """
+
+    async def end() -> None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if cancelled_from_outside():
+                raise
+
+    return _Afterwards(end)
 
 
 async def _within(seconds: float, send: Coroutine[Any, Any, None]) -> None:

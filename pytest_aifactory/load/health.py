@@ -10,13 +10,12 @@ task waking every ``tick_s`` notes how late it woke).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from pytest_aifactory.core.records import ClientHealth
 from pytest_aifactory.load.pacing import event_loop_name
 
-__all__ = ["LoopWatch"]
+__all__ = ["LoopWatch", "cancelled_from_outside"]
 
 
 class LoopWatch:
@@ -67,6 +66,15 @@ class LoopWatch:
         )
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                if cancelled_from_outside():  # the caller's own cancellation, not the watch's
+                    raise
         return health
+
+
+def cancelled_from_outside() -> bool:
+    """Whether the running task itself is being cancelled (Python 3.11+; 3.10 cannot tell: False)."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
