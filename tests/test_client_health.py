@@ -17,6 +17,7 @@ from pytest_aifactory.core.metrics import summarize
 from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.core.slo import SLOInconclusive, assert_slo, check, parse_slo
 from pytest_aifactory.load import engine as engine_module
+from pytest_aifactory.load import health as health_module
 from pytest_aifactory.load.engine import Clock, Engine, LoadPlan
 from pytest_aifactory.load.health import LoopWatch
 from pytest_aifactory.load.pacing import Pacer
@@ -328,7 +329,8 @@ def test_sigint_during_a_load_is_an_interruption_with_what_was_completed(
 ) -> None:
     """Python 3.10 cannot tell the interrupt's cancel from a stop: it must not become a normal result."""
     if not tells_a_cancel_apart:
-        monkeypatch.setattr(engine_module, "_cancelled_from_outside", lambda: False)
+        for module in (engine_module, health_module):
+            monkeypatch.setattr(module, "cancelled_from_outside", lambda: False)
     client = _Interrupting()
     engine = Engine(client, _FailsAt(-1), LoadPlan("open", Arrivals(100.0, "constant"), count=200))
     with pytest.raises(LoadInterrupted) as interrupted:
