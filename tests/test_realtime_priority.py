@@ -42,6 +42,7 @@ class _PolicyClient:
         pass
 
     async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
+        await asyncio.sleep(0)  # as any client that waits for a server (a closed loop's slots take turns)
         self.policies.append(_policy())
         if self.new_thread_policy is None:  # as a pool of blocking calls, or the resolver's, starts one
             self.new_thread_policy = _policy_of_a_new_thread()
@@ -120,3 +121,31 @@ def test_a_priority_that_cannot_be_raised_says_why() -> None:
         assert _policy() == os.SCHED_OTHER
     with realtime_priority(False) as ran:
         assert ran == NORMAL
+
+
+class _UnprivilegedKernel:
+    """sched_setscheduler as Linux treats a thread without CAP_SYS_NICE but with an RLIMIT_RTPRIO:
+    it may raise its priority up to the limit, but never clear the reset-on-fork flag."""
+
+    def __init__(self) -> None:
+        self.policy, self.priority = os.SCHED_OTHER, 0
+
+    def getscheduler(self, pid: int) -> int:
+        return self.policy
+
+    def getparam(self, pid: int) -> os.sched_param:
+        return os.sched_param(self.priority)
+
+    def setscheduler(self, pid: int, policy: int, param: os.sched_param) -> None:
+        if self.policy & os.SCHED_RESET_ON_FORK and not policy & os.SCHED_RESET_ON_FORK:
+            raise PermissionError(1, "Operation not permitted")
+        self.policy, self.priority = policy, param.sched_priority
+
+
+def test_an_unprivileged_thread_gets_its_own_policy_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = _UnprivilegedKernel()
+    for name in ("getscheduler", "getparam", "setscheduler"):
+        monkeypatch.setattr(os, f"sched_{name}", getattr(kernel, name))
+    with realtime_priority(True) as ran:
+        assert ran == "SCHED_FIFO 10"
+    assert (kernel.policy & ~os.SCHED_RESET_ON_FORK, kernel.priority) == (os.SCHED_OTHER, 0)

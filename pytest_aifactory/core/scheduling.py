@@ -29,23 +29,31 @@ __all__ = ["NORMAL", "REALTIME_PRIORITY", "realtime_priority"]
 
 REALTIME_PRIORITY = 10  # above ordinary tasks and the RCU boost threads (1), below threaded interrupts (50)
 NORMAL = "normal (SCHED_OTHER)"
-_NAMES = {os.SCHED_FIFO: "SCHED_FIFO", os.SCHED_RR: "SCHED_RR"}
 
 
 @contextlib.contextmanager
 def realtime_priority(wanted: bool, priority: int = REALTIME_PRIORITY) -> Iterator[str]:
     """While the block runs, the calling thread runs at ``SCHED_FIFO`` ``priority`` if ``wanted``.
 
-    Yields what ran: ``SCHED_FIFO 10``, ``normal (SCHED_OTHER)``, or ``not raised: <why>``.
+    Yields what ran: ``SCHED_FIFO 10``, ``normal (SCHED_OTHER)`` (not asked for), the thread's
+    own real-time policy when it was already at least that high (``SCHED_FIFO 50``), or
+    ``not raised: <why>``.
     """
+    if not wanted:
+        yield NORMAL
+        return
+    if not hasattr(os, "sched_setscheduler"):
+        yield "not raised: this platform has no real-time scheduling policy (Linux only)"
+        return
+    reset = os.SCHED_RESET_ON_FORK
     policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-    realtime = (policy & ~os.SCHED_RESET_ON_FORK) in (os.SCHED_FIFO, os.SCHED_RR)
-    if not wanted or (realtime and param.sched_priority >= priority):
-        yield f"{_NAMES.get(policy & ~os.SCHED_RESET_ON_FORK, policy)} {param.sched_priority}" if realtime else NORMAL
+    names = {os.SCHED_FIFO: "SCHED_FIFO", os.SCHED_RR: "SCHED_RR"}
+    if (policy & ~reset) in names and param.sched_priority >= priority:
+        yield f"{names[policy & ~reset]} {param.sched_priority}"
         return
     refused = ""
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+        os.sched_setscheduler(0, os.SCHED_FIFO | reset, os.sched_param(priority))
     except OSError as exc:
         refused = f"not raised: sched_setscheduler(SCHED_FIFO, {priority}): {exc.strerror or exc}"
     if refused:  # (yielded outside the handler: a load's own error would carry this one as its context)
@@ -54,4 +62,7 @@ def realtime_priority(wanted: bool, priority: int = REALTIME_PRIORITY) -> Iterat
     try:
         yield f"SCHED_FIFO {priority}"
     finally:
-        os.sched_setscheduler(0, policy, param)
+        try:
+            os.sched_setscheduler(0, policy, param)
+        except PermissionError:  # without CAP_SYS_NICE the reset-on-fork flag cannot be cleared: keep it
+            os.sched_setscheduler(0, policy | reset, param)

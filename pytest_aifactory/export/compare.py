@@ -7,9 +7,9 @@ A change is a regression (or an improvement) when it is worse (better) than the 
 beyond the run-to-run noise: the interval of the relative change, made from both results'
 95 % confidence intervals (``core.confidence.change_interval``), lies wholly on that side of
 zero. A value known only as a lower bound (a capacity search that stopped before any probe
-breached: ``lower_bounds`` in the result) decides only what no higher true value could undo:
-for a metric where higher is better, a new lower bound can show an improvement but not a
-regression, and an old one a regression but not an improvement. A metric without intervals
+breached, or that the load generator ended: ``lower_bounds`` in the result) decides only what
+no higher true value could undo: for a metric where higher is better, a new lower bound can
+show an improvement but not a regression, and an old one a regression but not an improvement. A metric without intervals
 in either run (a single run's throughput, or reports made before intervals existed) is judged
 by the margin alone, and the message says so; but a latency statistic of runs that do carry
 intervals and has none (too few samples to bound a p99) is not judged at all: its change is

@@ -417,9 +417,11 @@ class _Afterwards:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         try:
             await self.step()
-        except Exception:
+        except Exception as failed:
             if exc is None:
                 raise
+            if hasattr(exc, "add_note"):  # (Python 3.11+) kept beside the load's own error, not instead of it
+                exc.add_note(f"then, ending the load: {type(failed).__name__}: {failed}")
         return False
 
 

@@ -49,11 +49,14 @@ def milvus_uri(service: RunningService) -> str:
 def milvus_client(uri: str, **options: Any) -> Any:
     """A ``MilvusClient`` whose ``close()`` closes its gRPC channel.
 
-    From pymilvus 3 a client shares one connection per URI by default, which outlives every
-    client (the process keeps pinging a server long stopped); a dedicated one is closed with it.
+    With pymilvus's connection manager (2.6.10 on) a client shares one connection per URI by
+    default, which outlives every client (the process keeps pinging a server long stopped); a
+    dedicated one is closed with it. Before it, ``close()`` closed the channel.
     """
+    import importlib.util
+
     import pymilvus
 
-    if int(pymilvus.__version__.split(".", 1)[0]) >= 3:
+    if importlib.util.find_spec("pymilvus.client.connection_manager") is not None:
         options["dedicated"] = True
     return pymilvus.MilvusClient(uri, **options)

@@ -80,5 +80,7 @@ class MilvusStore:
     def drop(self) -> None:
         """Drop the collection."""
         if self._client is not None:
-            self._client.drop_collection(self.collection)
-            self._client.close()
+            try:
+                self._client.drop_collection(self.collection)
+            finally:
+                self._client.close()
