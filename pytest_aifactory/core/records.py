@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pytest_aifactory.core.scheduling import NORMAL
+
 __all__ = ["Chunk", "ClientHealth", "RequestRecord", "attribute_tokens"]
 
 
@@ -94,7 +96,7 @@ class ClientHealth:
     clock_zero: float = 0.0
     clock_zero_wall: float | None = None
     wakeup_latency: str = "machine default"
-    scheduling: str = "normal (SCHED_OTHER)"
+    scheduling: str = NORMAL
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

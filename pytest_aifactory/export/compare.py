@@ -9,13 +9,13 @@ beyond the run-to-run noise: the interval of the relative change, made from both
 zero. A value known only as a lower bound (a capacity search that stopped before any probe
 breached, or that the load generator ended: ``lower_bounds`` in the result) decides only what
 no higher true value could undo: for a metric where higher is better, a new lower bound can
-show an improvement but not a regression, and an old one a regression but not an improvement. A metric without intervals
-in either run (a single run's throughput, or reports made before intervals existed) is judged
-by the margin alone, and the message says so; but a latency statistic of runs that do carry
-intervals and has none (too few samples to bound a p99) is not judged at all: its change is
-noise as far as anyone can tell. Nor is a duration whose values in both runs lie under its
-unit's noise floor (``NOISE_FLOORS``: 1 ms for a metric in seconds, such as a flat index's
-build time in microseconds). ``differences`` names what makes two runs not comparable
+show an improvement but not a regression, and an old one a regression but not an improvement.
+A metric without intervals in either run (a single run's throughput, or reports made before
+intervals existed) is judged by the margin alone, and the message says so; but a latency
+statistic of runs that do carry intervals and has none (too few samples to bound a p99) is not
+judged at all: its change is noise as far as anyone can tell. Nor is a duration whose values
+in both runs lie under its unit's noise floor (``NOISE_FLOORS``: 1 ms for a metric in seconds,
+such as a flat index's build time in microseconds). ``differences`` names what makes two runs not comparable
 (service version or image, profile, partition, node type, model, dataset).
 """
 

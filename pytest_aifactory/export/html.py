@@ -113,8 +113,8 @@ def _points_table(test: ReportTest) -> str:
     verdicts = "".join(
         f"<tr><td>{_e(v['label'] or '-')}</td><td><code>{_e(v['slo'])}</code></td>"
         f"<td>{_e(_fmt(v['metric'], v['value']))}</td>"
-        f"<td class={verdict_outcome(v)}>{verdict_outcome(v)}</td></tr>"
-        for v in test.verdicts
+        f"<td class={outcome}>{outcome}</td></tr>"
+        for v, outcome in ((v, verdict_outcome(v)) for v in test.verdicts)
     )
     slo = (
         f"<table><tr><th>point</th><th>SLO</th><th>value</th><th>verdict</th></tr>{verdicts}</table>"

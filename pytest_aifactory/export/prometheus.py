@@ -23,6 +23,7 @@ from pytest_aifactory.core.metric_table import (
     SERVER_STATS,
     TABLE,
 )
+from pytest_aifactory.export.views import verdict_outcome
 
 __all__ = [
     "DASHBOARD_RESULTS",
@@ -159,9 +160,10 @@ def final_registry(rows: Sequence[Mapping[str, Any]]) -> CollectorRegistry:
             elif metric.gauge is not None and value is not None:
                 put(metric.gauge, value * metric.scale, *metric.gauge_labels())
         for verdict in row.get("verdicts", []):
-            if verdict.get("inconclusive"):  # neither held nor breached: a 0 would read as a breach
+            outcome = verdict_outcome(verdict)
+            if outcome == "inconclusive":  # neither held nor breached: a 0 would read as a breach
                 put("aifactory_slo_inconclusive", 1.0, verdict["slo"])
             else:
-                put("aifactory_slo_passed", 1.0 if verdict["passed"] else 0.0, verdict["slo"])
+                put("aifactory_slo_passed", 1.0 if outcome == "held" else 0.0, verdict["slo"])
             put("aifactory_slo_value", verdict["value"], verdict["slo"])
     return registry

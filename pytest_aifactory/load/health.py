@@ -15,7 +15,7 @@ import time
 from pytest_aifactory.core.records import ClientHealth
 from pytest_aifactory.load.pacing import event_loop_name
 
-__all__ = ["LoopWatch", "cancelled_from_outside"]
+__all__ = ["LoopWatch", "cancelled_from_outside", "end_task"]
 
 
 class LoopWatch:
@@ -65,13 +65,21 @@ class LoopWatch:
             scheduling=self.scheduling,
         )
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                if cancelled_from_outside():  # the caller's own cancellation, not the watch's
-                    raise
+            await end_task(self._task)
         return health
+
+
+async def end_task(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it has ended.
+
+    Its error is raised, its cancellation is not; a cancellation of the caller itself goes on.
+    """
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if cancelled_from_outside():
+            raise
 
 
 def cancelled_from_outside() -> bool:

@@ -22,6 +22,7 @@ from pytest_aifactory.delivery.pushgateway import GatewayTarget, Pushgateway
 from pytest_aifactory.export.html import write_html
 from pytest_aifactory.export.prometheus import final_registry, live_registry
 from pytest_aifactory.export.report import RunReport, read_report
+from pytest_aifactory.export.views import verdict_outcome
 from pytest_aifactory.jobs.run import RunContext
 from pytest_aifactory.jobs.telemetry import Telemetry
 from pytest_aifactory.load.engine import Progress
@@ -210,8 +211,8 @@ class Recorder:
         assert self.loki is not None
         for row in rows:
             for verdict in row["verdicts"]:
-                level = "info" if verdict["passed"] else "warning" if verdict["inconclusive"] else "error"
-                outcome = "held" if verdict["passed"] else "inconclusive" if verdict["inconclusive"] else "breached"
+                outcome = verdict_outcome(verdict)
+                level = {"held": "info", "inconclusive": "warning", "breached": "error"}[outcome]
                 self.loki.log(f"SLO {outcome}: {verdict['message']}", level=level, event="slo", test=report.nodeid)
         if report.when == "teardown" or report.outcome != "passed":
             level = {"passed": "info", "skipped": "warning"}.get(report.outcome, "error")
