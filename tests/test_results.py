@@ -138,6 +138,14 @@ def gateway(aif_service):  # type: ignore[no-untyped-def]
     return aif_service("pushgateway")
 
 
+def test_prometheus_is_ready_once_it_has_scraped_the_gateway(gateway, aif_service) -> None:  # type: ignore[no-untyped-def]
+    """Prometheus scrapes a target first seconds after ``/-/ready``: a run started then lost its first
+    figures (a live point of 5 s showed one value). Its fixture returns only after that first scrape."""
+    prometheus = aif_service("prometheus", pushgateway=f"{gateway.host}:{gateway.port}", scrape_interval="1s")
+    query = httpx.get(prometheus.url("/api/v1/query"), params={"query": 'up{job="pushgateway"}'})
+    assert [float(series["value"][1]) for series in query.json()["data"]["result"]] == [1.0]
+
+
 def test_live_and_final_metrics_reach_prometheus(pytester: pytest.Pytester, gateway, aif_service) -> None:  # type: ignore[no-untyped-def]
     query_range = run_pushing_live(pytester, gateway, aif_service, LOAD_TEST.format(duration=4), "live1")
     # Live: while the load ran, Prometheus scraped growing request counts from the gateway.

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import yaml
 
 from pytest_aifactory.core.profiles import SettingValue
-from pytest_aifactory.services.spec import HttpProbe, ServiceSpec
+from pytest_aifactory.services.spec import CallProbe, HttpProbe, ServiceSpec
 
 __all__ = ["PROMETHEUS", "PUSHGATEWAY", "prometheus", "prometheus_config", "pushgateway"]
 
@@ -49,7 +49,7 @@ def prometheus_config(target: str, interval: str) -> dict[str, object]:
 
 
 def prometheus(settings: Mapping[str, SettingValue]) -> ServiceSpec:
-    """Prometheus scraping ``settings.pushgateway`` (host:port) every ``scrape_interval``."""
+    """Prometheus scraping ``settings.pushgateway`` (host:port) every ``scrape_interval``; ready once it has."""
     config = prometheus_config(str(settings["pushgateway"]), str(settings["scrape_interval"]))
     return ServiceSpec(
         name="prometheus",
@@ -60,7 +60,7 @@ def prometheus(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             "--storage.tsdb.path={workdir}/tsdb",
             "--web.listen-address={host}:{ports.http}",
         ),
-        probe=HttpProbe(path="/-/ready"),
+        probe=CallProbe("pytest_aifactory.services.readiness:prometheus_ready"),
         readiness_timeout_s=30,
         image="docker://prom/prometheus:v2.53.3",
     )

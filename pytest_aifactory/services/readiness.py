@@ -1,14 +1,16 @@
-"""Readiness checks that need a protocol client: a SQL ``SELECT 1``, a real S3 PUT, a Milvus call.
+"""Readiness checks that need a client: ``SELECT 1``, an S3 PUT, a Milvus call, Prometheus's first scrape.
 
 Named by ``CallProbe("pytest_aifactory.services.readiness:NAME")`` in the data service specs.
 """
 
 from __future__ import annotations
 
+import httpx
+
 from pytest_aifactory.services.connect import dsn_of, milvus_client, milvus_uri, s3_client_for
 from pytest_aifactory.services.spec import RunningService
 
-__all__ = ["milvus_ready", "postgres_ready", "s3_ready"]
+__all__ = ["milvus_ready", "postgres_ready", "prometheus_ready", "s3_ready"]
 
 
 def postgres_ready(service: RunningService) -> str | None:
@@ -39,3 +41,18 @@ def milvus_ready(service: RunningService) -> str | None:
     finally:
         client.close()
     return None
+
+
+def prometheus_ready(service: RunningService) -> str | None:
+    """Ready when Prometheus has scraped each of its targets once, whether the target answered or not.
+
+    ``/-/ready`` comes seconds earlier: Prometheus hands discovered targets to its scrapers at
+    most every 5 s, and until then a run's first figures are never scraped.
+    """
+    response = httpx.get(service.url("/api/v1/targets"), params={"state": "active"}, timeout=5.0)
+    response.raise_for_status()
+    targets = response.json()["data"]["activeTargets"]
+    if not targets:
+        return "Prometheus has no scrape target yet"
+    waiting = [t["scrapeUrl"] for t in targets if t["lastScrape"].startswith("0001-")]  # Go's zero time
+    return f"Prometheus has not scraped {', '.join(waiting)} yet" if waiting else None
