@@ -93,6 +93,13 @@ def test_without_the_option_the_engine_runs_at_its_own_priority() -> None:
     assert result.config["engine_scheduling"] == NORMAL
 
 
+@pytest.mark.usefixtures("normal_thread")
+def test_without_the_option_the_result_names_the_threads_own_policy() -> None:
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # as under `chrt --batch` (a lowering: no privilege)
+    result = LoadRunner().run(_PolicyClient(), _Indexes(), make_plan(rate=100, count=5, distribution="constant"))
+    assert result.config["engine_scheduling"] == "SCHED_BATCH"  # (it said "normal (SCHED_OTHER)")
+
+
 @needs_root
 @pytest.mark.usefixtures("normal_thread")
 def test_the_priority_is_restored_when_the_load_fails() -> None:

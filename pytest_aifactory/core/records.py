@@ -12,7 +12,9 @@ from typing import Any
 
 from pytest_aifactory.core.scheduling import NORMAL
 
-__all__ = ["Chunk", "ClientHealth", "RequestRecord", "attribute_tokens"]
+__all__ = ["UNHELD_WAKEUP", "Chunk", "ClientHealth", "RequestRecord", "attribute_tokens"]
+
+UNHELD_WAKEUP = "machine default"  # ``ClientHealth.wakeup_latency`` when ``load.wakeup`` held nothing
 
 
 @dataclass
@@ -95,7 +97,7 @@ class ClientHealth:
     event_loop: str
     clock_zero: float = 0.0
     clock_zero_wall: float | None = None
-    wakeup_latency: str = "machine default"
+    wakeup_latency: str = UNHELD_WAKEUP
     scheduling: str = NORMAL
 
     def to_json(self) -> dict[str, Any]:

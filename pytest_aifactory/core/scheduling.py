@@ -35,21 +35,18 @@ NORMAL = "normal (SCHED_OTHER)"
 def realtime_priority(wanted: bool, priority: int = REALTIME_PRIORITY) -> Iterator[str]:
     """While the block runs, the calling thread runs at ``SCHED_FIFO`` ``priority`` if ``wanted``.
 
-    Yields what ran: ``SCHED_FIFO 10``, ``normal (SCHED_OTHER)`` (not asked for), the thread's
-    own real-time policy when it was already at least that high (``SCHED_FIFO 50``), or
-    ``not raised: <why>``.
+    Yields what ran: ``SCHED_FIFO 10``; the thread's own policy when not asked for
+    (``normal (SCHED_OTHER)``, ``SCHED_BATCH`` under ``chrt --batch``, ``SCHED_FIFO 50`` under
+    ``chrt --fifo 50``) or when it was already at least that high; or ``not raised: <why>``.
     """
-    if not wanted:
-        yield NORMAL
-        return
     if not hasattr(os, "sched_setscheduler"):
-        yield "not raised: this platform has no real-time scheduling policy (Linux only)"
+        yield "not raised: this platform has no real-time scheduling policy (Linux only)" if wanted else NORMAL
         return
     reset = os.SCHED_RESET_ON_FORK
     policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-    names = {os.SCHED_FIFO: "SCHED_FIFO", os.SCHED_RR: "SCHED_RR"}
-    if (policy & ~reset) in names and param.sched_priority >= priority:
-        yield f"{names[policy & ~reset]} {param.sched_priority}"
+    realtime = (policy & ~reset) in (os.SCHED_FIFO, os.SCHED_RR)
+    if not wanted or (realtime and param.sched_priority >= priority):
+        yield _described(policy, param.sched_priority)
         return
     refused = ""
     try:
@@ -66,3 +63,17 @@ def realtime_priority(wanted: bool, priority: int = REALTIME_PRIORITY) -> Iterat
             os.sched_setscheduler(0, policy, param)
         except PermissionError:  # without CAP_SYS_NICE the reset-on-fork flag cannot be cleared: keep it
             os.sched_setscheduler(0, policy | reset, param)
+
+
+def _described(policy: int, priority: int) -> str:
+    """A thread's policy as results name it: ``SCHED_FIFO 50``, ``SCHED_BATCH``, ``normal (SCHED_OTHER)``."""
+    policy &= ~os.SCHED_RESET_ON_FORK
+    names = {
+        os.SCHED_FIFO: "SCHED_FIFO",
+        os.SCHED_RR: "SCHED_RR",
+        os.SCHED_BATCH: "SCHED_BATCH",
+        os.SCHED_IDLE: "SCHED_IDLE",
+    }
+    if policy in (os.SCHED_FIFO, os.SCHED_RR):
+        return f"{names[policy]} {priority}"
+    return names.get(policy, NORMAL)

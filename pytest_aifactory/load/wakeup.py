@@ -22,10 +22,11 @@ import os
 import struct
 from collections.abc import Iterator
 
-__all__ = ["DEFAULT", "PM_QOS_DEVICE", "low_wakeup_latency"]
+from pytest_aifactory.core.records import UNHELD_WAKEUP
+
+__all__ = ["PM_QOS_DEVICE", "low_wakeup_latency"]
 
 PM_QOS_DEVICE = "/dev/cpu_dma_latency"
-DEFAULT = "machine default"
 
 
 @contextlib.contextmanager
@@ -35,7 +36,7 @@ def low_wakeup_latency(wanted: bool, device: str = PM_QOS_DEVICE) -> Iterator[st
     ``held at 0 us (/dev/cpu_dma_latency)``, ``machine default``, or ``not held: <why>``.
     """
     if not wanted:
-        yield DEFAULT
+        yield UNHELD_WAKEUP
         return
     try:
         fd = os.open(device, os.O_WRONLY | os.O_CLOEXEC)
