@@ -150,6 +150,34 @@ def test_an_answer_that_is_only_a_lower_bound_settles_only_what_a_higher_value_c
     assert found.to_result().lower_bounds == {}  # a breach above it: judged as a value, as before
 
 
+def test_a_search_whose_budget_ran_out_after_a_breach_decides_only_outside_its_bracket() -> None:
+    ticks = iter(range(1000))
+    search = CapacitySearch("rate", 1.0, budget_s=26)  # probes 1 to 64 (capacity 37: 64 breached), no bisection
+    answer = search_capacity(_fake, [parse_slo("p99_e2e_ms <= 100")], search, clock=lambda: float(next(ticks)))
+    assert (answer.status, answer.bracket) == ("budget", (32.0, 64.0))
+    result = answer.to_result()
+    assert result.lower_bounds == {
+        "capacity_rate": "the search shows only that capacity is at least 32 "
+        "(the time budget ran out with capacity within [32, 64))"
+    }
+    assert result.upper_bounds == {"capacity_rate": 64.0}
+    held, inside, above, under = check(
+        [
+            parse_slo(e)
+            for e in ("capacity_rate >= 30", "capacity_rate >= 40", "capacity_rate >= 100", "capacity_rate < 64")
+        ],
+        result.metrics(),
+        lower_bounds=result.lower_bounds,
+        upper_bounds=result.upper_bounds,
+    )
+    assert (held.passed, held.inconclusive) == (True, False)
+    assert inside.inconclusive  # it was a breach: 32 < 40, yet capacity may be 37 or 63
+    assert above.breached  # below 64, so below 100 whatever the truth
+    assert above.message() == "capacity_rate=32 req/s (lower bound, below 64), expected >= 100 req/s"
+    assert (under.passed, under.inconclusive) == (True, False)
+    assert json.loads(json.dumps(result.to_json()))["upper_bounds"] == {"capacity_rate": 64.0}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

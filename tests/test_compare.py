@@ -149,10 +149,13 @@ def test_a_duration_below_the_noise_floor_is_not_judged(tmp_path: Path, capsys: 
     assert change.regression  # past the floor in one run: judged
 
 
-def _capacity(run_id: str, rate: float, lower_bound: bool) -> dict[str, Any]:
+def _capacity(run_id: str, rate: float, lower_bound: bool, below: float | None = None) -> dict[str, Any]:
     data = report(run_id, [entry("t.py::test_capacity", {"capacity_rate": rate}, ["inference"], label="capacity")])
+    result = data["tests"][0]["results"][0]
     if lower_bound:  # the search stopped on its budget before any probe breached
-        data["tests"][0]["results"][0]["lower_bounds"] = {"capacity_rate": "the time budget ran out before any breach"}
+        result["lower_bounds"] = {"capacity_rate": "the time budget ran out before any breach"}
+    if below is not None:  # ... or after one: the breached end of its bracket
+        result["upper_bounds"] = {"capacity_rate": below}
     return data
 
 
@@ -165,10 +168,14 @@ def _capacity(run_id: str, rate: float, lower_bound: bool) -> dict[str, Any]:
         ((20, True), (30, False), False, False, "old"),  # the old one may have been 40
         ((20, True), (8, True), False, False, "both"),
         ((20, False), (8, False), True, False, ""),  # both exact: as any metric
+        ((20, False), (8, True, 12), True, False, "new"),  # 8 or more but under 12: below 20 whatever the truth
+        ((20, False), (8, True, 25), False, False, "new"),  # under 25 may still be 20 or more
+        ((20, True, 25), (30, False), False, True, "old"),  # under 25 before, 30 now: an improvement
+        ((20, True, 32), (30, False), False, False, "old"),  # the old one may have been 31
     ],
 )
 def test_a_capacity_known_only_as_a_lower_bound_decides_only_what_it_can(
-    old: tuple[float, bool], new: tuple[float, bool], regression: bool, improvement: bool, which: str
+    old: tuple[Any, ...], new: tuple[Any, ...], regression: bool, improvement: bool, which: str
 ) -> None:
     (change,) = [
         c for c in compare_reports(_capacity("a", *old), _capacity("b", *new), 0.05) if c.metric == "capacity_rate"

@@ -167,6 +167,7 @@ class LoadResult:
     client_limit: str = ""  # why the load generator was the limit (empty: it was not)
     role: str = "point"
     lower_bounds: dict[str, str] = field(default_factory=dict)  # metric: why its value is only "at least"
+    upper_bounds: dict[str, float] = field(default_factory=dict)  # metric of lower_bounds: its true value is below
     intervals: dict[str, Interval] = field(default_factory=dict)
     interval_method: str = ""
     notes: list[str] = field(default_factory=list)
@@ -198,6 +199,7 @@ class LoadResult:
             "error_samples": self.error_samples,
             "client_limit": self.client_limit,
             "lower_bounds": self.lower_bounds,
+            "upper_bounds": self.upper_bounds,
             "role": self.role,
             "intervals": {k: [lo, hi] for k, (lo, hi) in self.intervals.items() if math.isfinite(lo + hi)},
             "interval_method": self.interval_method,

@@ -174,6 +174,7 @@ def check(
     client_limit: str = "",
     intervals: Mapping[str, tuple[float, float]] | None = None,
     lower_bounds: Mapping[str, str] | None = None,
+    upper_bounds: Mapping[str, float] | None = None,
 ) -> list[Verdict]:
     """Evaluate every objective; a missing or NaN metric is a breach, never a pass.
 
@@ -181,13 +182,15 @@ def check(
     With ``intervals``, a metric that has one is judged by the interval's pessimistic end
     (the upper end for ``<=``/``<``, the lower for ``>=``/``>``), and the verdict says so.
     ``lower_bounds``: metrics whose value is only known to be "at least" (why, by metric): an
-    objective it does not settle (``>=`` not met yet, ``<=`` not broken yet) is inconclusive.
+    objective it does not settle (``>=`` not met yet, ``<=`` not broken yet) is inconclusive;
+    ``upper_bounds`` (of those, by metric) a value the true one is known to be below, which settles more.
     """
     verdicts = []
     for slo in slos:
         bound = (lower_bounds or {}).get(slo.metric)
         if bound is not None and not client_limit:
-            verdicts.append(_at_least(slo, float(metrics.get(slo.metric, math.nan)), label, bound))
+            below = (upper_bounds or {}).get(slo.metric, math.inf)
+            verdicts.append(_at_least(slo, float(metrics.get(slo.metric, math.nan)), label, bound, below))
             continue
         value, rule = float(metrics.get(slo.metric, math.nan)), "value"
         if intervals is not None:
@@ -201,14 +204,18 @@ def check(
     return verdicts
 
 
-def _at_least(slo: SLO, value: float, label: str, why: str) -> Verdict:
-    """The verdict on a value known only as a lower bound: decided where no higher value could change it.
+def _at_least(slo: SLO, value: float, label: str, why: str, below: float = math.inf) -> Verdict:
+    """The verdict on a value known only to be at least ``value`` (and below ``below``).
 
-    Met ``>=``/``>`` stay met, broken ``<=``/``<`` stay broken, and ``==`` below the value stays
-    broken; the rest is inconclusive. A missing value is a breach, as everywhere.
+    It is decided where no value in between could change it. Met ``>=``/``>`` stay met, broken
+    ``<=``/``<`` stay broken, and ``==`` below the value stays broken; with ``below`` at or under
+    the threshold every true value is under it (``>=``, ``>`` and ``==`` broken, ``<=`` and ``<``
+    met). The rest is inconclusive. A missing value is a breach, as everywhere.
     """
     if math.isnan(value):
         return Verdict(slo, value, False, label, rule="lower bound")
+    if below <= slo.threshold:
+        return Verdict(slo, value, slo.op in ("<=", "<"), label, rule=f"lower bound, below {below:g}")
     meets = _OPS[slo.op](value, slo.threshold)
     if slo.op in (">=", ">"):
         settled = meets
@@ -251,8 +258,9 @@ def assert_slo(result: _HasMetrics, *expressions: str, pessimistic: bool = False
     metrics = result.metrics()
     slos = [parse_slo(e, extra_metrics=metrics) for e in expressions]
     intervals = getattr(result, "intervals", {}) if pessimistic else None
-    client_limit, lower_bounds = str(getattr(result, "client_limit", "")), getattr(result, "lower_bounds", None)
-    verdicts = check(slos, metrics, result.label, client_limit, intervals, lower_bounds)
+    client_limit = str(getattr(result, "client_limit", ""))
+    bounds = getattr(result, "lower_bounds", None), getattr(result, "upper_bounds", None)
+    verdicts = check(slos, metrics, result.label, client_limit, intervals, *bounds)
     if any(v.breached for v in verdicts):
         raise SLOBreach(verdicts)
     if any(v.inconclusive for v in verdicts):

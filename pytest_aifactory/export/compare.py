@@ -9,7 +9,9 @@ beyond the run-to-run noise: the interval of the relative change, made from both
 zero. A value known only as a lower bound (a capacity search that stopped before any probe
 breached, or that the load generator ended: ``lower_bounds`` in the result) decides only what
 no higher true value could undo: for a metric where higher is better, a new lower bound can
-show an improvement but not a regression, and an old one a regression but not an improvement.
+show an improvement but not a regression, and an old one a regression but not an improvement,
+unless the value is also known to be below a point (``upper_bounds``: a search whose time
+budget ran out after a breach) that settles it.
 A metric without intervals in either run (a single run's throughput, or reports made before
 intervals existed) is judged by the margin alone, and the message says so; but a latency
 statistic of runs that do carry intervals and has none (too few samples to bound a p99) is not
@@ -153,14 +155,26 @@ def _lower_bound(a: Mapping[str, Any], b: Mapping[str, Any], name: str) -> str:
     return "both" if old and new else "old" if old else "new" if new else ""
 
 
-def _undecidable(metric: Metric, lower_bound: str) -> tuple[bool, bool]:
-    """Whether a lower bound leaves a regression, and an improvement, undecided (a true value may be higher).
+def _span(point: Mapping[str, Any], name: str, value: float) -> tuple[float, float]:
+    """The values ``name`` may truly have at ``point``: ``value``, or from it up to its upper bound, or any higher."""
+    if name not in (point.get("lower_bounds") or {}):
+        return value, value
+    return value, float((point.get("upper_bounds") or {}).get(name, math.inf))
 
-    A regression of a higher-is-better metric needs the new value exact (its true value no higher);
-    an improvement needs the old one exact. Where lower is better, the other way round.
+
+def _undecided(
+    metric: Metric, margin: float, old: tuple[float, float], new: tuple[float, float], direction: int
+) -> bool:
+    """Whether true values within the spans could undo the change ``direction`` (-1 worse, +1 better).
+
+    A change that makes the value lower must hold between the old span's low end and the new
+    span's high end; one that makes it higher, between the old's high end and the new's low end.
     """
-    old, new = lower_bound in ("old", "both"), lower_bound in ("new", "both")
-    return (new, old) if metric.better == "higher" else (old, new)
+    if direction == 0:
+        return False
+    lower = (direction < 0) == (metric.better == "higher")
+    least = _direction(metric, old[0], new[1], margin) if lower else _direction(metric, old[1], new[0], margin)
+    return least != direction
 
 
 def _interval(a: Mapping[str, Any], b: Mapping[str, Any], name: str) -> tuple[float, float] | None:
@@ -189,8 +203,8 @@ def compare_reports(old: Mapping[str, Any], new: Mapping[str, Any], margin: floa
             judged = not (unbounded or below_floor)
             direction, noise = _direction(metric, float(a), float(b), margin), _noise(metric, interval)
             bound = _lower_bound(before[key], after[key], metric.name)
-            no_regression, no_improvement = _undecidable(metric, bound)
-            undecided = (direction < 0 and no_regression) or (direction > 0 and no_improvement)
+            spans = _span(before[key], metric.name, float(a)), _span(after[key], metric.name, float(b))
+            undecided = _undecided(metric, margin, *spans, direction)
             regression = direction < 0 and noise in (-1, 2) and judged and not undecided
             improvement = direction > 0 and noise in (1, 2) and judged and not undecided
             changes.append(

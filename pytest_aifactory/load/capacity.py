@@ -192,16 +192,28 @@ class Capacity:
             notes=[self.message()],
             client_limit=self.probes[-1].result.client_limit if self.status == "client-bound" else "",
             lower_bounds=self._lower_bound(),
+            upper_bounds=self._upper_bound(),
         )
 
+    def _upper_bound(self) -> dict[str, float]:
+        """Where the answer is a lower bound with a breach above it: capacity is below that breached point."""
+        hi = self.bracket[1]
+        return {self.metric: hi} if self._lower_bound() and not math.isnan(hi) else {}
+
     def _lower_bound(self) -> dict[str, str]:
-        """The answer as a lower bound: the load generator was the limit above it, or no probe breached above it."""
+        """The answer as a lower bound, and why.
+
+        The load generator was the limit above it, no probe breached above it, or the time budget
+        ended the search before its bracket was as narrow as its precision.
+        """
         lo, hi = self.bracket
         if math.isnan(lo):
             return {}
         if self.status == "client-bound":
             why = f"the load generator was the limit at {self.search.knob}={self.probes[-1].value:g}"
-        elif self.status in ("budget", "above-highest") and math.isnan(hi):
+        elif self.status == "budget" and not math.isnan(hi):
+            why = f"the time budget ran out with capacity within [{lo:g}, {hi:g})"
+        elif self.status in ("budget", "above-highest"):
             held = "the time budget ran out" if self.status == "budget" else "every SLO held up to the highest point"
             why = f"{held} before any breach"
         else:

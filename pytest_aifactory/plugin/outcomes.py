@@ -101,7 +101,8 @@ def _verdicts(item: pytest.Item, slos: Sequence[SLO], results: Sequence[LoadResu
         mine = [slo for slo in slos if _applies(slo, result)]
         intervals = result.intervals if pessimistic else None
         where = result.label if label else ""
-        verdicts += check(mine, result.metrics(), where, result.client_limit, intervals, result.lower_bounds)
+        bounds = result.lower_bounds, result.upper_bounds
+        verdicts += check(mine, result.metrics(), where, result.client_limit, intervals, *bounds)
     return verdicts
 
 
