@@ -2,14 +2,18 @@
 
 No engine, no records, no parsing beyond finding the first event: a constant-rate schedule
 paced as the engine paces (its timerfd ``Pacer``), keep-alive connections on asyncio protocols
-(uvloop), the request written at its scheduled time, the first ``data:`` bytes of the response
-stamped on arrival and the stream read to its end. Its lateness and TTFT error against the
-server's truth are the floor the engine's are compared with: what the engine adds is its own cost.
+(uvloop; a new one is made in its own task, off the pacing, as the engine's pool does), the
+request written at its scheduled time, the first ``data:`` bytes of the response stamped on
+arrival and the stream read to its end, with the garbage collector off while it runs, as the
+engine has it (in the calibration's process a full collection walks the engine's records of
+every earlier point). Its lateness and TTFT error against the server's truth are the floor the
+engine's are compared with: what the engine adds is its own cost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import dataclass, field
 
@@ -62,8 +66,14 @@ class _Stream(asyncio.Protocol):
             self.done.set_exception(ConnectionError("closed"))
 
 
+async def _connect_and_send(
+    host: str, port: int, run: ReferenceRun, idle: list[_Stream], request_id: str, data: bytes
+) -> None:
+    _, stream = await asyncio.get_running_loop().create_connection(lambda: _Stream(run, idle), host, port)
+    await stream.send(request_id, data)
+
+
 async def _drive(host: str, port: int, rate: float, duration_s: float, tag: str, run: ReferenceRun) -> None:
-    loop = asyncio.get_running_loop()
     idle: list[_Stream] = []
     body = b'{"model":"synthetic","prompt":"tok tok tok tok","max_tokens":32,"stream":true}'
     count = int(rate * duration_s)
@@ -84,8 +94,10 @@ async def _drive(host: str, port: int, rate: float, duration_s: float, tag: str,
         due = start + i / rate
         await pacer.until(due)
         run.scheduled[request_id] = due
-        stream = idle.pop() if idle else (await loop.create_connection(lambda: _Stream(run, idle), host, port))[1]
-        pending.append(stream.send(request_id, data))
+        if idle:
+            pending.append(idle.pop().send(request_id, data))
+        else:  # a new connection, made in its own task as the engine's pool does: the pacing goes on meanwhile
+            pending.append(asyncio.ensure_future(_connect_and_send(host, port, run, idle, request_id, data)))
     await asyncio.gather(*pending, return_exceptions=True)
     run.cpu_cores = (time.process_time() - cpu) / (time.monotonic() - start)
     pacer.close()
@@ -97,5 +109,10 @@ async def _drive(host: str, port: int, rate: float, duration_s: float, tag: str,
 def run_reference(host: str, port: int, rate: float, duration_s: float, tag: str) -> ReferenceRun:
     """Drive ``rate`` requests per second for ``duration_s`` at the synthetic server; ids are ``{tag}-{i}``."""
     run = ReferenceRun()
-    uvloop.run(_drive(host, port, rate, duration_s, tag, run))
+    gc.collect()
+    gc.disable()
+    try:
+        uvloop.run(_drive(host, port, rate, duration_s, tag, run))
+    finally:
+        gc.enable()
     return run
