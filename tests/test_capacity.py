@@ -101,6 +101,7 @@ def test_a_client_bound_probe_ends_the_search_inconclusive() -> None:
         "capacity is at least 8; use workers=N or nodes=N"
     )
     assert answer.to_result().client_limit == "lag p99 80 ms, CPU 0.95 core"
+    assert answer.to_result().upper_bounds == {}  # rate=16 did not breach: it caps nothing
     # "At least 8": a regression gate must not read it as an exact 8
     assert answer.to_result().lower_bounds == {
         "capacity_rate": "the search shows only that capacity is at least 8 "

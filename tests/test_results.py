@@ -17,7 +17,9 @@ import pytest
 from helpers import aifactory, free_port, http_ready, run_pytest, wait_for
 
 from pytest_aifactory.apps.dashboards.build import build_dashboards
+from pytest_aifactory.core.errors import ServiceConfigError
 from pytest_aifactory.export.report import load_schema
+from pytest_aifactory.services.observability import prometheus
 from pytest_aifactory.services.spec import RunningService
 
 pytestmark = pytest.mark.timeout(300)
@@ -144,6 +146,14 @@ def test_prometheus_is_ready_once_it_has_scraped_the_gateway(gateway, aif_servic
     prometheus = aif_service("prometheus", pushgateway=f"{gateway.host}:{gateway.port}", scrape_interval="1s")
     query = httpx.get(prometheus.url("/api/v1/query"), params={"query": 'up{job="pushgateway"}'})
     assert [float(series["value"][1]) for series in query.json()["data"]["result"]] == [1.0]
+
+
+def test_prometheus_settings_are_checked_and_its_wait_follows_its_interval() -> None:
+    with pytest.raises(ServiceConfigError, match=r"settings.pushgateway is empty; valid: the host:port it scrapes"):
+        prometheus({"pushgateway": "", "scrape_interval": "1s"})
+    with pytest.raises(ServiceConfigError, match=r"settings.scrape_interval is '1 min'; valid: a Prometheus duration"):
+        prometheus({"pushgateway": "127.0.0.1:9091", "scrape_interval": "1 min"})
+    assert prometheus({"pushgateway": "127.0.0.1:9091", "scrape_interval": "1m30s"}).readiness_timeout_s == 30 + 180
 
 
 def test_live_and_final_metrics_reach_prometheus(pytester: pytest.Pytester, gateway, aif_service) -> None:  # type: ignore[no-untyped-def]

@@ -109,10 +109,12 @@ async def _drive(host: str, port: int, rate: float, duration_s: float, tag: str,
 def run_reference(host: str, port: int, rate: float, duration_s: float, tag: str) -> ReferenceRun:
     """Drive ``rate`` requests per second for ``duration_s`` at the synthetic server; ids are ``{tag}-{i}``."""
     run = ReferenceRun()
+    collecting = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
         uvloop.run(_drive(host, port, rate, duration_s, tag, run))
     finally:
-        gc.enable()
+        if collecting:
+            gc.enable()
     return run

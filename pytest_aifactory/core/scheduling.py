@@ -39,7 +39,7 @@ def realtime_priority(wanted: bool, priority: int = REALTIME_PRIORITY) -> Iterat
     (``normal (SCHED_OTHER)``, ``SCHED_BATCH`` under ``chrt --batch``, ``SCHED_FIFO 50`` under
     ``chrt --fifo 50``) or when it was already at least that high; or ``not raised: <why>``.
     """
-    if not hasattr(os, "sched_setscheduler"):
+    if not hasattr(os, "SCHED_RESET_ON_FORK"):  # Linux only (macOS and Windows lack sched_getscheduler too)
         yield "not raised: this platform has no real-time scheduling policy (Linux only)" if wanted else NORMAL
         return
     reset = os.SCHED_RESET_ON_FORK
@@ -68,12 +68,7 @@ def realtime_priority(wanted: bool, priority: int = REALTIME_PRIORITY) -> Iterat
 def _described(policy: int, priority: int) -> str:
     """A thread's policy as results name it: ``SCHED_FIFO 50``, ``SCHED_BATCH``, ``normal (SCHED_OTHER)``."""
     policy &= ~os.SCHED_RESET_ON_FORK
-    names = {
-        os.SCHED_FIFO: "SCHED_FIFO",
-        os.SCHED_RR: "SCHED_RR",
-        os.SCHED_BATCH: "SCHED_BATCH",
-        os.SCHED_IDLE: "SCHED_IDLE",
-    }
     if policy in (os.SCHED_FIFO, os.SCHED_RR):
-        return f"{names[policy]} {priority}"
-    return names.get(policy, NORMAL)
+        return f"{'SCHED_FIFO' if policy == os.SCHED_FIFO else 'SCHED_RR'} {priority}"
+    names = {os.SCHED_OTHER: NORMAL, os.SCHED_BATCH: "SCHED_BATCH", os.SCHED_IDLE: "SCHED_IDLE"}
+    return names.get(policy, f"scheduling policy {policy}")  # (SCHED_DEADLINE is 6; Python has no name for it)

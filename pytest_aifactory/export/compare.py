@@ -7,7 +7,8 @@ A change is a regression (or an improvement) when it is worse (better) than the 
 beyond the run-to-run noise: the interval of the relative change, made from both results'
 95 % confidence intervals (``core.confidence.change_interval``), lies wholly on that side of
 zero. A value known only as a lower bound (a capacity search that stopped before any probe
-breached, or that the load generator ended: ``lower_bounds`` in the result) decides only what
+breached, that the load generator ended, or whose time budget ran out after a breach:
+``lower_bounds`` in the result) decides only what
 no higher true value could undo: for a metric where higher is better, a new lower bound can
 show an improvement but not a regression, and an old one a regression but not an improvement,
 unless the value is also known to be below a point (``upper_bounds``: a search whose time
@@ -65,7 +66,7 @@ class Change:
     unbounded: bool = False  # a latency statistic with too few samples for an interval: not judged
     below_floor: str = ""  # both values under their unit's noise floor (``1 ms``): not judged
     lower_bound: str = ""  # which value is only a lower bound (``new``, ``old``, ``both``)
-    undecided: bool = False  # a change that the lower bound leaves undecided (a true value may be higher): not judged
+    undecided: bool = False  # a change that true values within the bounds could undo: not judged
 
     @property
     def relative(self) -> float:
@@ -159,6 +160,8 @@ def _span(point: Mapping[str, Any], name: str, value: float) -> tuple[float, flo
     """The values ``name`` may truly have at ``point``: ``value``, or from it up to its upper bound, or any higher."""
     if name not in (point.get("lower_bounds") or {}):
         return value, value
+    if point.get("client_limit"):  # the load generator, not a breach, ended it: no upper end is known
+        return value, math.inf
     return value, float((point.get("upper_bounds") or {}).get(name, math.inf))
 
 

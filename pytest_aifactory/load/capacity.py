@@ -11,8 +11,9 @@ what it has, saying so. A probe where the load generator was the limit (its resu
 ``client_limit``) ends the search too: beyond it the figures are the client's, and the
 answer (capacity at least the last pass) is inconclusive, as its SLO verdicts then are.
 The answer is always the highest value that passed (so it errs low,
-by at most the precision, when the service's SLOs hold below a single threshold), and every
-probe is kept as a normal result.
+by at most the precision, when the service's SLOs hold below a single threshold; by up to its
+bracket when the time budget ended the search, and the answer then says so as a lower bound
+capped by the breached point), and every probe is kept as a normal result.
 """
 
 from __future__ import annotations
@@ -196,9 +197,12 @@ class Capacity:
         )
 
     def _upper_bound(self) -> dict[str, float]:
-        """Where the answer is a lower bound with a breach above it: capacity is below that breached point."""
-        hi = self.bracket[1]
-        return {self.metric: hi} if self._lower_bound() and not math.isnan(hi) else {}
+        """A search whose time budget ran out after a breach: capacity is below that breached point.
+
+        (A client-bound search's top probe did not breach: it says nothing of where capacity ends.)
+        """
+        lo, hi = self.bracket
+        return {self.metric: hi} if self.status == "budget" and not math.isnan(lo + hi) else {}
 
     def _lower_bound(self) -> dict[str, str]:
         """The answer as a lower bound, and why.

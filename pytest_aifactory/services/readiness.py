@@ -44,15 +44,19 @@ def milvus_ready(service: RunningService) -> str | None:
 
 
 def prometheus_ready(service: RunningService) -> str | None:
-    """Ready when Prometheus has scraped each of its targets once, whether the target answered or not.
+    """Ready when Prometheus has scraped each of its targets once (answered or not) and stored it.
 
     ``/-/ready`` comes seconds earlier: Prometheus hands discovered targets to its scrapers at
-    most every 5 s, and until then a run's first figures are never scraped.
+    most every 5 s, and until then a run's first figures are never scraped. A scrape is stored
+    after its target's ``lastScrape`` is set: each target's ``up`` series says it is queryable.
     """
     response = httpx.get(service.url("/api/v1/targets"), params={"state": "active"}, timeout=5.0)
     response.raise_for_status()
     targets = response.json()["data"]["activeTargets"]
     if not targets:
         return "Prometheus has no scrape target yet"
-    waiting = [t["scrapeUrl"] for t in targets if t["lastScrape"].startswith("0001-")]  # Go's zero time
+    up = httpx.get(service.url("/api/v1/query"), params={"query": "up"}, timeout=5.0)
+    up.raise_for_status()
+    stored = {series["metric"].get("instance") for series in up.json()["data"]["result"]}
+    waiting = [t["scrapeUrl"] for t in targets if t["labels"].get("instance") not in stored]
     return f"Prometheus has not scraped {', '.join(waiting)} yet" if waiting else None
