@@ -186,6 +186,13 @@ def test_a_capacity_known_only_as_a_lower_bound_decides_only_what_it_can(
     assert change.message().endswith("margin)" if decided else ", not judged)"), change.message()
 
 
+def test_a_client_bound_capacity_is_never_read_as_capped() -> None:
+    new = _capacity("b", 8, True, below=16)  # as a report written with a cap on a client-bound answer
+    new["tests"][0]["results"][0]["client_limit"] = "lag p99 80 ms, CPU 0.95 core"
+    (change,) = [c for c in compare_reports(_capacity("a", 20, False), new, 0.05) if c.metric == "capacity_rate"]
+    assert (change.regression, change.undecided) == (False, True)
+
+
 def test_the_compare_table_says_a_lower_bound_was_not_judged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
