@@ -12,6 +12,8 @@ import pytest
 from pytest_aifactory.apps.cli import main
 from pytest_aifactory.core.metric_table import FAMILIES, METRICS, TABLE, Family
 from pytest_aifactory.export.compare import compare_reports, families_of, key_metrics
+from pytest_aifactory.export.comparisons import Side, SideBySide
+from pytest_aifactory.export.findings import comparison_findings
 
 
 def report(run_id: str, tests: list[dict[str, Any]]) -> dict[str, Any]:
@@ -191,6 +193,24 @@ def test_a_client_bound_capacity_is_never_read_as_capped() -> None:
     new["tests"][0]["results"][0]["client_limit"] = "lag p99 80 ms, CPU 0.95 core"
     (change,) = [c for c in compare_reports(_capacity("a", 20, False), new, 0.05) if c.metric == "capacity_rate"]
     assert (change.regression, change.undecided) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("new", "sentence"),
+    [
+        ((8, True, 10), "b against a: capacity_rate at least 2.0x lower (capacity: 20 -> 8 req/s)."),
+        (
+            (8, True, 15),
+            "b against a: capacity_rate changed beyond the margin (capacity: at least -25%; capacity: 20 -> 8 req/s).",
+        ),
+    ],
+)
+def test_a_finding_on_bounds_states_the_smallest_change_they_allow(new: tuple[Any, ...], sentence: str) -> None:
+    old, changed = _capacity("a", 20, False), _capacity("b", *new)
+    changes = [c for c in compare_reports(old, changed, 0.05) if c.metric == "capacity_rate"]
+    group = SideBySide("k", "t", (Side("a", old), Side("b", changed)), {"b": changes}, [])
+    texts = [f.text for f in comparison_findings(group, []) if "capacity_rate" in f.text]
+    assert texts == [sentence]  # (it said 2.5x lower, and -60%: from 8, which is only a lower bound)
 
 
 def test_the_compare_table_says_a_lower_bound_was_not_judged(

@@ -67,6 +67,7 @@ class Change:
     below_floor: str = ""  # both values under their unit's noise floor (``1 ms``): not judged
     lower_bound: str = ""  # which value is only a lower bound (``new``, ``old``, ``both``)
     undecided: bool = False  # a change that true values within the bounds could undo: not judged
+    least: tuple[float, float] | None = None  # on bounds: the old and new true values with the smallest change
 
     @property
     def relative(self) -> float:
@@ -165,19 +166,14 @@ def _span(point: Mapping[str, Any], name: str, value: float) -> tuple[float, flo
     return value, float((point.get("upper_bounds") or {}).get(name, math.inf))
 
 
-def _undecided(
-    metric: Metric, margin: float, old: tuple[float, float], new: tuple[float, float], direction: int
-) -> bool:
-    """Whether true values within the spans could undo the change ``direction`` (-1 worse, +1 better).
+def _least(metric: Metric, old: tuple[float, float], new: tuple[float, float], direction: int) -> tuple[float, float]:
+    """The old and new ends between which the change ``direction`` (-1 worse, +1 better) is smallest.
 
-    A change that makes the value lower must hold between the old span's low end and the new
+    A change that makes the value lower is smallest between the old span's low end and the new
     span's high end; one that makes it higher, between the old's high end and the new's low end.
     """
-    if direction == 0:
-        return False
     lower = (direction < 0) == (metric.better == "higher")
-    least = _direction(metric, old[0], new[1], margin) if lower else _direction(metric, old[1], new[0], margin)
-    return least != direction
+    return (old[0], new[1]) if lower else (old[1], new[0])
 
 
 def _interval(a: Mapping[str, Any], b: Mapping[str, Any], name: str) -> tuple[float, float] | None:
@@ -207,7 +203,8 @@ def compare_reports(old: Mapping[str, Any], new: Mapping[str, Any], margin: floa
             direction, noise = _direction(metric, float(a), float(b), margin), _noise(metric, interval)
             bound = _lower_bound(before[key], after[key], metric.name)
             spans = _span(before[key], metric.name, float(a)), _span(after[key], metric.name, float(b))
-            undecided = _undecided(metric, margin, *spans, direction)
+            least = _least(metric, *spans, direction) if direction and bound else None
+            undecided = least is not None and _direction(metric, *least, margin) != direction
             regression = direction < 0 and noise in (-1, 2) and judged and not undecided
             improvement = direction > 0 and noise in (1, 2) and judged and not undecided
             changes.append(
@@ -225,6 +222,7 @@ def compare_reports(old: Mapping[str, Any], new: Mapping[str, Any], margin: floa
                     below_floor,
                     bound,
                     undecided,
+                    least,
                 )
             )
     return changes

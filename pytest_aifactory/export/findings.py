@@ -236,10 +236,22 @@ def findings_of(test: ReportTest) -> list[Finding]:
 
 
 def _worse_by(change: Change) -> float:
-    """How many times worse ``new`` is than ``old`` (below 1: better); NaN when either is 0."""
-    if change.old == 0 or change.new == 0:
+    """How many times worse ``new`` is than ``old`` (below 1: better), at least; NaN when either is 0.
+
+    On values known only within bounds, the factor is that of the true values that changed least.
+    """
+    old, new = change.least or (change.old, change.new)
+    if old == 0 or new == 0:
         return float("nan")
-    return change.new / change.old if METRICS[change.metric].better == "lower" else change.old / change.new
+    return new / old if METRICS[change.metric].better == "lower" else old / new
+
+
+def _relative(change: Change) -> str:
+    """The relative change, ``+18%``; on bounds the smallest the true values allow, ``at least -40%``."""
+    if change.least is None:
+        return f"{change.relative:+.0%}"
+    old, new = change.least
+    return f"at least {(new - old) / old:+.0%}" if old else "-"
 
 
 def _wording(metric: str, factor: float) -> str:
@@ -266,11 +278,12 @@ def _metric_sentence(side: str, base: str, metric: str, changes: Sequence[Change
     if big and len(big) == len(factors) and (all(f >= 1 for f in big) or all(f < 1 for f in big)):
         low, high = _wording(metric, min(big)), _wording(metric, max(big))
         ratio = low if low == high else f"{low.split('x')[0]}-{high}"
-        return f"{side} against {base}: {metric} {ratio} ({detail})."
+        at_least = "at least " if any(c.least for c in changes) else ""  # a bound: the smallest change it allows
+        return f"{side} against {base}: {metric} {at_least}{ratio} ({detail})."
     moved = [c for c in changes if c.regression or c.improvement]
     if not moved:
         return None
-    parts = ", ".join(f"{c.point or c.test}: {c.relative:+.0%}" for c in moved)
+    parts = ", ".join(f"{c.point or c.test}: {_relative(c)}" for c in moved)
     return f"{side} against {base}: {metric} changed beyond the margin ({parts}; {detail})."
 
 
