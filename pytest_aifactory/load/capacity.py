@@ -181,6 +181,7 @@ class Capacity:
         """The answer as a result: the figures of the point at capacity, plus ``capacity_<knob>``."""
         best = self.best()
         scalars = {**(best.result.scalars if best else {}), self.metric: self.value}
+        lower, upper = self._bounds()
         return LoadResult(
             label=label,
             mode=best.result.mode if best else (self.probes[0].result.mode if self.probes else ""),
@@ -192,37 +193,31 @@ class Capacity:
             interval_method=best.result.interval_method if best else "",
             notes=[self.message()],
             client_limit=self.probes[-1].result.client_limit if self.status == "client-bound" else "",
-            lower_bounds=self._lower_bound(),
-            upper_bounds=self._upper_bound(),
+            lower_bounds=lower,
+            upper_bounds=upper,
         )
 
-    def _upper_bound(self) -> dict[str, float]:
-        """A search whose time budget ran out after a breach: capacity is below that breached point.
-
-        (A client-bound search's top probe did not breach: it says nothing of where capacity ends.)
-        """
-        lo, hi = self.bracket
-        return {self.metric: hi} if self.status == "budget" and not math.isnan(lo + hi) else {}
-
-    def _lower_bound(self) -> dict[str, str]:
-        """The answer as a lower bound, and why.
+    def _bounds(self) -> tuple[dict[str, str], dict[str, float]]:
+        """The answer as a lower bound, and why; with the breached point that caps it, if one does.
 
         The load generator was the limit above it, no probe breached above it, or the time budget
-        ended the search before its bracket was as narrow as its precision.
+        ended the search before its bracket was as narrow as its precision: only then is capacity
+        known to be below a point (a client-bound search's top probe did not breach).
         """
         lo, hi = self.bracket
         if math.isnan(lo):
-            return {}
+            return {}, {}
+        capped: dict[str, float] = {}
         if self.status == "client-bound":
             why = f"the load generator was the limit at {self.search.knob}={self.probes[-1].value:g}"
         elif self.status == "budget" and not math.isnan(hi):
-            why = f"the time budget ran out with capacity within [{lo:g}, {hi:g})"
+            why, capped = f"the time budget ran out with capacity within [{lo:g}, {hi:g})", {self.metric: hi}
         elif self.status in ("budget", "above-highest"):
             held = "the time budget ran out" if self.status == "budget" else "every SLO held up to the highest point"
             why = f"{held} before any breach"
         else:
-            return {}
-        return {self.metric: f"the search shows only that capacity is at least {lo:g} ({why})"}
+            return {}, {}
+        return {self.metric: f"the search shows only that capacity is at least {lo:g} ({why})"}, capped
 
 
 def search_capacity(
