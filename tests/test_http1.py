@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -310,8 +311,11 @@ def test_both_transports_give_the_same_events_status_and_errors(transport: type[
             streams = transport(server.url, None, 0)  # type: ignore[call-arg]
             clock = Clock()
             ok, failed = RequestRecord(0, 0.0), RequestRecord(1, 0.0)
-            events = await streams.events("/v1/completions", b"{}", ok, clock)
-            assert await streams.events("/v1/completions", b"{}", failed, clock) == []
+            events: list[tuple[float, dict[str, Any]]] = []
+            none: list[tuple[float, dict[str, Any]]] = []
+            await streams.events("/v1/completions", b"{}", ok, clock, lambda at, e: events.append((at, e)))
+            await streams.events("/v1/completions", b"{}", failed, clock, lambda at, e: none.append((at, e)))
+            assert none == []
             await streams.close()
         assert [e["choices"][0]["text"] for _, e in events] == ["a", "b"]
         assert ok.status == 200

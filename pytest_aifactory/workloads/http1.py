@@ -99,6 +99,16 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.responded = True
+        if not (self._in_head or self._buffer or self._remaining) and self._chunked:  # a read of whole chunks?
+            line_end = data.find(b"\r\n", 0, 10)
+            if line_end > 0 and data.endswith(b"\r\n"):
+                try:
+                    size = int(data[:line_end], 16)
+                except ValueError:
+                    size = 0
+                if size > 0 and line_end + size + 4 == len(data):  # the common one, of a stream: one whole chunk
+                    self._deliver(at, data[line_end + 2 : -2])
+                    return
         if self._in_head:
             data = self._buffer + data
             end = data.find(b"\r\n\r\n")

@@ -123,63 +123,79 @@ class OpenAIClient:
         headers = (
             None if self.request_id_prefix is None else {"X-Request-Id": f"{self.request_id_prefix}{record.index}"}
         )
-        texts: list[str] = []
-        times: list[float] = []
-        running_usage: list[int] = []
-        final_usage: int | None = None
-        content_of = self._content
-        for now, event in await self._streams.events(request.path, request.body, record, clock, headers):
-            usage = event.get("usage")
-            content = content_of(event)
-            if content is not None:
-                texts.append(content)
-                times.append(now)
-                if usage and "completion_tokens" in usage:
-                    running_usage.append(int(usage["completion_tokens"]))
-            if usage:
-                if usage.get("prompt_tokens") is not None:
-                    record.input_tokens = int(usage["prompt_tokens"])
-                if usage.get("completion_tokens") is not None:
-                    final_usage = int(usage["completion_tokens"])
-        if times and record.first_token is None:
-            record.first_token = times[0]
+        output = _Output()
+        await self._streams.events(request.path, request.body, record, clock, output.take, headers)
+        if output.prompt_tokens is not None:
+            record.input_tokens = output.prompt_tokens
+        if output.chunks and record.first_token is None:
+            record.first_token = output.chunks[0].at
         if record.status is not None and record.status >= 400:
             return
         record.end = clock.now()
-        record.output_tokens = final_usage
-        record.chunks = self._chunks(texts, times, running_usage, final_usage, record)
+        record.output_tokens = output.completion_tokens
+        record.chunks, record.tokens_estimated = output.counted()
 
-    @staticmethod
-    def _content(event: dict[str, Any]) -> str | None:
-        """The text of a chunk that carries a token, else None.
 
-        A chunk carries a token when it has text, or when it has an empty text field and
-        is neither the closing chunk nor the role announcement: llama.cpp streams one chunk
-        per token, and a token that is part of a multi-byte character decodes to an empty
-        string; a chat stream opens with a role-only delta (``{"role": "assistant",
-        "content": ""}``), which carries no token.
-        """
+class _Output:
+    """One response's content chunks, taken as they arrive (each counted as one token until the end), and its usage."""
+
+    __slots__ = ("chunks", "completion_tokens", "prompt_tokens", "running", "texts")
+
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+        self.texts: list[str] = []
+        self.running: list[int] = []  # completion tokens so far, per content chunk (vLLM's continuous usage)
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None  # the server's total
+
+    def take(self, now: float, event: dict[str, Any]) -> None:
+        """``sse.EventSink``: one event of the stream, arrived at ``now``."""
+        usage = event.get("usage")
         choices = event.get("choices")
         if not choices:
-            return None
-        choice = choices[0]
-        if "text" in choice:  # a completion's chunk (the common case, without building a dict)
+            content = None
+        elif "text" in (choice := choices[0]):  # a completion's chunk: the common case, without a call
             text = choice["text"]
-            return str(text) if text else ("" if choice.get("finish_reason") is None else None)
-        fields = choice.get("delta") or {}
-        text = fields.get("text") or fields.get("content") or fields.get("reasoning_content")
-        if text:
-            return str(text)
-        has_field = any(key in fields for key in ("text", "content"))
-        return "" if has_field and "role" not in fields and choice.get("finish_reason") is None else None
-
-    @staticmethod
-    def _chunks(
-        texts: list[str], times: list[float], running: list[int], total: int | None, record: RequestRecord
-    ) -> list[Chunk]:
-        if running and len(running) == len(texts):  # exact: per-chunk usage (vLLM continuous usage)
-            counts = [b - a for a, b in zip([0, *running[:-1]], running, strict=True)]
-            record.tokens_estimated = False
+            content = str(text) if text else ("" if choice.get("finish_reason") is None else None)
         else:
-            counts, record.tokens_estimated = attribute_tokens(texts, total)
-        return [Chunk(at, n) for at, n in zip(times, counts, strict=True)]
+            content = _delta_content(choice)
+        if content is not None:
+            self.chunks.append(Chunk(now, 1))
+            self.texts.append(content)
+            if usage and "completion_tokens" in usage:
+                self.running.append(int(usage["completion_tokens"]))
+        if usage:
+            if usage.get("prompt_tokens") is not None:
+                self.prompt_tokens = int(usage["prompt_tokens"])
+            if usage.get("completion_tokens") is not None:
+                self.completion_tokens = int(usage["completion_tokens"])
+
+    def counted(self) -> tuple[list[Chunk], bool]:
+        """The chunks with their tokens, and whether those are estimated (``core.records.attribute_tokens``)."""
+        running, chunks = self.running, self.chunks
+        if running and len(running) == len(chunks):  # exact: per-chunk usage (vLLM continuous usage)
+            counts = [b - a for a, b in zip([0, *running[:-1]], running, strict=True)]
+            estimated = False
+        else:
+            counts, estimated = attribute_tokens(self.texts, self.completion_tokens)
+        for chunk, count in zip(chunks, counts, strict=True):
+            chunk.tokens = count
+        return chunks, estimated
+
+
+def _delta_content(choice: dict[str, Any]) -> str | None:
+    """The text of a chat chunk's choice that carries a token, else None (a completion's is read in ``take``).
+
+    A chunk carries a token when it has text, or when it has an empty text field and
+    is neither the closing chunk nor the role announcement: llama.cpp streams one chunk
+    per token, and a token that is part of a multi-byte character decodes to an empty
+    string (so does a completion chunk's empty ``text`` before the end); a chat stream
+    opens with a role-only delta (``{"role": "assistant", "content": ""}``), which carries
+    no token.
+    """
+    fields = choice.get("delta") or {}
+    text = fields.get("text") or fields.get("content") or fields.get("reasoning_content")
+    if text:
+        return str(text)
+    has_field = any(key in fields for key in ("text", "content"))
+    return "" if has_field and "role" not in fields and choice.get("finish_reason") is None else None

@@ -99,10 +99,13 @@ class TritonGenerateClient(StreamingClient):
         record.input_tokens = request.input_tokens
         body = orjson.dumps({"text_input": request.prompt, "max_tokens": request.max_tokens})
         path = f"/v2/models/{self.model}/generate_stream"
-        for now, _event in await self._streams.events(path, body, record, clock):
+
+        def take(now: float, _event: dict[str, Any]) -> None:
             if record.first_token is None:
                 record.first_token = now
             record.chunks.append(Chunk(now, 1))
+
+        await self._streams.events(path, body, record, clock, take)
         if record.end is None:
             record.end = clock.now()
         record.output_tokens = len(record.chunks)
