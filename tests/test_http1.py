@@ -23,6 +23,7 @@ from pytest_aifactory.workloads.http1 import ConnectionPool, HTTPStreamError
 from pytest_aifactory.workloads.openai import OpenAIClient
 from pytest_aifactory.workloads.prompts import LLMRequest
 from pytest_aifactory.workloads.sse import EventStreams, _AiohttpStreams, _RawStreams
+from pytest_aifactory.workloads.triton import TritonGenerateClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -326,5 +327,65 @@ def test_both_transports_give_the_same_events_status_and_errors(transport: type[
         assert failed.status == 400
         assert failed.error == f"HTTP 400: {body.decode()}"
         assert failed.end is not None
+
+    _run(check())
+
+
+@pytest.mark.parametrize("transport", [_RawStreams, _AiohttpStreams])
+def test_an_event_the_client_cannot_read_is_the_requests_own_error_on_both_transports(
+    transport: type[EventStreams], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Raised by the request's coroutine as it was raised, not as a connection the server broke, and not logged."""
+    stream = STREAM_HEAD + chunk(event("a")) + chunk(b'data: ["x"]\n\n') + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+    server = Server(lambda reader, writer, n: server.pieces(writer, stream, pause_s=0))
+
+    def take(at: float, event: dict[str, Any]) -> None:
+        event["choices"]  # a list has no such key: TypeError, as a client reading the event would fail
+
+    async def check() -> None:
+        async with server:
+            streams = transport(server.url, None, 0)  # type: ignore[call-arg]
+            clock = Clock()
+            with pytest.raises(TypeError, match="list indices"):
+                await streams.events("/v1/completions", b"{}", RequestRecord(0, 0.0), clock, take)
+            await streams.events("/v1/completions", b"{}", RequestRecord(1, 0.0), clock, lambda at, e: None)
+            await streams.close()
+
+    _run(check())
+    assert not [r for r in caplog.records if "data_received() call failed" in r.getMessage()]
+    if transport is _RawStreams:
+        assert server.connections == 1  # the connection read the rest of the message and served the next request
+
+
+def test_triton_generate_stream_times_each_event_and_a_stream_cut_short_leaves_no_tokens() -> None:
+    """One token per event, the first one's time its TTFT; a stream the server cut keeps none of its events."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        events = (STREAM_HEAD + chunk(b'data: {"text_output":"a"}\n\n'), chunk(b'data: {"text_output":"b"}\n\n'))
+        if n == 1:
+            await server.pieces(writer, *events, b"0\r\n\r\n")
+        else:
+            await server.pieces(writer, *events)
+            writer.close()
+
+    server = Server(handler)
+
+    async def check() -> None:
+        async with server:
+            client = TritonGenerateClient(server.url, "m")
+            await client.open()
+            whole, cut = RequestRecord(0, 0.0), RequestRecord(1, 0.0)
+            await client.send(LLMRequest("hello", 3, 2), whole, Clock())
+            with pytest.raises(HTTPStreamError):
+                await client.send(LLMRequest("hello", 3, 2), cut, Clock())
+            await client.close()
+        assert whole.error is None
+        assert whole.output_tokens == 2
+        assert [c.tokens for c in whole.chunks] == [1, 1]
+        assert whole.first_token == whole.chunks[0].at
+        assert whole.end is not None
+        assert whole.end >= whole.chunks[1].at > whole.chunks[0].at
+        assert cut.chunks == []
+        assert cut.first_token is None
 
     _run(check())

@@ -99,7 +99,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.responded = True
-        if not (self._in_head or self._buffer or self._remaining) and self._chunked:  # a read of whole chunks?
+        if not (self._in_head or self._buffer or self._remaining) and self._chunked:  # a read of one whole chunk?
             line_end = data.find(b"\r\n", 0, 10)
             if line_end > 0 and data.endswith(b"\r\n"):
                 try:

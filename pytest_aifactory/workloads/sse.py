@@ -70,7 +70,7 @@ class _EventScan:
     It is also the ``http1.Exchange`` of a request sent through a ``ConnectionPool``.
     """
 
-    __slots__ = ("error_body", "finished", "pending", "record", "status", "take", "zero")
+    __slots__ = ("error_body", "failure", "finished", "pending", "record", "status", "take", "zero")
 
     def __init__(self, record: RequestRecord, clock: Clock, take: EventSink) -> None:
         self.record, self.zero, self.take = record, clock.t0, take
@@ -78,6 +78,7 @@ class _EventScan:
         self.finished = False  # [DONE], or an event carrying an error
         self.status = 0
         self.error_body: list[bytes] = []
+        self.failure: Exception | None = None  # an event that could not be read (raised by ``events``)
 
     def http_error(self, status: int, text: str, now: float) -> None:
         """An HTTP error status ends the request: its status, the body's start as the error, the end."""
@@ -95,7 +96,10 @@ class _EventScan:
     def body(self, at: float, data: bytes) -> bool:
         """``http1.Exchange``: a piece of the body, arrived at ``at`` (monotonic); True once the stream has ended.
 
-        An error status's body is kept whole. (One method: it runs for every event of every stream.)
+        An error status's body is kept whole. An event that cannot be decoded or read (by
+        ``take``) ends the stream: its error is kept in ``failure``, for the request's
+        coroutine to raise (not raised here: in a read callback it would close the connection
+        and read as the server's fault). (One method: it runs for every read of every stream.)
         """
         if self.status >= 400:
             self.error_body.append(data)
@@ -104,22 +108,31 @@ class _EventScan:
             return True
         lines = (self.pending + data if self.pending else data).split(b"\n")
         self.pending = lines.pop()
-        for line in lines:
-            if not line.startswith(b"data:"):
-                continue
-            try:
-                event = orjson.loads(line[5:])  # (JSON allows the blank after "data:" and a CR at the end)
-            except orjson.JSONDecodeError:
-                if line[5:].strip() != b"[DONE]":
-                    raise
-                self.finished = True
-                return True
-            if "error" in event:
-                self.record.error = f"stream error: {str(event['error'])[:300]}"
-                self.finished = True
-                return True
-            self.take(at - self.zero, event)
+        try:
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                try:
+                    event = orjson.loads(line[5:])  # (JSON allows the blank after "data:" and a CR at the end)
+                except orjson.JSONDecodeError:
+                    if line[5:].strip() != b"[DONE]":
+                        raise
+                    self.finished = True
+                    return True
+                if "error" in event:
+                    self.record.error = f"stream error: {str(event['error'])[:300]}"
+                    self.finished = True
+                    return True
+                self.take(at - self.zero, event)
+        except Exception as failure:  # (the event's, or the sink's)
+            self.failure, self.finished = failure, True
+            return True
         return False
+
+    def raise_failure(self) -> None:
+        """Raise the error of an event that could not be read, if there was one."""
+        if self.failure is not None:
+            raise self.failure
 
     def ended(self) -> None:
         """``http1.Exchange``: the message ended (an HTTP error is then complete)."""
@@ -166,7 +179,9 @@ class _RawStreams:
         take: EventSink,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        await self.pool.send(self.pool.encode(path, body, headers), _EventScan(record, clock, take))
+        scan = _EventScan(record, clock, take)
+        await self.pool.send(self.pool.encode(path, body, headers), scan)
+        scan.raise_failure()
 
     async def close(self) -> None:
         await self.pool.close()
@@ -200,6 +215,7 @@ class _AiohttpStreams:
             async for received in response.content.iter_any():
                 if scan.body(time.monotonic(), received):
                     break
+        scan.raise_failure()
 
     async def close(self) -> None:
         await self.session.close()

@@ -99,13 +99,11 @@ class TritonGenerateClient(StreamingClient):
         record.input_tokens = request.input_tokens
         body = orjson.dumps({"text_input": request.prompt, "max_tokens": request.max_tokens})
         path = f"/v2/models/{self.model}/generate_stream"
-
-        def take(now: float, _event: dict[str, Any]) -> None:
-            if record.first_token is None:
-                record.first_token = now
-            record.chunks.append(Chunk(now, 1))
-
-        await self._streams.events(path, body, record, clock, take)
+        chunks: list[Chunk] = []  # on the record once the stream has ended well, not from a failed one
+        await self._streams.events(path, body, record, clock, lambda now, _event: chunks.append(Chunk(now, 1)))
+        if chunks:
+            record.first_token = chunks[0].at
+        record.chunks = chunks
         if record.end is None:
             record.end = clock.now()
         record.output_tokens = len(record.chunks)
