@@ -164,45 +164,54 @@ class EventStreams(Protocol):
         """Close the connections."""
 
 
-class _RawStreams:
+class _Transport:
+    """What both transports share: a scan per request, the error of an event it could not read raised at the end."""
+
+    async def events(
+        self,
+        path: str,
+        body: bytes,
+        record: RequestRecord,
+        clock: Clock,
+        take: EventSink,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        scan = _EventScan(record, clock, take)
+        await self._exchange(path, body, headers, scan, clock)
+        scan.raise_failure()
+
+    async def _exchange(
+        self, path: str, body: bytes, headers: Mapping[str, str] | None, scan: _EventScan, clock: Clock
+    ) -> None:
+        """Send the request; hand its response to ``scan`` until the stream has ended."""
+        raise NotImplementedError
+
+
+class _RawStreams(_Transport):
     """``EventStreams`` over ``http1.ConnectionPool`` (plain ``http://``)."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str] | None, max_connections: int) -> None:
         self.pool = ConnectionPool(base_url, headers, max_connections)
 
-    async def events(
-        self,
-        path: str,
-        body: bytes,
-        record: RequestRecord,
-        clock: Clock,
-        take: EventSink,
-        headers: Mapping[str, str] | None = None,
+    async def _exchange(
+        self, path: str, body: bytes, headers: Mapping[str, str] | None, scan: _EventScan, clock: Clock
     ) -> None:
-        scan = _EventScan(record, clock, take)
         await self.pool.send(self.pool.encode(path, body, headers), scan)
-        scan.raise_failure()
 
     async def close(self) -> None:
         await self.pool.close()
 
 
-class _AiohttpStreams:
+class _AiohttpStreams(_Transport):
     """``EventStreams`` over aiohttp (``https://``)."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str] | None, max_connections: int) -> None:
         self.session = open_session(base_url, headers, max_connections)
 
-    async def events(
-        self,
-        path: str,
-        body: bytes,
-        record: RequestRecord,
-        clock: Clock,
-        take: EventSink,
-        headers: Mapping[str, str] | None = None,
+    async def _exchange(
+        self, path: str, body: bytes, headers: Mapping[str, str] | None, scan: _EventScan, clock: Clock
     ) -> None:
-        scan = _EventScan(record, clock, take)
+        record = scan.record
 
         def written() -> None:
             record.sent = clock.now()
@@ -215,7 +224,6 @@ class _AiohttpStreams:
             async for received in response.content.iter_any():
                 if scan.body(time.monotonic(), received):
                     break
-        scan.raise_failure()
 
     async def close(self) -> None:
         await self.session.close()
