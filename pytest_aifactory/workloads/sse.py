@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import orjson
@@ -141,8 +141,8 @@ class _EventScan:
             self.http_error(self.status, text, time.monotonic() - self.zero)
 
 
-class EventStreams(Protocol):
-    """Posts requests whose answers are server-sent events."""
+class EventStreams:
+    """Posts requests whose answers are server-sent events (a transport: ``open_event_streams`` picks it)."""
 
     async def events(
         self,
@@ -157,25 +157,10 @@ class EventStreams(Protocol):
 
         ``record.sent`` becomes the time the body's last byte went to the socket, ``record.status``
         the response's status. An HTTP error status, or an event carrying ``error``, becomes the
-        record's error and ends the stream (an HTTP error also sets the record's end).
+        record's error and ends the stream (an HTTP error also sets the record's end). An event
+        that cannot be decoded, or that ``take`` fails on, raises its error here, once the
+        exchange is over (the connection reads the rest of the message and stays usable).
         """
-
-    async def close(self) -> None:
-        """Close the connections."""
-
-
-class _Transport:
-    """What both transports share: a scan per request, the error of an event it could not read raised at the end."""
-
-    async def events(
-        self,
-        path: str,
-        body: bytes,
-        record: RequestRecord,
-        clock: Clock,
-        take: EventSink,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
         scan = _EventScan(record, clock, take)
         await self._exchange(path, body, headers, scan, clock)
         scan.raise_failure()
@@ -186,8 +171,12 @@ class _Transport:
         """Send the request; hand its response to ``scan`` until the stream has ended."""
         raise NotImplementedError
 
+    async def close(self) -> None:
+        """Close the connections."""
+        raise NotImplementedError
 
-class _RawStreams(_Transport):
+
+class _RawStreams(EventStreams):
     """``EventStreams`` over ``http1.ConnectionPool`` (plain ``http://``)."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str] | None, max_connections: int) -> None:
@@ -202,7 +191,7 @@ class _RawStreams(_Transport):
         await self.pool.close()
 
 
-class _AiohttpStreams(_Transport):
+class _AiohttpStreams(EventStreams):
     """``EventStreams`` over aiohttp (``https://``)."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str] | None, max_connections: int) -> None:
