@@ -8,6 +8,7 @@ midway and connections close when a client would rather they did not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -332,12 +333,36 @@ def test_both_transports_give_the_same_events_status_and_errors(transport: type[
 
 
 @pytest.mark.parametrize("transport", [_RawStreams, _AiohttpStreams])
-def test_an_event_the_client_cannot_read_is_the_requests_own_error_on_both_transports(
-    transport: type[EventStreams], caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("line", "error", "message"),
+    [(b'data: ["x"]\n\n', TypeError, "list indices"), (b"data: {garbage\n\n", orjson.JSONDecodeError, None)],
+    ids=["the client fails on it", "not JSON"],
+)
+def test_an_event_the_client_cannot_read_is_the_requests_own_error_and_ends_its_connection(
+    transport: type[EventStreams],
+    line: bytes,
+    error: type[Exception],
+    message: str | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Raised by the request's coroutine as it was raised, not as a connection the server broke, and not logged."""
-    stream = STREAM_HEAD + chunk(event("a")) + chunk(b'data: ["x"]\n\n') + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
-    server = Server(lambda reader, writer, n: server.pieces(writer, stream, pause_s=0))
+    """Raised by the request's coroutine as it was raised, not as a connection the server broke, and not logged.
+
+    Its connection is closed (the server stops producing the stream); the next request gets another.
+    """
+    good = STREAM_HEAD + chunk(event("a")) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+    given_up = asyncio.Event()  # the client closed the connection of the first request
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n > 1:
+            await server.pieces(writer, good)
+            return
+        await server.pieces(writer, STREAM_HEAD + chunk(event("a")) + chunk(line))  # and nothing more
+        with contextlib.suppress(ConnectionError):
+            await reader.read(1)  # returns (or fails) only once the client has closed the connection
+        given_up.set()
+        writer.close()
+
+    server = Server(handler)
 
     def take(at: float, event: dict[str, Any]) -> None:
         event["choices"]  # a list has no such key: TypeError, as a client reading the event would fail
@@ -346,15 +371,18 @@ def test_an_event_the_client_cannot_read_is_the_requests_own_error_on_both_trans
         async with server:
             streams = transport(server.url, None, 0)  # type: ignore[call-arg]
             clock = Clock()
-            with pytest.raises(TypeError, match="list indices"):
+            with pytest.raises(error, match=message):
                 await streams.events("/v1/completions", b"{}", RequestRecord(0, 0.0), clock, take)
-            await streams.events("/v1/completions", b"{}", RequestRecord(1, 0.0), clock, lambda at, e: None)
+            await asyncio.wait_for(given_up.wait(), 5)
+            await streams.events("/v1/completions", b"{}", after, clock, lambda at, e: None)
             await streams.close()
 
+    after = RequestRecord(1, 0.0)
     _run(check())
     assert not [r for r in caplog.records if "data_received() call failed" in r.getMessage()]
-    if transport is _RawStreams:
-        assert server.connections == 1  # the connection read the rest of the message and served the next request
+    assert after.status == 200
+    assert after.error is None
+    assert server.connections == 2
 
 
 def test_triton_generate_stream_times_each_event_and_a_stream_cut_short_leaves_no_tokens() -> None:

@@ -12,8 +12,10 @@ caller's coroutine wakes once, when the exchange says it has all it needs or the
 
 Connections are kept alive in a pool per client (``max_connections``, 0: unlimited); a
 connection whose message has not ended when its caller is done (a stream that ended with
-``[DONE]`` before its last chunk) finishes reading it and then returns to the pool; one the
-server closes leaves it. A refused connection, a connection lost before the response ended
+``[DONE]`` before its last chunk) finishes reading it and then returns to the pool; one whose
+caller gave up on the response (``Exchange.abandoned``: an event it could not read) or timed
+out is closed, so that the server stops producing it; one the server closes leaves it.
+A refused connection, a connection lost before the response ended
 or a malformed response raises (``OSError`` or ``HTTPStreamError``), which the engine records
 as the request's error. No TLS, no proxies, no redirects: the streaming clients use aiohttp for
 ``https://`` URLs.
@@ -50,6 +52,10 @@ class Exchange(Protocol):
 
     def ended(self) -> None:
         """The response's message ended."""
+
+    @property
+    def abandoned(self) -> bool:
+        """The caller gave up on the response: the connection is closed rather than read to the message's end."""
 
 
 class _Connection(asyncio.Protocol):
@@ -298,7 +304,7 @@ class ConnectionPool:
                 if retry or not reused or connection.responded:
                     raise
             finally:
-                if waiter.cancelled() and connection.waiter is waiter:  # a timeout before the message ended
+                if connection.waiter is waiter and (waiter.cancelled() or exchange.abandoned):  # (message not ended)
                     connection.exchange = connection.waiter = None
                     connection.close()
 

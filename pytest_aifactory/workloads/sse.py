@@ -20,6 +20,7 @@ stream ends, costs several times its first reading at hundreds of streams in fli
 
 from __future__ import annotations
 
+import abc
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -129,10 +130,16 @@ class _EventScan:
             return True
         return False
 
+    @property
+    def abandoned(self) -> bool:
+        """``http1.Exchange``: an event could not be read (the connection is closed, not read to the end)."""
+        return self.failure is not None
+
     def raise_failure(self) -> None:
         """Raise the error of an event that could not be read, if there was one."""
-        if self.failure is not None:
-            raise self.failure
+        failure, self.failure = self.failure, None  # (the scan and the error's frames would hold each other)
+        if failure is not None:
+            raise failure
 
     def ended(self) -> None:
         """``http1.Exchange``: the message ended (an HTTP error is then complete)."""
@@ -141,7 +148,7 @@ class _EventScan:
             self.http_error(self.status, text, time.monotonic() - self.zero)
 
 
-class EventStreams:
+class EventStreams(abc.ABC):
     """Posts requests whose answers are server-sent events (a transport: ``open_event_streams`` picks it)."""
 
     async def events(
@@ -159,21 +166,21 @@ class EventStreams:
         the response's status. An HTTP error status, or an event carrying ``error``, becomes the
         record's error and ends the stream (an HTTP error also sets the record's end). An event
         that cannot be decoded, or that ``take`` fails on, raises its error here, once the
-        exchange is over (the connection reads the rest of the message and stays usable).
+        exchange is over; its connection is closed (the server stops producing the response).
         """
         scan = _EventScan(record, clock, take)
         await self._exchange(path, body, headers, scan, clock)
         scan.raise_failure()
 
+    @abc.abstractmethod
     async def _exchange(
         self, path: str, body: bytes, headers: Mapping[str, str] | None, scan: _EventScan, clock: Clock
     ) -> None:
         """Send the request; hand its response to ``scan`` until the stream has ended."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Close the connections."""
-        raise NotImplementedError
 
 
 class _RawStreams(EventStreams):
