@@ -207,13 +207,11 @@ class _AiohttpStreams(EventStreams):
     async def _exchange(
         self, path: str, body: bytes, headers: Mapping[str, str] | None, scan: _EventScan, clock: Clock
     ) -> None:
-        record = scan.record
-
         def written() -> None:
-            record.sent = clock.now()
+            scan.sent(time.monotonic())
 
         async with self.session.post(path, data=StampedBody(body, written), headers=headers) as response:
-            record.status = response.status
+            scan.head(response.status)
             if response.status >= 400:
                 scan.http_error(response.status, await response.text(errors="replace"), clock.now())
                 return
