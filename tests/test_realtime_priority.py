@@ -6,12 +6,13 @@ import asyncio
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_aifactory.core.records import RequestRecord
-from pytest_aifactory.core.scheduling import NORMAL, realtime_priority
+from pytest_aifactory.core.scheduling import NORMAL, realtime_priority, softirq_threads_above
 from pytest_aifactory.load.engine import Clock, Engine, LoadPlan
 from pytest_aifactory.workloads.plans import make_plan
 from pytest_aifactory.workloads.runner import LoadRunner
@@ -72,9 +73,29 @@ def normal_thread() -> Iterator[None]:
     os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
+def _softirq_pids() -> dict[int, int]:
+    """The pid of the softirq thread of each CPU this test may run on, read from /proc."""
+    by_name = {comm.read_text().strip(): int(comm.parent.name) for comm in Path("/proc").glob("[0-9]*/comm")}
+    return {cpu: by_name[f"ksoftirqd/{cpu}"] for cpu in os.sched_getaffinity(0)}
+
+
+def _policies(pids: dict[int, int]) -> dict[int, tuple[int, int]]:
+    return {cpu: (os.sched_getscheduler(pid), os.sched_getparam(pid).sched_priority) for cpu, pid in pids.items()}
+
+
+@pytest.fixture
+def softirq_threads() -> Iterator[dict[int, int]]:
+    """The softirq threads of this test's CPUs (by CPU), at their own policy again after the test."""
+    pids = _softirq_pids()
+    before = _policies(pids)
+    yield pids
+    for cpu, (policy, priority) in before.items():
+        os.sched_setscheduler(pids[cpu], policy, os.sched_param(priority))
+
+
 @needs_root
 @pytest.mark.usefixtures("normal_thread")
-def test_the_engine_sends_at_realtime_priority_and_gets_its_own_back() -> None:
+def test_the_engine_sends_at_realtime_priority_and_gets_its_own_back(softirq_threads: dict[int, int]) -> None:
     client = _PolicyClient()
     result = LoadRunner(realtime_priority=True).run(
         client, _Indexes(), make_plan(rate=100, count=20, distribution="constant")
@@ -82,8 +103,47 @@ def test_the_engine_sends_at_realtime_priority_and_gets_its_own_back() -> None:
     assert client.policies == [os.SCHED_FIFO] * 20
     assert client.new_thread_policy == os.SCHED_OTHER  # a thread started during the load is not real-time
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # restored with the load
-    assert result.config["engine_scheduling"] == "SCHED_FIFO 10"
+    assert result.config["engine_scheduling"].startswith("SCHED_FIFO 10; ksoftirqd of CPU")
     assert result.config["realtime_priority"] is True
+    assert set(_policies(softirq_threads).values()) == {(os.SCHED_OTHER, 0)}  # restored with the load
+
+
+class _SoftirqPolicyClient(_PolicyClient):
+    """Also notes the policy of its CPUs' softirq threads while it sends."""
+
+    def __init__(self, softirq: dict[int, int]) -> None:
+        super().__init__()
+        self.softirq, self.softirq_policies = softirq, set[tuple[int, int]]()
+
+    async def send(self, payload: Any, record: RequestRecord, clock: Clock) -> None:
+        self.softirq_policies.update(_policies(self.softirq).values())
+        await super().send(payload, record, clock)
+
+
+@needs_root
+@pytest.mark.usefixtures("normal_thread")
+def test_the_softirq_threads_of_the_engines_cpus_run_above_it_during_the_load(softirq_threads: dict[int, int]) -> None:
+    # Loopback receive work deferred to a ksoftirqd held off by the real-time engine made the server see
+    # requests late that the engine had sent on time.
+    assert set(_policies(softirq_threads).values()) == {(os.SCHED_OTHER, 0)}
+    client = _SoftirqPolicyClient(softirq_threads)
+    result = LoadRunner(realtime_priority=True).run(client, _Indexes(), make_plan(rate=100, count=5))
+    assert client.softirq_policies == {(os.SCHED_FIFO, 11)}
+    assert set(_policies(softirq_threads).values()) == {(os.SCHED_OTHER, 0)}
+    cpus = sorted(softirq_threads)
+    listed = f"CPU {cpus[0]}" if len(cpus) == 1 else f"CPUs {cpus[0]}-{cpus[-1]}"  # (this test's CPUs: one run)
+    assert result.config["engine_scheduling"] == f"SCHED_FIFO 10; ksoftirqd of {listed} at SCHED_FIFO 11"
+
+
+@needs_root
+def test_a_softirq_thread_already_as_high_is_left_and_a_missing_one_is_named(softirq_threads: dict[int, int]) -> None:
+    cpu = min(softirq_threads)
+    os.sched_setscheduler(softirq_threads[cpu], os.SCHED_FIFO, os.sched_param(50))  # as a tuned node sets it
+    with softirq_threads_above(10, [cpu, 4095]) as done:
+        assert done == (
+            f"ksoftirqd of CPU {cpu} left at SCHED_FIFO 50; ksoftirqd of CPU 4095 not raised (no such thread in /proc)"
+        )
+    assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_FIFO, 50)
 
 
 def test_without_the_option_the_engine_runs_at_its_own_priority() -> None:
@@ -138,12 +198,14 @@ class _UnprivilegedKernel:
         self.policy, self.priority = os.SCHED_OTHER, 0
 
     def getscheduler(self, pid: int) -> int:
-        return self.policy
+        return self.policy if pid == 0 else os.SCHED_OTHER
 
     def getparam(self, pid: int) -> os.sched_param:
-        return os.sched_param(self.priority)
+        return os.sched_param(self.priority if pid == 0 else 0)
 
     def setscheduler(self, pid: int, policy: int, param: os.sched_param) -> None:
+        if pid != 0:  # another user's thread (the kernel's softirq threads)
+            raise PermissionError(1, "Operation not permitted")
         if self.policy & os.SCHED_RESET_ON_FORK and not policy & os.SCHED_RESET_ON_FORK:
             raise PermissionError(1, "Operation not permitted")
         self.policy, self.priority = policy, param.sched_priority
@@ -154,5 +216,6 @@ def test_an_unprivileged_thread_gets_its_own_policy_back(monkeypatch: pytest.Mon
     for name in ("getscheduler", "getparam", "setscheduler"):
         monkeypatch.setattr(os, f"sched_{name}", getattr(kernel, name))
     with realtime_priority(True) as ran:
-        assert ran == "SCHED_FIFO 10"
+        assert ran.startswith("SCHED_FIFO 10; ksoftirqd of CPU")
+        assert ran.endswith(" not raised (Operation not permitted)")
     assert (kernel.policy & ~os.SCHED_RESET_ON_FORK, kernel.priority) == (os.SCHED_OTHER, 0)
