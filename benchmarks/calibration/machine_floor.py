@@ -8,10 +8,14 @@ thread at real-time priority preempts them, ``core.scheduling``), and on a virtu
 host (a vCPU that is not running when its timer expires waits for the host to run it again).
 The calibration measures it before and after its rates: before them with the machine's
 default and tuned as its loads (``load.wakeup``'s hold, real-time priority), after them tuned.
+
+``stolen_ms`` reads what the hypervisor says it took from each vCPU (``steal`` in
+``/proc/stat``, kvm's steal time), so that a point can say how much the host took while it ran.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -21,7 +25,7 @@ from pytest_aifactory.core.scheduling import realtime_priority
 from pytest_aifactory.load.pacing import Pacer, new_event_loop
 from pytest_aifactory.load.wakeup import low_wakeup_latency
 
-__all__ = ["WakeupFloor", "measure_floor"]
+__all__ = ["WakeupFloor", "measure_floor", "stolen_ms"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,19 @@ def measure_floor(seconds: float, hold_wakeup_latency: bool, realtime: bool, int
     p50, p99, p999 = (float(np.percentile(late_ms, q)) for q in (50, 99, 99.9))
     over = int((late_ms > 1.0).sum())
     return WakeupFloor(seconds, len(late_ms), p50, p99, p999, float(late_ms.max()), over, held, scheduling)
+
+
+def stolen_ms(stat: str = "/proc/stat") -> dict[int, float]:
+    """Time the host has taken from each vCPU since boot (ms), by CPU; empty where not reported.
+
+    ``steal``, the 8th value of each ``cpuN`` line, in clock ticks (``SC_CLK_TCK``, 10 ms):
+    a difference of two readings is good to one tick. A machine whose hypervisor does not
+    report steal time (or bare metal) shows 0.
+    """
+    try:
+        with open(stat, encoding="ascii") as lines:
+            rows = [line.split() for line in lines if line.startswith("cpu") and line[3].isdigit()]
+    except OSError:
+        return {}
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    return {int(row[0][3:]): int(row[8]) * tick_ms for row in rows if len(row) > 8}
