@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import free_port, http_ready, wait_for
 
 from pytest_aifactory.core.records import RequestRecord
 from pytest_aifactory.core.scheduling import NORMAL, realtime_priority, softirq_threads_above
@@ -219,3 +223,19 @@ def test_an_unprivileged_thread_gets_its_own_policy_back(monkeypatch: pytest.Mon
         assert ran.startswith("SCHED_FIFO 10; ksoftirqd of CPU")
         assert ran.endswith(" not raised (Operation not permitted)")
     assert (kernel.policy & ~os.SCHED_RESET_ON_FORK, kernel.priority) == (os.SCHED_OTHER, 0)
+
+
+@needs_root
+def test_a_realtime_server_stopped_by_its_job_gives_its_softirq_thread_back(softirq_threads: dict[int, int]) -> None:
+    # SIGTERM (the job's stop) used to end the server at once: its core's ksoftirqd stayed at SCHED_FIFO 11.
+    cpu, port = max(softirq_threads), free_port()
+    module = "pytest_aifactory.services.synthetic_llm"
+    server = subprocess.Popen([sys.executable, "-m", module, f"--port={port}", f"--cpu={cpu}", "--realtime"])
+    try:
+        wait_for("the synthetic server", lambda: http_ready(f"http://127.0.0.1:{port}/health"), timeout_s=30)
+        assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_FIFO, 11)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
+    assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_OTHER, 0)

@@ -35,6 +35,7 @@ import asyncio
 import itertools
 import math
 import os
+import signal
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
@@ -338,10 +339,18 @@ def _chunk(fields: dict[str, str], completion_tokens: int | None, chat: bool = T
 
 
 async def serve(host: str, port: int, server: SyntheticServer) -> None:
-    """Serve until cancelled."""
-    listener = await asyncio.get_running_loop().create_server(server.connection, host, port, backlog=4096)
+    """Serve until SIGTERM or SIGINT (the job's stop), then return.
+
+    Returning lets the caller give back what it holds for the server (``realtime_priority``'s
+    raised softirq threads), as a signal's default action would not.
+    """
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    listener = await loop.create_server(server.connection, host, port, backlog=4096)
     async with listener:
-        await listener.serve_forever()
+        await stopped.wait()
 
 
 def run(coroutine: Coroutine[None, None, None]) -> None:
