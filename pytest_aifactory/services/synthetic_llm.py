@@ -349,8 +349,10 @@ async def serve(host: str, port: int, server: SyntheticServer) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopped.set)
     listener = await loop.create_server(server.connection, host, port, backlog=4096)
-    async with listener:
+    try:
         await stopped.wait()
+    finally:
+        listener.close()  # (no wait_closed: from Python 3.12 it waits for every client to hang up)
 
 
 def run(coroutine: Coroutine[None, None, None]) -> None:
