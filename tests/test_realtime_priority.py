@@ -16,8 +16,10 @@ import httpx
 import pytest
 from helpers import free_port, http_ready, wait_for
 
+from pytest_aifactory.core import softirq
 from pytest_aifactory.core.records import RequestRecord
-from pytest_aifactory.core.scheduling import NORMAL, realtime_priority, softirq_threads_above
+from pytest_aifactory.core.scheduling import NORMAL, realtime_priority
+from pytest_aifactory.core.softirq import cpu_list, softirq_threads_above
 from pytest_aifactory.load.engine import Clock, Engine, LoadPlan
 from pytest_aifactory.workloads.plans import make_plan
 from pytest_aifactory.workloads.runner import LoadRunner
@@ -93,6 +95,8 @@ def softirq_threads() -> Iterator[dict[int, int]]:
     """The softirq threads of this test's CPUs (by CPU), at their own policy again after the test."""
     pids = _softirq_pids()
     before = _policies(pids)
+    if set(before.values()) != {(os.SCHED_OTHER, 0)}:
+        pytest.skip(f"this machine's ksoftirqd threads are not all at SCHED_OTHER: {before} (a tuned node?)")
     yield pids
     for cpu, (policy, priority) in before.items():
         os.sched_setscheduler(pids[cpu], policy, os.sched_param(priority))
@@ -108,7 +112,7 @@ def test_the_engine_sends_at_realtime_priority_and_gets_its_own_back(softirq_thr
     assert client.policies == [os.SCHED_FIFO] * 20
     assert client.new_thread_policy == os.SCHED_OTHER  # a thread started during the load is not real-time
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # restored with the load
-    assert result.config["engine_scheduling"].startswith("SCHED_FIFO 10; ksoftirqd of CPU")
+    assert result.config["engine_scheduling"].startswith("SCHED_FIFO 10 (ksoftirqd of CPU")
     assert result.config["realtime_priority"] is True
     assert set(_policies(softirq_threads).values()) == {(os.SCHED_OTHER, 0)}  # restored with the load
 
@@ -135,18 +139,20 @@ def test_the_softirq_threads_of_the_engines_cpus_run_above_it_during_the_load(so
     result = LoadRunner(realtime_priority=True).run(client, _Indexes(), make_plan(rate=100, count=5))
     assert client.softirq_policies == {(os.SCHED_FIFO, 11)}
     assert set(_policies(softirq_threads).values()) == {(os.SCHED_OTHER, 0)}
-    cpus = sorted(softirq_threads)
-    listed = f"CPU {cpus[0]}" if len(cpus) == 1 else f"CPUs {cpus[0]}-{cpus[-1]}"  # (this test's CPUs: one run)
-    assert result.config["engine_scheduling"] == f"SCHED_FIFO 10; ksoftirqd of {listed} at SCHED_FIFO 11"
+    listed = cpu_list(softirq_threads)
+    assert result.config["engine_scheduling"] == f"SCHED_FIFO 10 (ksoftirqd of {listed} at SCHED_FIFO 11)"
 
 
 @needs_root
-def test_a_softirq_thread_already_as_high_is_left_and_a_missing_one_is_named(softirq_threads: dict[int, int]) -> None:
+def test_a_softirq_thread_already_as_high_is_left_and_a_missing_one_is_named(
+    softirq_threads: dict[int, int], tmp_path: Path
+) -> None:
     cpu = min(softirq_threads)
-    os.sched_setscheduler(softirq_threads[cpu], os.SCHED_FIFO, os.sched_param(50))  # as a tuned node sets it
-    with softirq_threads_above(10, [cpu, 4095]) as done:
+    os.sched_setscheduler(softirq_threads[cpu], os.SCHED_FIFO, os.sched_param(50))  # as an RT-tuned node may set it
+    with softirq_threads_above(10, [cpu, 4095], registry=str(tmp_path)) as done:
         assert done == (
-            f"ksoftirqd of CPU {cpu} left at SCHED_FIFO 50; ksoftirqd of CPU 4095 not raised (no such thread in /proc)"
+            f"ksoftirqd of CPU {cpu} left at SCHED_FIFO 50; "
+            "ksoftirqd of CPU 4095 not raised (no kernel thread of that name in /proc)"
         )
     assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_FIFO, 50)
 
@@ -218,11 +224,14 @@ class _UnprivilegedKernel:
 
 def test_an_unprivileged_thread_gets_its_own_policy_back(monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = _UnprivilegedKernel()
+    monkeypatch.setattr(softirq, "_softirq_threads", lambda cpus, proc: {cpu: 40000 + cpu for cpu in cpus})
     for name in ("getscheduler", "getparam", "setscheduler"):
         monkeypatch.setattr(os, f"sched_{name}", getattr(kernel, name))
     with realtime_priority(True) as ran:
-        assert ran.startswith("SCHED_FIFO 10; ksoftirqd of CPU")
-        assert ran.endswith(" not raised (Operation not permitted)")
+        assert (
+            ran
+            == f"SCHED_FIFO 10 (ksoftirqd of {cpu_list(os.sched_getaffinity(0))} not raised (Operation not permitted))"
+        )
     assert (kernel.policy & ~os.SCHED_RESET_ON_FORK, kernel.priority) == (os.SCHED_OTHER, 0)
 
 
@@ -241,4 +250,74 @@ def test_a_realtime_server_stopped_by_its_job_gives_its_softirq_thread_back(soft
             assert server.wait(timeout=30) == 0
     finally:
         server.kill()
+        server.wait()
     assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_OTHER, 0)
+
+
+_HOLDER = """
+import sys
+from pytest_aifactory.core.softirq import softirq_threads_above
+with softirq_threads_above(10, [int(sys.argv[1])], registry=sys.argv[2]) as done:
+    print(done, flush=True)
+    sys.stdin.readline()
+"""
+
+
+class _Holder:
+    """Another process that holds one CPU's softirq thread raised until it is let go (or killed)."""
+
+    def __init__(self, cpu: int, registry: Path) -> None:
+        command = [sys.executable, "-c", _HOLDER, str(cpu), str(registry)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.said = self.process.stdout.readline().strip()  # (once it holds)
+
+    def let_go(self) -> None:
+        self.process.communicate("\n", timeout=30)
+        assert self.process.returncode == 0
+
+
+@needs_root
+@pytest.mark.parametrize("first_to_end", ["the process that raised it", "the one that joined"])
+def test_the_last_process_to_end_gives_the_softirq_thread_back(
+    softirq_threads: dict[int, int], tmp_path: Path, first_to_end: str
+) -> None:
+    # Each process restored what it had raised: the first to end lowered it under the other (workers=N).
+    cpu = max(softirq_threads)
+    policy = {cpu: softirq_threads[cpu]}
+    other = _Holder(cpu, tmp_path) if first_to_end == "the one that joined" else None
+    with softirq_threads_above(10, [cpu], registry=str(tmp_path)) as done:
+        assert done == f"ksoftirqd of CPU {cpu} at SCHED_FIFO 11"
+        if other is None:
+            other = _Holder(cpu, tmp_path)
+        assert other.said == f"ksoftirqd of CPU {cpu} at SCHED_FIFO 11"
+        if first_to_end == "the one that joined":
+            other.let_go()
+        assert _policies(policy)[cpu] == (os.SCHED_FIFO, 11)
+    if first_to_end == "the process that raised it":
+        assert _policies(policy)[cpu] == (os.SCHED_FIFO, 11), "lowered under the process still holding it"
+        other.let_go()
+    assert _policies(policy)[cpu] == (os.SCHED_OTHER, 0)
+
+
+@needs_root
+def test_a_softirq_thread_left_raised_by_a_killed_holder_gets_its_policy_back(
+    softirq_threads: dict[int, int], tmp_path: Path
+) -> None:
+    cpu = max(softirq_threads)
+    killed = _Holder(cpu, tmp_path)
+    killed.process.kill()
+    killed.process.communicate()
+    assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_FIFO, 11)  # (SIGKILL: nothing ran)
+    with softirq_threads_above(10, [cpu], registry=str(tmp_path)) as done:
+        assert done == f"ksoftirqd of CPU {cpu} at SCHED_FIFO 11"  # (raised by this process, not "left at")
+    assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_OTHER, 0)
+
+
+def test_only_kernel_threads_of_that_name_are_taken_and_an_unreadable_proc_is_said(tmp_path: Path) -> None:
+    for pid, name, flags in ((7, "ksoftirqd/0", 0x00208040), (9, "ksoftirqd/1", 0x00400100), (11, "bash", 0)):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({name}) S 2 0 0 0 -1 {flags} 0 0 0 0 0\n")
+    assert softirq._softirq_threads([0, 1], str(tmp_path)) == {0: 7}  # (9 named itself so: not a kernel thread)
+    with softirq_threads_above(10, [0], proc=str(tmp_path / "none"), registry=str(tmp_path)) as done:
+        assert done == f"ksoftirqd of CPU 0 not raised ({tmp_path / 'none'} not readable: No such file or directory)"

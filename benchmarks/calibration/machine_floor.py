@@ -83,11 +83,11 @@ def measure_floor(seconds: float, hold_wakeup_latency: bool, realtime: bool, int
 
 
 def stolen_ms(stat: str = "/proc/stat") -> dict[int, float]:
-    """Time the host has taken from each vCPU since boot (ms), by CPU; empty where not reported.
+    """Time the host has taken from each vCPU since boot (ms), by CPU; empty where ``stat`` cannot be read.
 
-    ``steal``, the 8th value of each ``cpuN`` line, in clock ticks (``SC_CLK_TCK``, 10 ms):
-    a difference of two readings is good to one tick. A machine whose hypervisor does not
-    report steal time (or bare metal) shows 0.
+    ``steal``, the 8th value of each ``cpuN`` line, in clock ticks (``SC_CLK_TCK``, 10 ms): a
+    difference of two readings is good to one tick per CPU. Linux always prints it: a
+    hypervisor that does not report steal time, or bare metal, shows 0.
     """
     try:
         with open(stat, encoding="ascii") as lines:

@@ -18,25 +18,21 @@ throttle (``/proc/sys/kernel/sched_rt_runtime_us``, 95% by default): it is asked
 priority needs root, ``CAP_SYS_NICE`` or an ``RLIMIT_RTPRIO`` (``ulimit -r``): otherwise the
 block runs at the thread's own priority and says why.
 
-A raised thread also holds off the kernel's softirq thread of its core (``ksoftirqd/N``, an
-ordinary task). Network receive work the kernel cannot finish where it was raised waits there;
-on loopback it is the server's receive of the bytes the engine sent, and the server sees them
-late although the engine handed them over on time (measured here: about 5 ms on the run queue
-per wake-up of the client core's ``ksoftirqd``, and a server-seen lateness five times the
-engine's own lag). So while the block runs, the softirq threads of the CPUs the thread may run
-on are raised one step above it (``SCHED_FIFO`` ``priority + 1``), as tuned's realtime profiles
-raise them, and restored to their own policy when it ends. A softirq thread already at that
-priority or higher is left as it is. A process killed with ``SIGKILL`` cannot restore them:
-``chrt -o -p 0 <pid>`` does.
+A raised thread also holds off the kernel's softirq thread of its core, where loopback
+receive work can wait: while the block runs, the softirq threads of the CPUs the thread may run
+on (every CPU, unless it is pinned) are raised one step above it (``core.softirq``). A thread
+already at that priority or higher is left as it is, and so are they.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
-__all__ = ["NORMAL", "REALTIME_PRIORITY", "realtime_priority", "softirq_threads_above"]
+from pytest_aifactory.core.softirq import softirq_threads_above
+
+__all__ = ["NORMAL", "REALTIME_PRIORITY", "realtime_priority"]
 
 REALTIME_PRIORITY = 10  # above ordinary tasks and the RCU boost threads (1), below threaded interrupts (50)
 NORMAL = "normal (SCHED_OTHER)"
@@ -46,8 +42,8 @@ NORMAL = "normal (SCHED_OTHER)"
 def realtime_priority(wanted: bool, priority: int = REALTIME_PRIORITY) -> Iterator[str]:
     """While the block runs, the calling thread runs at ``SCHED_FIFO`` ``priority`` if ``wanted``.
 
-    Yields what ran: ``SCHED_FIFO 10; ksoftirqd of CPUs 0-1 at SCHED_FIFO 11``
-    (``softirq_threads_above``); the thread's own policy when not asked for
+    Yields what ran: ``SCHED_FIFO 10 (ksoftirqd of CPUs 0-1 at SCHED_FIFO 11)``
+    (``core.softirq``); the thread's own policy when not asked for
     (``normal (SCHED_OTHER)``, ``SCHED_BATCH`` under ``chrt --batch``, ``SCHED_FIFO 50`` under
     ``chrt --fifo 50``) or when it was already at least that high; or ``not raised: <why>``.
     """
@@ -70,77 +66,12 @@ def realtime_priority(wanted: bool, priority: int = REALTIME_PRIORITY) -> Iterat
         return
     try:
         with softirq_threads_above(priority, os.sched_getaffinity(0)) as softirq:
-            yield f"SCHED_FIFO {priority}; {softirq}"
+            yield f"SCHED_FIFO {priority} ({softirq})"
     finally:
         try:
             os.sched_setscheduler(0, policy, param)
         except PermissionError:  # without CAP_SYS_NICE the reset-on-fork flag cannot be cleared: keep it
             os.sched_setscheduler(0, policy | reset, param)
-
-
-@contextlib.contextmanager
-def softirq_threads_above(priority: int, cpus: Iterable[int], proc: str = "/proc") -> Iterator[str]:
-    """While the block runs, the softirq threads of ``cpus`` run at ``SCHED_FIFO`` ``priority + 1``.
-
-    Yields what was done: ``ksoftirqd of CPUs 0-1 at SCHED_FIFO 11``, with the CPUs whose
-    thread was left as it was (already as high) or could not be raised, and why.
-    """
-    above, cpus = priority + 1, set(cpus)
-    raised: dict[int, tuple[int, os.sched_param]] = {}
-    outcomes: dict[str, list[int]] = {}
-    threads = _softirq_threads(cpus, proc)
-    for cpu, pid in sorted(threads.items()):
-        try:
-            policy, param = os.sched_getscheduler(pid), os.sched_getparam(pid)
-            if policy in (os.SCHED_FIFO, os.SCHED_RR) and param.sched_priority >= above:
-                outcome = f"left at {_described(policy, param.sched_priority)}"
-            else:
-                os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(above))
-                raised[pid] = (policy, param)
-                outcome = f"at SCHED_FIFO {above}"
-        except OSError as exc:
-            outcome = f"not raised ({exc.strerror or exc})"
-        outcomes.setdefault(outcome, []).append(cpu)
-    unseen = sorted(set(cpus) - threads.keys())
-    if unseen:
-        outcomes.setdefault(f"not raised (no such thread in {proc})", []).extend(unseen)
-    try:
-        yield "; ".join(f"ksoftirqd of {_cpu_list(listed)} {outcome}" for outcome, listed in outcomes.items())
-    finally:
-        for pid, (policy, param) in raised.items():
-            with contextlib.suppress(ProcessLookupError):  # (a CPU taken offline ends its thread)
-                os.sched_setscheduler(pid, policy, param)
-
-
-def _softirq_threads(cpus: Iterable[int], proc: str) -> dict[int, int]:
-    """The process id of each CPU's softirq thread, by CPU (kernel threads named ``ksoftirqd/N``)."""
-    wanted = {f"ksoftirqd/{cpu}": cpu for cpu in cpus}
-    found: dict[int, int] = {}
-    with os.scandir(proc) as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(os.path.join(entry.path, "comm"), encoding="utf-8") as comm:
-                    name = comm.read().strip()
-            except OSError:  # (a process that ended while the list was read)
-                continue
-            if name in wanted:
-                found[wanted[name]] = int(entry.name)
-    return found
-
-
-def _cpu_list(cpus: Iterable[int]) -> str:
-    """``CPU 3``, ``CPUs 0-3,8``: as Linux writes a CPU list."""
-    ordered = sorted(cpus)
-    runs: list[list[int]] = []
-    for cpu in ordered:
-        if runs and cpu == runs[-1][-1] + 1:
-            runs[-1].append(cpu)
-        else:
-            runs.append([cpu])
-    listed = ",".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
-    return f"CPU {listed}" if len(ordered) == 1 else f"CPUs {listed}"
 
 
 def _described(policy: int, priority: int) -> str:

@@ -114,8 +114,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "realtime-priority",
         None,
-        "Run each load's engine at real-time priority (SCHED_FIFO 10, its CPUs' ksoftirqd at 11; root, "
-        "CAP_SYS_NICE or ulimit -r): ordinary tasks on its core no longer delay its sends and stamps",
+        "Run each load's engine at real-time priority (SCHED_FIFO 10, and the ksoftirqd of every CPU it may "
+        "run on at 11; root, CAP_SYS_NICE or ulimit -r): ordinary tasks on its core no longer delay its sends",
         default=False,
     ),
     Option(
