@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,12 @@ class _Indexes:
         if index == self.fail_at:
             raise ValueError(f"request {index} cannot be built")
         return index
+
+
+@pytest.fixture(autouse=True)
+def own_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This test's own records of raised softirq threads (its server and holders inherit it), not the machine's."""
+    monkeypatch.setenv(softirq.REGISTRY_ENV, str(tmp_path / "own-registry"))
 
 
 @pytest.fixture
@@ -149,10 +155,10 @@ def test_a_softirq_thread_already_as_high_is_left_and_a_missing_one_is_named(
 ) -> None:
     cpu = min(softirq_threads)
     os.sched_setscheduler(softirq_threads[cpu], os.SCHED_FIFO, os.sched_param(50))  # as an RT-tuned node may set it
-    with softirq_threads_above(10, [cpu, 4095], registry=str(tmp_path)) as done:
+    with softirq_threads_above(10, [cpu, 4095], registry=str(tmp_path / "registry")) as done:
         assert done == (
             f"ksoftirqd of CPU {cpu} left at SCHED_FIFO 50; "
-            "ksoftirqd of CPU 4095 not raised (no kernel thread of that name in /proc)"
+            "ksoftirqd of CPU 4095 not raised: no kernel thread of that name in /proc"
         )
     assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_FIFO, 50)
 
@@ -230,7 +236,7 @@ def test_an_unprivileged_thread_gets_its_own_policy_back(monkeypatch: pytest.Mon
     with realtime_priority(True) as ran:
         assert (
             ran
-            == f"SCHED_FIFO 10 (ksoftirqd of {cpu_list(os.sched_getaffinity(0))} not raised (Operation not permitted))"
+            == f"SCHED_FIFO 10 (ksoftirqd of {cpu_list(os.sched_getaffinity(0))} not raised: Operation not permitted)"
         )
     assert (kernel.policy & ~os.SCHED_RESET_ON_FORK, kernel.priority) == (os.SCHED_OTHER, 0)
 
@@ -277,19 +283,35 @@ class _Holder:
         assert self.process.returncode == 0
 
 
+@pytest.fixture
+def holders() -> Iterator[Callable[[int, Path], _Holder]]:
+    """Starts holders; any still holding when the test ends (it failed) is killed."""
+    started: list[_Holder] = []
+
+    def start(cpu: int, registry: Path) -> _Holder:
+        started.append(_Holder(cpu, registry))
+        return started[-1]
+
+    yield start
+    for holder in started:
+        if holder.process.poll() is None:
+            holder.process.kill()
+            holder.process.communicate()
+
+
 @needs_root
 @pytest.mark.parametrize("first_to_end", ["the process that raised it", "the one that joined"])
 def test_the_last_process_to_end_gives_the_softirq_thread_back(
-    softirq_threads: dict[int, int], tmp_path: Path, first_to_end: str
+    softirq_threads: dict[int, int], tmp_path: Path, first_to_end: str, holders: Callable[[int, Path], _Holder]
 ) -> None:
     # Each process restored what it had raised: the first to end lowered it under the other (workers=N).
     cpu = max(softirq_threads)
     policy = {cpu: softirq_threads[cpu]}
-    other = _Holder(cpu, tmp_path) if first_to_end == "the one that joined" else None
-    with softirq_threads_above(10, [cpu], registry=str(tmp_path)) as done:
+    other = holders(cpu, tmp_path / "registry") if first_to_end == "the one that joined" else None
+    with softirq_threads_above(10, [cpu], registry=str(tmp_path / "registry")) as done:
         assert done == f"ksoftirqd of CPU {cpu} at SCHED_FIFO 11"
         if other is None:
-            other = _Holder(cpu, tmp_path)
+            other = holders(cpu, tmp_path / "registry")
         assert other.said == f"ksoftirqd of CPU {cpu} at SCHED_FIFO 11"
         if first_to_end == "the one that joined":
             other.let_go()
@@ -302,14 +324,14 @@ def test_the_last_process_to_end_gives_the_softirq_thread_back(
 
 @needs_root
 def test_a_softirq_thread_left_raised_by_a_killed_holder_gets_its_policy_back(
-    softirq_threads: dict[int, int], tmp_path: Path
+    softirq_threads: dict[int, int], tmp_path: Path, holders: Callable[[int, Path], _Holder]
 ) -> None:
     cpu = max(softirq_threads)
-    killed = _Holder(cpu, tmp_path)
+    killed = holders(cpu, tmp_path / "registry")
     killed.process.kill()
     killed.process.communicate()
     assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_FIFO, 11)  # (SIGKILL: nothing ran)
-    with softirq_threads_above(10, [cpu], registry=str(tmp_path)) as done:
+    with softirq_threads_above(10, [cpu], registry=str(tmp_path / "registry")) as done:
         assert done == f"ksoftirqd of CPU {cpu} at SCHED_FIFO 11"  # (raised by this process, not "left at")
     assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_OTHER, 0)
 
@@ -319,5 +341,46 @@ def test_only_kernel_threads_of_that_name_are_taken_and_an_unreadable_proc_is_sa
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "stat").write_text(f"{pid} ({name}) S 2 0 0 0 -1 {flags} 0 0 0 0 0\n")
     assert softirq._softirq_threads([0, 1], str(tmp_path)) == {0: 7}  # (9 named itself so: not a kernel thread)
-    with softirq_threads_above(10, [0], proc=str(tmp_path / "none"), registry=str(tmp_path)) as done:
-        assert done == f"ksoftirqd of CPU 0 not raised ({tmp_path / 'none'} not readable: No such file or directory)"
+    with softirq_threads_above(10, [0], proc=str(tmp_path / "none"), registry=str(tmp_path / "registry")) as done:
+        assert done == f"ksoftirqd of CPU 0 not raised: {tmp_path / 'none'} not readable: No such file or directory"
+
+
+@needs_root
+def test_one_process_holding_a_cpu_twice_keeps_it_raised_until_its_last_block_ends(
+    softirq_threads: dict[int, int], tmp_path: Path
+) -> None:
+    cpu, registry = max(softirq_threads), str(tmp_path / "registry")
+    policy = {cpu: softirq_threads[cpu]}
+    with softirq_threads_above(10, [cpu], registry=registry):
+        with softirq_threads_above(10, [cpu], registry=registry) as inner:
+            assert inner == f"ksoftirqd of CPU {cpu} at SCHED_FIFO 11"
+        assert _policies(policy)[cpu] == (os.SCHED_FIFO, 11)
+    assert _policies(policy)[cpu] == (os.SCHED_OTHER, 0)
+
+
+@needs_root
+def test_records_others_could_write_are_refused_and_a_record_that_is_not_one_is_none(
+    softirq_threads: dict[int, int], tmp_path: Path
+) -> None:
+    cpu = max(softirq_threads)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # (as a directory another user made first in a world-writable place)
+    with softirq_threads_above(10, [cpu], registry=str(shared)) as done:
+        assert (
+            done == f"ksoftirqd of CPU {cpu} not raised: {shared} is not a directory of this user's alone (mode 0700)"
+        )
+        assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_OTHER, 0)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    target = tmp_path / "passwd"
+    target.write_text("keep\n")
+    (private / f"ksoftirqd-{cpu}.lock").symlink_to(target)  # (a link is not followed: the file it names is kept)
+    with softirq_threads_above(10, [cpu], registry=str(private)) as done:
+        assert done == f"ksoftirqd of CPU {cpu} not raised: Too many levels of symbolic links"
+    assert target.read_text() == "keep\n"
+    (private / f"ksoftirqd-{cpu}.lock").unlink()
+    (private / f"ksoftirqd-{cpu}.json").write_text("[]")
+    with softirq_threads_above(10, [cpu], registry=str(private)) as done:
+        assert done == f"ksoftirqd of CPU {cpu} at SCHED_FIFO 11"
+    assert _policies({cpu: softirq_threads[cpu]})[cpu] == (os.SCHED_OTHER, 0)

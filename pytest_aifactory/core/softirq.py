@@ -11,13 +11,17 @@ profiles raise them too) while a block runs, and gives them their own policy bac
 last process that asked for them ends its block.
 
 Several processes may ask for the same CPU at once (the workers of one load, a synthetic
-server and its client, two sessions on a node): who raised a thread, its own policy and which
-processes hold it are kept in a file per CPU (``REGISTRY``, under an ``flock``), so that the
-first to end does not lower it under the others. A holder that died without ending its block
-(``SIGKILL``) is dropped by the next process that looks, and a thread left raised with no live
-holder gets its own policy back then. A thread already at that priority or higher is left as it
-is, as is one whose policy ``sched_setscheduler`` cannot set back (``SCHED_DEADLINE``); a thread
-whose policy was changed by someone else during the block keeps that change.
+server and its client, two sessions on a node). What was raised, its own policy and which
+processes hold it are kept per CPU in a private directory of the user (``registry_directory``:
+``/run/pytest-aifactory-softirq`` for root), under an ``flock``, so that the first to end does
+not lower it under the others. The record is written before the raise and replaced whole
+(``os.replace``), so a crash leaves a record, never half of one. A holder that died without
+ending its block (``SIGKILL``) is dropped by the next process that looks (a holder is its pid
+and start time: a reused pid is another process), and a thread it left raised gets its own
+policy back then. A thread already at that priority or higher is left as it is, as is one whose
+policy ``sched_setscheduler`` cannot set back (``SCHED_DEADLINE``); a thread whose policy
+someone else changed during the block keeps that change. Processes that do not see the same
+directory (containers with their own ``/run``) do not share.
 """
 
 from __future__ import annotations
@@ -26,131 +30,237 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
+import time
+import warnings
 from collections.abc import Iterable, Iterator
-from typing import Any
+from dataclasses import asdict, dataclass
 
-__all__ = ["REGISTRY", "cpu_list", "softirq_threads_above"]
+__all__ = ["REGISTRY_ENV", "cpu_list", "registry_directory", "softirq_threads_above"]
 
-REGISTRY = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(), "pytest-aifactory-softirq")
+REGISTRY_ENV = "AIF_SOFTIRQ_REGISTRY"  # another directory for the shared records (tests, containers sharing one)
 _PF_KTHREAD = 0x00200000  # /proc/<pid>/stat's flags: a kernel thread (a process may name itself ksoftirqd/0)
 _SETTABLE = (os.SCHED_OTHER, os.SCHED_BATCH, os.SCHED_IDLE, os.SCHED_FIFO, os.SCHED_RR)
+_LOCK_WAIT_S = 5.0  # a holder stopped (SIGSTOP, a debugger) with the lock held must not hang every load
 
 
 @contextlib.contextmanager
 def softirq_threads_above(
-    priority: int, cpus: Iterable[int], proc: str = "/proc", registry: str = REGISTRY
+    priority: int, cpus: Iterable[int], proc: str = "/proc", registry: str | None = None
 ) -> Iterator[str]:
     """While the block runs, the softirq threads of ``cpus`` run at ``SCHED_FIFO`` ``priority + 1``.
 
     Yields what was done: ``ksoftirqd of CPUs 0-1 at SCHED_FIFO 11``, with the CPUs whose thread
-    was left as it was (already as high) or could not be raised, and why.
+    was left as it was (already as high) or could not be raised, and why. Nothing here fails the
+    caller: a thread that cannot be raised is said, one that cannot be given back is warned of.
     """
-    above, wanted = priority + 1, sorted(set(cpus))
+    above, wanted, directory = priority + 1, sorted(set(cpus)), registry or registry_directory()
     outcomes: dict[str, list[int]] = {}
     held: list[int] = []
     try:
         try:
-            threads, unseen = _softirq_threads(wanted, proc), f"not raised (no kernel thread of that name in {proc})"
+            threads, unseen = _softirq_threads(wanted, proc), f"not raised: no kernel thread of that name in {proc}"
         except OSError as exc:
-            threads, unseen = {}, f"not raised ({proc} not readable: {exc.strerror or exc})"
+            threads, unseen = {}, f"not raised: {proc} not readable: {exc.strerror or exc}"
         for cpu in wanted:
             outcome = unseen
             if cpu in threads:
                 try:
-                    outcome, holding = _hold(cpu, threads[cpu], above, registry)
-                except OSError as exc:
-                    outcome, holding = f"not raised ({exc.strerror or exc})", False
+                    outcome, holding = _hold(cpu, threads[cpu], above, directory)
+                except Exception as exc:  # (an optional tuning: the load runs without it, and says so)
+                    outcome, holding = f"not raised: {getattr(exc, 'strerror', None) or exc}", False
                 if holding:
                     held.append(cpu)
             outcomes.setdefault(outcome, []).append(cpu)
         yield "; ".join(f"ksoftirqd of {cpu_list(listed)} {outcome}" for outcome, listed in outcomes.items())
     finally:
-        failures = []
         for cpu in held:
             try:
-                _release(cpu, registry)
-            except OSError as exc:
-                failures.append(exc)
-        if failures:  # (every CPU was given back first)
-            raise failures[0]
+                _release(cpu, directory)
+            except Exception as exc:  # (every other CPU is still given back; the load's own outcome stands)
+                warnings.warn(f"ksoftirqd of CPU {cpu} not given back: {exc}", RuntimeWarning, stacklevel=3)
 
 
-def _hold(cpu: int, thread: int, above: int, registry: str) -> tuple[str, bool]:
+def registry_directory() -> str:
+    """Where the shared records are: ``$AIF_SOFTIRQ_REGISTRY``, root's under /run, else the user's own."""
+    chosen = os.environ.get(REGISTRY_ENV)
+    if chosen:
+        return chosen
+    if os.geteuid() == 0 and os.path.isdir("/run"):
+        return "/run/pytest-aifactory-softirq"
+    return os.path.join(tempfile.gettempdir(), f"pytest-aifactory-softirq-{os.geteuid()}")
+
+
+@dataclass
+class _Raise:
+    """One CPU's raised softirq thread: its own policy, the raise, who holds it ([pid, start time])."""
+
+    boot: str
+    thread: int
+    policy: int
+    priority: int
+    above: int
+    holders: list[list[int]]
+
+
+def _hold(cpu: int, thread: int, above: int, directory: str) -> tuple[str, bool]:
     """Join the holders of ``cpu``'s raised softirq thread, raising it first if none; (outcome, held)."""
-    with _shared(cpu, registry) as state:
-        holders = _alive(state.get("holders", []))
-        if state and not holders:  # its holders ended without giving it back (killed): give it back now
-            _give_back(state)
-            state.clear()
-        if holders:
-            state["holders"] = [*holders, os.getpid()]
-            return f"at SCHED_FIFO {state['above']}", True
-        policy = os.sched_getscheduler(thread) & ~os.SCHED_RESET_ON_FORK
-        current = os.sched_getparam(thread).sched_priority
+    with _record(cpu, directory) as (read, write):
+        raised = read(thread)
+        if raised is not None and not _running(raised.holders):  # its holders ended without giving it back
+            _give_back(raised)
+            write(None)
+            raised = None
+        me = _holder(os.getpid())
+        if raised is not None:
+            write(_Raise(**{**asdict(raised), "holders": [*_running(raised.holders), me]}))
+            now = _policy(thread)
+            changed = "" if now == (os.SCHED_FIFO, raised.above) else f" (now {_named(*now)}: changed since)"
+            return f"at SCHED_FIFO {raised.above}{changed}", True
+        policy, current = _policy(thread)
         if policy in (os.SCHED_FIFO, os.SCHED_RR) and current >= above:
-            return f"left at {'SCHED_FIFO' if policy == os.SCHED_FIFO else 'SCHED_RR'} {current}", False
+            return f"left at {_named(policy, current)}", False
         if policy not in _SETTABLE:
-            return f"left at scheduling policy {policy} (it could not be given back)", False
-        os.sched_setscheduler(thread, os.SCHED_FIFO, os.sched_param(above))
-        state.update(thread=thread, policy=policy, priority=current, above=above, holders=[os.getpid()])
+            return f"left at {_named(policy, current)} (it could not be given back)", False
+        write(_Raise(_boot_id(), thread, policy, current, above, [me]))  # (before the raise: a crash leaves it)
+        try:
+            os.sched_setscheduler(thread, os.SCHED_FIFO, os.sched_param(above))
+        except BaseException:
+            write(None)
+            raise
         return f"at SCHED_FIFO {above}", True
 
 
-def _release(cpu: int, registry: str) -> None:
+def _release(cpu: int, directory: str) -> None:
     """Leave the holders of ``cpu``'s softirq thread; the last one gives the thread its own policy back."""
-    with _shared(cpu, registry) as state:
-        holders = _alive(state.get("holders", []))
+    with _record(cpu, directory) as (read, write):
+        raised = read(None)
+        if raised is None:
+            return
+        holders = _running(raised.holders)
         with contextlib.suppress(ValueError):
-            holders.remove(os.getpid())
+            holders.remove(_holder(os.getpid()))
         if holders:
-            state["holders"] = holders
-        elif state:
-            _give_back(state)
-            state.clear()
+            write(_Raise(**{**asdict(raised), "holders": holders}))
+        else:
+            _give_back(raised)
+            write(None)
 
 
-def _give_back(state: dict[str, Any]) -> None:
+def _give_back(raised: _Raise) -> None:
     """The thread's own policy again, unless it is no longer at the raise (someone else changed it since)."""
-    thread = int(state["thread"])
-    try:
-        now = (os.sched_getscheduler(thread) & ~os.SCHED_RESET_ON_FORK, os.sched_getparam(thread).sched_priority)
-        if now == (os.SCHED_FIFO, int(state["above"])):
-            os.sched_setscheduler(thread, int(state["policy"]), os.sched_param(int(state["priority"])))
-    except ProcessLookupError:  # (a CPU taken offline ends its thread)
-        pass
-
-
-def _alive(pids: list[int]) -> list[int]:
-    """The processes among ``pids`` that still run (one entry per block they hold)."""
-    alive = []
-    for pid in pids:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        except PermissionError:  # (another user's process: it runs)
-            pass
-        alive.append(pid)
-    return alive
+    with contextlib.suppress(ProcessLookupError):  # (a CPU taken offline ends its thread)
+        if _policy(raised.thread) == (os.SCHED_FIFO, raised.above):
+            os.sched_setscheduler(raised.thread, raised.policy, os.sched_param(raised.priority))
 
 
 @contextlib.contextmanager
-def _shared(cpu: int, registry: str) -> Iterator[dict[str, Any]]:
-    """The shared state of ``cpu``'s raise (empty: not raised by anyone), locked while the block runs, then kept."""
-    os.makedirs(registry, mode=0o700, exist_ok=True)
-    with open(os.path.join(registry, f"ksoftirqd-{cpu}.json"), "a+", encoding="utf-8") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)  # (released when the file is closed)
-        file.seek(0)
+def _record(cpu: int, directory: str) -> Iterator[tuple[_Reader, _Writer]]:
+    """``cpu``'s record, locked while the block runs: (read(thread), write(record or None))."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    status = os.lstat(directory)
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid() or status.st_mode & 0o077:
+        raise PermissionError(f"{directory} is not a directory of this user's alone (mode 0700)")
+    path = os.path.join(directory, f"ksoftirqd-{cpu}")
+    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        _lock(lock, path)
+        yield _Reader(f"{path}.json"), _Writer(f"{path}.json")
+    finally:
+        os.close(lock)  # (releases the lock)
+
+
+class _Reader:
+    """Reads a record; one from another boot, for another thread, or unreadable is none."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, thread: int | None) -> _Raise | None:
         try:
-            state: dict[str, Any] = json.loads(file.read() or "{}")
-        except ValueError:  # (a file cut short by a crash while it was written: nobody's raise can be told)
-            state = {}
-        yield state
-        file.seek(0)
-        file.truncate()
-        if state:
-            file.write(json.dumps(state))
+            descriptor = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(descriptor, encoding="utf-8") as file:
+            try:
+                raised = _Raise(**json.load(file))
+            except (ValueError, TypeError):  # (not a record of this module)
+                return None
+        fields_ok = all(isinstance(v, int) for v in (raised.thread, raised.policy, raised.priority, raised.above))
+        if not fields_ok or raised.boot != _boot_id() or (thread is not None and raised.thread != thread):
+            return None
+        return raised
+
+
+class _Writer:
+    """Replaces a record whole (a temporary file, then ``os.replace``), or removes it (``None``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, raised: _Raise | None) -> None:
+        if raised is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            return
+        temporary = f"{self.path}.{os.getpid()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(temporary, flags, 0o600), "w", encoding="utf-8") as file:
+            json.dump(asdict(raised), file)
+        os.replace(temporary, self.path)
+
+
+def _lock(descriptor: int, path: str) -> None:
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path}.lock held by another process for {_LOCK_WAIT_S:g} s") from None
+            time.sleep(0.01)  # (a lock retry with a deadline, not a readiness wait)
+
+
+def _holder(pid: int) -> list[int]:
+    """A process as a holder: [pid, start time] (a reused pid is another process); [pid, -1] if it is gone."""
+    return [pid, _started(pid)]
+
+
+def _running(holders: list[list[int]]) -> list[list[int]]:
+    """The holders that still run (the same process: not a zombie, the same start time)."""
+    return [holder for holder in holders if holder[1] >= 0 and _started(holder[0]) == holder[1]]
+
+
+def _started(pid: int) -> int:
+    """A process's start time (clock ticks since boot, /proc/<pid>/stat's 22nd field); -1: gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as file:
+            fields = file.read().rpartition(") ")[2].split()
+    except OSError:
+        return -1
+    return -1 if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+def _policy(thread: int) -> tuple[int, int]:
+    return os.sched_getscheduler(thread) & ~os.SCHED_RESET_ON_FORK, os.sched_getparam(thread).sched_priority
+
+
+def _named(policy: int, priority: int) -> str:
+    if policy in (os.SCHED_FIFO, os.SCHED_RR):
+        return f"{'SCHED_FIFO' if policy == os.SCHED_FIFO else 'SCHED_RR'} {priority}"
+    return {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_BATCH: "SCHED_BATCH", os.SCHED_IDLE: "SCHED_IDLE"}.get(
+        policy, f"scheduling policy {policy}"
+    )
 
 
 def _softirq_threads(cpus: Iterable[int], proc: str) -> dict[int, int]:
@@ -162,8 +272,8 @@ def _softirq_threads(cpus: Iterable[int], proc: str) -> dict[int, int]:
             if not entry.name.isdigit():
                 continue
             try:
-                with open(os.path.join(entry.path, "stat"), encoding="utf-8", errors="replace") as stat:
-                    line = stat.read()
+                with open(os.path.join(entry.path, "stat"), encoding="utf-8", errors="replace") as file:
+                    line = file.read()
             except OSError:  # (a process that ended while the list was read)
                 continue
             name, _, rest = line.partition(" (")[2].rpartition(") ")
