@@ -30,7 +30,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from pytest_aifactory.core.softirq import softirq_threads_above
+from pytest_aifactory.core.softirq import policy_name, softirq_threads_above
 
 __all__ = ["NORMAL", "REALTIME_PRIORITY", "realtime_priority"]
 
@@ -77,7 +77,4 @@ def realtime_priority(wanted: bool, priority: int = REALTIME_PRIORITY) -> Iterat
 def _described(policy: int, priority: int) -> str:
     """A thread's policy as results name it: ``SCHED_FIFO 50``, ``SCHED_BATCH``, ``normal (SCHED_OTHER)``."""
     policy &= ~os.SCHED_RESET_ON_FORK
-    if policy in (os.SCHED_FIFO, os.SCHED_RR):
-        return f"{'SCHED_FIFO' if policy == os.SCHED_FIFO else 'SCHED_RR'} {priority}"
-    names = {os.SCHED_OTHER: NORMAL, os.SCHED_BATCH: "SCHED_BATCH", os.SCHED_IDLE: "SCHED_IDLE"}
-    return names.get(policy, f"scheduling policy {policy}")  # (SCHED_DEADLINE is 6; Python has no name for it)
+    return NORMAL if policy == os.SCHED_OTHER else policy_name(policy, priority)

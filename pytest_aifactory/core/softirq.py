@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
-__all__ = ["REGISTRY_ENV", "cpu_list", "registry_directory", "softirq_threads_above"]
+__all__ = ["REGISTRY_ENV", "cpu_list", "policy_name", "registry_directory", "softirq_threads_above"]
 
 REGISTRY_ENV = "AIF_SOFTIRQ_REGISTRY"  # another directory for the shared records (tests, containers sharing one)
 _PF_KTHREAD = 0x00200000  # /proc/<pid>/stat's flags: a kernel thread (a process may name itself ksoftirqd/0)
@@ -106,46 +106,47 @@ class _Raise:
 
 def _hold(cpu: int, thread: int, above: int, directory: str) -> tuple[str, bool]:
     """Join the holders of ``cpu``'s raised softirq thread, raising it first if none; (outcome, held)."""
-    with _record(cpu, directory) as (read, write):
-        raised = read(thread)
-        if raised is not None and not _running(raised.holders):  # its holders ended without giving it back
+    with _record(cpu, directory) as record:
+        raised = _read(record, thread)
+        holders = [] if raised is None else _running(raised.holders)
+        if raised is not None and not holders:  # its holders ended without giving it back
             _give_back(raised)
-            write(None)
+            _write(record, None)
             raised = None
         me = _holder(os.getpid())
         if raised is not None:
-            write(_Raise(**{**asdict(raised), "holders": [*_running(raised.holders), me]}))
+            _write(record, _Raise(**{**asdict(raised), "holders": [*holders, me]}))
             now = _policy(thread)
-            changed = "" if now == (os.SCHED_FIFO, raised.above) else f" (now {_named(*now)}: changed since)"
+            changed = "" if now == (os.SCHED_FIFO, raised.above) else f" (now {policy_name(*now)}: changed since)"
             return f"at SCHED_FIFO {raised.above}{changed}", True
         policy, current = _policy(thread)
         if policy in (os.SCHED_FIFO, os.SCHED_RR) and current >= above:
-            return f"left at {_named(policy, current)}", False
+            return f"left at {policy_name(policy, current)}", False
         if policy not in _SETTABLE:
-            return f"left at {_named(policy, current)} (it could not be given back)", False
-        write(_Raise(_boot_id(), thread, policy, current, above, [me]))  # (before the raise: a crash leaves it)
+            return f"left at {policy_name(policy, current)} (it could not be given back)", False
+        _write(record, _Raise(_boot_id(), thread, policy, current, above, [me]))  # (first: a crash leaves it)
         try:
             os.sched_setscheduler(thread, os.SCHED_FIFO, os.sched_param(above))
         except BaseException:
-            write(None)
+            _write(record, None)
             raise
         return f"at SCHED_FIFO {above}", True
 
 
 def _release(cpu: int, directory: str) -> None:
     """Leave the holders of ``cpu``'s softirq thread; the last one gives the thread its own policy back."""
-    with _record(cpu, directory) as (read, write):
-        raised = read(None)
+    with _record(cpu, directory) as record:
+        raised = _read(record, None)
         if raised is None:
             return
         holders = _running(raised.holders)
         with contextlib.suppress(ValueError):
             holders.remove(_holder(os.getpid()))
         if holders:
-            write(_Raise(**{**asdict(raised), "holders": holders}))
+            _write(record, _Raise(**{**asdict(raised), "holders": holders}))
         else:
             _give_back(raised)
-            write(None)
+            _write(record, None)
 
 
 def _give_back(raised: _Raise) -> None:
@@ -156,8 +157,8 @@ def _give_back(raised: _Raise) -> None:
 
 
 @contextlib.contextmanager
-def _record(cpu: int, directory: str) -> Iterator[tuple[_Reader, _Writer]]:
-    """``cpu``'s record, locked while the block runs: (read(thread), write(record or None))."""
+def _record(cpu: int, directory: str) -> Iterator[str]:
+    """The path of ``cpu``'s record (``_read``, ``_write``), locked while the block runs."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
     status = os.lstat(directory)
     if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid() or status.st_mode & 0o077:
@@ -166,49 +167,39 @@ def _record(cpu: int, directory: str) -> Iterator[tuple[_Reader, _Writer]]:
     lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         _lock(lock, path)
-        yield _Reader(f"{path}.json"), _Writer(f"{path}.json")
+        yield f"{path}.json"
     finally:
         os.close(lock)  # (releases the lock)
 
 
-class _Reader:
-    """Reads a record; one from another boot, for another thread, or unreadable is none."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __call__(self, thread: int | None) -> _Raise | None:
+def _read(path: str, thread: int | None) -> _Raise | None:
+    """The record at ``path``; one from another boot, for another thread, or unreadable is none."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(descriptor, encoding="utf-8") as file:
         try:
-            descriptor = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
+            raised = _Raise(**json.load(file))
+        except (ValueError, TypeError):  # (not a record of this module)
             return None
-        with os.fdopen(descriptor, encoding="utf-8") as file:
-            try:
-                raised = _Raise(**json.load(file))
-            except (ValueError, TypeError):  # (not a record of this module)
-                return None
-        fields_ok = all(isinstance(v, int) for v in (raised.thread, raised.policy, raised.priority, raised.above))
-        if not fields_ok or raised.boot != _boot_id() or (thread is not None and raised.thread != thread):
-            return None
-        return raised
+    fields_ok = all(isinstance(v, int) for v in (raised.thread, raised.policy, raised.priority, raised.above))
+    if not fields_ok or raised.boot != _boot_id() or (thread is not None and raised.thread != thread):
+        return None
+    return raised
 
 
-class _Writer:
-    """Replaces a record whole (a temporary file, then ``os.replace``), or removes it (``None``)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __call__(self, raised: _Raise | None) -> None:
-        if raised is None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            return
-        temporary = f"{self.path}.{os.getpid()}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        with os.fdopen(os.open(temporary, flags, 0o600), "w", encoding="utf-8") as file:
-            json.dump(asdict(raised), file)
-        os.replace(temporary, self.path)
+def _write(path: str, raised: _Raise | None) -> None:
+    """Replaces the record at ``path`` whole (a temporary file, then ``os.replace``), or removes it (``None``)."""
+    if raised is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    temporary = f"{path}.{os.getpid()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(temporary, flags, 0o600), "w", encoding="utf-8") as file:
+        json.dump(asdict(raised), file)
+    os.replace(temporary, path)
 
 
 def _lock(descriptor: int, path: str) -> None:
@@ -255,12 +246,12 @@ def _policy(thread: int) -> tuple[int, int]:
     return os.sched_getscheduler(thread) & ~os.SCHED_RESET_ON_FORK, os.sched_getparam(thread).sched_priority
 
 
-def _named(policy: int, priority: int) -> str:
+def policy_name(policy: int, priority: int) -> str:
+    """A policy (without the reset-on-fork flag) by name: ``SCHED_FIFO 50``, ``SCHED_BATCH``, ``SCHED_OTHER``."""
     if policy in (os.SCHED_FIFO, os.SCHED_RR):
         return f"{'SCHED_FIFO' if policy == os.SCHED_FIFO else 'SCHED_RR'} {priority}"
-    return {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_BATCH: "SCHED_BATCH", os.SCHED_IDLE: "SCHED_IDLE"}.get(
-        policy, f"scheduling policy {policy}"
-    )
+    names = {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_BATCH: "SCHED_BATCH", os.SCHED_IDLE: "SCHED_IDLE"}
+    return names.get(policy, f"scheduling policy {policy}")  # (SCHED_DEADLINE is 6; Python has no name for it)
 
 
 def _softirq_threads(cpus: Iterable[int], proc: str) -> dict[int, int]:
