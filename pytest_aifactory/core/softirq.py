@@ -3,9 +3,9 @@
 A thread at real-time priority (``core.scheduling``) holds off the softirq thread of its core
 (``ksoftirqd/N``, an ordinary task). Network receive work the kernel cannot finish where it
 was raised waits there; on loopback it is the server's receive of the bytes the engine sent,
-and the server sees them late although the engine handed them over on time (measured here:
-about 5 ms on the run queue per wake-up of the client core's ``ksoftirqd``, and a server-seen
-lateness five times the engine's own lag). ``softirq_threads_above`` raises the softirq threads
+and the server sees them late although the engine handed them over on time (the calibration's
+server-seen lateness was several times the engine's own lag while the client core's
+``ksoftirqd`` waited on the run queue). ``softirq_threads_above`` raises the softirq threads
 of some CPUs one step above the caller (``SCHED_FIFO`` ``priority + 1``; tuned's realtime
 profiles raise them too) while a block runs, and gives them their own policy back when the
 last process that asked for them ends its block.
