@@ -385,6 +385,29 @@ def test_an_event_the_client_cannot_read_is_the_requests_own_error_and_ends_its_
     assert server.connections == 2
 
 
+@pytest.mark.parametrize("transport", [_RawStreams, _AiohttpStreams])
+def test_an_event_carrying_an_error_ends_the_stream_as_the_requests_error(transport: type[EventStreams]) -> None:
+    """The error event arrives whole in its own read (the scan's common case); no event after it is taken."""
+    error = b'data: {"error":{"message":"out of memory","code":500}}\n\n'
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await server.pieces(writer, STREAM_HEAD + chunk(event("a")), chunk(error), chunk(event("b")) + b"0\r\n\r\n")
+
+    server = Server(handler)
+    taken: list[dict[str, Any]] = []
+    record = RequestRecord(0, 0.0)
+
+    async def check() -> None:
+        async with server:
+            streams = transport(server.url, None, 0)  # type: ignore[call-arg]
+            await streams.events("/v1/completions", b"{}", record, Clock(), lambda at, e: taken.append(e))
+            await streams.close()
+
+    _run(check())
+    assert record.error == "stream error: {'message': 'out of memory', 'code': 500}"
+    assert [e["choices"][0]["text"] for e in taken] == ["a"]
+
+
 def test_triton_generate_stream_times_each_event_and_a_stream_cut_short_leaves_no_tokens() -> None:
     """One token per event, the first one's time its TTFT; a stream the server cut keeps none of its events."""
 

@@ -17,7 +17,7 @@ __all__ = ["UNHELD_WAKEUP", "Chunk", "ClientHealth", "RequestRecord", "attribute
 UNHELD_WAKEUP = "machine default"  # ``ClientHealth.wakeup_latency`` when ``load.wakeup`` held nothing
 
 
-@dataclass
+@dataclass(slots=True)
 class Chunk:
     """One streamed piece of output: when it arrived and how many tokens it carried."""
 

@@ -113,7 +113,8 @@ class _Connection(asyncio.Protocol):
                 except ValueError:
                     size = 0
                 if size > 0 and line_end + size + 4 == len(data):  # the common one, of a stream: one whole chunk
-                    self._deliver(at, data[line_end + 2 : -2])
+                    if exchange.body(at, data[line_end + 2 : -2]) and (waiter := self.waiter) and not waiter.done():
+                        waiter.set_result(None)  # (``_deliver``'s work, without its call: this runs for every event)
                     return
         if self._in_head:
             data = self._buffer + data

@@ -127,8 +127,8 @@ class OpenAIClient:
         await self._streams.events(request.path, request.body, record, clock, output.take, headers)
         if output.prompt_tokens is not None:
             record.input_tokens = output.prompt_tokens
-        if output.chunks and record.first_token is None:
-            record.first_token = output.chunks[0].at
+        if output.times and record.first_token is None:
+            record.first_token = output.times[0]
         if record.status is not None and record.status >= 400:
             return
         record.end = clock.now()
@@ -139,10 +139,10 @@ class OpenAIClient:
 class _Output:
     """One response's content chunks, taken as they arrive (each counted as one token until the end), and its usage."""
 
-    __slots__ = ("chunks", "completion_tokens", "prompt_tokens", "running", "texts")
+    __slots__ = ("completion_tokens", "prompt_tokens", "running", "texts", "times")
 
     def __init__(self) -> None:
-        self.chunks: list[Chunk] = []
+        self.times: list[float] = []  # when each content chunk arrived (its ``Chunk`` is made at the end)
         self.texts: list[str] = []
         self.running: list[int] = []  # completion tokens so far, per content chunk (vLLM's continuous usage)
         self.prompt_tokens: int | None = None
@@ -160,7 +160,7 @@ class _Output:
         else:
             content = _delta_content(choice)
         if content is not None:
-            self.chunks.append(Chunk(now, 1))
+            self.times.append(now)
             self.texts.append(content)
             if usage and "completion_tokens" in usage:
                 self.running.append(int(usage["completion_tokens"]))
@@ -172,15 +172,13 @@ class _Output:
 
     def counted(self) -> tuple[list[Chunk], bool]:
         """The chunks with their tokens, and whether those are estimated (``core.records.attribute_tokens``)."""
-        running, chunks = self.running, self.chunks
-        if running and len(running) == len(chunks):  # exact: per-chunk usage (vLLM continuous usage)
+        running, times = self.running, self.times
+        if running and len(running) == len(times):  # exact: per-chunk usage (vLLM continuous usage)
             counts = [b - a for a, b in zip([0, *running[:-1]], running, strict=True)]
             estimated = False
         else:
             counts, estimated = attribute_tokens(self.texts, self.completion_tokens)
-        for chunk, count in zip(chunks, counts, strict=True):
-            chunk.tokens = count
-        return chunks, estimated
+        return [Chunk(at, count) for at, count in zip(times, counts, strict=True)], estimated
 
 
 def _delta_content(choice: dict[str, Any]) -> str | None:

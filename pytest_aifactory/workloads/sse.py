@@ -107,6 +107,14 @@ class _EventScan:
             return False
         if self.finished:
             return True
+        if not self.pending and data.startswith(b"data: {") and data.find(b"\n") == len(data) - 2 and data[-1] == 10:
+            try:  # one whole event, one line and a blank one: the common read of a stream
+                event = orjson.loads(data[5:])
+                if "error" not in event:
+                    self.take(at - self.zero, event)
+                    return False
+            except Exception as failure:
+                return self._failed(failure)
         lines = (self.pending + data if self.pending else data).split(b"\n")
         self.pending = lines.pop()
         try:
@@ -126,9 +134,13 @@ class _EventScan:
                     return True
                 self.take(at - self.zero, event)
         except Exception as failure:  # (the event's, or the sink's)
-            self.failure, self.finished = failure, True
-            return True
+            return self._failed(failure)
         return False
+
+    def _failed(self, failure: Exception) -> bool:
+        """An event could not be decoded or read: the stream ends, ``failure`` waits for ``raise_failure``."""
+        self.failure, self.finished = failure, True
+        return True
 
     @property
     def abandoned(self) -> bool:
