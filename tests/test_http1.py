@@ -356,7 +356,7 @@ def test_an_event_the_client_cannot_read_is_the_requests_own_error_and_ends_its_
         if n > 1:
             await server.pieces(writer, good)
             return
-        await server.pieces(writer, STREAM_HEAD + chunk(event("a")) + chunk(line))  # and nothing more
+        await server.pieces(writer, STREAM_HEAD + chunk(event("a")), chunk(line))  # the line in its own read; no more
         with contextlib.suppress(ConnectionError):
             await reader.read(1)  # returns (or fails) only once the client has closed the connection
         given_up.set()
@@ -387,11 +387,20 @@ def test_an_event_the_client_cannot_read_is_the_requests_own_error_and_ends_its_
 
 @pytest.mark.parametrize("transport", [_RawStreams, _AiohttpStreams])
 def test_an_event_carrying_an_error_ends_the_stream_as_the_requests_error(transport: type[EventStreams]) -> None:
-    """The error event arrives whole in its own read (the scan's common case); no event after it is taken."""
+    """The error event arrives whole in its own read (the scan's common case); no event after it is taken.
+
+    The request returns on the error event itself: the server holds the rest of the message back
+    until it has (or for 2 s), so a request that waited for the message's end would return after it.
+    """
     error = b'data: {"error":{"message":"out of memory","code":500}}\n\n'
+    returned: list[int] = []  # how many pieces the server had begun to write when the request returned
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await server.pieces(writer, STREAM_HEAD + chunk(event("a")), chunk(error), chunk(event("b")) + b"0\r\n\r\n")
+        await server.pieces(writer, STREAM_HEAD + chunk(event("a")), chunk(error))
+        deadline = time.monotonic() + 2
+        while not returned and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await server.pieces(writer, chunk(event("b")) + b"0\r\n\r\n")
 
     server = Server(handler)
     taken: list[dict[str, Any]] = []
@@ -401,11 +410,13 @@ def test_an_event_carrying_an_error_ends_the_stream_as_the_requests_error(transp
         async with server:
             streams = transport(server.url, None, 0)  # type: ignore[call-arg]
             await streams.events("/v1/completions", b"{}", record, Clock(), lambda at, e: taken.append(e))
+            returned.append(len(server.writing))
             await streams.close()
 
     _run(check())
     assert record.error == "stream error: {'message': 'out of memory', 'code': 500}"
     assert [e["choices"][0]["text"] for e in taken] == ["a"]
+    assert returned == [2]
 
 
 def test_triton_generate_stream_times_each_event_and_a_stream_cut_short_leaves_no_tokens() -> None:

@@ -137,7 +137,7 @@ class OpenAIClient:
 
 
 class _Output:
-    """One response's content chunks, taken as they arrive (each counted as one token until the end), and its usage."""
+    """One response's content chunks (their arrival times and texts, counted in tokens at the end) and its usage."""
 
     __slots__ = ("completion_tokens", "prompt_tokens", "running", "texts", "times")
 
