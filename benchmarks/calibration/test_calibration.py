@@ -2,24 +2,30 @@
 
 The synthetic server (first token 50 ms after it read the request, then a token every 2 ms,
 32 tokens) is pinned to core 0 and this process (the client) to the other cores. It is driven
-at rising rates (5 s each, or long enough for 1000 requests, so that a p99 rests on at least 10
-of them), constant and Poisson, by one process, then at constant rates by two worker
-processes; after each constant single-process rate, the bare reference client runs the same
-rate, so that the two meet the machine's noise as close together in time as they can. A series
+at rising rates (windows of 5 s, or long enough for 1000 requests, so that a window's p99
+rests on at least 10 of them), constant and Poisson, by one process, then at constant rates by
+two worker processes. Each constant one-process rate is measured in three windows, and after
+each of them the bare reference client runs the same rate for a window of its own, so that the
+two meet the machine's noise as close together in time as they can; a rate's figures pool its
+windows' requests. On a VM, one stall of the host delays every request due during it, so a p99
+from one short window rests on the few stalls that fell in it: pooled, it rests on more of
+them, and the table shows each window's TTFT error p99 beside the pooled one. A series
 stops after a rate that fell below 0.9 of its target (higher ones would only queue). Every
 request carries ``X-Request-Id``; the server keeps, per id, when it read the request and when
 it wrote the first token (CLOCK_MONOTONIC, the engine's clock). Per rate:
 
-- achieved/target: the rate at which requests left the client over the schedule's rate;
+- achieved/target: the rate at which requests left the client over the schedule's rate (of the
+  window that fell furthest behind);
 - server-seen lateness p99: server read time minus the scheduled time (the lateness the
   service really saw, client and wire together);
 - TTFT error p50/p99: the engine's TTFT (from the scheduled time) minus the server's truth
   (first token written minus request read), matched per request;
-- client CPU (cores, all client processes) and whether the result was marked client-bound;
-- server CPU (cores, from the server's own CPU time over the point, warm-up included): near 1
-  the server, not the engine, is the limit of the point's lateness and error;
+- client CPU (cores, all client processes; the windows' mean) and whether a window's result was
+  marked client-bound;
+- server CPU (cores, from the server's own CPU time over each window, warm-up included; the
+  windows' mean): near 1 the server, not the engine, is the limit of the rate's lateness and error;
 - host steal (ms, client cores / server core, ``machine_floor.stolen_ms``): time the hypervisor
-  took from the vCPUs during the point (warm-up included), good to 10 ms; a stolen vCPU runs
+  took from the vCPUs during the rate's windows (warm-up included), good to 10 ms per window; a stolen vCPU runs
   nothing, and the requests it should have sent or read then are late.
 
 Targets (issue 16): at 100 req/s the client uses <= 0.10 core; one process sustains 1600
@@ -51,7 +57,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -73,7 +79,8 @@ TTFT_MS, ITL_MS, TOKENS = 50.0, 2.0, 32
 RATES = [50, 100, 200, 400, 800, 1200, 1600, 2400]
 WORKER_RATES = [800, 1600, 2400, 3200, 4800]
 REFERENCE_RATES = [50, 100, 200, 400, 800, 1600, 2400]
-DURATION_S, WARMUP_S, MIN_REQUESTS = 5.0, 1.0, 1000  # a point lasts 5 s, or long enough for 1000 requests
+DURATION_S, WARMUP_S, MIN_REQUESTS = 5.0, 1.0, 1000  # a window lasts 5 s, or long enough for 1000 requests
+WINDOWS = 3  # windows of each constant one-process rate and of the reference's, interleaved, their requests pooled
 FLOOR_S = 10.0
 SUSTAIN, LATENESS_MS, ERROR_MS, LOW_RATE_ERROR_MS, CPU_AT_100 = 0.99, 2.0, 2.0, 1.0, 0.10
 GIVE_UP = 0.9  # a series stops after a rate whose achieved/target fell below this
@@ -83,22 +90,88 @@ FLAGS = {"low_wakeup_latency": "--aif-low-wakeup-latency", "realtime_priority": 
 
 
 @dataclass(frozen=True)
-class Point:
-    """One rate's figures against the server's truth."""
+class Window:
+    """One measurement window of a rate, against the server's truth: per-request figures (ms) and the client's.
+
+    The engine's windows also carry its schedule lag, achieved/target, the server's CPU and
+    whether the result was marked client-bound; the reference client's leave them empty.
+    """
+
+    lateness_ms: list[float]
+    errors_ms: list[float]
+    cpu_cores: float
+    steal_ms: tuple[float, float] | None  # client cores, server core; None where /proc/stat has no steal
+    sent: int
+    lag_ms: list[float] = field(default_factory=list)
+    ratio: float = math.nan
+    server_cpu_cores: float = math.nan
+    client_bound: bool = False
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else math.nan
+
+
+class _Pooled:
+    """Figures of a rate's windows, their requests pooled (a p99 from one short window rests on a few stalls)."""
+
+    windows: tuple[Window, ...]
+
+    def _all(self, name: str) -> list[float]:
+        return [value for window in self.windows for value in getattr(window, name)]
+
+    @property
+    def lateness_p99_ms(self) -> float:
+        """Server-seen lateness p99 of every window's requests."""
+        return _pct(self._all("lateness_ms"), 99)
+
+    @property
+    def error_p50_ms(self) -> float:
+        """TTFT error p50 of every window's requests."""
+        return _pct(self._all("errors_ms"), 50)
+
+    @property
+    def error_p99_ms(self) -> float:
+        """TTFT error p99 of every window's requests."""
+        return _pct(self._all("errors_ms"), 99)
+
+    @property
+    def cpu_cores(self) -> float:
+        """The client's CPU, the windows' mean."""
+        return float(np.mean([window.cpu_cores for window in self.windows]))
+
+    @property
+    def matched(self) -> int:
+        """Requests matched with the server's truth, in all windows."""
+        return len(self._all("errors_ms"))
+
+    def by_window(self) -> str:
+        """Each window's TTFT error p99 (``0.41 / 0.52 / 2.35``), or ``-`` for a single window."""
+        if len(self.windows) < 2:
+            return "-"
+        return " / ".join(f"{_pct(window.errors_ms, 99):.2f}" for window in self.windows)
+
+    def steal(self) -> str:
+        """``10 / 0`` (ms taken by the host from the client's cores / the server's, all windows), or not available."""
+        taken = [window.steal_ms for window in self.windows]
+        if any(pair is None for pair in taken):
+            return "not available"
+        return f"{sum(pair[0] for pair in taken if pair):.0f} / {sum(pair[1] for pair in taken if pair):.0f}"
+
+
+@dataclass(frozen=True)
+class Point(_Pooled):
+    """One rate of the engine: its windows' figures against the server's truth."""
 
     distribution: str
     workers: int
     rate: int
-    ratio: float
-    lateness_p99_ms: float
-    lag_p99_ms: float
-    error_p50_ms: float
-    error_p99_ms: float
-    cpu_cores: float
-    server_cpu_cores: float
-    client_bound: bool
-    matched: int
-    steal: str
+    windows: tuple[Window, ...]
+
+    @property
+    def ratio(self) -> float:
+        """Achieved/target of the window that fell furthest behind."""
+        return min(window.ratio for window in self.windows)
 
     @property
     def within(self) -> bool:
@@ -107,19 +180,22 @@ class Point:
 
     def row(self) -> str:
         """One Markdown table row."""
+        lag = _pct(self._all("lag_ms"), 99)
+        server = float(np.mean([window.server_cpu_cores for window in self.windows]))
+        bound = any(window.client_bound for window in self.windows)
         return (
-            f"| {self.distribution} | {self.workers} | {self.rate} | {self.ratio:.3f} | {self.lateness_p99_ms:.2f} | "
-            f"{self.lag_p99_ms:.2f} | {self.error_p50_ms:+.2f} / {self.error_p99_ms:+.2f} | {self.cpu_cores:.2f} | "
-            f"{self.server_cpu_cores:.2f} | {self.steal} | {'yes' if self.client_bound else 'no'} | "
-            f"{'yes' if self.within else 'no'} |"
+            f"| {self.distribution} | {self.workers} | {self.rate} | {len(self.windows)} | {self.ratio:.3f} | "
+            f"{self.lateness_p99_ms:.2f} | {lag:.2f} | {self.error_p50_ms:+.2f} / {self.error_p99_ms:+.2f} | "
+            f"{self.by_window()} | {self.cpu_cores:.2f} | {server:.2f} | {self.steal()} | "
+            f"{'yes' if bound else 'no'} | {'yes' if self.within else 'no'} |"
         )
 
 
 HEADER = (
-    "| arrivals | workers | target req/s | achieved/target | server-seen lateness p99 ms | engine lag p99 ms "
-    "| TTFT error p50 / p99 ms | client CPU cores | server CPU cores | host steal ms (client / server) "
-    "| client-bound | within targets |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| arrivals | workers | target req/s | windows | achieved/target | server-seen lateness p99 ms "
+    "| engine lag p99 ms | TTFT error p50 / p99 ms | TTFT error p99 by window ms | client CPU cores "
+    "| server CPU cores | host steal ms (client / server) | client-bound | within targets |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -142,29 +218,28 @@ def truth_server(aif_shared_service, cores, pytestconfig):  # type: ignore[no-un
 
 
 def _seconds(rate: int) -> float:
-    """A point's duration: enough requests that a p99 rests on at least 10 of them."""
+    """A window's duration: enough requests that its p99 rests on at least 10 of them."""
     return max(DURATION_S, MIN_REQUESTS / rate)
 
 
 class _HostSteal:
-    """What the host took from the client's and the server's vCPUs between its start and ``said()``."""
+    """What the host took from the client's and the server's vCPUs between its start and ``taken()``."""
 
     def __init__(self, cores: tuple[int, set[int]]) -> None:
         self.cores, self.start = cores, stolen_ms()
 
-    def said(self) -> str:
-        """``10 / 0`` (ms, client cores / server core), or ``not available`` where /proc/stat has no steal."""
+    def taken(self) -> tuple[float, float] | None:
+        """(ms from the client cores, ms from the server core), or None where /proc/stat has no steal."""
         server, clients = self.cores
         end = stolen_ms()
         if not all(cpu in end and cpu in self.start for cpu in (server, *clients)):
-            return "not available"
-        client_ms = sum(end[cpu] - self.start[cpu] for cpu in clients)
-        return f"{client_ms:.0f} / {end[server] - self.start[server]:.0f}"
+            return None
+        return sum(end[cpu] - self.start[cpu] for cpu in clients), end[server] - self.start[server]
 
 
 def _measure(
     load: LoadRunner, url: str, distribution: str, rate: int, workers: int, cores: tuple[int, set[int]]
-) -> Point:
+) -> Window:
     before = httpx.delete(f"{url}/truth", timeout=30).json()
     steal = _HostSteal(cores)
     started = time.monotonic()
@@ -175,7 +250,7 @@ def _measure(
     result = load.run(client, prompts, plan, label=f"{distribution} x{workers} {rate}/s", workers=workers)
     after = httpx.get(f"{url}/truth", timeout=30).json()
     server_cores = (after["cpu_s"] - before["cpu_s"]) / (time.monotonic() - started)
-    return _point(result, after["requests"], tag, (distribution, rate, workers), server_cores, steal.said())
+    return _window(result, after["requests"], tag, server_cores, steal.taken())
 
 
 def _against_truth(
@@ -194,88 +269,74 @@ def _against_truth(
     return lateness, errors
 
 
-def _point(
+def _window(
     result: LoadResult,
     truth: dict[str, list[float | None]],
     tag: str,
-    series: tuple[str, int, int],
     server_cores: float,
-    steal: str,
-) -> Point:
-    """The point of ``series`` (distribution, rate, workers) from its result and the server's truth."""
+    steal: tuple[float, float] | None,
+) -> Window:
+    """The engine's window from its result and the server's truth."""
     zero = float(result.config["clock_zero_monotonic_s"])
-    sends = [
-        (f"{tag}-{r.index}", zero + r.scheduled, zero + r.first_token)
-        for r in result.records
-        if not r.warmup and r.ok and r.first_token is not None
-    ]
+    measured = [r for r in result.records if not r.warmup]
+    sends = [(f"{tag}-{r.index}", zero + r.scheduled, zero + r.first_token) for r in measured if r.ok and r.first_token]
     lateness, errors = _against_truth(truth, sends)
     m = result.metrics()
-
-    def pct(values: list[float], q: float) -> float:
-        return float(np.percentile(values, q)) if values else math.nan
-
-    distribution, rate, workers = series
-    return Point(
-        distribution,
-        workers,
-        rate,
-        m["achieved_rate"] / m["offered_rate"],
-        pct(lateness, 99),
-        m["p99_lag_ms"],
-        pct(errors, 50),
-        pct(errors, 99),
+    return Window(
+        lateness,
+        errors,
         m["client_cpu_cores"],
-        server_cores,
-        bool(m["client_bound"]),
-        len(errors),
         steal,
+        len(measured),
+        lag_ms=[(r.sent - r.scheduled) * 1000 for r in measured if r.sent is not None],
+        ratio=m["achieved_rate"] / m["offered_rate"],
+        server_cpu_cores=server_cores,
+        client_bound=bool(m["client_bound"]),
     )
 
 
 def _series(
     load: LoadRunner,
     url: str,
-    series: tuple[str, int],
+    series: tuple[str, int, int],
     rates: list[int],
     cores: tuple[int, set[int]],
     after: Callable[[int], None] = lambda rate: None,
 ) -> list[Point]:
-    """``series`` (distribution, workers) at rising rates until one falls far behind (below 0.9 of its
-    target: higher ones would only queue); ``after`` is called with each rate once it was measured."""
-    distribution, workers = series
+    """``series`` (distribution, workers, windows per rate) at rising rates until one falls far behind
+    (below 0.9 of its target: higher ones would only queue); ``after`` is called with the rate after each window."""
+    distribution, workers, windows = series
     points: list[Point] = []
     for rate in rates:
-        points.append(_measure(load, url, distribution, rate, workers, cores))
-        after(rate)
+        measured = []
+        for _ in range(windows):
+            measured.append(_measure(load, url, distribution, rate, workers, cores))
+            after(rate)
+        points.append(Point(distribution, workers, rate, tuple(measured)))
         if points[-1].ratio < GIVE_UP:
             break
     return points
 
 
 @dataclass(frozen=True)
-class ReferencePoint:
-    """One rate of the bare reference client against the server's truth."""
+class ReferencePoint(_Pooled):
+    """One rate of the bare reference client against the server's truth: its windows."""
 
     rate: int
-    matched: int
-    sent: int
-    lateness_p99_ms: float
-    error_p50_ms: float
-    error_p99_ms: float
-    cpu_cores: float
-    steal: str
+    windows: tuple[Window, ...]
 
     def row(self) -> str:
         """One Markdown table row."""
+        sent = sum(window.sent for window in self.windows)
         return (
-            f"| {self.rate} | {self.matched} / {self.sent} | {self.lateness_p99_ms:.2f} | "
-            f"{self.error_p50_ms:+.2f} / {self.error_p99_ms:+.2f} | {self.cpu_cores:.2f} | {self.steal} |"
+            f"| {self.rate} | {len(self.windows)} | {self.matched} / {sent} | {self.lateness_p99_ms:.2f} | "
+            f"{self.error_p50_ms:+.2f} / {self.error_p99_ms:+.2f} | {self.by_window()} | {self.cpu_cores:.2f} | "
+            f"{self.steal()} |"
         )
 
 
-def _reference(url: str, rate: int, load: LoadRunner, cores: tuple[int, set[int]]) -> ReferencePoint:
-    """One rate of the bare reference client against the server's truth, tuned as the engine's loads."""
+def _reference(url: str, rate: int, load: LoadRunner, cores: tuple[int, set[int]]) -> Window:
+    """One window of the bare reference client at ``rate`` against the server's truth, tuned as the engine's loads."""
     split = urlsplit(url)
     httpx.delete(f"{url}/truth", timeout=30).raise_for_status()
     steal = _HostSteal(cores)
@@ -284,14 +345,13 @@ def _reference(url: str, rate: int, load: LoadRunner, cores: tuple[int, set[int]
     truth = httpx.get(f"{url}/truth", timeout=30).json()["requests"]
     sends = [(i, at, run.first_event[i]) for i, at in run.scheduled.items() if i in run.first_event]
     lateness, errors = _against_truth(truth, sends)
-    late, low, high = (float(np.percentile(v, q)) for v, q in ((lateness, 99), (errors, 50), (errors, 99)))
-    return ReferencePoint(rate, len(errors), len(run.scheduled), late, low, high, run.cpu_cores, steal.said())
+    return Window(lateness, errors, run.cpu_cores, steal.taken(), len(run.scheduled))
 
 
 REFERENCE_HEADER = (
-    "| target req/s | matched / sent | server-seen lateness p99 ms | TTFT error p50 / p99 ms | client CPU cores "
-    "| host steal ms (client / server) |\n"
-    "|---|---|---|---|---|---|"
+    "| target req/s | windows | matched / sent | server-seen lateness p99 ms | TTFT error p50 / p99 ms "
+    "| TTFT error p99 by window ms | client CPU cores | host steal ms (client / server) |\n"
+    "|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -341,17 +401,19 @@ def test_engine_against_server_truth(truth_server, aif_load, aif_run, capsys, co
     url, load_average = truth_server.url().rstrip("/"), os.getloadavg()[0]
     tuned = (aif_load.low_wakeup_latency, aif_load.realtime_priority)
     floors_before = [measure_floor(FLOOR_S, *tuning) for tuning in sorted({(False, False), tuned})]
-    reference: dict[int, ReferencePoint] = {}
+    reference_windows: dict[int, list[Window]] = {}
 
     def reference_at(rate: int) -> None:
         if rate in REFERENCE_RATES:
-            reference[rate] = _reference(url, rate, aif_load, cores)
+            reference_windows.setdefault(rate, []).append(_reference(url, rate, aif_load, cores))
 
-    single = _series(aif_load, url, ("constant", 1), RATES, cores, after=reference_at)
-    for rate in sorted(set(REFERENCE_RATES) - reference.keys()):  # beyond where the engine's series stopped
-        reference_at(rate)
-    single += _series(aif_load, url, ("poisson", 1), RATES, cores)
-    two = _series(aif_load, url, ("constant", 2), WORKER_RATES, cores)
+    single = _series(aif_load, url, ("constant", 1, WINDOWS), RATES, cores, after=reference_at)
+    for rate in sorted(set(REFERENCE_RATES) - reference_windows.keys()):  # beyond where the engine's series stopped
+        for _ in range(WINDOWS):
+            reference_at(rate)
+    reference = {rate: ReferencePoint(rate, tuple(windows)) for rate, windows in reference_windows.items()}
+    single += _series(aif_load, url, ("poisson", 1, 1), RATES, cores)
+    two = _series(aif_load, url, ("constant", 2, 1), WORKER_RATES, cores)
     one_best = _highest([p for p in single if p.distribution == "constant"])
     two_best = _highest(two)
     if len(cores[1]) < 2:  # both workers share the one core left to the client: no scaling can show
@@ -384,7 +446,7 @@ def test_engine_against_server_truth(truth_server, aif_load, aif_run, capsys, co
         "",
         "The bare reference client (`benchmarks/calibration/reference_client.py`: the engine's pacer, raw "
         "HTTP on uvloop, no parsing beyond the first event), constant arrivals, same server and cores, "
-        "same run (each rate right after the engine's): what one Python process can do here at best.",
+        "same run (each window right after one of the engine's): what one Python process can do here at best.",
         "",
         REFERENCE_HEADER,
         *(reference[rate].row() for rate in sorted(reference)),
