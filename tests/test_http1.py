@@ -394,12 +394,12 @@ def test_an_event_carrying_an_error_ends_the_stream_as_the_requests_error(transp
     """
     error = b'data: {"error":{"message":"out of memory","code":500}}\n\n'
     returned: list[int] = []  # how many pieces the server had begun to write when the request returned
+    request_returned = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await server.pieces(writer, STREAM_HEAD + chunk(event("a")), chunk(error))
-        deadline = time.monotonic() + 2
-        while not returned and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(request_returned.wait(), 2)
         await server.pieces(writer, chunk(event("b")) + b"0\r\n\r\n")
 
     server = Server(handler)
@@ -411,6 +411,7 @@ def test_an_event_carrying_an_error_ends_the_stream_as_the_requests_error(transp
             streams = transport(server.url, None, 0)  # type: ignore[call-arg]
             await streams.events("/v1/completions", b"{}", record, Clock(), lambda at, e: taken.append(e))
             returned.append(len(server.writing))
+            request_returned.set()
             await streams.close()
 
     _run(check())

@@ -48,6 +48,9 @@ class Pooled:
     def _all(self, name: str) -> list[float]:
         return [value for window in self.windows for value in getattr(window, name)]
 
+    def _mean(self, name: str) -> float:
+        return float(np.mean([getattr(window, name) for window in self.windows]))
+
     @property
     def lateness_p99_ms(self) -> float:
         """Server-seen lateness p99 of every window's requests."""
@@ -66,7 +69,7 @@ class Pooled:
     @property
     def cpu_cores(self) -> float:
         """The client's CPU, the windows' mean."""
-        return float(np.mean([window.cpu_cores for window in self.windows]))
+        return self._mean("cpu_cores")
 
     @property
     def matched(self) -> int:

@@ -63,13 +63,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 import pytest
 from machine_floor import measure_floor, stolen_ms
 from pooled_windows import Pooled, Window, percentile
 from reference_client import run_reference
 
-from pytest_aifactory.core.metrics import LoadResult
+from pytest_aifactory.core.metrics import LoadResult, lag_samples_ms
 from pytest_aifactory.core.scheduling import realtime_priority
 from pytest_aifactory.load.wakeup import low_wakeup_latency
 from pytest_aifactory.plugin.options import setting
@@ -118,7 +117,7 @@ class Point(Pooled):
     @property
     def server_cpu_cores(self) -> float:
         """The server's CPU, the windows' mean."""
-        return float(np.mean([window.server_cpu_cores for window in self.windows]))
+        return self._mean("server_cpu_cores")
 
     @property
     def client_bound(self) -> bool:
@@ -237,7 +236,7 @@ def _window(
         m["client_cpu_cores"],
         steal,
         len(measured),
-        lag_ms=[(r.sent - r.scheduled) * 1000 for r in measured if r.sent is not None],
+        lag_ms=lag_samples_ms(measured),
         ratio=m["achieved_rate"] / m["offered_rate"],
         server_cpu_cores=server_cores,
         client_bound=bool(m["client_bound"]),

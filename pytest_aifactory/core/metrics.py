@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ __all__ = [
     "Totals",
     "assemble",
     "itl_per_token",
+    "lag_samples_ms",
     "summarize",
 ]
 
@@ -218,6 +219,11 @@ def _finite(value: float) -> float | None:
 
 def _ttft_ms(r: RequestRecord) -> float | None:
     return (r.first_token - r.scheduled) * 1000 if r.first_token is not None else None
+
+
+def lag_samples_ms(records: Iterable[RequestRecord]) -> list[float]:
+    """Schedule lag (ms) of each record that was sent: its actual send minus its scheduled time."""
+    return [(r.sent - r.scheduled) * 1000 for r in records if r.sent is not None]
 
 
 def _e2e_ms(r: RequestRecord) -> float | None:
@@ -421,7 +427,7 @@ def summarize(
         "tpot": [v for r in ok if (v := _tpot_ms(r)) is not None],
         "e2e": e2e,
         "latency": e2e,
-        "lag": [(r.sent - r.scheduled) * 1000 for r in measured if r.sent is not None],
+        "lag": lag_samples_ms(measured),
     }
     distributions = {name: Distribution.of(values) for name, values in samples.items()}
     result = assemble(records, distributions, Totals.of(measured, goodput), label, mode, config, health)
