@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_aifactory.jobs.node_files import made_folder, mapped_shared_memory, remove_left
+from pytest_aifactory.jobs.node_files import bound_unix_sockets, made_folder, mapped_shared_memory, remove_left
 
 HERE = socket.gethostname()
 NOBODY = 65534
@@ -100,3 +100,62 @@ def test_the_shared_memory_a_process_maps_is_found() -> None:
         segment.close()
         segment.unlink()
     assert f"/dev/shm/{segment.name}" not in mapped_shared_memory([os.getpid()])
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A Unix socket this process listens on, bound in the system's tmp (as SeaweedFS binds its own)."""
+    folder = Path(tempfile.mkdtemp(prefix="aif-sock-"))  # short: a socket path has at most 107 bytes
+    bound = socket.socket(socket.AF_UNIX)
+    try:
+        bound.bind(str(folder / "s.sock"))
+        bound.listen()
+        yield bound
+    finally:
+        bound.close()
+        (folder / "s.sock").unlink(missing_ok=True)
+        folder.rmdir()
+
+
+def test_the_unix_sockets_a_process_bound_are_recorded_and_removed_once_it_is_gone(
+    listener: socket.socket,
+) -> None:
+    path = Path(listener.getsockname())
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(str(path))
+    accepted, _ = listener.accept()  # /proc/net/unix names the path for it too: still the one file
+    record = bound_unix_sockets([os.getpid()])  # taken while it listens, as the job does once a second
+    accepted.close()
+    client.close()
+    assert list(record) == [str(path)]
+    assert record[str(path)]["kind"] == "socket"
+    listener.close()  # the service is gone; its socket file stays (closing does not unlink it)
+    assert path.exists()
+    remove_left({"node": HERE, "paths": record})
+    assert not path.exists()
+
+
+def test_a_socket_bound_again_under_the_recorded_name_is_left_alone(listener: socket.socket) -> None:
+    path = Path(listener.getsockname())
+    record = bound_unix_sockets([os.getpid()])
+    listener.close()
+    theirs = socket.socket(socket.AF_UNIX)
+    try:
+        theirs.bind(str(path.with_name("t.sock")))  # someone's since the job was killed
+        os.replace(path.with_name("t.sock"), path)  # under the same name, made before the old goes: another inode
+        remove_left({"node": HERE, "paths": record})
+        assert path.exists()
+    finally:
+        theirs.close()
+
+
+def test_a_recorded_socket_that_is_now_a_regular_file_is_left_alone(listener: socket.socket) -> None:
+    path = Path(listener.getsockname())
+    record = bound_unix_sockets([os.getpid()])
+    entry = record[str(path)]
+    listener.close()
+    path.unlink()
+    path.write_text("theirs")
+    found = os.lstat(path)
+    remove_left({"node": HERE, "paths": {str(path): {**entry, "ino": found.st_ino, "dev": found.st_dev}}})
+    assert path.read_text() == "theirs"

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILES = sorted(p.name for p in (ROOT / "slurm_profiles").glob("*.yaml"))
 # What a checkout holds besides the sources: never part of a build.
 _NOT_SOURCES = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "aif-results", ".benchmarks", "__pycache__", ".*_cache"
+    ".git", ".venv*", "build", "dist", "*.egg-info", "aif-results", ".benchmarks", "__pycache__", ".*_cache"
 )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,11 +29,16 @@ EXPECTED_SKIPS = (
 
 
 def run_suite(tmp_path: Path, marker: str, profile: str) -> subprocess.CompletedProcess[str]:
+    """Run the suites of ``marker`` on ``profile``; they pass, skip only as expected, and leave nothing in tmp."""
+    system_tmp = Path(tempfile.gettempdir())
+    before = set(os.listdir(system_tmp))
     done = run_pytest(
         ROOT, "benchmarks", "-m", marker, "-rs", f"--aif-profile={profile}", f"--aif-results-dir={tmp_path}"
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     check_skips(done.stdout)
+    # The services' own files in the node's tmp (sockets, workspaces, logs) go with their jobs.
+    assert sorted(set(os.listdir(system_tmp)) - before) == [], f"left in {system_tmp}"
     return done
 
 

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from pytest_aifactory.jobs.processes import process_tree
 
-__all__ = ["LISTENING_FILE", "listening", "loopback_only"]
+__all__ = ["LISTENING_FILE", "listening", "loopback_only", "socket_inodes"]
 
 LISTENING_FILE = "listening.json"
 _LISTEN = "0A"  # TCP state in /proc/net/tcp
 
 
-def _socket_inodes(pids: list[int]) -> set[str]:
+def socket_inodes(pids: list[int]) -> set[str]:
+    """The inodes of the sockets that ``pids`` hold open (as ``/proc/net/*`` lists them)."""
     inodes = set()
     for pid in pids:
         try:
@@ -45,7 +46,7 @@ def _address(hex_address: str) -> str:
 
 def listening(root: int) -> list[tuple[str, int]]:
     """(address, port) of every TCP socket that ``root`` or its descendants listen on."""
-    inodes = _socket_inodes(process_tree(root))
+    inodes = socket_inodes(process_tree(root))
     found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:

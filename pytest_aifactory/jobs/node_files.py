@@ -4,7 +4,8 @@ A job's ``{tmp}`` folder is in the node's tmp, not in the job folder, because Un
 paths are limited to 107 bytes (vLLM's IPC sockets and ``vllm_dist_*`` files are there); a
 ``run_as`` service's workdir is there too; and a service may map POSIX shared memory
 (vLLM's ``/dev/shm/psm_*``, which its resource tracker removes when it is stopped with
-SIGTERM). The job removes all of it when it ends, unless it is killed (SIGKILL: Slurm's
+SIGTERM) or bind Unix sockets where it chooses (SeaweedFS's ``/tmp/seaweedfs-*-<port>.sock``,
+which it leaves behind when stopped). The job removes all of it when it ends, unless it is killed (SIGKILL: Slurm's
 escalation KillWait after ``scancel``, a time limit, the OOM killer). So the job records
 them in its folder as they appear (``NODE_FILES``: its node, and for each path the folder it
 is in, its device, inode and owner), and the side that cancels the job removes what is left
@@ -13,11 +14,13 @@ node's tmp and shared memory cannot be reached from the login node (a site's job
 Slurm's ``job_container/tmpfs``, clears them there). Shared memory is known by what the
 service's processes map, looked at once a second: a file no process keeps mapped (a
 semaphore left to Python's resource tracker, as vLLM's start leaves one ``sem.mp-*``) is not
-seen, nor is one owned by another user than the process mapping it.
+seen, nor is one owned by another user than the process mapping it. Sockets are known the
+same way: the Unix sockets the service's processes have bound to a path.
 
 Only what the job made is removed: a path directly in its recorded folder, that is still the
 same file (device, inode and owner as recorded: a name reused since, by anyone, is left
-alone), a folder named as ``mkdtemp`` names the job's, a shared memory file a regular file.
+alone), a folder named as ``mkdtemp`` names the job's, a shared memory file a regular file, a
+socket a socket.
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NODE_FILES", "NODE_TMP_PREFIX", "made_folder", "mapped_shared_memory", "remove_left"]
+from pytest_aifactory.jobs.listening import socket_inodes
+
+__all__ = [
+    "NODE_FILES",
+    "NODE_TMP_PREFIX",
+    "bound_unix_sockets",
+    "made_folder",
+    "mapped_shared_memory",
+    "remove_left",
+]
 
 NODE_FILES = "node_files.json"
 NODE_TMP_PREFIX = "aif-"  # every folder a job makes in its node's tmp starts with it
@@ -81,6 +93,39 @@ def mapped_shared_memory(pids: Iterable[int]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def bound_unix_sockets(pids: list[int]) -> dict[str, dict[str, Any]]:
+    """The Unix sockets that ``pids`` bound to a path (to listen on), as ``NODE_FILES`` records them.
+
+    ``/proc/net/unix`` names a socket's path for the sockets bound to it and those accepted on
+    them, which the binding service holds too; a client's socket has none. One whose path is
+    not a socket any more, or is another user's than the process's, is left out.
+    """
+    owners: dict[str, int] = {}
+    for pid in pids:
+        try:
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:  # gone
+            continue
+        owners.update(dict.fromkeys(socket_inodes([pid]), owner))
+    try:
+        rows = Path("/proc/net/unix").read_text(encoding="utf-8", errors="replace").splitlines()[1:]
+    except OSError:
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        fields = row.split(maxsplit=7)  # Num RefCount Protocol Flags Type St Inode Path
+        if len(fields) < 8 or fields[6] not in owners:
+            continue
+        path = Path(fields[7])
+        try:
+            now = os.lstat(path)
+        except OSError:  # an abstract name (@...), or unlinked since
+            continue
+        if path.is_absolute() and stat.S_ISSOCK(now.st_mode) and now.st_uid == owners[fields[6]]:
+            found[str(path)] = _entry("socket", path, now)
+    return found
+
+
 def _still_made(path: Path, entry: Any) -> bool:
     """``path`` is directly in its recorded folder, and still the file the job made (``entry``)."""
     if not isinstance(entry, Mapping) or not path.is_absolute() or str(path.parent) != entry.get("base"):
@@ -92,8 +137,9 @@ def _still_made(path: Path, entry: Any) -> bool:
     kind = entry.get("kind")
     shm_file = kind == "shm" and path.parent == SHM and stat.S_ISREG(now.st_mode)
     tmp_folder = kind == "tmp" and stat.S_ISDIR(now.st_mode) and _MKDTEMP_NAME.fullmatch(path.name) is not None
+    unix_socket = kind == "socket" and stat.S_ISSOCK(now.st_mode)
     same = [now.st_dev, now.st_ino, now.st_uid] == [entry.get("dev"), entry.get("ino"), entry.get("uid")]
-    return (shm_file or tmp_folder) and same
+    return (shm_file or tmp_folder or unix_socket) and same
 
 
 def remove_left(record: Mapping[str, Any] | None) -> None:

@@ -33,7 +33,14 @@ from pytest_aifactory.core.profiles import ContainerSettings
 from pytest_aifactory.core.secrets import Redactor
 from pytest_aifactory.jobs.energy import ENERGY_FILE
 from pytest_aifactory.jobs.listening import LISTENING_FILE, listening
-from pytest_aifactory.jobs.node_files import NODE_FILES, NODE_TMP_PREFIX, made_folder, mapped_shared_memory
+from pytest_aifactory.jobs.node_files import (
+    NODE_FILES,
+    NODE_TMP_PREFIX,
+    bound_unix_sockets,
+    made_folder,
+    mapped_shared_memory,
+    remove_left,
+)
 from pytest_aifactory.jobs.processes import group_members, pid_alive, process_start, process_tree
 from pytest_aifactory.jobs.sealed import unseal
 from pytest_aifactory.jobs.telemetry import MONITOR_FILE, Telemetry, TelemetryThreads
@@ -380,7 +387,8 @@ def serve(plan: LaunchPlan) -> int:
         while (code := child.poll()) is None:
             if time.monotonic() >= next_look:  # what it maps and listens on, for the login node
                 next_look = time.monotonic() + 1.0
-                node_files.add(mapped_shared_memory(process_tree(child.pid)))
+                tree = process_tree(child.pid)
+                node_files.add({**mapped_shared_memory(tree), **bound_unix_sockets(tree)})
                 if host != "127.0.0.1" and (found := listening(child.pid)) != sockets:
                     sockets = found
                     write_json_atomic(plan.folder / LISTENING_FILE, {"node": node, "sockets": sockets})
@@ -400,6 +408,7 @@ def serve(plan: LaunchPlan) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)  # whatever the service left in its group
         code = child.wait()
+        remove_left({"node": node, "paths": node_files.paths})  # what its processes left: they are gone
         write_json_atomic(plan.folder / EXIT_FILE, {"exit_code": code, "reason": reason, "at": time.time()})
         if threads is not None:
             failed = reason == "exited" and code != 0

@@ -29,6 +29,8 @@ def embeddings(settings: Mapping[str, SettingValue]) -> ServiceSpec:
     return ServiceSpec(
         name="embeddings",
         command=(
+            "env",
+            "TMPDIR={tmp}",  # torch makes its inductor cache folder there on import: the job's, not the node's
             own_python(str(settings["python"]), "AIF_EMBEDDINGS_PYTHON", ".venv-embeddings") or "{python}",
             "-P",  # not the script's folder on sys.path: services/http.py would hide the standard library's
             str(SERVER),

@@ -101,6 +101,7 @@ def triton(settings: Mapping[str, SettingValue]) -> ServiceSpec:
             "--metrics-port={ports.metrics}",
             f"--dim={settings['dim']}",
             f"--itl-ms={settings['itl_ms']}",
+            "--workspace={tmp}/pytriton",
         )
         probe = HttpProbe(path="/v2/models/tiny_generate/ready")  # bound last: every model is ready
     return ServiceSpec(

@@ -69,6 +69,7 @@ def seaweedfs(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         setup=(("{python}", "-m", "pytest_aifactory.workloads.s3", "write-config", "{workdir}/s3.json"),),
         command=(
             "weed",
+            "-logtostderr",  # its logs in the job's stderr only, not in files of the node's /tmp
             "server",
             "-ip={host}",
             "-ip.bind={host}",

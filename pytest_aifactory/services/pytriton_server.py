@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import signal
 import sysconfig
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -51,7 +50,9 @@ def _generator(itl_ms: float) -> Any:
 
 def serve(args: argparse.Namespace) -> None:
     """Bind the models and serve until terminated."""
-    from pytriton.triton import TritonConfig
+    from pytriton.decorators import batch
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
 
     config = TritonConfig(
         http_address=args.host,
@@ -63,20 +64,7 @@ def serve(args: argparse.Namespace) -> None:
         allow_sagemaker=False,
         allow_vertex_ai=False,
     )
-    # A short private workspace: pytriton puts IPC sockets there (path limit: 107 characters).
-    workspace = tempfile.mkdtemp(prefix="aif-pytriton-")
-    try:
-        _serve_models(args, config, os.path.join(workspace, "ws"))
-    finally:
-        shutil.rmtree(workspace, ignore_errors=True)
-
-
-def _serve_models(args: argparse.Namespace, config: Any, workspace: str) -> None:
-    from pytriton.decorators import batch
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-    from pytriton.triton import Triton
-
-    with Triton(config=config, workspace=workspace) as triton:
+    with Triton(config=config, workspace=args.workspace) as triton:
         triton.bind(
             model_name="mlp",
             infer_func=batch(_mlp(args.dim, args.hidden, args.classes)),
@@ -110,10 +98,17 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--classes", type=int, default=16)
     parser.add_argument("--itl-ms", type=float, default=2.0)
+    # pytriton's workspace (its copy of tritonserver, the models' IPC sockets: paths of at most 107
+    # bytes): the job's {tmp}, which the job removes, or a killed job's canceller does.
+    parser.add_argument("--workspace", required=True)
     args = parser.parse_args()
     # Triton's Python backend stub loads libpython: make this interpreter's findable.
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH", "")]))
+    # The job's stop (SIGTERM) as Ctrl-C: pytriton then stops tritonserver and waits for it, which removes
+    # its model folders from /tmp. Dying at once would leave tritonserver logging into a closed pipe
+    # (pytriton reads its output): SIGPIPE kills it before it cleans up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     serve(args)
 
 
