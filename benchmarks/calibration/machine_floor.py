@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pytest_aifactory.core.scheduling import realtime_priority
-from pytest_aifactory.load.pacing import Pacer, new_event_loop
+from pytest_aifactory.load.pacing import Pacer, run_interruptible
 from pytest_aifactory.load.wakeup import low_wakeup_latency
 
 __all__ = ["WakeupFloor", "measure_floor", "stolen_ms"]
@@ -71,12 +71,8 @@ async def _wake_every(interval_s: float, seconds: float) -> list[float]:
 
 def measure_floor(seconds: float, hold_wakeup_latency: bool, realtime: bool, interval_s: float = 0.001) -> WakeupFloor:
     """Wake every ``interval_s`` for ``seconds`` in this process (pinned as the caller pinned it), tuned as a load."""
-    loop = new_event_loop()
-    try:
-        with low_wakeup_latency(hold_wakeup_latency) as held, realtime_priority(realtime) as scheduling:
-            late_ms = np.array(loop.run_until_complete(_wake_every(interval_s, seconds))) * 1000
-    finally:
-        loop.close()
+    with low_wakeup_latency(hold_wakeup_latency) as held, realtime_priority(realtime) as scheduling:
+        late_ms = np.array(run_interruptible(_wake_every(interval_s, seconds))) * 1000
     p50, p99, p999 = (float(np.percentile(late_ms, q)) for q in (50, 99, 99.9))
     over = int((late_ms > 1.0).sum())
     return WakeupFloor(seconds, len(late_ms), p50, p99, p999, float(late_ms.max()), over, held, scheduling)

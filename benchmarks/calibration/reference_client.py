@@ -17,9 +17,7 @@ import gc
 import time
 from dataclasses import dataclass, field
 
-import uvloop
-
-from pytest_aifactory.load.pacing import Pacer
+from pytest_aifactory.load.pacing import Pacer, run_interruptible
 
 __all__ = ["ReferenceRun", "run_reference"]
 
@@ -113,7 +111,7 @@ def run_reference(host: str, port: int, rate: float, duration_s: float, tag: str
     gc.collect()
     gc.disable()
     try:
-        uvloop.run(_drive(host, port, rate, duration_s, tag, run))
+        run_interruptible(_drive(host, port, rate, duration_s, tag, run))  # on uvloop, as the engine
     finally:
         if collecting:
             gc.enable()

@@ -1,4 +1,4 @@
-"""The event loop a load runs in, and a precise wait for the next send that does not spin.
+"""The event loop a load runs in, how it takes Ctrl-C, and a precise wait for the next send that does not spin.
 
 uvloop, where installed, costs less CPU per request than asyncio's loop. Both loops wake a
 timer to about a millisecond (epoll and libuv count in milliseconds), which at hundreds of
@@ -7,20 +7,31 @@ burns a core. On Linux ``Pacer`` arms a ``timerfd`` at the absolute due time (CL
 the clock of ``time.monotonic``) and lets the event loop wait on its file descriptor, which
 wakes within tens of microseconds at no cost in between; elsewhere it falls back on the loop's
 timer. ``os.timerfd_create`` arrives with Python 3.13, so the two calls go through ctypes.
+
+A KeyboardInterrupt that Python's own SIGINT handler raises inside uvloop's callbacks can be
+lost, and the loop would run on: ``signals_cancel`` lets the loop take SIGINT and SIGTERM
+itself and cancel its task; ``run_interruptible`` runs a coroutine that way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import importlib.metadata
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
-__all__ = ["Pacer", "event_loop_name", "new_event_loop"]
+__all__ = ["Pacer", "event_loop_name", "new_event_loop", "run_interruptible", "signals_cancel"]
+
+T = TypeVar("T")
 
 _CLOCK_MONOTONIC = 1
 _TFD_TIMER_ABSTIME = 1
@@ -49,6 +60,59 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+@contextlib.contextmanager
+def signals_cancel(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], before_cancel: Callable[[], None] = lambda: None
+) -> Iterator[list[int]]:
+    """While open, SIGINT and SIGTERM cancel ``task`` from inside ``loop`` (main thread only): the signals taken.
+
+    ``before_cancel`` runs at the first signal, before the cancel. The handlers they replaced
+    (the session's) are back when it closes.
+    """
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if not signals:
+            before_cancel()
+        signals.append(signum)
+        task.cancel()
+
+    replaced: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            before = signal.getsignal(signum)
+            try:
+                loop.add_signal_handler(signum, on_signal, signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue
+            replaced[signum] = before
+    try:
+        yield signals
+    finally:
+        for taken, handler in replaced.items():
+            loop.remove_signal_handler(taken)
+            signal.signal(taken, handler)
+
+
+def run_interruptible(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on a new event loop; SIGINT or SIGTERM cancels it and raises KeyboardInterrupt."""
+    loop = new_event_loop()
+    task = loop.create_task(coroutine)
+    try:
+        with signals_cancel(loop, task) as signals:
+            try:
+                result = loop.run_until_complete(task)
+            except asyncio.CancelledError:
+                if not signals:
+                    raise
+                raise KeyboardInterrupt from None
+            if signals:  # it ended on its own before the cancel reached it
+                raise KeyboardInterrupt
+            return result
+    finally:
+        loop.close()
 
 
 class Pacer:

@@ -22,8 +22,6 @@ import dataclasses
 import json
 import multiprocessing as mp
 import queue
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from pytest_aifactory.core.digest import LatencyDigest
 from pytest_aifactory.core.metrics import GoodputSLO
 from pytest_aifactory.core.records import ClientHealth, RequestRecord
 from pytest_aifactory.load.engine import Engine, LoadPlan, Progress, RequestClient, StopSignal, Workload
-from pytest_aifactory.load.pacing import new_event_loop
+from pytest_aifactory.load.pacing import new_event_loop, signals_cancel
 
 __all__ = ["LoadInterrupted", "LoadRun", "Shard", "drive", "run_load", "run_on_jobs", "split_plan"]
 
@@ -99,52 +97,28 @@ def drive(engine: Engine, schedule: Sequence[tuple[int, float]] | None = None, *
     """
     loop = new_event_loop()
     main = loop.create_task(engine.run(schedule, **start))
-    completed: list[RequestRecord] = []
-    signals: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        if not signals:
-            completed.extend(engine.records)  # before the requests in flight are cancelled
-        signals.append(signum)
-        main.cancel()
-
-    previous = _take_interrupts(loop, on_signal)
+    completed: list[RequestRecord] = []  # at the first signal, before the requests in flight are cancelled
     try:
-        records = loop.run_until_complete(main)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        if signals:  # the cancel was taken for a stop (Python 3.10 cannot tell them apart) or lost
-            raise asyncio.CancelledError
-    except (KeyboardInterrupt, asyncio.CancelledError) as interrupt:
-        if not (signals or isinstance(interrupt, KeyboardInterrupt)):
-            raise
-        done = sorted(completed if signals else engine.records, key=lambda r: r.index)
-        pending = asyncio.all_tasks(loop)  # (the engine ends its own; another's may be left)
-        for task in pending:
-            task.cancel()
-        if pending:  # (an empty gather would belong to no loop, or to another)
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))  # connections closed
-        raise LoadInterrupted(LoadRun(done, [engine.health] if engine.health is not None else [])) from None
+        with signals_cancel(loop, main, lambda: completed.extend(engine.records)) as signals:
+            try:
+                records = loop.run_until_complete(main)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                if signals:  # the cancel was taken for a stop (Python 3.10 cannot tell them apart) or lost
+                    raise asyncio.CancelledError
+            except (KeyboardInterrupt, asyncio.CancelledError) as interrupt:
+                if not (signals or isinstance(interrupt, KeyboardInterrupt)):
+                    raise
+                done = sorted(completed if signals else engine.records, key=lambda r: r.index)
+                pending = asyncio.all_tasks(loop)  # (the engine ends its own; another's may be left)
+                for task in pending:
+                    task.cancel()
+                if pending:  # (an empty gather would belong to no loop, or to another)
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))  # connections closed
+                health = [engine.health] if engine.health is not None else []
+                raise LoadInterrupted(LoadRun(done, health)) from None
     finally:
-        for signum, handler in previous.items():
-            loop.remove_signal_handler(signum)
-            signal.signal(signum, handler)  # the session's own handlers again
         loop.close()
     return LoadRun(records, [engine.health] if engine.health is not None else [])
-
-
-def _take_interrupts(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> dict[int, Any]:
-    """Let ``loop`` call ``handler`` on SIGINT and SIGTERM (main thread only); the handlers it replaced."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    previous: dict[int, Any] = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        before = signal.getsignal(signum)
-        try:
-            loop.add_signal_handler(signum, handler, signum)
-        except (NotImplementedError, RuntimeError, ValueError):
-            continue
-        previous[signum] = before
-    return previous
 
 
 def _share(total: int, parts: int, i: int) -> int:
