@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from multiprocessing import shared_memory
@@ -127,7 +130,6 @@ def test_the_unix_sockets_a_process_bound_are_recorded_and_removed_once_it_is_go
     record = bound_unix_sockets([os.getpid()])  # taken while it listens, as the job does once a second
     accepted.close()
     client.close()
-    assert list(record) == [str(path)]
     assert record[str(path)]["kind"] == "socket"
     listener.close()  # the service is gone; its socket file stays (closing does not unlink it)
     assert path.exists()
@@ -159,3 +161,36 @@ def test_a_recorded_socket_that_is_now_a_regular_file_is_left_alone(listener: so
     found = os.lstat(path)
     remove_left({"node": HERE, "paths": {str(path): {**entry, "ino": found.st_ino, "dev": found.st_dev}}})
     assert path.read_text() == "theirs"
+
+
+def test_a_recorded_socket_still_bound_by_a_live_process_is_left_alone(listener: socket.socket) -> None:
+    """A service's process that left its group (``setsid``) outlives the group's SIGKILL, and still serves there."""
+    path = Path(listener.getsockname())
+    remove_left({"node": HERE, "paths": bound_unix_sockets([os.getpid()])})
+    assert path.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="a mount namespace needs root")
+def test_a_socket_in_a_private_tmp_is_not_taken_for_the_file_under_that_name_here() -> None:
+    """A container's own /tmp: the service's socket path names another file on the host, which is not recorded."""
+    folder = Path(tempfile.mkdtemp(prefix="aif-ns-"))  # short: the socket path has at most 107 bytes
+    script = (
+        "import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); "
+        "print('bound', flush=True); sys.stdin.read()"
+    )
+    private = f'mount -t tmpfs none {folder} && exec {sys.executable} -c "{script}" {folder}/s.sock'
+    here = socket.socket(socket.AF_UNIX)
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", private]
+    try:
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+            try:
+                assert child.stdout is not None
+                assert child.stdout.readline() == "bound\n"
+                here.bind(str(folder / "s.sock"))  # another socket, under the same name, on the host
+                assert str(folder / "s.sock") not in bound_unix_sockets([child.pid])
+            finally:
+                child.kill()
+    finally:
+        here.close()
+        (folder / "s.sock").unlink(missing_ok=True)
+        folder.rmdir()

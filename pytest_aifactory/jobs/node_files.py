@@ -1,21 +1,21 @@
-"""What a job keeps on its node outside its job folder, and removing it once a killed job is gone.
+"""What a job keeps on its node outside its job folder, and removing it once its service is gone.
 
 A job's ``{tmp}`` folder is in the node's tmp, not in the job folder, because Unix socket
 paths are limited to 107 bytes (vLLM's IPC sockets and ``vllm_dist_*`` files are there); a
-``run_as`` service's workdir is there too; and a service may map POSIX shared memory
-(vLLM's ``/dev/shm/psm_*``, which its resource tracker removes when it is stopped with
-SIGTERM) or bind Unix sockets where it chooses (SeaweedFS's ``/tmp/seaweedfs-*-<port>.sock``,
-which it leaves behind when stopped). The job removes all of it when it ends, unless it is killed (SIGKILL: Slurm's
-escalation KillWait after ``scancel``, a time limit, the OOM killer). So the job records
-them in its folder as they appear (``NODE_FILES``: its node, and for each path the folder it
-is in, its device, inode and owner), and the side that cancels the job removes what is left
-once the job has left the queue (``remove_left``), when the job ran on this host: a compute
-node's tmp and shared memory cannot be reached from the login node (a site's job epilog, or
-Slurm's ``job_container/tmpfs``, clears them there). Shared memory is known by what the
-service's processes map, looked at once a second: a file no process keeps mapped (a
-semaphore left to Python's resource tracker, as vLLM's start leaves one ``sem.mp-*``) is not
-seen, nor is one owned by another user than the process mapping it. Sockets are known the
-same way: the Unix sockets the service's processes have bound to a path.
+``run_as`` service's workdir is there too; a service may map POSIX shared memory (vLLM's
+``/dev/shm/psm_*``, which its resource tracker removes when it is stopped with SIGTERM) and
+bind Unix sockets where it chooses (SeaweedFS's ``/tmp/seaweedfs-*-<port>.sock``, which it
+leaves behind even when stopped cleanly). So the job records them in its folder as they appear
+(``NODE_FILES``: its node, and for each path the folder it is in, its device, inode and
+owner) and, once its service's processes have ended, removes what they left (``remove_left``).
+A killed job (SIGKILL: Slurm's escalation KillWait after ``scancel``, a time limit, the OOM
+killer) cannot: the side that cancels it removes what is left once the job has left the
+queue, when the job ran on this host: a compute node's tmp and shared memory cannot be reached
+from the login node (a site's job epilog, or Slurm's ``job_container/tmpfs``, clears them
+there). Shared memory is known by what the service's processes map, looked at once a second: a
+file no process keeps mapped (a semaphore left to Python's resource tracker, as vLLM's start
+leaves one ``sem.mp-*``) is not seen, nor is one owned by another user than the process
+mapping it. Sockets are known the same way, by the Unix sockets its processes have bound to a path.
 
 Only what the job made is removed: a path directly in its recorded folder, that is still the
 same file (device, inode and owner as recorded: a name reused since, by anyone, is left
@@ -25,11 +25,13 @@ socket a socket.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import socket
 import stat
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -93,36 +95,50 @@ def mapped_shared_memory(pids: Iterable[int]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _named_sockets() -> list[tuple[str, str]]:
+    """(inode, path) of each Unix socket bound to a path, from this network namespace's ``/proc/net/unix``."""
+    try:
+        lines = Path("/proc/net/unix").read_bytes().split(b"\n")[1:]  # only "\n" ends a line
+    except OSError:
+        return []
+    named = []
+    for line in lines:
+        fields = line.split(maxsplit=7)  # Num RefCount Protocol Flags Type St Inode Path
+        if len(fields) == 8:
+            named.append((fields[6].decode("ascii", "replace"), os.fsdecode(fields[7])))
+    return named
+
+
 def bound_unix_sockets(pids: list[int]) -> dict[str, dict[str, Any]]:
     """The Unix sockets that ``pids`` bound to a path (to listen on), as ``NODE_FILES`` records them.
 
     ``/proc/net/unix`` names a socket's path for the sockets bound to it and those accepted on
-    them, which the binding service holds too; a client's socket has none. One whose path is
-    not a socket any more, or is another user's than the process's, is left out.
+    them, which the binding service holds too; a client's socket has none. It names the path as
+    the binding process saw it: one is kept only if it is the same file here (a container's
+    own ``/tmp`` is another), a socket, and the process's user's. A socket named on two lines
+    is left out (a path may hold a newline, and so fake a line).
     """
-    owners: dict[str, int] = {}
+    holders: dict[str, tuple[int, int]] = {}  # socket inode -> (pid, its user)
     for pid in pids:
         try:
             owner = os.stat(f"/proc/{pid}").st_uid
         except OSError:  # gone
             continue
-        owners.update(dict.fromkeys(socket_inodes([pid]), owner))
-    try:
-        rows = Path("/proc/net/unix").read_text(encoding="utf-8", errors="replace").splitlines()[1:]
-    except OSError:
-        return {}
+        holders.update(dict.fromkeys(socket_inodes([pid]), (pid, owner)))
+    named = _named_sockets()
+    lines = Counter(inode for inode, _ in named)
     found: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        fields = row.split(maxsplit=7)  # Num RefCount Protocol Flags Type St Inode Path
-        if len(fields) < 8 or fields[6] not in owners:
+    for inode, name in named:
+        if inode not in holders or lines[inode] > 1 or not name.startswith("/"):  # "@...": an abstract name
             continue
-        path = Path(fields[7])
+        pid, owner = holders[inode]
         try:
-            now = os.lstat(path)
-        except OSError:  # an abstract name (@...), or unlinked since
+            here, theirs = os.lstat(name), os.lstat(f"/proc/{pid}/root{name}")
+        except OSError:  # unlinked since, or not ours to look at
             continue
-        if path.is_absolute() and stat.S_ISSOCK(now.st_mode) and now.st_uid == owners[fields[6]]:
-            found[str(path)] = _entry("socket", path, now)
+        same_file = (here.st_dev, here.st_ino) == (theirs.st_dev, theirs.st_ino)
+        if same_file and stat.S_ISSOCK(here.st_mode) and here.st_uid == owner:
+            found[name] = _entry("socket", Path(name), here)
     return found
 
 
@@ -143,19 +159,28 @@ def _still_made(path: Path, entry: Any) -> bool:
 
 
 def remove_left(record: Mapping[str, Any] | None) -> None:
-    """Remove what a job that has ended recorded (its ``NODE_FILES``) and left on this host.
+    """Remove what a job recorded (its ``NODE_FILES``) and its service's processes left on this host.
 
     Nothing is touched when the job ran on another node, nor a path that is not the file the
-    job made. Call it only once the job has left the queue: its service's processes are gone then.
+    job made, nor a socket some process still has bound there (one of the service's that
+    outlived its process group, or someone's since). Call it once the service's processes are
+    gone: the job itself when they have ended, its canceller once it has left the queue. A path
+    that cannot be removed is left: what can be, is.
     """
     if not record or record.get("node") != socket.gethostname():
         return
     made = record.get("paths")
+    live: set[str] | None = None
     for name, entry in made.items() if isinstance(made, Mapping) else ():
         path = Path(name)
         if not _still_made(path, entry):
             continue
-        if entry["kind"] == "tmp":
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        if entry["kind"] == "socket":
+            live = live if live is not None else {bound for _, bound in _named_sockets()}
+            if name in live:
+                continue
+        with contextlib.suppress(OSError):
+            if entry["kind"] == "tmp":
+                shutil.rmtree(path)
+            else:
+                path.unlink()

@@ -408,8 +408,9 @@ def serve(plan: LaunchPlan) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)  # whatever the service left in its group
         code = child.wait()
-        remove_left({"node": node, "paths": node_files.paths})  # what its processes left: they are gone
         write_json_atomic(plan.folder / EXIT_FILE, {"exit_code": code, "reason": reason, "at": time.time()})
+        _wait_group(child, time.monotonic() + 5)  # the SIGKILLed members' sockets close as they exit
+        remove_left({"node": node, "paths": node_files.paths})  # what its processes left
         if threads is not None:
             failed = reason == "exited" and code != 0
             threads.event(f"service {spec.name} {reason} (exit code {code})", level="error" if failed else "info")

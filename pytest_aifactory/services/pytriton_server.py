@@ -17,6 +17,7 @@ import signal
 import sysconfig
 import time
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -105,11 +106,20 @@ def main() -> None:
     # Triton's Python backend stub loads libpython: make this interpreter's findable.
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH", "")]))
-    # The job's stop (SIGTERM) as Ctrl-C: pytriton then stops tritonserver and waits for it, which removes
-    # its model folders from /tmp. Dying at once would leave tritonserver logging into a closed pipe
-    # (pytriton reads its output): SIGPIPE kills it before it cleans up.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
     serve(args)
+
+
+def _stop_as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """The job's stop (SIGTERM) as Ctrl-C: pytriton then stops tritonserver and waits for it.
+
+    tritonserver removes its model folders from /tmp as it stops; when this process died at once
+    (its output is read by this process), it was gone before it had (seen on ci-slurm). A second
+    SIGTERM (``scancel --signal=TERM`` reaches every process of the step, then the job signals the
+    group) would interrupt that wait: it is ignored.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
