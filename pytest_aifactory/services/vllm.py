@@ -72,7 +72,8 @@ def vllm(settings: Mapping[str, SettingValue]) -> ServiceSpec:
         model = "{cache}/" + tiny_hf.model_key(COMMON_WORDS, hidden, layers, context)
         sizes = (f"--hidden={hidden}", f"--layers={layers}", f"--context={context}")
         # -P: the script's folder must not shadow the standard library (services/http.py)
-        setup.append((python, "-P", str(Path(tiny_hf.__file__)), model, f"--words={','.join(COMMON_WORDS)}", *sizes))
+        generate = (python, "-P", str(Path(tiny_hf.__file__)), model, f"--words={','.join(COMMON_WORDS)}", *sizes)
+        setup.append(("env", "TMPDIR={tmp}", *generate))  # importing torch makes a folder in TMPDIR
         env += ["HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "VLLM_CPU_OMP_THREADS_BIND=auto"]
     name = str(settings["served_model_name"] or (settings["model"] or "tiny-llama"))
     memory = int(settings["kv_cache_memory_bytes"])
