@@ -11,8 +11,6 @@ import ipaddress
 import os
 from pathlib import Path
 
-from pytest_aifactory.jobs.processes import process_tree
-
 __all__ = ["LISTENING_FILE", "listening", "loopback_only", "socket_inodes"]
 
 LISTENING_FILE = "listening.json"
@@ -44,9 +42,9 @@ def _address(hex_address: str) -> str:
     return str(ipaddress.ip_address(words))
 
 
-def listening(root: int) -> list[tuple[str, int]]:
-    """(address, port) of every TCP socket that ``root`` or its descendants listen on."""
-    inodes = socket_inodes(process_tree(root))
+def listening(pids: list[int]) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket that ``pids`` (a service's process tree) listen on."""
+    inodes = socket_inodes(pids)
     found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:

@@ -389,7 +389,7 @@ def serve(plan: LaunchPlan) -> int:
                 next_look = time.monotonic() + 1.0
                 tree = process_tree(child.pid)
                 node_files.add({**mapped_shared_memory(tree), **bound_unix_sockets(tree)})
-                if host != "127.0.0.1" and (found := listening(child.pid)) != sockets:
+                if host != "127.0.0.1" and (found := listening(tree)) != sockets:
                     sockets = found
                     write_json_atomic(plan.folder / LISTENING_FILE, {"node": node, "sockets": sockets})
             if stop.signum is not None:
